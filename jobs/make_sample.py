@@ -1,6 +1,6 @@
 """Write the generated sample catalog (listings Parquet + truth CSV) used by `make run`.
 
-    python jobs/make_sample.py --out data/sample [--products 400] [--seed 7]
+python jobs/make_sample.py --out data/sample [--products 400] [--seed 7]
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         s = generate_catalog(args.products, seed=args.seed)
         s.listings.to_parquet(out / "listings.parquet", index=False)
         s.truth.to_csv(out / "truth.csv", index=False)
-        print(f"wrote {len(s.listings)} listings ({s.n_bad_rows} bad rows) and "
-              f"{s.truth['label_group'].nunique()} true groups to {out}")
+        print(
+            f"wrote {len(s.listings)} listings ({s.n_bad_rows} bad rows) and "
+            f"{s.truth['label_group'].nunique()} true groups to {out}"
+        )
         return 0
 
     return run_cli(_run)

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from listing_dedup.blender import blend, blend_numpy
 
 

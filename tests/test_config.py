@@ -1,5 +1,6 @@
-import pytest
+import dataclasses
 
+import pytest
 from listing_dedup.config import DedupConfig, IndexConf, load_config
 from listing_dedup.errors import ConfigError
 
@@ -31,8 +32,12 @@ def test_later_files_override_earlier(tmp_path):
 def test_set_overrides_and_yaml_values(tmp_path):
     cfg = load_config(
         [],
-        ["match.threshold=0.7", "inb.thresholds=[0.8, 0.7]", "spark.conf.spark.sql.shuffle.partitions=3",
-         "embed.text.device=cpu"],
+        [
+            "match.threshold=0.7",
+            "inb.thresholds=[0.8, 0.7]",
+            "spark.conf.spark.sql.shuffle.partitions=3",
+            "embed.text.device=cpu",
+        ],
     )
     assert cfg.match.threshold == 0.7
     assert cfg.inb.thresholds == (0.8, 0.7)
@@ -75,7 +80,7 @@ def test_bad_set_and_missing_file(tmp_path):
 
 def test_config_is_frozen_and_serialises():
     cfg = DedupConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.match.threshold = 0.1  # type: ignore[misc]
     assert '"threshold": 0.75' in cfg.to_json()
 

@@ -4,7 +4,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from listing_dedup.config import InputConf
 from listing_dedup.errors import InputError
 from listing_dedup.reader import read_input, read_listings

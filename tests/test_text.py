@@ -1,5 +1,4 @@
 import pandas as pd
-
 from listing_dedup.text import clean_title, clean_titles, lexical_form, unescape_bytes
 
 

@@ -14,9 +14,10 @@ import dataclasses
 import json
 import math
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -203,9 +204,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
         return value
     if tp is float:
-        _check(
-            isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}"
-        )
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -49,8 +50,10 @@ def resolve_model_path(model: str) -> str:
         return str(pkg.get_model_path())
     path = Path(model).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"embed.text.model: '{model}' is neither a packaged model name "
-                          f"({', '.join(PACKAGED_MODELS)}) nor a model directory")
+        raise ConfigError(
+            f"embed.text.model: '{model}' is neither a packaged model name "
+            f"({', '.join(PACKAGED_MODELS)}) nor a model directory"
+        )
     return str(path.resolve())
 
 
@@ -94,7 +97,8 @@ class SentenceTransformerEncoder:
         self.model.eval()
         self.batch_size = batch_size
         self.device = device
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -121,7 +125,7 @@ class TextEncoderBuilder:
     threads: int = 1
 
     @classmethod
-    def from_conf(cls, cfg: TextEmbedConf) -> "TextEncoderBuilder":
+    def from_conf(cls, cfg: TextEmbedConf) -> TextEncoderBuilder:
         return cls(
             path=resolve_model_path(cfg.model),
             device=cfg.device,

@@ -14,8 +14,8 @@ import datetime as dt
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -62,19 +62,25 @@ class RunSummary:
             f"  rows in        {self.rows_in}",
             f"  rows kept      {self.rows_kept}",
             f"  rows rejected  {self.rows_rejected}"
-            + (f"  ({', '.join(f'{k}: {v}' for k, v in sorted(self.rejects_by_reason.items()))})"
-               if self.rejects_by_reason else ""),
+            + (
+                f"  ({', '.join(f'{k}: {v}' for k, v in sorted(self.rejects_by_reason.items()))})"
+                if self.rejects_by_reason
+                else ""
+            ),
             f"  embedded       {self.rows_embedded}",
             f"  match edges    {self.n_edges}",
             f"  groups found   {self.n_groups} groups of 2+ listings ({self.n_grouped} listings; largest "
             f"{self.largest_group}), {self.n_singletons} singletons",
-            "  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items())
+            "  seconds per stage: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items())
             + f" (total {sum(self.stage_seconds.values()):.1f})",
             f"  tables under {self.warehouse}:",
         ]
         for t in TABLES:
             v = self.table_versions.get(t)
-            lines.append(f"    {t:<8} {self.warehouse.rstrip('/')}/{t}" + (f"  (Delta version {v})" if v is not None else ""))
+            lines.append(
+                f"    {t:<8} {self.warehouse.rstrip('/')}/{t}" + (f"  (Delta version {v})" if v is not None else "")
+            )
         return "\n".join(lines)
 
 
@@ -231,10 +237,25 @@ RUNS_SCHEMA = (
 def _write_run_row(spark, sink, summary: RunSummary, cfg, input_path, started, *, status: str, error: str = "") -> int:
     finished = dt.datetime.now(dt.timezone.utc)
     row = (
-        summary.run_id, status, error[:4000], started, finished, input_path, cfg.to_json(), __version__,
-        summary.rows_in, summary.rows_kept, summary.rows_rejected, json.dumps(summary.rejects_by_reason, sort_keys=True),
-        summary.rows_embedded, summary.n_edges, summary.n_groups, summary.n_grouped, summary.n_singletons,
-        summary.largest_group, json.dumps(summary.stage_seconds),
+        summary.run_id,
+        status,
+        error[:4000],
+        started,
+        finished,
+        input_path,
+        cfg.to_json(),
+        __version__,
+        summary.rows_in,
+        summary.rows_kept,
+        summary.rows_rejected,
+        json.dumps(summary.rejects_by_reason, sort_keys=True),
+        summary.rows_embedded,
+        summary.n_edges,
+        summary.n_groups,
+        summary.n_grouped,
+        summary.n_singletons,
+        summary.largest_group,
+        json.dumps(summary.stage_seconds),
     )
     df = spark.createDataFrame([row], RUNS_SCHEMA).coalesce(1)
     return sink.write(df, "runs", summary.run_date, mode="append").version

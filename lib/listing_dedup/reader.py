@@ -75,11 +75,9 @@ def read_input(spark: SparkSession, path: str) -> DataFrame:
 
 def check_schema(df: DataFrame) -> None:
     fields = {f.name: f.dataType for f in df.schema.fields}
-    for name, types in REQUIRED_COLUMNS.items():
+    for name in REQUIRED_COLUMNS:
         if name not in fields:
-            raise InputError(
-                f"input is missing required column '{name}' (has: {', '.join(sorted(fields)) or 'none'})"
-            )
+            raise InputError(f"input is missing required column '{name}' (has: {', '.join(sorted(fields)) or 'none'})")
     for name, types in {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}.items():
         if name in fields and not isinstance(fields[name], types):
             wanted = " or ".join(t.typeName() for t in types)
@@ -141,9 +139,7 @@ def validate(df: DataFrame, cfg: InputConf) -> Ingested:
     kept = staged.where(F.col("reason").isNull()).select(*KEPT_COLUMNS)
     if cfg.partitions:
         kept = kept.repartition(cfg.partitions)
-    rejects = staged.where(F.col("reason").isNotNull()).select(
-        F.col("_raw_id").alias("posting_id"), "reason", "raw"
-    )
+    rejects = staged.where(F.col("reason").isNotNull()).select(F.col("_raw_id").alias("posting_id"), "reason", "raw")
     return Ingested(kept=kept, rejects=rejects, has_image_column=has_image, source=df)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from listing_dedup.config import SparkConf
 from listing_dedup.errors import DedupError

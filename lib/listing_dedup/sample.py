@@ -17,10 +17,44 @@ from dataclasses import dataclass
 import pandas as pd
 
 BRANDS = [
-    "Wardah", "Emina", "Pixy", "Maybelline", "Garnier", "Pond's", "Nivea", "Citra", "Lifebuoy", "Dettol",
-    "Indomie", "Sedaap", "Kapal Api", "Nescafe", "Ultra Milk", "Bear Brand", "Samsung", "Xiaomi", "Oppo",
-    "Logitech", "Rexus", "Philips", "Miyako", "Cosmos", "Tupperware", "Lock&Lock", "Pigeon", "MamyPoko",
-    "Sweety", "Baby Happy", "Adidas", "Nike", "Eiger", "Converse", "Uniqlo", "Erigo", "Zoya", "Rabbani",
+    "Wardah",
+    "Emina",
+    "Pixy",
+    "Maybelline",
+    "Garnier",
+    "Pond's",
+    "Nivea",
+    "Citra",
+    "Lifebuoy",
+    "Dettol",
+    "Indomie",
+    "Sedaap",
+    "Kapal Api",
+    "Nescafe",
+    "Ultra Milk",
+    "Bear Brand",
+    "Samsung",
+    "Xiaomi",
+    "Oppo",
+    "Logitech",
+    "Rexus",
+    "Philips",
+    "Miyako",
+    "Cosmos",
+    "Tupperware",
+    "Lock&Lock",
+    "Pigeon",
+    "MamyPoko",
+    "Sweety",
+    "Baby Happy",
+    "Adidas",
+    "Nike",
+    "Eiger",
+    "Converse",
+    "Uniqlo",
+    "Erigo",
+    "Zoya",
+    "Rabbani",
 ]
 KINDS = [
     ("lipstick matte", ["red velvet", "nude pink", "coral", "maroon"], ["3.5g", "4g"]),
@@ -106,8 +140,9 @@ def _flip_bits(h: int, n_bits: int, rng: random.Random) -> int:
     return h
 
 
-def generate_catalog(n_products: int = 300, *, seed: int = 7, min_size: int = 1, max_size: int = 5,
-                     with_bad_rows: bool = True) -> Sample:
+def generate_catalog(
+    n_products: int = 300, *, seed: int = 7, min_size: int = 1, max_size: int = 5, with_bad_rows: bool = True
+) -> Sample:
     """``n_products`` products, each listed ``min_size..max_size`` times (singletons when 1)."""
     rng = random.Random(seed)
     seen: set[tuple[str, str, str, str]] = set()

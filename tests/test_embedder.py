@@ -1,0 +1,87 @@
+"""Embedding plumbing with a tiny random model (plumbing only, no quality claims) and a
+sanity check of the packaged MiniLM."""
+
+import numpy as np
+import pytest
+from listing_dedup.config import TextEmbedConf
+from listing_dedup.embedder import (
+    TextEncoderBuilder,
+    embed_texts,
+    get_encoder,
+    pick_device,
+    resolve_model_path,
+)
+from listing_dedup.errors import ConfigError
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 1-layer random BERT saved as a sentence-transformers directory (uses MiniLM's vocab)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny_st")
+    hf = out / "hf"
+    tok = BertTokenizerFast.from_pretrained(resolve_model_path("minilm"))
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(hf)
+    tok.save_pretrained(hf)
+    word = models.Transformer(str(hf), max_seq_length=32)
+    pool = models.Pooling(word.get_embedding_dimension(), pooling_mode="mean")
+    st_dir = out / "st"
+    SentenceTransformer(modules=[word, pool], device="cpu").save(str(st_dir))
+    return str(st_dir)
+
+
+def test_resolve_model_path(tmp_path):
+    assert resolve_model_path("minilm").endswith("model")
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path.resolve())
+    with pytest.raises(ConfigError, match="neither a packaged model name"):
+        resolve_model_path(str(tmp_path / "missing"))
+
+
+def test_pick_device_on_cpu_machine():
+    assert pick_device("cpu") == "cpu"
+    assert pick_device("auto") == "cpu"  # conftest hides GPUs
+
+
+def test_builder_from_conf_and_cache(tiny_model_dir):
+    b = TextEncoderBuilder.from_conf(TextEmbedConf(model=tiny_model_dir, batch_size=4, max_seq_length=32))
+    enc = get_encoder(b)
+    assert get_encoder(b) is enc  # loaded once per process
+    vecs = enc.encode(["a b c", "paper bag", "", "x" * 300])
+    assert vecs.shape == (4, 32) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert enc.encode([]).shape == (0, 32)
+
+
+def test_spark_udf_equals_local_encoding(spark, tiny_model_dir):
+    b = TextEncoderBuilder(path=tiny_model_dir, batch_size=3, max_seq_length=32)
+    titles = [f"produk nomor {i} warna {'merah' if i % 2 else 'biru'}" for i in range(23)]
+    df = spark.createDataFrame([(f"p{i}", t) for i, t in enumerate(titles)], "posting_id string, title string")
+    got = {
+        r.posting_id: np.array(r.emb, dtype=np.float32)
+        for r in embed_texts(df.repartition(3), "title", "emb", b).collect()
+    }
+    expected = get_encoder(b).encode(titles)
+    assert len(got) == len(titles)
+    for i in range(len(titles)):
+        np.testing.assert_allclose(got[f"p{i}"], expected[i], atol=1e-5)
+
+
+def test_packaged_minilm_sanity():
+    enc = get_encoder(TextEncoderBuilder.from_conf(TextEmbedConf()))
+    v = enc.encode(["Paper Bag Victoria Secret", "PAPERBAG VICTORIA SECRET ORIGINAL", "Rice cooker digital 1.8 liter"])
+    assert v.shape == (3, 384)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2

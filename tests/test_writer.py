@@ -1,0 +1,380 @@
+"""Delta sink: executors write Parquet, the driver commits one Delta transaction per table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+from listing_dedup.errors import InputError, SinkError
+from listing_dedup.writer import (
+    CommitResult,
+    DeltaSink,
+    _StatsAccumulator,
+    read_table,
+    spark_to_arrow_schema,
+    table_version,
+    vacuum,
+)
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+REPO = Path(__file__).resolve().parents[1]
+UTC = dt.timezone.utc  # noqa: UP017 (python 3.10)
+D1, D2 = "2024-05-01", "2024-05-02"
+
+SCHEMA = T.StructType(
+    [
+        T.StructField("posting_id", T.StringType(), False),
+        T.StructField("n", T.LongType()),
+        T.StructField("score", T.DoubleType()),
+        T.StructField("tags", T.ArrayType(T.StringType(), False)),
+        T.StructField("vec", T.ArrayType(T.FloatType())),
+        T.StructField("attrs", T.MapType(T.StringType(), T.StringType())),
+        T.StructField("meta", T.StringType()),  # a JSON string column
+        T.StructField("ts", T.TimestampType()),
+    ]
+)
+COLUMNS = [f.name for f in SCHEMA.fields]
+
+
+def _rows(prefix: str, count: int) -> list[tuple]:
+    out = []
+    for i in range(count):
+        out.append(
+            (
+                f"{prefix}{i}",
+                10**12 + i,
+                0.25 * i if i != 2 else None,
+                [f"t{i}", "x"] if i % 2 == 0 else [],
+                [0.5, -1.25, float(i)],
+                {"k": f"v{i}"} if i != 1 else None,
+                json.dumps({"i": i, "s": "é"}),
+                dt.datetime(2024, 5, 1, 12, 34, 56, 123456 + i, tzinfo=UTC) if i != 3 else None,
+            )
+        )
+    return out
+
+
+def _df(spark, prefix: str, count: int, partitions: int = 3):
+    return spark.createDataFrame(_rows(prefix, count), SCHEMA).repartition(partitions)
+
+
+def _nonempty_partitions(df) -> int:
+    return sum(1 for n in df.rdd.glom().map(len).collect() if n)
+
+
+def _ids(pdf) -> list[str]:
+    return sorted(pdf["posting_id"].tolist())
+
+
+def _parquet_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*.parquet")}
+
+
+def _active_files(uri: str) -> set[str]:
+    return {p.replace(f"file://{uri}/", "").replace(f"{uri}/", "") for p in DeltaTable(uri).file_uris()}
+
+
+# --------------------------------------------------------------------------------------
+
+
+def test_spark_to_arrow_schema_types():
+    schema = spark_to_arrow_schema(SCHEMA)
+    assert schema.field("posting_id").type == pa.string()
+    assert schema.field("posting_id").nullable  # everything is nullable in the table
+    assert schema.field("n").type == pa.int64()
+    assert schema.field("score").type == pa.float64()
+    assert schema.field("tags").type == pa.list_(pa.field("element", pa.string()))
+    assert schema.field("vec").type == pa.list_(pa.field("element", pa.float32()))
+    assert schema.field("attrs").type == pa.map_(pa.string(), pa.string())
+    assert schema.field("ts").type == pa.timestamp("us", tz="UTC")
+
+
+def test_stats_json_exact():
+    schema = pa.schema(
+        [
+            ("i", pa.int64()),
+            ("f", pa.float64()),
+            ("s", pa.string()),
+            ("t", pa.timestamp("us", tz="UTC")),
+            ("l", pa.list_(pa.string())),
+            ("nan", pa.float64()),
+        ]
+    )
+    acc = _StatsAccumulator(schema)
+    t0 = dt.datetime(2024, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
+    acc.update(
+        pa.table(
+            {
+                "i": [3, None],
+                "f": [1.5, -2.0],
+                "s": ["b", "y" * 40],
+                "t": [t0, None],
+                "l": [["a"], None],
+                "nan": [1.0, float("nan")],
+            },
+            schema=schema,
+        )
+    )
+    acc.update(
+        pa.table(
+            {"i": [7], "f": [None], "s": ["a" * 40], "t": [t0 + dt.timedelta(seconds=1)], "l": [[]], "nan": [0.0]},
+            schema=schema,
+        )
+    )
+    assert json.loads(acc.to_json()) == {
+        "numRecords": 3,
+        "minValues": {"i": 3, "f": -2.0, "s": "a" * 32, "t": "2024-01-01T00:00:00.123Z"},
+        # max timestamp rounds up to the millisecond; a string max longer than 32 is left out
+        "maxValues": {"i": 7, "f": 1.5, "t": "2024-01-01T00:00:01.124Z"},
+        "nullCount": {"i": 1, "f": 1, "s": 0, "t": 1, "l": 1, "nan": 0},
+    }
+
+
+def test_write_and_read_back_values(spark, tmp_path):
+    sink = DeltaSink(str(tmp_path))
+    df = _df(spark, "p", 5, partitions=8)  # 8 partitions for 5 rows: some are empty
+    expected_files = _nonempty_partitions(df)
+    res = sink.write(df, "matches", D1)
+    assert res == CommitResult("matches", 0, expected_files, 5)
+
+    got = read_table(str(tmp_path), "matches", D1).sort_values("posting_id").reset_index(drop=True)
+    assert list(got.columns) == COLUMNS + ["run_date"]
+    assert got["posting_id"].tolist() == [f"p{i}" for i in range(5)]
+    assert str(got["n"].dtype) == "int64"
+    assert got["n"].tolist() == [10**12 + i for i in range(5)]
+    assert [None if pd.isna(x) else x for x in got["score"].tolist()] == [0.0, 0.25, None, 0.75, 1.0]
+    assert [list(x) for x in got["tags"]] == [["t0", "x"], [], ["t2", "x"], [], ["t4", "x"]]
+    assert [list(map(float, x)) for x in got["vec"]] == [[0.5, -1.25, float(i)] for i in range(5)]
+    assert [dict(x) if x is not None else None for x in got["attrs"]] == [
+        {"k": "v0"},
+        None,
+        {"k": "v2"},
+        {"k": "v3"},
+        {"k": "v4"},
+    ]
+    assert [json.loads(x) for x in got["meta"]] == [{"i": i, "s": "é"} for i in range(5)]
+    assert str(got["ts"].dtype) == "datetime64[us, UTC]"
+    ts = got["ts"].tolist()
+    assert pd.isna(ts[3])  # NaT
+    assert [t.to_pydatetime() for i, t in enumerate(ts) if i != 3] == [
+        dt.datetime(2024, 5, 1, 12, 34, 56, 123456 + i, tzinfo=UTC) for i in (0, 1, 2, 4)
+    ]
+    assert set(got["run_date"]) == {D1}
+
+    # Hive-style layout; the data files do not hold the partition column
+    root = tmp_path / "matches"
+    files = _parquet_files(root)
+    assert len(files) == expected_files
+    assert all(f.startswith(f"run_date={D1}/part-") for f in files)
+    for f in files:
+        assert "run_date" not in pq.read_schema(root / f).names
+    assert _active_files(str(root)) == files
+    # per-file stats made it into the log
+    actions = pa.table(DeltaTable(str(root)).get_add_actions(flatten=True))
+    assert sum(actions.column("num_records").to_pylist()) == 5
+    assert min(actions.column("min.n").to_pylist()) == 10**12
+    assert max(actions.column("max.n").to_pylist()) == 10**12 + 4
+    assert sum(actions.column("null_count.score").to_pylist()) == 1
+
+    only = read_table(str(tmp_path), "matches", D1, columns=["posting_id", "n"])
+    assert list(only.columns) == ["posting_id", "n"]
+
+
+def test_timestamps_are_utc_instants_whatever_the_session_zone(spark, tmp_path):
+    old = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    try:
+        instant = dt.datetime(2024, 5, 1, 3, 0, 0, 7, tzinfo=UTC)
+        df = spark.createDataFrame([("a", instant)], "posting_id string, ts timestamp")
+        DeltaSink(str(tmp_path)).write(df, "runs", D1)
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", old)
+    got = read_table(str(tmp_path), "runs", D1)
+    assert [t.to_pydatetime() for t in got["ts"]] == [instant]
+
+
+def test_rerun_replaces_partition_and_other_dates_stay(spark, tmp_path):
+    wh = str(tmp_path)
+    sink = DeltaSink(wh)
+    assert sink.write(_df(spark, "a", 4), "clusters", D1).version == 0
+    assert sink.write(_df(spark, "b", 3), "clusters", D2).version == 1
+    first_d1_files = {f for f in _parquet_files(tmp_path / "clusters") if f.startswith(f"run_date={D1}")}
+
+    res = sink.write(_df(spark, "c", 2), "clusters", D1)  # rerun of D1 with new content
+    assert (res.version, res.rows) == (2, 2)
+    assert table_version(wh, "clusters") == 2
+    assert _ids(read_table(wh, "clusters", D1)) == ["c0", "c1"]
+    assert _ids(read_table(wh, "clusters", D2)) == ["b0", "b1", "b2"]
+    everything = read_table(wh, "clusters")
+    assert sorted(zip(everything["run_date"], everything["posting_id"])) == [
+        (D1, "c0"),
+        (D1, "c1"),
+        (D2, "b0"),
+        (D2, "b1"),
+        (D2, "b2"),
+    ]
+    active = _active_files(str(tmp_path / "clusters"))
+    assert not (active & first_d1_files)  # the old D1 files were removed from the table
+
+    # the same rerun again: still no duplicates, one more version
+    assert sink.write(_df(spark, "c", 2), "clusters", D1).version == 3
+    assert _ids(read_table(wh, "clusters", D1)) == ["c0", "c1"]
+
+
+def test_append_mode_accumulates(spark, tmp_path):
+    wh = str(tmp_path)
+    sink = DeltaSink(wh)
+    r1 = sink.write(_df(spark, "r", 1, partitions=1), "runs", D1, mode="append")
+    r2 = sink.write(_df(spark, "s", 2, partitions=1), "runs", D1, mode="append")
+    assert (r1.version, r2.version) == (0, 1)
+    assert _ids(read_table(wh, "runs", D1)) == ["r0", "s0", "s1"]
+    with pytest.raises(ValueError):
+        sink.write(_df(spark, "r", 1), "runs", D1, mode="upsert")
+
+
+def test_empty_dataframe_empties_partition(spark, tmp_path):
+    wh = str(tmp_path)
+    sink = DeltaSink(wh)
+    sink.write(_df(spark, "a", 3), "rejects", D1)
+    sink.write(_df(spark, "b", 2), "rejects", D2)
+    empty = spark.createDataFrame([], SCHEMA)
+    res = sink.write(empty, "rejects", D1)
+    assert res == CommitResult("rejects", 2, 0, 0)
+    got = read_table(wh, "rejects", D1)
+    assert len(got) == 0
+    assert list(got.columns) == COLUMNS + ["run_date"]
+    assert _ids(read_table(wh, "rejects", D2)) == ["b0", "b1"]
+
+    # an empty first write still creates the table
+    res = sink.write(empty, "fresh", D1)
+    assert res == CommitResult("fresh", 0, 0, 0)
+    assert list(read_table(wh, "fresh", D1).columns) == COLUMNS + ["run_date"]
+
+
+def test_crash_before_commit_leaves_orphans_that_vacuum_removes(spark, tmp_path):
+    wh = str(tmp_path)
+    root = tmp_path / "matches"
+    sink = DeltaSink(wh)
+    sink.write(_df(spark, "ok", 3), "matches", D1)
+    committed = _parquet_files(root)
+
+    with pytest.raises(SinkError, match="crash_before_commit"):
+        sink.write(_df(spark, "bad", 4), "matches", D1, crash_before_commit=True)
+    assert table_version(wh, "matches") == 0
+    assert _ids(read_table(wh, "matches", D1)) == ["ok0", "ok1", "ok2"]
+    orphans = _parquet_files(root) - committed
+    assert len(orphans) == 3  # one file per non-empty partition of the crashed write
+
+    assert sorted(vacuum(wh, "matches", dry_run=True)) == sorted(orphans)
+    assert _parquet_files(root) == committed | orphans  # dry run deletes nothing
+    assert sorted(vacuum(wh, "matches")) == sorted(orphans)
+    assert _parquet_files(root) == committed
+    assert _ids(read_table(wh, "matches", D1)) == ["ok0", "ok1", "ok2"]
+
+
+_COMMITTER = r"""
+import dataclasses, json, pickle, sys, time, uuid
+from pyarrow import fs
+from listing_dedup.writer import DeltaSink
+template, copies, start = pickle.load(open(sys.argv[1], "rb"))
+# cheap extra writes: copies of the Spark-staged files under fresh names
+local = fs.LocalFileSystem()
+staged = []
+for k in range(copies):
+    files = []
+    for f in template.files:
+        new = f.path.rsplit("/", 1)[0] + f"/part-copy{k}-{uuid.uuid4()}.parquet"
+        local.copy_file(template.table_uri + "/" + f.path, template.table_uri + "/" + new)
+        files.append(dataclasses.replace(f, path=new))
+    staged.append(dataclasses.replace(template, files=tuple(files)))
+sink = DeltaSink(template.table_uri.rsplit("/", 1)[0], max_attempts=30, backoff_s=0.02)
+while time.time() < start:
+    time.sleep(0.002)
+print(json.dumps([sink.commit(s).version for s in staged]))
+"""
+
+
+def test_concurrent_commits_of_different_dates_both_land(spark, tmp_path):
+    wh = str(tmp_path / "wh")
+    sink = DeltaSink(wh)
+    copies = 6  # commits per process
+    staged = {d: sink.stage(_df(spark, f"{d[-1]}_", 2 + i, partitions=1), "matches", d) for i, d in enumerate((D1, D2))}
+    start = time.time() + 3.0  # both processes begin committing at the same moment
+    procs = []
+    for d, template in staged.items():
+        f = tmp_path / f"staged-{d}.pkl"
+        f.write_bytes(pickle.dumps((template, copies, start)))
+        env = dict(os.environ, PYTHONPATH=str(REPO / "lib"))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _COMMITTER, str(f)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = [p.communicate(timeout=60) for p in procs]
+    for p, (_out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    versions = [v for out, _ in outs for v in json.loads(out.strip().splitlines()[-1])]
+    # the table was created by exactly one of them; every commit got its own version
+    assert sorted(versions) == list(range(2 * copies))
+    assert table_version(wh, "matches") == 2 * copies - 1
+    # each date holds exactly one copy of its rows (each overwrite replaced the previous one)
+    assert _ids(read_table(wh, "matches", D1)) == ["1_0", "1_1"]
+    assert _ids(read_table(wh, "matches", D2)) == ["2_0", "2_1", "2_2"]
+    assert len(_active_files(str(Path(wh) / "matches"))) == 2
+
+
+def test_lost_create_race_commits_into_the_existing_table(spark, tmp_path, monkeypatch):
+    wh = str(tmp_path)
+    sink = DeltaSink(wh)
+    sink.write(_df(spark, "a", 2), "matches", D1)
+    staged = sink.stage(_df(spark, "b", 3), "matches", D2)
+    # the table appears between our existence check and our create: create fails, we commit
+    real = DeltaTable.is_deltatable
+    calls = []
+
+    def stale_once(uri, storage_options=None):
+        calls.append(uri)
+        return False if len(calls) == 1 else real(uri, storage_options)
+
+    monkeypatch.setattr(DeltaTable, "is_deltatable", staticmethod(stale_once))
+    assert sink.commit(staged).version == 1
+    assert len(calls) >= 2
+    monkeypatch.undo()
+    assert _ids(read_table(wh, "matches", D1)) == ["a0", "a1"]
+    assert _ids(read_table(wh, "matches", D2)) == ["b0", "b1", "b2"]
+
+
+def test_errors(spark, tmp_path):
+    wh = str(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        read_table(wh, "matches", D1)
+    with pytest.raises(InputError, match="does not exist"):
+        vacuum(wh, "matches")
+    sink = DeltaSink(wh)
+    with pytest.raises(InputError, match="run_date"):
+        sink.write(_df(spark, "a", 1), "matches", "2024-13-01")
+    with pytest.raises(InputError, match="partition column"):
+        sink.write(_df(spark, "a", 1).withColumn("run_date", F.col("posting_id")), "matches", D1)
+    sink.write(_df(spark, "a", 2), "matches", D1)
+    with pytest.raises(InputError, match="no column"):
+        read_table(wh, "matches", D1, columns=["nope"])
+    # a different schema is refused instead of silently changing the table
+    with pytest.raises(SinkError, match="different schema"):
+        sink.write(_df(spark, "a", 2).drop("meta"), "matches", D2)
+    assert table_version(wh, "matches") == 0
