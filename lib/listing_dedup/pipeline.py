@@ -100,9 +100,12 @@ def neighbours_for(emb: DataFrame, cfg: DedupConfig, n_rows: int, timer: StageTi
     with timer.stage(f"index{suffix}") as c:
         index = build_index(emb, cfg.index, n_rows=n_rows)
         c["lists"] = index.nlist
-    with timer.stage(f"search{suffix}") as c:
-        nbrs = _persist(search(index, emb, cfg.index.k, fail_stage=cfg.testing.fail_once_stage))
-        c["neighbour_pairs"] = nbrs.count()
+    try:
+        with timer.stage(f"search{suffix}") as c:
+            nbrs = _persist(search(index, emb, cfg.index.k, fail_stage=cfg.testing.fail_once_stage))
+            c["neighbour_pairs"] = nbrs.count()
+    finally:
+        index.unpersist()  # the neighbours are materialised; the shards are no longer needed
     return nbrs
 
 
