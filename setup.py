@@ -38,5 +38,14 @@ setup(
         # on a GPU cluster: pip install '.[gpu]' and uninstall faiss-cpu
         "gpu": ["faiss-gpu>=1.9"],
         "dev": ["pytest>=8", "ruff>=0.5", "networkx>=3"],
+        # the nightly DAG (airflow_dags/) and its tests. pyspark-client is what the Spark
+        # provider depends on; pinned to pyspark's version it ships the same `pyspark` files.
+        "airflow": [
+            "apache-airflow>=3.0,<4",
+            "apache-airflow-providers-apache-spark>=5.0",
+            "pyspark-client==4.2.0",
+        ],
+        # `make package`: packs a virtualenv for spark-submit --archives
+        "package": ["venv-pack>=0.2"],
     },
 )
