@@ -84,16 +84,32 @@ def test_not_parquet(spark, tmp_path):
         read_listings(spark, str(p), InputConf()).kept.count()
 
 
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 3), (200, 10, 10)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def test_binary_image_counts_as_image(spark, tmp_path):
     schema = pa.schema([("posting_id", pa.string()), ("title", pa.string()), ("image", pa.binary())])
-    path = write_parquet(
-        tmp_path / "b.parquet",
-        [{"posting_id": "a", "title": "", "image": b"\xff\xd8jpeg"}, {"posting_id": "b", "title": "", "image": b""}],
-        schema,
-    )
+    rows = [
+        {"posting_id": "a", "title": "", "image": _png()},  # image only: kept
+        {"posting_id": "b", "title": "", "image": b""},
+        {"posting_id": "c", "title": "", "image": b"\xff\xd8jpeg"},  # not a decodable image, no title
+        {"posting_id": "d", "title": "has a title", "image": b"\xff\xd8jpeg"},  # kept, image flagged
+    ]
+    path = write_parquet(tmp_path / "b.parquet", rows, schema)
     ing = read_listings(spark, path, InputConf())
-    assert [r.posting_id for r in ing.kept.collect()] == ["a"]
-    assert [(r.posting_id, r.reason) for r in ing.rejects.collect()] == [("b", "no_title_no_image")]
+    kept = {r.posting_id: r.image_error for r in ing.kept.collect()}
+    assert kept == {"a": None, "d": "unreadable_image"}
+    assert sorted((r.posting_id, r.reason) for r in ing.rejects.collect()) == [
+        ("b", "no_title_no_image"),
+        ("c", "unreadable_image"),
+    ]
 
 
 def test_long_titles_are_cut(spark, tmp_path):

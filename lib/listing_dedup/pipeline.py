@@ -47,6 +47,7 @@ class RunSummary:
     rows_kept: int = 0
     rows_rejected: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    images_unreadable: int = 0  # kept listings whose image is missing or does not decode
     rows_embedded: int = 0
     n_edges: int = 0
     n_groups: int = 0  # groups with 2 or more listings
@@ -67,6 +68,7 @@ class RunSummary:
                 if self.rejects_by_reason
                 else ""
             ),
+            f"  bad images     {self.images_unreadable} (kept listings whose image is missing or does not decode)",
             f"  embedded       {self.rows_embedded}",
             f"  match edges    {self.n_edges}",
             f"  groups found   {self.n_groups} groups of 2+ listings ({self.n_grouped} listings; largest "
@@ -140,9 +142,12 @@ def run_dedup(
 
         with timer.stage("ingest") as c:
             ing = read_listings(spark, input_path, cfg.input)
+            persisted.extend(ing.cached)
             kept = keep(ing.kept)
             rejects = keep(ing.rejects)
             summary.rows_kept = kept.count()
+            if ing.has_image_column:
+                summary.images_unreadable = kept.where(F.col("image_error").isNotNull()).count()
             by_reason = {r["reason"]: r["count"] for r in rejects.groupBy("reason").count().collect()}
             summary.rejects_by_reason = by_reason
             summary.rows_rejected = sum(by_reason.values())
@@ -233,7 +238,7 @@ RUNS_SCHEMA = (
     "run_id string, status string, error string, started_at timestamp, finished_at timestamp, "
     "input_path string, config_json string, version string, rows_in long, rows_kept long, rows_rejected long, "
     "rejects_by_reason string, rows_embedded long, n_edges long, n_groups long, n_grouped long, "
-    "n_singletons long, largest_group long, stage_seconds string"
+    "n_singletons long, largest_group long, stage_seconds string, images_unreadable long"
 )
 
 
@@ -259,6 +264,7 @@ def _write_run_row(spark, sink, summary: RunSummary, cfg, input_path, started, *
         summary.n_singletons,
         summary.largest_group,
         json.dumps(summary.stage_seconds),
+        summary.images_unreadable,
     )
     df = spark.createDataFrame([row], RUNS_SCHEMA).coalesce(1)
     return sink.write(df, "runs", summary.run_date, mode="append").version

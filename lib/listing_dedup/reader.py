@@ -13,9 +13,26 @@ Reject reasons, checked in this order (the first that applies wins):
     the title is empty after clean-up and there is no image (path, bytes or phash).
 ``malformed_image_phash``
     ``image_phash`` is present but not exactly 16 hex characters.
+``missing_image_file`` / ``unreadable_image``
+    the title is empty, there is no valid ``image_phash``, and the ``image`` cannot be used:
+    its file does not exist, or it does not decode completely (a non-image file, a truncated
+    or corrupt JPEG); see :mod:`listing_dedup.images`.
 ``duplicate_posting_id``
     another *valid* row with the same ``posting_id`` came first (input order); the first
     valid occurrence is kept, later ones are rejected.
+
+Images are checked only when the input has an ``image`` column: every present image is
+loaded and decoded once, in a pandas UDF on the executors. A row *with* a title whose image
+is unusable is kept (its other signals still work) and carries the reason in
+``image_error``; the job counts such rows (``images_unreadable`` in the summary and the
+``runs`` table). Relative image paths are resolved against ``input.image_root``, or the
+input folder when that is empty.
+
+Column types: ``posting_id``, ``title`` and ``image_phash`` must be strings and ``image`` a
+string (path) or binary (encoded bytes); any other type is an :class:`InputError` (exit 2)
+naming the column. One exception: a column whose values are *all* null is accepted and read
+as an all-null string column, because Parquet writers store an all-null column with no
+type (pandas/pyarrow write it as ``null``, which Spark reads as ``int``).
 """
 
 from __future__ import annotations
@@ -26,29 +43,43 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from listing_dedup.config import InputConf
 from listing_dedup.errors import InputError
+from listing_dedup.images import image_error, image_root_for
 from listing_dedup.text import clean_titles
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = {"posting_id": (T.StringType,), "title": (T.StringType,)}
 OPTIONAL_COLUMNS = {"image": (T.StringType, T.BinaryType), "image_phash": (T.StringType,)}
-KEPT_COLUMNS = ("posting_id", "title", "image", "image_phash")
-REJECT_REASONS = ("null_posting_id", "no_title_no_image", "malformed_image_phash", "duplicate_posting_id")
+KEPT_COLUMNS = ("posting_id", "title", "image", "image_phash", "image_error")
+REJECT_REASONS = (
+    "null_posting_id",
+    "no_title_no_image",
+    "malformed_image_phash",
+    "missing_image_file",
+    "unreadable_image",
+    "duplicate_posting_id",
+)
 PHASH_PATTERN = r"^[0-9a-fA-F]{16}$"
 
 
 @dataclass(frozen=True)
 class Ingested:
-    kept: DataFrame  # posting_id, title (cleaned), image (null when absent), image_phash (lower-case hex or null)
+    # posting_id, title (cleaned), image (null when absent), image_phash (lower-case hex or null),
+    # image_error (why a present image is unusable: missing_image_file / unreadable_image; else null)
+    kept: DataFrame
     rejects: DataFrame  # posting_id, reason, raw (JSON of all input columns)
     has_image_column: bool
     source: DataFrame  # the input as read, for the accounting check
+    # DataFrames the reader persisted (the validated rows when images are decoded, so that
+    # ``kept`` and ``rejects`` do not decode every image twice); the caller unpersists them
+    cached: tuple[DataFrame, ...] = ()
 
     def rows_in(self) -> int:
         return self.source.count()
@@ -73,20 +104,30 @@ def read_input(spark: SparkSession, path: str) -> DataFrame:
         raise InputError(f"cannot read input Parquet at {path}: {first}") from None
 
 
-def check_schema(df: DataFrame) -> None:
+def check_schema(df: DataFrame) -> DataFrame:
+    """Check the known columns' types; returns ``df`` with all-null mistyped columns cast to
+    string (see the module doc). Raises :class:`InputError` naming the first bad column."""
     fields = {f.name: f.dataType for f in df.schema.fields}
     for name in REQUIRED_COLUMNS:
         if name not in fields:
             raise InputError(f"input is missing required column '{name}' (has: {', '.join(sorted(fields)) or 'none'})")
     for name, types in {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}.items():
         if name in fields and not isinstance(fields[name], types):
-            wanted = " or ".join(t.typeName() for t in types)
-            raise InputError(f"input column '{name}' has type {fields[name].simpleString()}, expected {wanted}")
+            all_null = isinstance(fields[name], T.NullType) or df.where(F.col(name).isNotNull()).limit(1).count() == 0
+            if not all_null:
+                wanted = " or ".join(t.typeName() for t in types)
+                raise InputError(f"input column '{name}' has type {fields[name].simpleString()}, expected {wanted}")
+            log.info("input column '%s' is all null (stored as %s); reading it as string", name, fields[name])
+            df = df.withColumn(name, F.col(name).cast("string"))
+    return df
 
 
-def validate(df: DataFrame, cfg: InputConf) -> Ingested:
-    """Split rows into kept listings and rejects (see the module doc for the rules)."""
-    check_schema(df)
+def validate(df: DataFrame, cfg: InputConf, image_root: str = "") -> Ingested:
+    """Split rows into kept listings and rejects (see the module doc for the rules).
+
+    ``image_root`` is the folder relative ``image`` paths are resolved against."""
+    source = df
+    df = check_schema(df)
     original_columns = df.columns
     has_image = "image" in original_columns
     max_chars = cfg.max_title_chars
@@ -119,6 +160,19 @@ def validate(df: DataFrame, cfg: InputConf) -> Ingested:
         .when((F.length(F.col("title")) == 0) & ~image_present & ~phash_present, F.lit("no_title_no_image"))
         .when(phash_present & ~F.col("_phash").rlike(PHASH_PATTERN), F.lit("malformed_image_phash"))
     )
+    if has_image:
+
+        @F.pandas_udf(T.StringType())
+        def _image_error(values: pd.Series) -> pd.Series:
+            return values.map(lambda v: None if v is None else image_error(v, image_root)).astype("string")
+
+        staged = staged.withColumn(
+            "image_error", F.when(image_present, _image_error(F.col("image"))).otherwise(F.lit(None).cast("string"))
+        )
+        no_title_or_phash = (F.length(F.col("title")) == 0) & ~phash_present
+        row_reason = row_reason.when(no_title_or_phash & F.col("image_error").isNotNull(), F.col("image_error"))
+    else:
+        staged = staged.withColumn("image_error", F.lit(None).cast("string"))
     staged = staged.withColumn("reason", row_reason)
     # rank valid rows sharing an id by input order; the first is kept
     w = Window.partitionBy("posting_id", F.col("reason").isNull()).orderBy("_row")
@@ -136,12 +190,16 @@ def validate(df: DataFrame, cfg: InputConf) -> Ingested:
             "image", F.when(image_present, F.trim(F.col("image"))).otherwise(F.lit(None).cast("string"))
         )
 
+    cached: tuple[DataFrame, ...] = ()
+    if has_image:
+        staged = staged.persist(StorageLevel.MEMORY_AND_DISK)
+        cached = (staged,)
     kept = staged.where(F.col("reason").isNull()).select(*KEPT_COLUMNS)
     if cfg.partitions:
         kept = kept.repartition(cfg.partitions)
     rejects = staged.where(F.col("reason").isNotNull()).select(F.col("_raw_id").alias("posting_id"), "reason", "raw")
-    return Ingested(kept=kept, rejects=rejects, has_image_column=has_image, source=df)
+    return Ingested(kept=kept, rejects=rejects, has_image_column=has_image, source=source, cached=cached)
 
 
 def read_listings(spark: SparkSession, path: str, cfg: InputConf) -> Ingested:
-    return validate(read_input(spark, path), cfg)
+    return validate(read_input(spark, path), cfg, image_root=image_root_for(path, cfg.image_root))
