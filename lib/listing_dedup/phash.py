@@ -1,0 +1,126 @@
+"""Perceptual hashes of listing images (64-bit pHash, 16 hex characters).
+
+The hashes are ``imagehash.phash`` with its defaults (hash size 8, high-frequency factor 4:
+grey-scale, resize to 32 x 32, 2-D DCT, the top-left 8 x 8 block thresholded at its median),
+written as ``str(hash)``: the same as the ``image_phash`` column of the Shopee data.
+
+Public API
+----------
+``phash_hex(image) -> str``
+    The 16-hex-character pHash of a decoded ``PIL.Image``.
+``hex_to_bits(hexes) -> np.ndarray``
+    uint8 (n, 8): the 64 bits of each hash, packed 8 per byte, ready for a FAISS binary index
+    (``faiss.IndexBinaryFlat(64)``); a ``ValueError`` names the first hash that is not 16 hex.
+``hamming(a, b) -> int | np.ndarray``
+    Bits that differ, row by row; ``a`` and ``b`` are hex strings, sequences of them or
+    arrays from :func:`hex_to_bits` (one side may be a single hash).
+``fill_phash(df, image_col="image", phash_col="image_phash", image_root="", *, error_col=None)``
+    Spark: fills null/empty ``phash_col`` from the image (path relative to ``image_root`` or
+    bytes); rows whose hash is given are not decoded. Rows whose image is missing or corrupt
+    keep a null hash. With ``error_col``, also adds the decode failure reason (null otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from listing_dedup.image_embed import decode_image
+
+HASH_BYTES = 8
+HASH_BITS = 64
+
+# popcount of every byte value
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def phash_hex(image: Any) -> str:
+    """``str(imagehash.phash(image))``: 16 lower-case hex characters."""
+    import imagehash
+
+    return str(imagehash.phash(image))
+
+
+def hex_to_bits(hexes: str | Sequence[str] | pd.Series) -> np.ndarray:
+    """Pack 16-hex-character hashes into a uint8 (n, 8) array (byte i = hex chars 2i, 2i+1)."""
+    if isinstance(hexes, str):
+        hexes = [hexes]
+    values = list(hexes)
+    out = np.empty((len(values), HASH_BYTES), dtype=np.uint8)
+    for i, h in enumerate(values):
+        try:
+            if not isinstance(h, str) or len(h.strip()) != 2 * HASH_BYTES:
+                raise ValueError
+            out[i] = np.frombuffer(bytes.fromhex(h.strip()), dtype=np.uint8)
+        except ValueError:
+            raise ValueError(f"not a 16-hex-character hash at row {i}: {h!r}") from None
+    return out
+
+
+def _as_bits(x: Any) -> np.ndarray:
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8:
+        return x.reshape(-1, HASH_BYTES)
+    return hex_to_bits(x)
+
+
+def hamming(a: Any, b: Any) -> int | np.ndarray:
+    """Hamming distances between hashes, row by row (an int when both sides are one hash)."""
+    scalar = isinstance(a, str) and isinstance(b, str)
+    x, y = _as_bits(a), _as_bits(b)
+    if len(x) != len(y) and 1 not in (len(x), len(y)):
+        raise ValueError(f"cannot pair {len(x)} hashes with {len(y)}")
+    d = _POPCOUNT[np.bitwise_xor(x, y)].sum(axis=1, dtype=np.int64)
+    return int(d[0]) if scalar else d
+
+
+def phash_value(value: Any, root: str = "") -> tuple[str | None, str | None]:
+    """``(hash, None)`` for a decodable image path/bytes, else ``(None, reason)``."""
+    image, reason = decode_image(value, root)
+    if image is None:
+        return None, reason
+    return phash_hex(image), None
+
+
+def fill_phash_frame(images: pd.Series, phashes: pd.Series, root: str = "") -> pd.DataFrame:
+    """Pure core of :func:`fill_phash`: columns ``phash`` and ``error``, index of ``images``."""
+    out_hash: list[str | None] = []
+    out_err: list[str | None] = []
+    for value, given in zip(images, phashes, strict=True):
+        if isinstance(given, str) and given.strip():
+            out_hash.append(given)
+            out_err.append(None)
+            continue
+        h, reason = phash_value(value, root)
+        out_hash.append(h)
+        out_err.append(reason)
+    return pd.DataFrame({"phash": out_hash, "error": out_err}, index=images.index)
+
+
+def fill_phash(
+    df: Any,
+    image_col: str = "image",
+    phash_col: str = "image_phash",
+    image_root: str = "",
+    *,
+    error_col: str | None = None,
+) -> Any:
+    """Fill null or empty ``phash_col`` values from ``image_col`` (see the module doc)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    schema = T.StructType([T.StructField("phash", T.StringType()), T.StructField("error", T.StringType())])
+
+    @F.pandas_udf(schema)
+    def _fill(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        for images, phashes in batches:
+            yield fill_phash_frame(images, phashes, image_root)
+
+    tmp = f"__{phash_col}_struct"
+    phash_in = F.col(phash_col) if phash_col in df.columns else F.lit(None).cast("string")
+    out = df.withColumn(tmp, _fill(F.col(image_col), phash_in)).withColumn(phash_col, F.col(f"{tmp}.phash"))
+    if error_col:
+        out = out.withColumn(error_col, F.col(f"{tmp}.error"))
+    return out.drop(tmp)

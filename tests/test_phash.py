@@ -1,0 +1,123 @@
+"""Perceptual hashes: bit packing, Hamming distances, filling missing hashes, real images."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import imagehash
+import numpy as np
+import pandas as pd
+import pytest
+from listing_dedup.phash import fill_phash, fill_phash_frame, hamming, hex_to_bits, phash_hex
+from PIL import Image
+
+
+def _png_bytes(seed: int, size=(96, 64)) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((size[1] // 8, size[0] // 8, 3)) * 255).astype(np.uint8)
+    im = Image.fromarray(arr).resize(size, Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_hex_to_bits_packs_bytes_in_hex_order():
+    bits = hex_to_bits(pd.Series(["8000000000000001", "00ff00ff00ff00ff", "94974F937D4C2433"]))
+    assert bits.dtype == np.uint8 and bits.shape == (3, 8)
+    assert bits[0].tolist() == [128, 0, 0, 0, 0, 0, 0, 1]
+    assert bits[1].tolist() == [0, 255] * 4
+    assert bits[2].tolist() == [0x94, 0x97, 0x4F, 0x93, 0x7D, 0x4C, 0x24, 0x33]
+
+
+@pytest.mark.parametrize("bad", ["123", "zz00000000000000", None, "0000000000000000ff"])
+def test_hex_to_bits_rejects_malformed(bad):
+    with pytest.raises(ValueError, match="row 1"):
+        hex_to_bits(["0000000000000000", bad])
+
+
+def test_hamming_counts_differing_bits():
+    assert hamming("ffffffffffffffff", "0000000000000000") == 64
+    assert hamming("8000000000000001", "0000000000000000") == 2
+    assert hamming("94974f937d4c2433", "94974f937d4c2433") == 0
+    d = hamming(["0000000000000000", "000000000000000f", "f0f0f0f0f0f0f0f0"], "0000000000000000")
+    assert d.tolist() == [0, 4, 32]
+    with pytest.raises(ValueError, match="cannot pair"):
+        hamming(["0" * 16] * 2, ["0" * 16] * 3)
+
+
+def test_hamming_agrees_with_faiss_binary_index():
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(7)
+    hexes = ["".join(rng.choice(list("0123456789abcdef"), 16)) for _ in range(40)]
+    bits = hex_to_bits(hexes)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(bits)
+    dist, ids = index.search(bits[:5], 40)
+    for q in range(5):
+        ours = hamming(bits[ids[q]], bits[q : q + 1])
+        assert ours.tolist() == dist[q].tolist()
+
+
+def test_phash_hex_is_imagehash_phash():
+    im = Image.open(io.BytesIO(_png_bytes(1)))
+    h = phash_hex(im)
+    assert len(h) == 16 and h == h.lower()
+    assert imagehash.hex_to_hash(h) == imagehash.phash(im)
+
+
+def test_fill_phash_frame_keeps_given_hashes_and_reports_failures(tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = _png_bytes(2)
+    images = pd.Series([good, "nope.jpg", "broken.jpg", None, "nope.jpg", ""], dtype=object)
+    given = pd.Series([None, None, None, None, "0123456789abcdef", None], dtype=object)
+    out = fill_phash_frame(images, given, str(tmp_path))
+    assert out["phash"].tolist() == [
+        str(imagehash.phash(Image.open(io.BytesIO(good)))),
+        None,
+        None,
+        None,
+        "0123456789abcdef",  # given: kept, the (missing) file is never opened
+        None,
+    ]
+    assert out["error"].tolist() == [None, "not_found", "corrupt", "missing", None, "missing"]
+
+
+def test_fill_phash_on_spark(spark, tmp_path):
+    a, b = _png_bytes(3), _png_bytes(4)
+    (tmp_path / "a.png").write_bytes(a)
+    rows = [
+        ("p1", "a.png", None),
+        ("p2", "a.png", "ffffffffffffffff"),
+        ("p3", "missing.png", None),
+        ("p4", None, None),
+    ]
+    df = spark.createDataFrame(rows, "posting_id string, image string, image_phash string")
+    out = fill_phash(df, image_root=str(tmp_path), error_col="phash_error").toPandas().set_index("posting_id")
+    want_a = str(imagehash.phash(Image.open(io.BytesIO(a))))
+    assert out.loc["p1", "image_phash"] == want_a
+    assert out.loc["p2", "image_phash"] == "ffffffffffffffff"
+    assert out.loc["p3", "image_phash"] is None and out.loc["p3", "phash_error"] == "not_found"
+    assert out.loc["p4", "image_phash"] is None and out.loc["p4", "phash_error"] == "missing"
+    assert list(out.reset_index().columns) == ["posting_id", "image", "image_phash", "phash_error"]
+
+    binary = spark.createDataFrame(
+        [("q1", bytearray(b)), ("q2", bytearray(b"junk"))], "posting_id string, image binary"
+    )
+    got = fill_phash(binary).toPandas().set_index("posting_id")["image_phash"]
+    assert got["q1"] == str(imagehash.phash(Image.open(io.BytesIO(b))))
+    assert got["q2"] is None
+
+
+def test_real_images_reproduce_csv_phash_within_2_bits(shared_data):
+    csv = pd.read_csv(shared_data / "shopee" / "listings_dev.csv", dtype=str)
+    folder = shared_data / "shopee" / "images"
+    files = sorted(p.name for p in folder.glob("*.jpg"))
+    assert len(files) == 23
+    ref = csv.drop_duplicates("image").set_index("image").loc[files, "image_phash"]
+    out = fill_phash_frame(pd.Series(files), pd.Series([None] * len(files)), str(folder))
+    assert out["error"].isna().all()
+    diffs = hamming(out["phash"].tolist(), ref.tolist())
+    print("bit differences vs CSV image_phash:", dict(sorted(Counter(diffs.tolist()).items())))
+    assert diffs.max() <= 2, dict(zip(files, diffs.tolist(), strict=True))
+    assert (diffs == 0).sum() >= 20  # almost all reproduce exactly
