@@ -13,13 +13,13 @@ from listing_dedup.errors import ModelError
 from listing_dedup.image_embed import (
     DIM,
     ImageEncoderBuilder,
-    decode_image,
     embed_images,
     encode_values,
     load_lite0_weights,
     map_state_dict,
     resolve_weights_path,
 )
+from listing_dedup.images import load_image
 from PIL import Image, ImageOps
 
 # Logits of the package's own model class, efficientnet_lite_pytorch 0.1.0
@@ -113,41 +113,6 @@ def test_builder_is_picklable_and_hashable():
 
 
 # --------------------------------------------------------------------------------------
-# decoding
-
-
-def test_decode_image_paths_bytes_and_failures(tmp_path):
-    arr = _synthetic(1)
-    (tmp_path / "ok.jpg").write_bytes(_jpeg(arr))
-    full = _jpeg(arr)
-    (tmp_path / "truncated.jpg").write_bytes(full[: len(full) // 2])
-    (tmp_path / "text.jpg").write_text("hello")
-    rgba = io.BytesIO()
-    Image.new("RGBA", (10, 7), (255, 0, 0, 128)).save(rgba, format="PNG")
-
-    im, err = decode_image("ok.jpg", str(tmp_path))
-    assert err is None and im.mode == "RGB" and im.size == (160, 120)
-    im2, _ = decode_image(full)
-    assert np.array_equal(np.asarray(im), np.asarray(im2))
-    im3, err3 = decode_image(rgba.getvalue())
-    assert err3 is None and im3.mode == "RGB" and im3.size == (10, 7)
-    im4, err4 = decode_image(str(tmp_path / "ok.jpg"), "/somewhere/else")  # absolute paths ignore the root
-    assert err4 is None and im4.size == (160, 120)
-
-    for value, reason in [
-        (None, "missing"),
-        ("", "missing"),
-        (b"", "missing"),
-        (float("nan"), "missing"),
-        ("nope.jpg", "not_found"),
-        ("truncated.jpg", "corrupt"),
-        ("text.jpg", "corrupt"),
-        (b"\x89PNG\r\n\x1a\n garbage", "corrupt"),
-    ]:
-        assert decode_image(value, str(tmp_path)) == (None, reason), value
-
-
-# --------------------------------------------------------------------------------------
 # encoding
 
 
@@ -162,13 +127,17 @@ def test_encode_synthetic_images_unit_norm_and_order_independent(encoder):
 
 
 def test_encode_values_keeps_failed_rows(encoder, tmp_path):
-    (tmp_path / "a.jpg").write_bytes(_jpeg(_synthetic(3)))
-    values = pd.Series(["a.jpg", None, b"junk", "gone.jpg"], index=[10, 11, 12, 13], dtype=object)
+    full = _jpeg(_synthetic(3))
+    (tmp_path / "a.jpg").write_bytes(full)
+    (tmp_path / "cut.jpg").write_bytes(full[: len(full) // 2])
+    values = pd.Series(["a.jpg", None, b"junk", "gone.jpg", "cut.jpg", full], index=range(10, 16), dtype=object)
     out = encode_values(encoder, values, str(tmp_path))
-    assert out.index.tolist() == [10, 11, 12, 13]
-    assert out["error"].tolist() == [None, "missing", "corrupt", "not_found"]
-    assert out["emb"].iloc[1:].isna().all()
-    want = encoder.encode([decode_image("a.jpg", str(tmp_path))[0]])[0]
+    assert out.index.tolist() == list(range(10, 16))
+    reasons = [None, "no_image", "unreadable_image", "missing_image_file", "unreadable_image", None]
+    assert out["error"].tolist() == reasons
+    assert out["emb"].iloc[1:5].isna().all()
+    np.testing.assert_allclose(out["emb"].iloc[5], out["emb"].iloc[0], atol=1e-6)  # bytes == path
+    want = encoder.encode([load_image("a.jpg", str(tmp_path)).image])[0]
     np.testing.assert_allclose(out["emb"].iloc[0], want, atol=1e-6)
 
 
@@ -179,9 +148,9 @@ def real_images(shared_data):
     assert len(files) == 23, files
     ims = []
     for name in files:
-        im, err = decode_image(name, str(folder))
-        assert err is None, (name, err)
-        ims.append(im)
+        result = load_image(name, str(folder))
+        assert result.ok, (name, result.error)
+        ims.append(result.image)
     return files, ims
 
 
@@ -220,10 +189,10 @@ def test_embed_images_spark_udf(spark, encoder, tmp_path):
     builder = ImageEncoderBuilder(device="cpu", batch_size=2)
     out = embed_images(df, "image", "img_emb", builder, str(tmp_path)).toPandas().set_index("posting_id")
     assert list(out.columns) == ["image", "img_emb", "img_emb_error"]
-    reasons = {"p1": None, "p2": "corrupt", "p3": "missing", "p4": "not_found", "p5": None}
+    reasons = {"p1": None, "p2": "unreadable_image", "p3": "no_image", "p4": "missing_image_file", "p5": None}
     assert out["img_emb_error"].to_dict() == reasons
     assert out.loc[["p2", "p3", "p4"], "img_emb"].isna().all()
-    want = encoder.encode([decode_image("x.jpg", str(tmp_path))[0]])[0]
+    want = encoder.encode([load_image("x.jpg", str(tmp_path)).image])[0]
     for pid in ("p1", "p5"):
         v = np.asarray(out.loc[pid, "img_emb"], dtype=np.float32)
         assert v.shape == (DIM,)
@@ -232,5 +201,5 @@ def test_embed_images_spark_udf(spark, encoder, tmp_path):
     binary = spark.createDataFrame([("b1", bytearray(_jpeg(arrays[1])))], "posting_id string, image binary")
     got = embed_images(binary, "image", "e", builder, error_col="why").toPandas()
     assert got["why"].tolist() == [None]
-    want_b = encoder.encode([decode_image(_jpeg(arrays[1]))[0]])[0]
+    want_b = encoder.encode([load_image(_jpeg(arrays[1])).image])[0]
     np.testing.assert_allclose(np.asarray(got["e"][0], dtype=np.float32), want_b, atol=1e-5)

@@ -80,7 +80,7 @@ def test_fill_phash_frame_keeps_given_hashes_and_reports_failures(tmp_path):
         "0123456789abcdef",  # given: kept, the (missing) file is never opened
         None,
     ]
-    assert out["error"].tolist() == [None, "not_found", "corrupt", "missing", None, "missing"]
+    assert out["error"].tolist() == [None, "missing_image_file", "unreadable_image", "no_image", None, "no_image"]
 
 
 def test_fill_phash_on_spark(spark, tmp_path):
@@ -97,8 +97,8 @@ def test_fill_phash_on_spark(spark, tmp_path):
     want_a = str(imagehash.phash(Image.open(io.BytesIO(a))))
     assert out.loc["p1", "image_phash"] == want_a
     assert out.loc["p2", "image_phash"] == "ffffffffffffffff"
-    assert out.loc["p3", "image_phash"] is None and out.loc["p3", "phash_error"] == "not_found"
-    assert out.loc["p4", "image_phash"] is None and out.loc["p4", "phash_error"] == "missing"
+    assert out.loc["p3", "image_phash"] is None and out.loc["p3", "phash_error"] == "missing_image_file"
+    assert out.loc["p4", "image_phash"] is None and out.loc["p4", "phash_error"] == "no_image"
     assert list(out.reset_index().columns) == ["posting_id", "image", "image_phash", "phash_error"]
 
     binary = spark.createDataFrame(

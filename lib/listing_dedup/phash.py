@@ -17,7 +17,8 @@ Public API
 ``fill_phash(df, image_col="image", phash_col="image_phash", image_root="", *, error_col=None)``
     Spark: fills null/empty ``phash_col`` from the image (path relative to ``image_root`` or
     bytes); rows whose hash is given are not decoded. Rows whose image is missing or corrupt
-    keep a null hash. With ``error_col``, also adds the decode failure reason (null otherwise).
+    keep a null hash. With ``error_col``, also adds the reason from
+    :func:`listing_dedup.images.load_image` (null when the hash is given or computed).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from listing_dedup.image_embed import decode_image
+from listing_dedup.images import load_image
 
 HASH_BYTES = 8
 HASH_BITS = 64
@@ -78,10 +79,10 @@ def hamming(a: Any, b: Any) -> int | np.ndarray:
 
 def phash_value(value: Any, root: str = "") -> tuple[str | None, str | None]:
     """``(hash, None)`` for a decodable image path/bytes, else ``(None, reason)``."""
-    image, reason = decode_image(value, root)
-    if image is None:
-        return None, reason
-    return phash_hex(image), None
+    result = load_image(value, root)
+    if not result.ok:
+        return None, result.error
+    return phash_hex(result.image), None
 
 
 def fill_phash_frame(images: pd.Series, phashes: pd.Series, root: str = "") -> pd.DataFrame:
