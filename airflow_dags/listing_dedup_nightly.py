@@ -69,13 +69,14 @@ DEFAULTS = {
 def var(name: str) -> str:
     """A Jinja expression reading Variable ``listing_dedup_<name>`` (rendered at run time,
     never at parse time, so parsing the DAG touches no database)."""
-    return "{{ var.value.get('listing_dedup_%s', '%s') }}" % (name, DEFAULTS[name])
+    return "{{ var.value.get('listing_dedup_" + name + "', '" + DEFAULTS[name] + "') }}"
 
 
 ARTIFACTS = var("artifacts")
 CONF_PROFILE = (
-    "{{ var.value.get('listing_dedup_conf', '') or var.value.get('listing_dedup_artifacts', '%s') ~ '/cluster.yaml' }}"
-    % DEFAULTS["artifacts"]
+    "{{ var.value.get('listing_dedup_conf', '') or var.value.get('listing_dedup_artifacts', '"
+    + DEFAULTS["artifacts"]
+    + "') ~ '/cluster.yaml' }}"
 )
 WAREHOUSE = var("warehouse")
 
@@ -147,7 +148,15 @@ with DAG(
     verify = SparkSubmitOperator(
         task_id="verify",
         name="listing-dedup-verify-{{ ds }}",
-        application_args=["--verify-only", "--conf", "profile.yaml", "--run-date", "{{ ds }}", "--warehouse", WAREHOUSE],
+        application_args=[
+            "--verify-only",
+            "--conf",
+            "profile.yaml",
+            "--run-date",
+            "{{ ds }}",
+            "--warehouse",
+            WAREHOUSE,
+        ],
         conf={**PYTHON_ENV_CONF, "spark.executor.instances": "1", "spark.dynamicAllocation.enabled": "false"},
         retries=1,
         **COMMON,
