@@ -432,7 +432,7 @@ def plot_sizes(sizes: pd.DataFrame, path: Path, *, title: str = "") -> None:
     ax.bar(x + w / 2, sizes["true_groups"], w, label="true groups", color="C1")
     ax.set_xticks(x)
     ax.set_xticklabels([str(s) for s in sizes["size"]], rotation=90 if len(sizes) > 30 else 0)
-    ax.set_xlabel("group size (listings)")
+    ax.set_xlabel("group size (listings; sizes with no group are left out)")
     ax.set_ylabel("number of groups (log scale)")
     if (sizes[["predicted_groups", "true_groups"]].to_numpy() > 0).any():
         ax.set_yscale("log")
