@@ -1,0 +1,155 @@
+"""Helpers shared by the reliability tests (not a test module)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from listing_dedup.config import load_config
+from listing_dedup.pipeline import run_dedup
+from listing_dedup.runtime import run_cli
+from listing_dedup.writer import read_table, table_version
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = [str(REPO / "conf" / "local.yaml")]
+# tiny catalogs: exact search, no INB round, thresholds that group the near-identical titles
+SETS = [
+    "match.threshold=0.8",
+    "match.min2_threshold=0.8",
+    "inb.thresholds=[]",
+    "index.n_shards=2",
+    "input.partitions=2",
+]
+DATA_TABLES = ("matches", "clusters", "rejects")
+
+
+def config(*extra: str):
+    return load_config(CONF, [*SETS, *extra])
+
+
+def job(spark, cfg, input_path: str, run_date: str, warehouse: str) -> tuple[int, str, object]:
+    """Run the job in-process the way jobs/dedup_listings.py does (``run_cli`` maps errors to
+    exit codes): returns (exit code, stderr, summary or None)."""
+    out: dict = {}
+
+    def _run() -> int:
+        out["summary"] = run_dedup(spark=spark, cfg=cfg, input_path=input_path, run_date=run_date, warehouse=warehouse)
+        return 0
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = run_cli(_run)
+    return rc, err.getvalue(), out.get("summary")
+
+
+def snapshot(warehouse: str, run_date: str) -> dict[str, pd.DataFrame]:
+    """The date's rows of the three data tables, sorted, in comparable form."""
+    snap = {}
+    for t in DATA_TABLES:
+        df = read_table(warehouse, t, run_date).drop(columns=["run_date"])
+        if t == "matches":
+            order = [sorted(zip(m, s)) for m, s in zip(df["match_ids"], df["scores"])]
+            df = df.assign(
+                match_ids=[[m for m, _ in o] for o in order], scores=[[round(float(s), 4) for _, s in o] for o in order]
+            )
+        df = df.sort_values([c for c in ("posting_id", "reason", "raw") if c in df.columns], na_position="first")
+        snap[t] = df.reset_index(drop=True)
+    return snap
+
+
+def versions(warehouse: str) -> dict[str, int]:
+    return {t: table_version(warehouse, t) for t in (*DATA_TABLES, "runs")}
+
+
+def data_files(warehouse: str) -> set[str]:
+    """Every Parquet file under the data tables' folders (committed or not)."""
+    root = Path(warehouse)
+    return {str(p.relative_to(root)) for t in DATA_TABLES for p in (root / t).rglob("*.parquet")}
+
+
+def groups(clusters: pd.DataFrame) -> dict[frozenset, str]:
+    """member set -> group_id."""
+    return {frozenset(g["posting_id"]): gid for gid, g in clusters.groupby("group_id")}
+
+
+def jpeg(seed: int = 0, size: int = 48) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def bad_images() -> dict[str, bytes]:
+    good = jpeg()
+    return {
+        "truncated.jpg": good[: len(good) * 2 // 3],
+        "corrupt.jpg": good[:20] + bytes(range(256)) * 8,
+        "not_an_image.jpg": b"posting_id,title\na,b\n",
+        "empty.jpg": b"",
+    }
+
+
+# Runs jobs/dedup_listings.py in a child process with DeltaSink.commit wrapped by a test-only
+# hook: "kill" SIGKILLs the driver at its first commit (after the executors wrote every staged
+# file); "barrier:<dir>:<n>" makes the process wait at its first commit until <n> processes
+# are there, so that their commits really race.
+HARNESS = r"""
+import os, runpy, signal, sys, time
+from pathlib import Path
+from listing_dedup import writer
+
+mode, args = sys.argv[1], sys.argv[2:]
+real_commit = writer.DeltaSink.commit
+state = {"first": True}
+
+def commit(self, staged, **kw):
+    if state["first"]:
+        state["first"] = False
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if mode.startswith("barrier:"):
+            _, folder, n = mode.split(":")
+            Path(folder, f"{os.getpid()}").touch()
+            deadline = time.time() + 600
+            while len(list(Path(folder).iterdir())) < int(n) and time.time() < deadline:
+                time.sleep(0.01)
+    return real_commit(self, staged, **kw)
+
+writer.DeltaSink.commit = commit
+sys.argv = ["jobs/dedup_listings.py", *args]
+runpy.run_path("jobs/dedup_listings.py", run_name="__main__")
+"""
+
+
+def spawn(mode: str, *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", HARNESS, mode, *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def cli_args(input_path: str, run_date: str, warehouse: str) -> list[str]:
+    sets = [x for s in [*SETS, "spark.conf.spark.sql.shuffle.partitions=2"] for x in ("--set", s)]
+    return ["--conf", CONF[0], "--input", input_path, "--run-date", run_date, "--warehouse", warehouse, *sets]
+
+
+def live_files(warehouse: str) -> set[str]:
+    """The Parquet files the data tables' current versions reference (as in data_files)."""
+    from deltalake import DeltaTable
+
+    root = Path(warehouse).resolve()
+    return {
+        str(Path(uri.removeprefix("file://")).resolve().relative_to(root))
+        for t in DATA_TABLES
+        for uri in DeltaTable(str(root / t)).file_uris()
+    }

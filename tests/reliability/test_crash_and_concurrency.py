@@ -1,0 +1,93 @@
+"""A driver killed between staging and committing leaves every table at its previous
+version (the next run succeeds, vacuum removes the orphans); two dates committed by two
+processes at the same moment both land."""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import pandas as pd
+from _rel import cli_args, config, data_files, groups, job, live_files, snapshot, spawn, versions
+from listing_dedup.verify import verify_run
+from listing_dedup.writer import read_table, vacuum
+
+DATE = "2026-06-01"
+V1 = [("a1", "Rice cooker digital Miyako 1.8 liter"), ("a2", "MIYAKO RICE COOKER DIGITAL 1.8 LITER"),
+      ("z1", "Susu UHT coklat 200ml"), (None, "no id")]  # fmt: skip
+V2 = [("b1", "Mouse wireless Logitech M331 silent click"), ("b2", "Logitech M331 silent click wireless mouse"),
+      ("b3", "Hijab segi empat voal motif bunga"), ("b3", "duplicate")]  # fmt: skip
+
+
+def catalog(path, rows) -> str:
+    pd.DataFrame(rows, columns=["posting_id", "title"]).to_parquet(path, index=False)
+    return str(path)
+
+
+def test_killed_driver_before_commit_leaves_previous_version(spark, tmp_path):
+    wh = str(tmp_path / "wh")
+    v1, v2 = catalog(tmp_path / "v1.parquet", V1), catalog(tmp_path / "v2.parquet", V2)
+    rc, err, _ = job(spark, config(), v1, DATE, wh)
+    assert rc == 0, err
+    before, before_versions, before_files = snapshot(wh, DATE), versions(wh), data_files(wh)
+
+    p = spawn("kill", *cli_args(v2, DATE, wh))
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == -signal.SIGKILL, err[-3000:]
+    orphans = data_files(wh) - before_files
+    # the executors had written every table's files ...
+    assert {f.split("/")[0] for f in orphans} == {"matches", "clusters", "rejects"}
+    # ... but nothing was committed: each table reads as its previous version
+    assert versions(wh) == before_versions
+    for t, df in snapshot(wh, DATE).items():
+        pd.testing.assert_frame_equal(df, before[t])
+    assert read_table(wh, "runs", DATE)["status"].tolist() == ["succeeded"]  # the killed run left no row
+
+    rc, err, s = job(spark, config(), v2, DATE, wh)  # the next run succeeds
+    assert rc == 0, err
+    assert versions(wh)["clusters"] == before_versions["clusters"] + 1
+    after = snapshot(wh, DATE)
+    assert dict(zip(after["clusters"]["posting_id"], after["clusters"]["group_id"])) == {
+        "b1": "b1",
+        "b2": "b1",
+        "b3": "b3",
+    }
+    verify_run(wh, DATE)
+
+    removed = set()
+    for t in ("matches", "clusters", "rejects"):
+        removed |= {f"{t}/{f}" for f in vacuum(wh, t)}
+    assert orphans <= removed  # every orphan went (with the files the rerun replaced)
+    assert data_files(wh) == live_files(wh)
+    for t, df in snapshot(wh, DATE).items():
+        pd.testing.assert_frame_equal(df, after[t])
+
+
+def test_two_dates_committed_concurrently_by_two_processes(tmp_path):
+    wh = str(tmp_path / "wh")  # fresh: both processes also race to create every table
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    dates = {"2026-06-02": catalog(tmp_path / "d1.parquet", V1), "2026-06-03": catalog(tmp_path / "d2.parquet", V2)}
+    procs = {d: spawn(f"barrier:{barrier}:2", *cli_args(path, d, wh)) for d, path in dates.items()}
+    outs = {d: p.communicate(timeout=900) for d, p in procs.items()}
+    for d, p in procs.items():
+        assert p.returncode == 0, outs[d][1][-3000:]
+
+    clusters = read_table(wh, "clusters")
+    got = {d: groups(clusters[clusters["run_date"] == d]) for d in dates}
+    assert got == {
+        "2026-06-02": {frozenset({"a1", "a2"}): "a1", frozenset({"z1"}): "z1"},
+        "2026-06-03": {frozenset({"b1", "b2"}): "b1", frozenset({"b3"}): "b3"},
+    }
+    for d in dates:
+        verify_run(wh, d)
+    # each commit got its own version: one process created each table, the other committed after it
+    for t in ("matches", "clusters", "rejects", "runs"):
+        found = sorted(
+            int(m)
+            for _, err in outs.values()
+            for m in re.findall(rf"committed {t} run_date=\S+ mode=\S+: version (\d+)", err)
+        )
+        assert found == [0, 1], (t, found)
+    runs = read_table(wh, "runs")
+    assert sorted(zip(runs["run_date"], runs["status"])) == [("2026-06-02", "succeeded"), ("2026-06-03", "succeeded")]
