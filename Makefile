@@ -11,6 +11,11 @@ SAMPLE ?= data/sample
 WAREHOUSE ?= warehouse
 RUN_DATE ?= 2026-01-01
 PYTEST_ARGS ?=
+DIST ?= dist
+PACK_VENV ?= build/pack-venv
+PACK_EXTRAS ?=
+PACK_COMPRESS ?= 1
+EXTRAS_STAMP := $(VENV)/.installed-airflow-package
 
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export HF_HUB_OFFLINE := 1
@@ -20,7 +25,7 @@ export PYTHONUNBUFFERED := 1
 # pip prints one warning per package about an empty local index on this kind of machine
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup sample run test lint bench clean
+.PHONY: help setup sample run test lint bench clean airflow package package-code package-env dag-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,14 +49,43 @@ run: setup sample ## run the job on the sample with local Spark, then score it
 	@echo "score against the sample's known groups:"
 	$(PY) jobs/evaluate.py --warehouse $(WAREHOUSE) --run-date $(RUN_DATE) --truth $(SAMPLE)/truth.csv
 
-test: setup ## run the test suite (CPU, local Spark)
+$(EXTRAS_STAMP): setup.py | $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,airflow,package]' 2>&1 | $(PIP_QUIET)
+	touch $@
+
+airflow: $(EXTRAS_STAMP) ## add Airflow 3 + the Spark provider and venv-pack to .venv (about 2 min)
+
+dag-check: airflow ## parse airflow_dags/ as Airflow 3 would and list import errors
+	AIRFLOW_HOME=$$(mktemp -d) $(PY) -c 'from airflow.dag_processing.dagbag import DagBag; \
+		b = DagBag(dag_folder="airflow_dags"); print("dags:", sorted(b.dag_ids)); \
+		print("import errors:", b.import_errors or "none"); raise SystemExit(1 if b.import_errors else 0)'
+
+package: package-code package-env ## build dist/: --py-files zip, job script, conf profiles, packed venv
+
+package-code: ## dist/listing_dedup_jobs.zip (lib + jobs, for --py-files), dedup_listings.py, cluster.yaml
+	rm -rf build/pyfiles && mkdir -p build/pyfiles $(DIST)
+	cp -r lib/listing_dedup jobs build/pyfiles/
+	find build/pyfiles -name __pycache__ -prune -exec rm -rf {} +
+	rm -f $(DIST)/listing_dedup_jobs.zip
+	cd build/pyfiles && zip -qr ../../$(DIST)/listing_dedup_jobs.zip listing_dedup jobs
+	cp jobs/dedup_listings.py conf/cluster.yaml conf/local.yaml $(DIST)/
+	@ls -l $(DIST)/listing_dedup_jobs.zip
+
+package-env: $(EXTRAS_STAMP) ## dist/listing_dedup_env.tar.gz: a fresh venv with the runtime deps, venv-packed
+	rm -rf $(PACK_VENV) && $(PYTHON) -m venv $(PACK_VENV)
+	$(PACK_VENV)/bin/python -m pip install -q '.$(if $(PACK_EXTRAS),[$(PACK_EXTRAS)])' 2>&1 | $(PIP_QUIET)
+	mkdir -p $(DIST) && $(VENV)/bin/venv-pack -p $(PACK_VENV) -o $(DIST)/listing_dedup_env.tar.gz \
+		--compress-level $(PACK_COMPRESS) --force --quiet
+	@ls -l $(DIST)/listing_dedup_env.tar.gz
+
+test: setup airflow ## run the test suite (CPU, local Spark; the DAG tests need the airflow extra)
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 lint: setup ## ruff
-	$(PY) -m ruff check lib jobs tests bench
+	$(PY) -m ruff check lib jobs tests bench airflow_dags
 
 bench: setup ## stage timings on the sample (see docs/benchmarks.md)
 	$(PY) bench/bench_stages.py --input $(SAMPLE)/listings.parquet
 
 clean: ## remove generated data and outputs (keeps .venv)
-	rm -rf $(WAREHOUSE) $(SAMPLE) spark-warehouse .pytest_cache
+	rm -rf $(WAREHOUSE) $(SAMPLE) spark-warehouse .pytest_cache build $(DIST)
