@@ -67,7 +67,7 @@ package-code: ## dist/listing_dedup_jobs.zip (lib + jobs, for --py-files), dedup
 	cp -r lib/listing_dedup jobs build/pyfiles/
 	find build/pyfiles -name __pycache__ -prune -exec rm -rf {} +
 	rm -f $(DIST)/listing_dedup_jobs.zip
-	cd build/pyfiles && zip -qr ../../$(DIST)/listing_dedup_jobs.zip listing_dedup jobs
+	cd build/pyfiles && zip -qr $(abspath $(DIST))/listing_dedup_jobs.zip listing_dedup jobs
 	cp jobs/dedup_listings.py conf/cluster.yaml conf/local.yaml $(DIST)/
 	@ls -l $(DIST)/listing_dedup_jobs.zip
 
