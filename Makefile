@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED := 1
 # pip prints one warning per package about an empty local index on this kind of machine
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup sample run test lint bench clean airflow package package-code package-env dag-check
+.PHONY: help setup sample run test lint bench clean airflow package package-code package-env dag-check train
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -89,3 +89,9 @@ bench: setup ## stage timings on the sample (see docs/benchmarks.md)
 
 clean: ## remove generated data and outputs (keeps .venv)
 	rm -rf $(WAREHOUSE) $(SAMPLE) spark-warehouse .pytest_cache build $(DIST)
+
+TRAIN_INPUT ?= data/shopee_train_labelled/listings.parquet
+MODEL_DIR ?= data/models/text_head
+TRAIN_ARGS ?=
+train: setup ## fine-tune the text model (conf/train.yaml) on TRAIN_INPUT into MODEL_DIR (docs/training.md)
+	$(PY) jobs/train_embedder.py --conf conf/train.yaml --input $(TRAIN_INPUT) --out $(MODEL_DIR) $(TRAIN_ARGS)
