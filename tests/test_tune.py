@@ -1,0 +1,156 @@
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from listing_dedup.config import load_config
+from listing_dedup.edges import select_edges_pandas
+from listing_dedup.metrics import row_scores
+from listing_dedup.sample import generate_catalog
+from listing_dedup.tune import Grid, PairScorer, fast_edges, knn, rank_settings, split_parts, tune
+
+
+def _random_case(seed=0, n=60, d=8):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = rng.integers(0, 15, size=n)
+    return x, labels
+
+
+@pytest.mark.parametrize("t,m", [(0.3, None), (0.5, 0.2), (0.9, 0.0), (0.6, 0.6)])
+def test_fast_edges_equal_the_job_rules(t, m):
+    x, _ = _random_case()
+    ids = np.array([f"p{i:03d}" for i in range(len(x))], dtype=object)
+    src, dst, sc = knn(x, 5)
+    a, b = fast_edges(src, dst, sc, t, m)
+    nbrs = pd.DataFrame({"src": ids[src], "dst": ids[dst], "score": sc})
+    ref = select_edges_pandas(nbrs, t, m is not None, m if m is not None else t)
+    ref_pairs = {(s, d) for s, d in zip(ref["src"], ref["dst"], strict=True) if s < d}
+    assert {(ids[i], ids[j]) for i, j in zip(a, b, strict=True)} == ref_pairs
+
+
+def test_pair_scorer_equals_row_scores():
+    x, labels = _random_case(1)
+    ids = [f"p{i:03d}" for i in range(len(x))]
+    src, dst, sc = knn(x, 5)
+    a, b = fast_edges(src, dst, sc, 0.2, None)
+    f1, p, r = PairScorer(labels).score(a, b)
+    pairs = pd.DataFrame(
+        {"posting_id": [ids[i] for i in a] + [ids[j] for j in b], "match_id": [ids[j] for j in b] + [ids[i] for i in a]}
+    )
+    ref = row_scores(pairs, ids, pd.DataFrame({"posting_id": ids, "label_group": labels.astype(str)}))
+    assert (f1, p, r) == pytest.approx((ref.f1, ref.precision, ref.recall), abs=1e-12)
+
+
+def test_split_parts_are_group_disjoint_and_cover_everything():
+    df = pd.DataFrame({"posting_id": [str(i) for i in range(40)], "label_group": [i // 3 for i in range(40)]})
+    parts = split_parts(df, 3)
+    assert len(parts) == 3 and sum(len(p) for p in parts) == 40
+    groups = [set(p["label_group"]) for p in parts]
+    assert not (groups[0] & groups[1]) and not (groups[1] & groups[2]) and not (groups[0] & groups[2])
+    with_folds = df.assign(fold=[i % 2 for i in range(40)])
+    assert [len(p) for p in split_parts(with_folds, 3)] == [20, 20]
+
+
+def _labelled_sample():
+    s = generate_catalog(150, seed=11)
+    df = s.listings.dropna(subset=["posting_id"]).drop_duplicates("posting_id")
+    df = df.merge(s.truth, on="posting_id")
+    return df[df["title"].str.strip().str.len() > 0].reset_index(drop=True)
+
+
+def test_tune_finds_a_setting_better_than_the_worst_and_writes_a_loadable_overlay(tmp_path):
+    df = _labelled_sample()
+    cfg = load_config(["conf/local.yaml"], ["embed.text.enabled=false"])
+    grid = Grid(
+        text_weights=(0.0,), inb=(None, 0.6), thresholds=(0.5, 0.7, 0.9), min2=(None, 0.5), phash_bits=(None, 4)
+    )
+    ranked, results, abl, overlay = tune(df, cfg, grid, n_parts=2)
+    assert set(results["part"]) == {"0", "1"}
+    assert len(ranked) == len(results) // 2  # every setting scored on both parts
+    best = ranked.iloc[0]
+    assert best["f1"] == pytest.approx(results.groupby(list(ranked.columns[:5]), dropna=False)["f1"].mean().max())
+    assert best["f1"] > ranked["f1"].min()
+    # the generated sample gives every group near-identical pHashes: the pHash union must help
+    no_phash = ranked[ranked["phash_bits"].isna()]["f1"].max()
+    assert ranked[ranked["phash_bits"].notna()]["f1"].max() > no_phash
+    assert set(abl["uses_phash"]) == {True, False}
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    cfg2 = load_config(["conf/local.yaml", str(path)])
+    assert cfg2.match.threshold == best["threshold"] and cfg2.fusion.lexical == 1.0
+    assert cfg2.phash.enabled == (best["phash_bits"] is not None)
+
+
+def test_rank_settings_orders_by_mean_f1():
+    r = pd.DataFrame(
+        {
+            "part": ["0", "1", "0", "1"],
+            "text_weight": [0.3] * 4,
+            "inb": [None] * 4,
+            "threshold": [0.5, 0.5, 0.7, 0.7],
+            "min2": [None] * 4,
+            "phash_bits": [None] * 4,
+            "f1": [0.9, 0.5, 0.7, 0.71],
+            "precision": [1.0] * 4,
+            "recall": [1.0] * 4,
+        }
+    )
+    ranked = rank_settings(r)
+    assert ranked["threshold"].tolist() == [0.7, 0.5]
+    assert ranked["f1"].tolist() == pytest.approx([0.705, 0.7])
+    assert ranked["f1_min"].tolist() == pytest.approx([0.7, 0.5])
+
+
+def test_tune_cli(tmp_path):
+    df = _labelled_sample()
+    inp = tmp_path / "l.parquet"
+    df.drop(columns=["label_group"]).to_parquet(inp, index=False)
+    truth = tmp_path / "t.csv"
+    df[["posting_id", "label_group"]].to_csv(truth, index=False)
+    out = tmp_path / "tuned.yaml"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "jobs/tune.py",
+            "--conf",
+            "conf/local.yaml",
+            "--input",
+            str(inp),
+            "--truth",
+            str(truth),
+            "--out",
+            str(out),
+            "--parts",
+            "2",
+            "--set",
+            "embed.text.enabled=false",
+            "--log-level",
+            "WARNING",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "component ablation" in r.stdout and out.exists()
+    load_config(["conf/local.yaml", str(out)])
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "jobs/tune.py",
+            "--conf",
+            "conf/local.yaml",
+            "--input",
+            str(tmp_path / "missing.parquet"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
