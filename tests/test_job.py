@@ -6,7 +6,6 @@ import sys
 
 import pandas as pd
 import pytest
-
 from listing_dedup.config import load_config
 from listing_dedup.pipeline import run_dedup
 from listing_dedup.writer import read_table, table_version
@@ -37,7 +36,7 @@ def catalog(tmp_path):
 
 
 CONF = ["conf/local.yaml"]
-SETS = ["match.threshold=0.8", "match.min2_threshold=0.8", "inb.thresholds=[]", "index.exact_below=0",
+SETS = ["match.threshold=0.6", "match.min2_threshold=0.6", "inb.thresholds=[]", "index.exact_below=0",
         "index.nlist=0", "index.n_shards=2", "input.partitions=2"]
 
 

@@ -86,9 +86,135 @@ class ImageEmbedConf:
 
 
 @dataclass(frozen=True)
+class LexicalEmbedConf:
+    """TF-IDF over hashed n-grams of the title, idf fitted on the run's catalog, projected to a
+    dense ``dim`` vector (lib/listing_dedup/lexical.py)."""
+
+    enabled: bool = True
+    analyzer: str = "char_wb"  # char_wb | char | word
+    ngram_min: int = 2
+    ngram_max: int = 4
+    n_features: int = 1048576  # hashing space (2^20)
+    dim: int = 1024  # sparse random projection output
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.analyzer in ("char_wb", "char", "word"), "embed.lexical.analyzer", "must be char_wb, char or word")
+        _check(
+            1 <= self.ngram_min <= self.ngram_max <= 8,
+            "embed.lexical.ngram_min",
+            "need 1 <= ngram_min <= ngram_max <= 8",
+        )
+        _check(2**10 <= self.n_features <= 2**24, "embed.lexical.n_features", "must be in [2^10, 2^24]")
+        _check(16 <= self.dim <= 8192, "embed.lexical.dim", "must be in [16, 8192]")
+
+    def params(self):
+        from listing_dedup.lexical import LexicalParams
+
+        return LexicalParams(
+            analyzer=self.analyzer,
+            ngram_min=self.ngram_min,
+            ngram_max=self.ngram_max,
+            n_features=self.n_features,
+            dim=self.dim,
+            seed=self.seed,
+        )
+
+
+@dataclass(frozen=True)
 class EmbedConf:
     text: TextEmbedConf = field(default_factory=TextEmbedConf)
     image: ImageEmbedConf = field(default_factory=ImageEmbedConf)
+    lexical: LexicalEmbedConf = field(default_factory=LexicalEmbedConf)
+
+
+DENSE_SIGNALS = ("text", "lexical", "image")
+
+
+@dataclass(frozen=True)
+class FusionConf:
+    """Metric-layer fusion: the searched vector is the concatenation of sqrt(w_s) * v_s over the
+    enabled dense signals, so its inner product is sum_s w_s * cos_s (weights are normalised to
+    sum 1 over the enabled signals; a listing without a signal has zeros in its block)."""
+
+    text: float = 0.3
+    lexical: float = 0.7
+    image: float = 0.0
+
+    def __post_init__(self) -> None:
+        for s in DENSE_SIGNALS:
+            _check(0.0 <= getattr(self, s) <= 1000.0, f"fusion.{s}", "must be a weight >= 0")
+
+    def weights(self, enabled: Sequence[str]) -> dict[str, float]:
+        w = {s: float(getattr(self, s)) for s in enabled if getattr(self, s) > 0}
+        total = sum(w.values())
+        _check(total > 0, "fusion", f"no enabled signal ({', '.join(enabled) or 'none'}) has a weight > 0")
+        return {s: v / total for s, v in w.items()}
+
+
+@dataclass(frozen=True)
+class PhashConf:
+    """pHash signal: pairs within ``max_bits`` Hamming bits are match edges (union with the
+    fused matches). ``image_phash`` is used when given, else computed from the image."""
+
+    enabled: bool = True
+    max_bits: int = 6
+    max_bucket: int = 1000  # a band block larger than this (placeholder images) is skipped, counted
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.max_bits <= 20, "phash.max_bits", "must be in [0, 20]")
+        _check(self.max_bucket >= 2, "phash.max_bucket", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class SignalMatchConf:
+    """One signal searched on its own; its edges are added to the graph (union)."""
+
+    enabled: bool = False
+    threshold: float = 0.9
+    min2: bool = False
+    min2_threshold: float = 0.9
+
+    def __post_init__(self) -> None:
+        _check(
+            -1.0 <= self.min2_threshold <= self.threshold <= 1.0,
+            "union.*.min2_threshold",
+            "need -1 <= min2_threshold <= threshold <= 1",
+        )
+
+
+@dataclass(frozen=True)
+class UnionConf:
+    text: SignalMatchConf = field(default_factory=SignalMatchConf)
+    lexical: SignalMatchConf = field(default_factory=SignalMatchConf)
+    image: SignalMatchConf = field(default_factory=SignalMatchConf)
+
+
+@dataclass(frozen=True)
+class GuardConf:
+    """Group emission guard against chaining: ``split`` re-cuts every component larger than
+    ``max_group`` with a threshold raised by ``step`` (repeatedly) until it fits."""
+
+    mode: str = "none"  # none | split
+    max_group: int = 50
+    step: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("none", "split"), "guard.mode", "must be none or split")
+        _check(self.max_group >= 2, "guard.max_group", "must be >= 2")
+        _check(0.0 < self.step <= 1.0, "guard.step", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class OutputConf:
+    """Optional analysis output: the ``candidates`` table (each listing's searched neighbours
+    with their fused score and per-signal scores) that the report's curves use."""
+
+    candidates: bool = False
+    candidates_min_score: float = 0.3  # only neighbours at or above this fused score
+
+    def __post_init__(self) -> None:
+        _check(-1.0 <= self.candidates_min_score <= 1.0, "output.candidates_min_score", "must be in [-1, 1]")
 
 
 @dataclass(frozen=True)
@@ -181,7 +307,17 @@ class DedupConfig:
     index: IndexConf = field(default_factory=IndexConf)
     match: MatchConf = field(default_factory=MatchConf)
     inb: InbConf = field(default_factory=InbConf)
+    fusion: FusionConf = field(default_factory=FusionConf)
+    phash: PhashConf = field(default_factory=PhashConf)
+    union: UnionConf = field(default_factory=UnionConf)
+    guard: GuardConf = field(default_factory=GuardConf)
+    output: OutputConf = field(default_factory=OutputConf)
     testing: TestingConf = field(default_factory=TestingConf)
+
+    def dense_signals(self) -> tuple[str, ...]:
+        """The dense signals this run computes, in block order."""
+        on = {"text": self.embed.text.enabled, "lexical": self.embed.lexical.enabled, "image": self.embed.image.enabled}
+        return tuple(s for s in DENSE_SIGNALS if on[s])
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)

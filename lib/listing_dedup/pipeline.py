@@ -24,18 +24,23 @@ from pyspark.sql import functions as F
 from listing_dedup import __version__
 from listing_dedup.blender import blend
 from listing_dedup.components import connected_components
-from listing_dedup.config import DedupConfig
+from listing_dedup.config import DedupConfig, MatchConf
 from listing_dedup.edges import match_sets, select_edges
 from listing_dedup.embedder import Encoder, TextEncoderBuilder, embed_texts
 from listing_dedup.errors import DedupError, InputError
+from listing_dedup.fusion import Layout, candidate_scores, fuse
+from listing_dedup.guard import split_large
+from listing_dedup.images import image_root_for
 from listing_dedup.indexer import build_index, search
+from listing_dedup.lexical import embed_lexical, fit_idf
+from listing_dedup.phash_match import phash_pairs
 from listing_dedup.reader import read_listings
 from listing_dedup.timing import StageTimer
 from listing_dedup.writer import DeltaSink
 
 log = logging.getLogger(__name__)
 
-TABLES = ("matches", "clusters", "rejects", "runs")
+TABLES = ("matches", "clusters", "rejects", "runs")  # plus "candidates" when output.candidates is on
 
 
 @dataclass
@@ -48,6 +53,7 @@ class RunSummary:
     rows_rejected: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     images_unreadable: int = 0  # kept listings whose image is missing or does not decode
+    signal_counts: dict[str, int] = field(default_factory=dict)  # pHash pairs/skipped, guard levels
     rows_embedded: int = 0
     n_edges: int = 0
     n_groups: int = 0  # groups with 2 or more listings
@@ -70,7 +76,12 @@ class RunSummary:
             ),
             f"  bad images     {self.images_unreadable} (kept listings whose image is missing or does not decode)",
             f"  embedded       {self.rows_embedded}",
-            f"  match edges    {self.n_edges}",
+            f"  match edges    {self.n_edges}"
+            + (
+                f"  ({', '.join(f'{k} {v}' for k, v in sorted(self.signal_counts.items()))})"
+                if self.signal_counts
+                else ""
+            ),
             f"  groups found   {self.n_groups} groups of 2+ listings ({self.n_grouped} listings; largest "
             f"{self.largest_group}), {self.n_singletons} singletons",
             "  seconds per stage: "
@@ -109,6 +120,33 @@ def neighbours_for(emb: DataFrame, cfg: DedupConfig, n_rows: int, timer: StageTi
     finally:
         index.unpersist()  # the neighbours are materialised; the shards are no longer needed
     return nbrs
+
+
+def _run_signals(cfg: DedupConfig, has_image_column: bool) -> list[str]:
+    signals = list(cfg.dense_signals())
+    if "image" in signals and not has_image_column:
+        log.warning("embed.image is enabled but the input has no image column: the image signal is off")
+        signals.remove("image")
+    return signals
+
+
+def _signal_dims(sig: DataFrame, signals: list[str]) -> dict[str, int]:
+    """Vector length of each signal (from one row that has it)."""
+    dims = {}
+    for s in signals:
+        row = sig.where(F.col(f"v_{s}").isNotNull()).select(F.size(f"v_{s}").alias("d")).limit(1).collect()
+        dims[s] = int(row[0]["d"]) if row else 1
+    return dims
+
+
+def _union_edges(spark: SparkSession, parts: list[DataFrame]) -> DataFrame:
+    """Union of edge sets (both directions each); a pair found by several keeps its best score."""
+    if not parts:
+        return spark.createDataFrame([], "src string, dst string, score float")
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p)
+    return out.groupBy("src", "dst").agg(F.max("score").cast("float").alias("score"))
 
 
 def run_dedup(
@@ -161,15 +199,38 @@ def run_dedup(
             if summary.rows_in == 0:
                 log.warning("input %s holds no rows: the %s partitions will be empty", input_path, run_date)
 
+        signals = _run_signals(cfg, ing.has_image_column)
+        image_root = image_root_for(input_path, cfg.input.image_root)
+        layout_weights = cfg.fusion.weights(signals)
         with timer.stage("embed") as c:
-            texts = kept.where(F.length("title") > 0).select("posting_id", "title")
-            emb = keep(
-                embed_texts(texts, "title", "emb", builder, fail_stage=cfg.testing.fail_once_stage).select(
-                    "posting_id", "emb"
-                )
-            )
-            summary.rows_embedded = emb.count()
-            c["embedded"] = summary.rows_embedded
+            sig = kept.where(F.length("title") > 0).select("posting_id", "title")
+            if "text" in layout_weights:
+                sig = embed_texts(sig, "title", "v_text", builder, fail_stage=cfg.testing.fail_once_stage)
+            if "lexical" in layout_weights:
+                params = cfg.embed.lexical.params()
+                idf = fit_idf(kept.where(F.length("title") > 0), "title", params)
+                sig = embed_lexical(sig, "title", "v_lexical", params, spark.sparkContext.broadcast(idf))
+            sig = sig.drop("title")
+            if "image" in layout_weights:
+                from listing_dedup.image_embed import ImageEncoderBuilder, embed_images
+
+                img = kept.where(F.col("image").isNotNull() & F.col("image_error").isNull())
+                img = embed_images(
+                    img.select("posting_id", "image"),
+                    "image",
+                    "v_image",
+                    ImageEncoderBuilder.from_conf(cfg.embed.image),
+                    image_root,
+                ).select("posting_id", "v_image")
+                sig = sig.join(img, "posting_id", "full")
+            sig = keep(sig)
+            summary.rows_embedded = sig.count()
+            dims = _signal_dims(sig, list(layout_weights))
+            layout = Layout.of(dims, layout_weights)
+            emb = keep(fuse(sig, {s: f"v_{s}" for s in layout.signals}, layout).select("posting_id", "emb"))
+            emb.count()
+            c.update(embedded=summary.rows_embedded, signals=",".join(layout.signals), dim=layout.dim)
+        fused_raw = emb
 
         n_emb = summary.rows_embedded
         nbrs = keep(neighbours_for(emb, cfg, n_emb, timer)) if n_emb else None
@@ -181,17 +242,55 @@ def run_dedup(
                 c["blended"] = emb.count()
             nbrs = keep(neighbours_for(emb, cfg, n_emb, timer, suffix=str(r)))
 
+        ph_pairs = None
+        if cfg.phash.enabled:
+            with timer.stage("phash") as c:
+                ph_src = kept.select("posting_id", F.col("image_phash").alias("phash"))
+                if ing.has_image_column:
+                    from listing_dedup.phash import fill_phash
+
+                    ph_src = fill_phash(
+                        kept.select("posting_id", "image", "image_phash"), "image", "image_phash", image_root
+                    ).select("posting_id", F.col("image_phash").alias("phash"))
+                ph_pairs, skipped = phash_pairs(ph_src, cfg.phash.max_bits, cfg.phash.max_bucket)
+                ph_pairs = keep(ph_pairs)
+                summary.signal_counts["phash_pairs"] = ph_pairs.count() // 2
+                summary.signal_counts["phash_skipped"] = skipped.count()
+                c.update(pairs=summary.signal_counts["phash_pairs"], skipped=summary.signal_counts["phash_skipped"])
+
         vertices = kept.select("posting_id")
         with timer.stage("edges") as c:
-            if nbrs is None:
-                edges = spark.createDataFrame([], "src string, dst string, score float")
-            else:
-                edges = keep(select_edges(nbrs, cfg.match))
+            parts = []
+            if nbrs is not None:
+                parts.append(select_edges(nbrs, cfg.match))
+            if ph_pairs is not None:
+                parts.append(ph_pairs.select("src", "dst", "score"))
+            for s in layout_weights:
+                u = getattr(cfg.union, s)
+                if u.enabled and n_emb:
+                    one = sig.where(F.col(f"v_{s}").isNotNull()).select("posting_id", F.col(f"v_{s}").alias("emb"))
+                    s_nbrs = keep(neighbours_for(one, cfg, n_emb, timer, suffix=f"_{s}"))
+                    mc = MatchConf(threshold=u.threshold, min2=u.min2, min2_threshold=u.min2_threshold)
+                    parts.append(select_edges(s_nbrs, mc))
+            edges = _union_edges(spark, parts)
+            edges = keep(edges)
             summary.n_edges = edges.count() // 2  # both directions are stored
             c["edges"] = summary.n_edges
 
         with timer.stage("components") as c:
             groups = keep(connected_components(vertices, edges.select("src", "dst")))
+            if cfg.guard.mode == "split":
+                groups, levels = split_large(
+                    spark,
+                    groups,
+                    edges,
+                    base_threshold=cfg.match.min2_threshold if cfg.match.min2 else cfg.match.threshold,
+                    max_group=cfg.guard.max_group,
+                    step=cfg.guard.step,
+                    components_fn=connected_components,
+                )
+                groups = keep(groups)
+                summary.signal_counts["guard_levels"] = levels
             stats = groups.agg(
                 F.countDistinct(F.when(F.col("group_size") > 1, F.col("group_id"))).alias("groups"),
                 F.sum(F.when(F.col("group_size") > 1, 1).otherwise(0)).alias("grouped"),
@@ -211,7 +310,12 @@ def run_dedup(
                 "clusters": sink.stage(groups.select("posting_id", "group_id", "group_size"), "clusters", run_date),
                 "rejects": sink.stage(rejects.select("posting_id", "reason", "raw"), "rejects", run_date),
             }
-            for name in ("matches", "clusters", "rejects"):
+            if cfg.output.candidates and nbrs is not None:
+                cand = candidate_scores(
+                    nbrs.where(F.col("score") >= F.lit(cfg.output.candidates_min_score)), fused_raw, layout, ph_pairs
+                )
+                staged["candidates"] = sink.stage(cand, "candidates", run_date)
+            for name in staged:
                 res = sink.commit(staged[name], crash_before_commit=cfg.testing.crash_before_commit)
                 summary.table_versions[name] = res.version
             c["tables"] = len(staged)
@@ -238,7 +342,7 @@ RUNS_SCHEMA = (
     "run_id string, status string, error string, started_at timestamp, finished_at timestamp, "
     "input_path string, config_json string, version string, rows_in long, rows_kept long, rows_rejected long, "
     "rejects_by_reason string, rows_embedded long, n_edges long, n_groups long, n_grouped long, "
-    "n_singletons long, largest_group long, stage_seconds string, images_unreadable long"
+    "n_singletons long, largest_group long, stage_seconds string, images_unreadable long, signal_counts string"
 )
 
 
@@ -265,6 +369,7 @@ def _write_run_row(spark, sink, summary: RunSummary, cfg, input_path, started, *
         summary.largest_group,
         json.dumps(summary.stage_seconds),
         summary.images_unreadable,
+        json.dumps(summary.signal_counts, sort_keys=True),
     )
     df = spark.createDataFrame([row], RUNS_SCHEMA).coalesce(1)
     return sink.write(df, "runs", summary.run_date, mode="append").version
