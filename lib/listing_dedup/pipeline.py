@@ -372,4 +372,19 @@ def _write_run_row(spark, sink, summary: RunSummary, cfg, input_path, started, *
         json.dumps(summary.signal_counts, sort_keys=True),
     )
     df = spark.createDataFrame([row], RUNS_SCHEMA).coalesce(1)
+    older = _columns_missing_from(sink, "runs", df.columns)
+    if older:  # a runs table created by an earlier version: keep its schema, leave the new counters out
+        log.warning("the runs table predates column(s) %s: not recorded there (move it aside to get them)", older)
+        df = df.drop(*older)
     return sink.write(df, "runs", summary.run_date, mode="append").version
+
+
+def _columns_missing_from(sink: DeltaSink, table: str, columns: list[str]) -> list[str]:
+    """``columns`` the existing ``table`` does not have (none when the table does not exist yet)."""
+    from deltalake import DeltaTable
+
+    uri = sink.table_uri(table)
+    if not DeltaTable.is_deltatable(uri, sink.storage_options):
+        return []
+    have = {f.name for f in DeltaTable(uri, storage_options=sink.storage_options).schema().fields}
+    return [c for c in columns if c not in have]

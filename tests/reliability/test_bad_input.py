@@ -180,3 +180,29 @@ def test_empty_and_all_null_inputs_write_empty_partitions(spark, tmp_path):
     assert rc == 0, err
     assert (s.rows_in, s.rows_kept, s.rejects_by_reason) == (2, 1, {"no_title_no_image": 1})
     assert verify_run(wh, "2026-04-02").ok
+
+
+OLD_RUNS_SCHEMA = (  # the runs table as the first release wrote it
+    "run_id string, status string, error string, started_at timestamp, finished_at timestamp, "
+    "input_path string, config_json string, version string, rows_in long, rows_kept long, rows_rejected long, "
+    "rejects_by_reason string, rows_embedded long, n_edges long, n_groups long, n_grouped long, "
+    "n_singletons long, largest_group long, stage_seconds string"
+)
+
+
+def test_runs_table_of_an_earlier_version_keeps_recording(spark, tmp_path):
+    import datetime as dt
+
+    from listing_dedup.writer import DeltaSink
+
+    wh = str(tmp_path / "wh")
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)  # noqa: UP017
+    old = ("r0", "succeeded", "", t, t, "x", "{}", "0.0.1", 1, 1, 0, "{}", 1, 0, 0, 0, 1, 1, "{}")
+    DeltaSink(wh).write(spark.createDataFrame([old], OLD_RUNS_SCHEMA), "runs", DATE, mode="append")
+    columns = list(read_table(wh, "runs").columns)
+
+    rc, err, _ = job(spark, config(), str(tmp_path / "missing.parquet"), DATE, wh)
+    assert rc == 2 and "Traceback" not in err, err
+    runs = read_table(wh, "runs", DATE).sort_values("started_at")
+    assert runs["status"].tolist() == ["succeeded", "failed"]
+    assert list(runs.columns) == columns  # the table keeps its schema; the new counters are left out
