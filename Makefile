@@ -76,7 +76,7 @@ package-env: $(EXTRAS_STAMP) ## dist/listing_dedup_env.tar.gz: a fresh venv with
 	$(PACK_VENV)/bin/python -m pip install -q '.$(if $(PACK_EXTRAS),[$(PACK_EXTRAS)])' 2>&1 | $(PIP_QUIET)
 	mkdir -p $(DIST) && $(VENV)/bin/venv-pack -p $(PACK_VENV) -o $(DIST)/listing_dedup_env.tar.gz \
 		--compress-level $(PACK_COMPRESS) --force --quiet
-	@ls -l $(DIST)/listing_dedup_env.tar.gz
+	chmod 644 $(DIST)/listing_dedup_env.tar.gz && ls -l $(DIST)/listing_dedup_env.tar.gz
 
 test: setup airflow ## run the test suite (CPU, local Spark; the DAG tests need the airflow extra)
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
