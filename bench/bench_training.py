@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from listing_dedup.config import TrainValidateConf, load_config
 from listing_dedup.embedder import TextEncoderBuilder, get_encoder, resolve_model
 from listing_dedup.text import clean_title
@@ -81,13 +80,28 @@ def main() -> int:
         t0 = time.perf_counter()
         best = tune(tr, tr_ids, tr_lab, vcfg)["best"]
         s = score_setting(te, te_ids, te_lab, best["threshold"], best["min2_threshold"], best["inb_threshold"])
-        results.append({"model": name, "tuned_on": "all training rows", "train_f1": best["f1"], **_setting(best),
-                        **{f"test_{k}": v for k, v in s.items()}, "seconds": round(time.perf_counter() - t0, 1)})
+        results.append(
+            {
+                "model": name,
+                "tuned_on": "all training rows",
+                "train_f1": best["f1"],
+                **_setting(best),
+                **{f"test_{k}": v for k, v in s.items()},
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
         inb = ref.inb.thresholds[0] if ref.inb.thresholds else None
         s = score_setting(te, te_ids, te_lab, ref.match.threshold, ref.match.min2_threshold, inb)
-        results.append({"model": name, "tuned_on": "conf/local.yaml setting", "threshold": ref.match.threshold,
-                        "min2_threshold": ref.match.min2_threshold, "inb_threshold": inb,
-                        **{f"test_{k}": v for k, v in s.items()}})
+        results.append(
+            {
+                "model": name,
+                "tuned_on": "conf/local.yaml setting",
+                "threshold": ref.match.threshold,
+                "min2_threshold": ref.match.min2_threshold,
+                "inb_threshold": inb,
+                **{f"test_{k}": v for k, v in s.items()},
+            }
+        )
         print(results[-2], results[-1], sep="\n", flush=True)
     for mdir in args.model:
         meta = read_model_json(mdir)
@@ -101,17 +115,32 @@ def main() -> int:
         check_rows(mdir, enc, test["title"].tolist(), te_emb)
         tuned = metrics["tuned"]
         s = score_setting(te_emb, te_ids, te_lab, tuned["threshold"], tuned["min2_threshold"], tuned["inb_threshold"])
-        results.append({"model": f"fine-tuned {Path(mdir).name} (base {base})", "tuned_on": metrics["split"],
-                        "train_f1": tuned["f1"], **_setting(tuned), **{f"test_{k}": v for k, v in s.items()},
-                        "train_seconds": metrics["seconds"], "epochs": metrics["epochs"]})
+        results.append(
+            {
+                "model": f"fine-tuned {Path(mdir).name} (base {base})",
+                "tuned_on": metrics["split"],
+                "train_f1": tuned["f1"],
+                **_setting(tuned),
+                **{f"test_{k}": v for k, v in s.items()},
+                "train_seconds": metrics["seconds"],
+                "epochs": metrics["epochs"],
+            }
+        )
         print({k: v for k, v in results[-1].items() if k != "epochs"}, flush=True)
         # the pretrained base tuned on the same held-out rows (like for like)
         held = train["fold"].to_numpy() == max(train["fold"]) if "fold" in train else None
         if held is not None and "fold" in metrics["split"]:
             best = tune(tr[held], tr_ids[held], tr_lab[held], vcfg)["best"]
             s = score_setting(te, te_ids, te_lab, best["threshold"], best["min2_threshold"], best["inb_threshold"])
-            results.append({"model": f"pretrained {base}", "tuned_on": metrics["split"], "train_f1": best["f1"],
-                            **_setting(best), **{f"test_{k}": v for k, v in s.items()}})
+            results.append(
+                {
+                    "model": f"pretrained {base}",
+                    "tuned_on": metrics["split"],
+                    "train_f1": best["f1"],
+                    **_setting(best),
+                    **{f"test_{k}": v for k, v in s.items()},
+                }
+            )
             print(results[-1], flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2, default=float) + "\n")

@@ -341,3 +341,36 @@ def test_model_dir_round_trips_and_the_dedup_job_uses_it(spark, tmp_path, tiny_s
         va, vb = enc.encode([clean_title(kept.loc[a, "title"]), clean_title(kept.loc[b, "title"])])
         assert abs(float(va @ vb) - float(sc)) < 1e-4
     assert json.loads(read_table(wh, "runs")["config_json"].iloc[0])["embed"]["text"]["model"] == str(out.resolve())
+
+
+def test_full_mode_fine_tunes_the_encoder_and_round_trips(tmp_path, tiny_st_dir):
+    from sentence_transformers import SentenceTransformer
+
+    sample = generate_catalog(30, seed=5, min_size=2, max_size=3, with_bad_rows=False)
+    labelled = sample.listings.merge(sample.truth, on="posting_id")
+    labelled.to_parquet(tmp_path / "labelled.parquet", index=False)
+    out = tmp_path / "full"
+    cfg = small_cfg(
+        "mode=full",
+        "optim.epochs=2",
+        "optim.encoder_lr=0.001",
+        f"encoder.model={tiny_st_dir}",
+        "encoder.max_seq_length=32",
+        "data.read_batch_rows=16",
+    )
+    m = train_embedder(cfg, input_path=str(tmp_path / "labelled.parquet"), out_dir=out)
+    assert m["mode"] == "full" and len(m["epochs"]) == 2
+    meta = json.loads((out / "listing_dedup_model.json").read_text())
+    assert meta["base_model"] == "encoder" and (out / "encoder").is_dir()
+
+    titles = labelled["title"].tolist()[:6]
+    before = SentenceTransformer(tiny_st_dir, device="cpu").encode(titles, normalize_embeddings=True)
+    after = SentenceTransformer(str(out / "encoder"), device="cpu").encode(titles, normalize_embeddings=True)
+    assert np.abs(after - before).max() > 1e-3  # the encoder weights were trained
+
+    enc = get_encoder(TextEncoderBuilder.from_conf(TextEmbedConf(model=str(out))))
+    from listing_dedup.training.heads import load_head
+
+    with torch.no_grad():
+        expected = load_head(meta["head"], out / "model.safetensors")(torch.from_numpy(after)).numpy()
+    np.testing.assert_allclose(enc.encode(titles), expected, atol=1e-4)

@@ -352,8 +352,9 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
         yield from drain(True)
 
     def encode_train(titles):
-        feats = model.tokenize(titles)
-        feats = {k: v.to(device) for k, v in feats.items()}
+        tokenize = getattr(model, "preprocess", None) or model.tokenize  # preprocess: sentence-transformers >= 5.2
+        feats = tokenize(titles)
+        feats = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in feats.items()}
         out = model(feats)["sentence_embedding"]
         return torch.nn.functional.normalize(out, dim=1)
 
