@@ -84,8 +84,8 @@ test: setup airflow ## run the test suite (CPU, local Spark; the DAG tests need 
 lint: setup ## ruff
 	$(PY) -m ruff check lib jobs tests bench airflow_dags
 
-bench: setup ## stage timings on the sample (see docs/benchmarks.md)
-	$(PY) bench/bench_stages.py --input $(SAMPLE)/listings.parquet
+bench: setup sample ## stage timings on the sample (see docs/benchmarks.md)
+	$(PY) bench/bench_stages.py --input $(SAMPLE)/listings.parquet --truth $(SAMPLE)/truth.csv
 
 clean: ## remove generated data and outputs (keeps .venv)
 	rm -rf $(WAREHOUSE) $(SAMPLE) spark-warehouse .pytest_cache build $(DIST)
