@@ -378,3 +378,20 @@ def test_errors(spark, tmp_path):
     with pytest.raises(SinkError, match="different schema"):
         sink.write(_df(spark, "a", 2).drop("meta"), "matches", D2)
     assert table_version(wh, "matches") == 0
+
+
+def test_injected_write_failure_is_retried_and_commits_once(spark, tmp_path):
+    """testing.fail_once_stage=write: partition 0's first attempt writes its file and dies; the
+    retry writes another file; only the reported files are committed, the orphan is vacuumed."""
+    df = spark.createDataFrame(pd.DataFrame({"posting_id": [f"p{i}" for i in range(20)], "n": list(range(20))}))
+    df = df.repartition(2)
+    sink = DeltaSink(str(tmp_path))
+    staged = sink.stage(df, "t", "2026-01-01", fail_stage="write")
+    assert staged.rows == 20
+    sink.commit(staged)
+    got = read_table(str(tmp_path), "t", "2026-01-01").sort_values("n")
+    assert got["n"].tolist() == list(range(20))
+    on_disk = list((tmp_path / "t" / "run_date=2026-01-01").glob("*.parquet"))
+    assert len(on_disk) == len(staged.files) + 1  # the failed attempt's file is an orphan ...
+    vacuum(str(tmp_path), "t")
+    assert len(list((tmp_path / "t" / "run_date=2026-01-01").glob("*.parquet"))) == len(staged.files)  # ... until now

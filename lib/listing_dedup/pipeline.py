@@ -304,10 +304,15 @@ def run_dedup(
             c.update(groups=summary.n_groups, singletons=summary.n_singletons)
 
         with timer.stage("write") as c:
+            fail = cfg.testing.fail_once_stage
             matches = match_sets(edges, vertices)
             staged = {
-                "matches": sink.stage(matches.select("posting_id", "match_ids", "scores"), "matches", run_date),
-                "clusters": sink.stage(groups.select("posting_id", "group_id", "group_size"), "clusters", run_date),
+                "matches": sink.stage(
+                    matches.select("posting_id", "match_ids", "scores"), "matches", run_date, fail_stage=fail
+                ),
+                "clusters": sink.stage(
+                    groups.select("posting_id", "group_id", "group_size"), "clusters", run_date, fail_stage=fail
+                ),
                 "rejects": sink.stage(rejects.select("posting_id", "reason", "raw"), "rejects", run_date),
             }
             if cfg.output.candidates and nbrs is not None:

@@ -289,7 +289,7 @@ class _StatsAccumulator:
 
 
 def _file_writer(
-    uri: str, run_date: str, schema: pa.Schema
+    uri: str, run_date: str, schema: pa.Schema, fail_stage: str = ""
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function: write this partition's rows to one Parquet file under
     ``<uri>/run_date=<run_date>/`` and yield one row describing it (nothing when empty)."""
@@ -321,6 +321,9 @@ def _file_writer(
                 writer.close()
         if writer is None:
             return
+        if fail_stage == "write" and ctx is not None and ctx.partitionId() == 0 and ctx.attemptNumber() == 0:
+            # testing.fail_once_stage=write: the file is written, the task dies before reporting it
+            raise RuntimeError("injected failure in stage 'write' (testing.fail_once_stage)")
         size = filesystem.get_file_info(full).size
         row = {
             "path": [rel],
@@ -373,7 +376,7 @@ class DeltaSink:
 
     # -- staging (executors) ---------------------------------------------------------
 
-    def stage(self, df: Any, table: str, run_date: str) -> StagedWrite:
+    def stage(self, df: Any, table: str, run_date: str, *, fail_stage: str = "") -> StagedWrite:
         """Write ``df`` (without ``run_date``) as Parquet files of partition ``run_date`` on
         the executors. Returns the files to commit; nothing is visible in the table yet."""
         _check_run_date(run_date)
@@ -383,7 +386,7 @@ class DeltaSink:
                 f"DataFrame for table '{table}' must not contain the partition column '{PARTITION_COLUMN}'"
             )
         schema = spark_to_arrow_schema(df.schema)
-        fn = _file_writer(uri, run_date, schema)
+        fn = _file_writer(uri, run_date, schema, fail_stage)
         t0 = time.monotonic()
         try:
             rows = df.mapInArrow(fn, _spark_file_row_schema()).collect()
