@@ -98,21 +98,24 @@ def test_cli_end_to_end_and_evaluate(catalog, tmp_path):
     "args, message",
     [
         (["--conf", "conf/local.yaml", "--input", "/nonexistent/x.parquet", "--run-date", "2026-01-01",
-          "--warehouse", "/tmp/wh"], "input path does not exist"),
-        (["--conf", "conf/local.yaml", "--input", "x", "--run-date", "2026-13-01", "--warehouse", "/tmp/wh"],
+          "--warehouse", "WH"], "input path does not exist"),
+        (["--conf", "conf/local.yaml", "--input", "x", "--run-date", "2026-13-01", "--warehouse", "WH"],
          "run date must be YYYY-MM-DD"),
-        (["--conf", "conf/local.yaml", "--input", "x", "--run-date", "2026-01-01", "--warehouse", "/tmp/wh",
+        (["--conf", "conf/local.yaml", "--input", "x", "--run-date", "2026-01-01", "--warehouse", "WH",
           "--set", "match.treshold=1"], "unknown config key 'match.treshold'"),
-        (["--conf", "nope.yaml", "--input", "x", "--run-date", "2026-01-01", "--warehouse", "/tmp/wh"],
+        (["--conf", "nope.yaml", "--input", "x", "--run-date", "2026-01-01", "--warehouse", "WH"],
          "config file not found"),
         (["--input", "x"], "required"),
     ],
 )
-def test_cli_bad_arguments_exit_2(args, message):
-    r = run_cli("jobs/dedup_listings.py", *args)
+def test_cli_bad_arguments_exit_2(args, message, tmp_path):
+    wh = tmp_path / "wh"
+    r = run_cli("jobs/dedup_listings.py", *[str(wh) if a == "WH" else a for a in args])
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+    # nothing but (at most) the failed attempt's audit row is written
+    assert not (wh / "matches").exists() and not (wh / "clusters").exists()
 
 
 def test_evaluate_missing_run_exit_2(tmp_path):
