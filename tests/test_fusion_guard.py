@@ -98,7 +98,8 @@ def test_guard_numpy_splits_only_oversized_components():
     assert g["c1"] == g["c2"] == "c1" and g["z"] == "z"  # small components untouched even below 0.85
 
 
-def test_guard_spark_equals_numpy(spark):
+@pytest.mark.parametrize("driver_max", [500_000, 0])  # re-cut on the driver / level by level on Spark
+def test_guard_spark_equals_numpy(spark, driver_max):
     ids, src, dst, sc = _chain_graph()
     rng = np.random.default_rng(3)
     # add a random graph too
@@ -115,7 +116,14 @@ def test_guard_spark_equals_numpy(spark):
     e = spark.createDataFrame(pd.DataFrame({"src": src, "dst": dst, "score": np.float32(sc)}))
     groups = connected_components(v, e.select("src", "dst"))
     out, levels = split_large(
-        spark, groups, e, base_threshold=0.8, max_group=4, step=0.05, components_fn=connected_components
+        spark,
+        groups,
+        e,
+        base_threshold=0.8,
+        max_group=4,
+        step=0.05,
+        components_fn=connected_components,
+        driver_max_vertices=driver_max,
     )
     got = out.toPandas().set_index("posting_id").loc[ids]
     assert got["group_id"].tolist() == list(ref)
