@@ -1,7 +1,8 @@
 """A generated sample catalog with known duplicate groups (the demo and the tests use it).
 
-Each *product* gets a canonical title (brand, product, variant, size) and a 64-bit
-perceptual hash; its listings are noisy rewrites of that title (reordered words, shop
+Each *product* gets a canonical title (brand, product line name, product, variant, size)
+and a 64-bit perceptual hash; its listings are noisy rewrites of that title (most carry the product code,
+most reuse the product photo) (reordered words, shop
 promo words, case changes, unit spelling, dropped words, the odd typo) with a hash a few
 bits away. Products of the same brand and kind that differ only in size or variant are
 the hard negatives. A handful of bad rows exercise every reject reason.
@@ -89,10 +90,23 @@ class Sample:
     n_bad_rows: int
 
 
+_SYLLABLES = ["ka", "ri", "mo", "la", "zen", "tu", "vi", "so", "ne", "ra", "pe", "lu", "da", "xi", "or", "mi", "ta"]
+
+
+def _line_name(rng: random.Random) -> str:
+    """A made-up product line name ("Zenrami", "Kalu"): real listings carry one most of the time."""
+    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+
+
 def _canonical(rng: random.Random) -> tuple[str, str, str, str]:
     brand = rng.choice(BRANDS)
     kind, variants, sizes = rng.choice(KINDS)
-    return brand, kind, rng.choice(variants), rng.choice(sizes)
+    # one product line per brand and kind: products differing only in variant or size stay hard negatives
+    line = _LINES.setdefault((brand, kind), _line_name(rng))
+    return f"{brand} {line}", kind, rng.choice(variants), rng.choice(sizes)
+
+
+_LINES: dict[tuple[str, str], str] = {}
 
 
 def _unit_variant(size: str, rng: random.Random) -> str:
@@ -103,9 +117,11 @@ def _unit_variant(size: str, rng: random.Random) -> str:
     return size
 
 
-def _noisy_title(parts: tuple[str, str, str, str], rng: random.Random) -> str:
+def _noisy_title(parts: tuple[str, str, str, str], rng: random.Random, code: str = "") -> str:
     brand, kind, variant, size = parts
     words = [brand, *kind.split(), *variant.split(), _unit_variant(size, rng)]
+    if code and rng.random() < 0.7:  # most sellers copy the product code
+        words.insert(rng.randint(1, len(words)), code)
     if rng.random() < 0.3:  # drop one non-brand word
         idx = rng.randrange(1, len(words))
         if len(words) > 4:
@@ -134,6 +150,11 @@ def _noisy_title(parts: tuple[str, str, str, str], rng: random.Random) -> str:
     return title
 
 
+def _listing_hash(base_hash: int, rng: random.Random) -> int:
+    """Most sellers reuse the product photo (a few bits of re-encoding noise); some take their own."""
+    return _flip_bits(base_hash, rng.randint(0, 4), rng) if rng.random() < 0.6 else rng.getrandbits(64)
+
+
 def _flip_bits(h: int, n_bits: int, rng: random.Random) -> int:
     for b in rng.sample(range(64), n_bits):
         h ^= 1 << b
@@ -145,6 +166,7 @@ def generate_catalog(
 ) -> Sample:
     """``n_products`` products, each listed ``min_size..max_size`` times (singletons when 1)."""
     rng = random.Random(seed)
+    _LINES.clear()
     seen: set[tuple[str, str, str, str]] = set()
     rows: list[dict] = []
     truth: list[dict] = []
@@ -155,6 +177,7 @@ def generate_catalog(
             parts = _canonical(rng)
         seen.add(parts)
         base_hash = rng.getrandbits(64)
+        code = f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXZ')}{rng.choice('ABCDEFGHJKLMNPRSTUVWXZ')}-{rng.randint(100, 9999)}"
         size = rng.randint(min_size, max_size)
         for _ in range(size):
             pid += 1
@@ -162,8 +185,9 @@ def generate_catalog(
             rows.append(
                 {
                     "posting_id": posting_id,
-                    "title": _noisy_title(parts, rng),
-                    "image_phash": f"{_flip_bits(base_hash, rng.randint(0, 4), rng):016x}",
+                    "title": _noisy_title(parts, rng, code),
+                    # most sellers reuse the product photo (a few bits of re-encoding noise); some take their own
+                    "image_phash": f"{_listing_hash(base_hash, rng):016x}",
                 }
             )
             truth.append({"posting_id": posting_id, "label_group": f"g{g:05d}"})

@@ -213,7 +213,11 @@ def rank_settings(results: pd.DataFrame) -> pd.DataFrame:
     out = g.agg(f1=("f1", "mean"), f1_min=("f1", "min"), precision=("precision", "mean"), recall=("recall", "mean"))
     out = out.sort_values(["f1", "threshold"], ascending=[False, False], ignore_index=True)
     for c in ("inb", "min2", "phash_bits"):
-        out[c] = [None if v == -1 else (int(v) if c == "phash_bits" else v) for v in out[c]]
+        out[c] = pd.Series(
+            [None if v == -1 else (int(v) if c == "phash_bits" else float(v)) for v in out[c]],
+            index=out.index,
+            dtype=object,
+        )
     return out
 
 
