@@ -322,6 +322,8 @@ def test_model_dir_round_trips_and_the_dedup_job_uses_it(spark, tmp_path, tiny_s
             "inb.thresholds=[]",
             "input.partitions=2",
             "index.n_shards=2",
+            "embed.lexical.enabled=false",  # text signal only: the match scores are the model's cosines
+            "phash.enabled=false",
             "match.threshold=0.5",
             "match.min2=false",
             "match.min2_threshold=0.5",
