@@ -1,8 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.feature_extraction.text import TfidfVectorizer
-
 from listing_dedup.lexical import (
     LexicalParams,
     document_frequencies,
@@ -13,6 +11,7 @@ from listing_dedup.lexical import (
     lexical_vectors,
 )
 from listing_dedup.text import lexical_form
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 TITLES = [
     "Paper Bag Victoria Secret",
