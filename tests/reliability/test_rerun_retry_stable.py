@@ -33,11 +33,11 @@ def failed_tasks(spark, group: str) -> int:
 
 def fail_once_after_writing(make_writer):
     """Wrap writer._file_writer: partition 0's first attempt writes its file, then fails.
-    (``testing.fail_once_stage=write`` is accepted by the config but not wired into the
-    writer, so the tests inject this failure themselves.)"""
+    (An independent injection next to ``testing.fail_once_stage=write``, which tests/test_writer.py
+    covers: this one fails after the writer returned, whatever the writer does.)"""
 
-    def wrapped(uri, run_date, schema):
-        inner = make_writer(uri, run_date, schema)
+    def wrapped(uri, run_date, schema, *args):
+        inner = make_writer(uri, run_date, schema, *args)
 
         def write_partition(batches):
             from pyspark import TaskContext
