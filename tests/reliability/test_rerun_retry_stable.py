@@ -83,8 +83,10 @@ def runs(spark, tmp_path_factory):
     big = sorted((sorted(m) for m in g1 if len(m) >= 3), key=lambda m: m[0])
     out["moved_min"], out["moved_other"] = big[0][0], big[1][1]
     changed = catalog.copy()
-    for pid, title in zip((out["moved_min"], out["moved_other"]), NEW_TITLES):
+    new_photos = ("0f1e2d3c4b5a6978", "f0e1d2c3b4a59687")  # a changed listing gets a new photo too
+    for pid, title, phash in zip((out["moved_min"], out["moved_other"]), NEW_TITLES, new_photos):
         changed.loc[changed["posting_id"] == pid, "title"] = title
+        changed.loc[changed["posting_id"] == pid, "image_phash"] = phash
     assert (changed["title"] != catalog["title"]).sum() == 2  # 2 of ~190 rows: 1 %
     path3 = str(root / "listings_changed.parquet")
     changed.to_parquet(path3, index=False)
