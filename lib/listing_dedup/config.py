@@ -441,8 +441,8 @@ def _apply_set(raw: dict[str, Any], assignment: str, root: type | None = None) -
     return raw
 
 
-def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DedupConfig:
-    """Merge YAML profiles left to right, apply ``key=value`` overrides, validate."""
+def _load(root: type, paths: Sequence[str | Path], overrides: Sequence[str]) -> Any:
+    """Merge YAML profiles left to right, apply ``key=value`` overrides, validate as ``root``."""
     raw: dict[str, Any] = {}
     for p in paths:
         path = Path(p)
@@ -456,8 +456,13 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         raw = deep_merge(raw, data)
     for a in overrides:
-        raw = _apply_set(raw, a)
-    return _build(DedupConfig, raw)
+        raw = _apply_set(raw, a, root=root)
+    return _build(root, raw)
+
+
+def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DedupConfig:
+    """Merge YAML profiles left to right, apply ``key=value`` overrides, validate."""
+    return _load(DedupConfig, paths, overrides)
 
 
 # --------------------------------------------------------------------------------------
@@ -603,18 +608,4 @@ class TrainConfig:
 
 def load_train_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> TrainConfig:
     """Like :func:`load_config`, for the training profile (root :class:`TrainConfig`)."""
-    raw: dict[str, Any] = {}
-    for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        raw = deep_merge(raw, data)
-    for a in overrides:
-        raw = _apply_set(raw, a, root=TrainConfig)
-    return _build(TrainConfig, raw)
+    return _load(TrainConfig, paths, overrides)

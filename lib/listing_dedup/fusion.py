@@ -83,7 +83,7 @@ def fuse(df, columns: Mapping[str, str], layout: Layout, out_col: str = "emb"):
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
     def _fuse(*cols: pd.Series) -> pd.Series:
-        blocks = {s: [None if v is None else v for v in c] for s, c in zip(layout.signals, cols, strict=True)}
+        blocks = {s: list(c) for s, c in zip(layout.signals, cols, strict=True)}
         return pd.Series(list(fuse_blocks(blocks, layout)))
 
     return df.withColumn(out_col, _fuse(*[F.col(c) for c in names]))

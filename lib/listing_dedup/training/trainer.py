@@ -255,18 +255,23 @@ def _batches_of(rows: np.ndarray, codes: np.ndarray, bs: int, rng: np.random.Gen
 # modes
 
 
-def train_head(cfg: TrainConfig, idx: LabelledIndex, base: np.ndarray, device: str) -> tuple[ProjectionHead, dict]:
-    import torch
-
-    rows, codes, n_classes = _class_ids(idx)
-    head = ProjectionHead(base.shape[1], cfg.head.dim, cfg.head.hidden_dim, cfg.head.dropout).to(device)
-    margin = ArcMarginHead(
+def _margin_head(cfg: TrainConfig, n_classes: int) -> ArcMarginHead:
+    """The angular-margin classifier of ``cfg.loss`` over ``n_classes`` label groups."""
+    return ArcMarginHead(
         cfg.head.dim,
         n_classes,
         margin=cfg.loss.margin,
         scale=cfg.loss.scale,
         curricular=cfg.loss.kind == "curricularface",
-    ).to(device)
+    )
+
+
+def train_head(cfg: TrainConfig, idx: LabelledIndex, base: np.ndarray, device: str) -> tuple[ProjectionHead, dict]:
+    import torch
+
+    rows, codes, n_classes = _class_ids(idx)
+    head = ProjectionHead(base.shape[1], cfg.head.dim, cfg.head.hidden_dim, cfg.head.dropout).to(device)
+    margin = _margin_head(cfg, n_classes).to(device)
     held = idx.heldout_rows()
 
     def batches(rng):
@@ -310,13 +315,7 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
     code_of_row = np.full(idx.n, -1, dtype=np.int64)
     code_of_row[rows] = codes
     head = ProjectionHead(dim, cfg.head.dim, cfg.head.hidden_dim, cfg.head.dropout).to(device)
-    margin = ArcMarginHead(
-        cfg.head.dim,
-        n_classes,
-        margin=cfg.loss.margin,
-        scale=cfg.loss.scale,
-        curricular=cfg.loss.kind == "curricularface",
-    ).to(device)
+    margin = _margin_head(cfg, n_classes).to(device)
     held_mask = idx.heldout
     bs = cfg.optim.batch_size
     buffer_rows = max(bs * 64, 8192)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from listing_dedup.blender import blend_numpy
 from listing_dedup.config import TrainValidateConf
+from listing_dedup.tune import PairScorer, fast_edges
 from listing_dedup.tuning import exact_neighbours
 
 
@@ -43,42 +44,24 @@ def grid_scores(
     n = len(ids_s)
     grp = np.empty(n, dtype=np.int64)
     grp[code] = pd.factorize(pd.Series(list(labels), dtype=str))[0]
-    true_size = np.bincount(grp, minlength=grp.max() + 1)[grp].astype(np.float64)
 
     nb = nbrs[["src", "dst", "score"]].dropna()
     nb = nb[nb["src"].isin(ids_s) & nb["dst"].isin(ids_s) & (nb["src"] != nb["dst"])]
     src = pos[nb["src"].astype(str)].to_numpy()
     dst = pos[nb["dst"].astype(str)].to_numpy()
     sc = nb["score"].to_numpy().astype(np.float32).astype(np.float64)
-    # each src's nearest neighbour (ties: smallest dst)
+    # rows ordered by src, score desc, dst: each src's first row is its nearest neighbour
+    # (ties: smallest dst), as :func:`listing_dedup.tune.fast_edges` expects
     o = np.lexsort((dst, -sc, src))
-    first = o[np.r_[True, src[o][1:] != src[o][:-1]]] if len(o) else o
+    src, dst, sc = src[o], dst[o], sc[o]
+    scorer = PairScorer(grp)
     rows = []
     for t in thresholds:
         for m in min2_thresholds:
             if m is not None and m > t:
                 continue
-            keep = sc >= t
-            a, b = src[keep], dst[keep]
-            if m is not None:
-                r = first[(sc[first] < t) & (sc[first] >= m)]
-                a, b = np.r_[a, src[r]], np.r_[b, dst[r]]
-            lo, hi = np.minimum(a, b), np.maximum(a, b)
-            key = np.unique(lo * n + hi)
-            lo, hi = key // n, key % n
-            deg = np.bincount(np.r_[lo, hi], minlength=n).astype(np.float64)
-            same = grp[lo] == grp[hi]
-            hits = np.bincount(np.r_[lo[same], hi[same]], minlength=n).astype(np.float64)
-            inter, pred = 1.0 + hits, 1.0 + deg
-            rows.append(
-                {
-                    "threshold": t,
-                    "min2_threshold": m,
-                    "f1": float((2.0 * inter / (true_size + pred)).mean()),
-                    "precision": float((inter / pred).mean()),
-                    "recall": float((inter / true_size).mean()),
-                }
-            )
+            f1, precision, recall = scorer.score(*fast_edges(src, dst, sc, t, m))
+            rows.append({"threshold": t, "min2_threshold": m, "f1": f1, "precision": precision, "recall": recall})
     return pd.DataFrame(rows).sort_values("f1", ascending=False, ignore_index=True)
 
 
