@@ -376,3 +376,70 @@ def test_full_mode_fine_tunes_the_encoder_and_round_trips(tmp_path, tiny_st_dir)
     with torch.no_grad():
         expected = load_head(meta["head"], out / "model.safetensors")(torch.from_numpy(after)).numpy()
     np.testing.assert_allclose(enc.encode(titles), expected, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# mode full helpers: layer freezing, imprinted class weights, length-sorted batches
+
+
+def test_freeze_lower_layers_trains_only_the_top_layers():
+    from listing_dedup.training.trainer import freeze_lower_layers
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    bert = BertModel(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32)
+    )
+    n = freeze_lower_layers(bert, 1)
+    trainable = {name for name, p in bert.named_parameters() if p.requires_grad}
+    assert n == len(trainable) and trainable
+    assert all(".layer.2." in name or name.startswith("pooler.") for name in trainable)
+    assert any(".layer.2." in name for name in trainable)
+    # a step moves the top layer only
+    before = {name: p.detach().clone() for name, p in bert.named_parameters()}
+    opt = torch.optim.SGD([p for p in bert.parameters() if p.requires_grad], lr=0.1)
+    out = bert(torch.tensor([[1, 2, 3, 4]])).last_hidden_state
+    (out * torch.randn(out.shape)).sum().backward()  # (a plain sum after LayerNorm has no gradient)
+    opt.step()
+    for name, p in bert.named_parameters():
+        moved = not torch.equal(before[name], p.detach())
+        assert moved == (".layer.2." in name), name
+
+    assert freeze_lower_layers(bert, 0) == len(list(bert.parameters()))  # 0 = leave all as they are
+    with pytest.raises(ConfigError, match="3 layers"):
+        freeze_lower_layers(bert, 4)
+    with pytest.raises(ConfigError, match="no numbered"):
+        freeze_lower_layers(torch.nn.Linear(2, 2), 1)
+
+
+def test_imprint_sets_class_weights_to_normalised_class_means():
+    from listing_dedup.training.trainer import imprint
+
+    margin = ArcMarginHead(2, 3)
+    emb = np.array([[1, 0], [0, 1], [3, 0], [0, 2], [0, 5]], dtype=np.float32)
+    codes = np.array([0, 0, 1, 1, 1])  # class 2 has no rows: keeps its random weight
+    w2 = margin.weight.detach()[2].clone()
+    imprint(margin, emb, codes)
+    w = margin.weight.detach().numpy()
+    np.testing.assert_allclose(w[0], [2**-0.5, 2**-0.5], atol=1e-6)
+    np.testing.assert_allclose(w[1], [5**-0.5, 2 * 5**-0.5], atol=1e-6)  # rows count equally
+    assert torch.equal(margin.weight.detach()[2], w2)
+
+
+def test_length_batches_cover_every_row_once_with_similar_lengths():
+    from listing_dedup.training.trainer import encode_by_length, length_batches
+
+    rng = np.random.default_rng(0)
+    titles = ["x" * int(n) for n in rng.integers(1, 200, size=1000)]
+    labels = list(range(1000))
+    batches = list(length_batches(titles, labels, rng.permutation(1000), 10, np.random.default_rng(1)))
+    seen = np.concatenate([y for _, y in batches])
+    assert sorted(seen.tolist()) == labels  # each row once, labels stay with their titles
+    for ts, y in batches:
+        assert [len(titles[j]) for j in y] == [len(t) for t in ts]
+    # within a window of 16 batches the titles are sorted, so a batch spans a narrow length range
+    spread = np.mean([max(map(len, ts)) - min(map(len, ts)) for ts, _ in batches])
+    assert spread < 30  # a random batch of 10 spans ~160 characters
+    # encode_by_length returns rows in the input order
+    out = encode_by_length(titles, 7, lambda b: np.array([[len(t)] for t in b], dtype=np.float32))
+    np.testing.assert_array_equal(out[:, 0], [len(t) for t in titles])

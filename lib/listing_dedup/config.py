@@ -493,9 +493,13 @@ class TrainEncoderConf:
     max_seq_length: int = 64
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch / engine CPU threads; 0 = all cores of this machine
+    # mode full: fine-tune only the top N transformer layers (the token embeddings and the
+    # lower layers stay frozen: cheaper backward pass, less forgetting); 0 = all layers
+    train_layers: int = 0
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "encoder.model", "must not be empty")
+        _check(self.train_layers >= 0, "encoder.train_layers", "must be >= 0 (0 = all layers)")
         _check(1 <= self.batch_size <= 65536, "encoder.batch_size", "must be in [1, 65536]")
         _check(8 <= self.max_seq_length <= 512, "encoder.max_seq_length", "must be in [8, 512]")
         _check(self.device in ("auto", "cpu", "cuda"), "encoder.device", "must be auto, cpu or cuda")
@@ -521,9 +525,13 @@ class TrainLossConf:
     kind: str = "arcface"  # arcface | curricularface (additive angular margin, curriculum on hard negatives)
     margin: float = 0.5  # angular margin m (radians)
     scale: float = 30.0  # logit scale s
+    # class weights at the start: random (Xavier), or imprint = each class's normalised mean
+    # embedding under the untrained model (the classifier starts where the classes are)
+    init: str = "random"
 
     def __post_init__(self) -> None:
         _check(self.kind in ("arcface", "curricularface"), "loss.kind", "must be arcface or curricularface")
+        _check(self.init in ("random", "imprint"), "loss.init", "must be random or imprint")
         _check(0.0 <= self.margin <= 1.5, "loss.margin", "must be in [0, 1.5] radians")
         _check(1.0 <= self.scale <= 128.0, "loss.scale", "must be in [1, 128]")
 
@@ -567,7 +575,7 @@ class TrainValidateConf:
     """Held-out F1 (row-wise, the job's edge rules) from exact kNN and a threshold sweep."""
 
     k: int = 50
-    thresholds: Sequence[float] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+    thresholds: Sequence[float] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
     min2_thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6)
     # after training: INB thresholds tried on the best epoch (each one round; the overlay
     # keeps the best, or none); the finer final threshold grid

@@ -213,9 +213,7 @@ def embed_images(
     from pyspark.sql import types as T
 
     error_col = error_col or f"{out_col}_error"
-    schema = T.StructType(
-        [T.StructField("emb", T.ArrayType(T.FloatType())), T.StructField("error", T.StringType())]
-    )
+    schema = T.StructType([T.StructField("emb", T.ArrayType(T.FloatType())), T.StructField("error", T.StringType())])
 
     @F.pandas_udf(schema)
     def _embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:

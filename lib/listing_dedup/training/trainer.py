@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -266,6 +267,71 @@ def _margin_head(cfg: TrainConfig, n_classes: int) -> ArcMarginHead:
     )
 
 
+def imprint(margin: ArcMarginHead, emb: np.ndarray, codes: np.ndarray) -> None:
+    """Set each class weight to the normalised mean of its rows' unit embeddings (weight imprinting,
+    Qi et al. 2018): the classifier starts where the classes are instead of at random."""
+    import torch
+
+    unit = emb.astype(np.float64)
+    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    sums = np.zeros((margin.weight.shape[0], emb.shape[1]), dtype=np.float64)
+    np.add.at(sums, codes, unit)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    with torch.no_grad():
+        w = margin.weight.detach().cpu().numpy()
+        ok = norms[:, 0] > 0
+        w[ok] = (sums[ok] / norms[ok]).astype(np.float32)
+        margin.weight.copy_(torch.from_numpy(w).to(margin.weight.device))
+
+
+def freeze_lower_layers(model, train_layers: int) -> int:
+    """Mode full: keep only the top ``train_layers`` transformer layers (and what sits above them)
+    trainable; token embeddings and lower layers are frozen. Returns the number of trainable tensors."""
+    params = list(model.named_parameters())
+    if train_layers <= 0:
+        return len(params)
+    pattern = re.compile(r"\.layers?\.(\d+)\.")
+    layer_of = {n: int(m.group(1)) for n, _ in params if (m := pattern.search(n))}
+    layers = sorted(set(layer_of.values()))
+    if not layers:
+        raise ConfigError("encoder.train_layers: the encoder has no numbered transformer layers to keep")
+    if train_layers > len(layers):
+        raise ConfigError(f"encoder.train_layers: {train_layers} > the encoder's {len(layers)} layers")
+    keep = set(layers[-train_layers:])
+    n = 0
+    for name, p in params:
+        if name in layer_of:
+            p.requires_grad_(layer_of[name] in keep)
+        else:
+            p.requires_grad_("embeddings" not in name)
+        n += int(p.requires_grad)
+    return n
+
+
+def length_batches(titles: list[str], labels: list[int], order: np.ndarray, bs: int, rng: np.random.Generator):
+    """Cut ``order`` into batches of similar title length (less padding: on a CPU the step time
+    follows the longest title of the batch): sort windows of 16 batches by length, shuffle the batches."""
+    out = []
+    window = bs * 16
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w : w + window], key=lambda j: len(titles[j]))
+        out.extend(chunk[i : i + bs] for i in range(0, len(chunk), bs))
+    for k in rng.permutation(len(out)):
+        sel = out[k]
+        if len(sel) >= 2:  # BatchNorm needs two rows
+            yield [titles[j] for j in sel], np.asarray([labels[j] for j in sel])
+
+
+def encode_by_length(titles: list[str], bs: int, fn: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """``fn`` over batches of titles sorted by length; rows come back in the input order."""
+    order = np.argsort([len(t) for t in titles], kind="stable")
+    parts = [fn([titles[j] for j in order[i : i + bs]]) for i in range(0, len(order), bs)]
+    out = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    res = np.empty_like(out)
+    res[order] = out
+    return res
+
+
 def train_head(cfg: TrainConfig, idx: LabelledIndex, base: np.ndarray, device: str) -> tuple[ProjectionHead, dict]:
     import torch
 
@@ -273,6 +339,16 @@ def train_head(cfg: TrainConfig, idx: LabelledIndex, base: np.ndarray, device: s
     head = ProjectionHead(base.shape[1], cfg.head.dim, cfg.head.hidden_dim, cfg.head.dropout).to(device)
     margin = _margin_head(cfg, n_classes).to(device)
     held = idx.heldout_rows()
+    if cfg.loss.init == "imprint":
+        head.eval()
+        with torch.no_grad():
+            emb = np.concatenate(
+                [
+                    head(torch.from_numpy(np.asarray(base[rows[i : i + 8192]])).to(device)).cpu().numpy()
+                    for i in range(0, len(rows), 8192)
+                ]
+            )
+        imprint(margin, emb, codes)
 
     def batches(rng):
         for r, y in _batches_of(rows, codes, cfg.optim.batch_size, rng):
@@ -321,24 +397,19 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
     buffer_rows = max(bs * 64, 8192)
 
     def batches(rng):
-        """Stream the training rows' titles; shuffle within a buffer of ``buffer_rows``."""
+        """Stream the training rows' titles; shuffle within a buffer of ``buffer_rows``,
+        then cut length-sorted batches (see ``length_batches``)."""
         buf_t: list[str] = []
         buf_y: list[int] = []
 
-        def drain(final: bool) -> list[tuple[list[str], np.ndarray]]:
+        def drain(final: bool):
             nonlocal buf_t, buf_y
             order = rng.permutation(len(buf_t))
             cut = len(order) if final else (len(order) // bs) * bs
-            out = [
-                (
-                    [buf_t[j] for j in order[i : min(i + bs, cut)]],
-                    np.asarray([buf_y[j] for j in order[i : min(i + bs, cut)]]),
-                )
-                for i in range(0, cut, bs)
-            ]
+            out = list(length_batches(buf_t, buf_y, order[:cut], bs, rng))
             rest = order[cut:]
             buf_t, buf_y = [buf_t[j] for j in rest], [buf_y[j] for j in rest]
-            return [b for b in out if len(b[0]) >= 2]  # BatchNorm needs two rows
+            return out
 
         for off, titles in iter_titles(idx.path, cfg.data):
             for j, t in enumerate(titles):
@@ -360,18 +431,30 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
     def forward(titles):
         return head(encode_train(titles))
 
-    def embed_heldout():
-        parts = []
+    def embed_rows(mask: np.ndarray) -> np.ndarray:
+        """Head outputs of the rows in ``mask`` (row order), batches sorted by title length."""
+        sel = [t for off, titles in iter_titles(idx.path, cfg.data) for j, t in enumerate(titles) if mask[off + j]]
+        if not sel:
+            return np.zeros((0, cfg.head.dim), np.float32)
         with torch.no_grad():
-            for off, titles in iter_titles(idx.path, cfg.data):
-                sel = [t for j, t in enumerate(titles) if held_mask[off + j]]
-                for i in range(0, len(sel), cfg.encoder.batch_size):
-                    parts.append(head(encode_train(sel[i : i + cfg.encoder.batch_size])).cpu().numpy())
-        return np.concatenate(parts) if parts else np.zeros((0, cfg.head.dim), np.float32)
+            return encode_by_length(sel, cfg.encoder.batch_size, lambda b: head(encode_train(b)).cpu().numpy())
+
+    def embed_heldout():
+        return embed_rows(held_mask)
+
+    n_trainable = freeze_lower_layers(model, cfg.encoder.train_layers)
+    log.info("mode full: %d trainable encoder tensors (train_layers %d)", n_trainable, cfg.encoder.train_layers)
+    if cfg.loss.init == "imprint":
+        t0 = time.perf_counter()
+        model.eval()
+        head.eval()
+        train_mask = code_of_row >= 0
+        imprint(margin, embed_rows(train_mask), code_of_row[train_mask])
+        log.info("imprinted %d class weights in %.1fs", n_classes, time.perf_counter() - t0)
 
     n_batches = math.ceil(len(rows) / bs)
     groups = [
-        {"params": list(model.parameters()), "lr": cfg.optim.encoder_lr},
+        {"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.optim.encoder_lr},
         {"params": list(head.parameters()) + list(margin.parameters()), "lr": cfg.optim.lr},
     ]
     res = _fit(
