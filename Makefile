@@ -79,7 +79,7 @@ package-env: $(EXTRAS_STAMP) ## dist/listing_dedup_env.tar.gz: a fresh venv with
 	chmod 644 $(DIST)/listing_dedup_env.tar.gz && ls -l $(DIST)/listing_dedup_env.tar.gz
 
 test: setup airflow ## run the test suite (CPU, local Spark; the DAG tests need the airflow extra)
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) tests
 
 lint: setup ## ruff
 	$(PY) -m ruff check lib jobs tests bench airflow_dags
