@@ -21,8 +21,17 @@ ROWS = [
     ("d1", "Hijab segi empat voal motif bunga"),
     ("e1", "Susu UHT coklat 200ml"),
 ]
-EXPECTED_GROUPS = {"a1": "a1", "a2": "a1", "a3": "a1", "b1": "b1", "b2": "b1", "c1": "c1", "c2": "c1",
-                   "d1": "d1", "e1": "e1"}
+EXPECTED_GROUPS = {
+    "a1": "a1",
+    "a2": "a1",
+    "a3": "a1",
+    "b1": "b1",
+    "b2": "b1",
+    "c1": "c1",
+    "c2": "c1",
+    "d1": "d1",
+    "e1": "e1",
+}
 
 
 @pytest.fixture()
@@ -36,8 +45,15 @@ def catalog(tmp_path):
 
 
 CONF = ["conf/local.yaml"]
-SETS = ["match.threshold=0.6", "match.min2_threshold=0.6", "inb.thresholds=[]", "index.exact_below=0",
-        "index.nlist=0", "index.n_shards=2", "input.partitions=2"]
+SETS = [
+    "match.threshold=0.6",
+    "match.min2_threshold=0.6",
+    "inb.thresholds=[]",
+    "index.exact_below=0",
+    "index.nlist=0",
+    "index.n_shards=2",
+    "input.partitions=2",
+]
 
 
 def test_job_finds_groups_writes_tables_and_reruns_idempotently(spark, catalog, tmp_path):
@@ -75,36 +91,82 @@ def run_cli(*args):
 def test_cli_end_to_end_and_evaluate(catalog, tmp_path):
     wh = str(tmp_path / "wh")
     sets = [x for s in SETS for x in ("--set", s)]
-    r = run_cli("jobs/dedup_listings.py", "--conf", *CONF, "--input", catalog, "--run-date", "2026-03-02",
-                "--warehouse", wh, *sets, "--set", "spark.conf.spark.sql.shuffle.partitions=2")
+    r = run_cli(
+        "jobs/dedup_listings.py",
+        "--conf",
+        *CONF,
+        "--input",
+        catalog,
+        "--run-date",
+        "2026-03-02",
+        "--warehouse",
+        wh,
+        *sets,
+        "--set",
+        "spark.conf.spark.sql.shuffle.partitions=2",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "rows rejected  2" in r.stdout and "groups found   3 groups" in r.stdout
     truth = tmp_path / "truth.csv"
     pd.DataFrame({"posting_id": list(EXPECTED_GROUPS), "label_group": list(EXPECTED_GROUPS.values())}).to_csv(
-        truth, index=False)
+        truth, index=False
+    )
     out = tmp_path / "score.json"
-    r = run_cli("jobs/evaluate.py", "--warehouse", wh, "--run-date", "2026-03-02", "--truth", str(truth),
-                "--json-out", str(out))
+    r = run_cli(
+        "jobs/evaluate.py", "--warehouse", wh, "--run-date", "2026-03-02", "--truth", str(truth), "--json-out", str(out)
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1
     res = json.loads(lines[0])
-    assert res == {"run_date": "2026-03-02", "n": 9, "matches": {"f1": 1.0, "precision": 1.0, "recall": 1.0},
-                   "clusters": {"f1": 1.0, "precision": 1.0, "recall": 1.0}}
+    assert res == {
+        "run_date": "2026-03-02",
+        "n": 9,
+        "matches": {"f1": 1.0, "precision": 1.0, "recall": 1.0},
+        "clusters": {"f1": 1.0, "precision": 1.0, "recall": 1.0},
+    }
     assert json.loads(out.read_text()) == res
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--conf", "conf/local.yaml", "--input", "/nonexistent/x.parquet", "--run-date", "2026-01-01",
-          "--warehouse", "WH"], "input path does not exist"),
-        (["--conf", "conf/local.yaml", "--input", "x", "--run-date", "2026-13-01", "--warehouse", "WH"],
-         "run date must be YYYY-MM-DD"),
-        (["--conf", "conf/local.yaml", "--input", "x", "--run-date", "2026-01-01", "--warehouse", "WH",
-          "--set", "match.treshold=1"], "unknown config key 'match.treshold'"),
-        (["--conf", "nope.yaml", "--input", "x", "--run-date", "2026-01-01", "--warehouse", "WH"],
-         "config file not found"),
+        (
+            [
+                "--conf",
+                "conf/local.yaml",
+                "--input",
+                "/nonexistent/x.parquet",
+                "--run-date",
+                "2026-01-01",
+                "--warehouse",
+                "WH",
+            ],
+            "input path does not exist",
+        ),
+        (
+            ["--conf", "conf/local.yaml", "--input", "x", "--run-date", "2026-13-01", "--warehouse", "WH"],
+            "run date must be YYYY-MM-DD",
+        ),
+        (
+            [
+                "--conf",
+                "conf/local.yaml",
+                "--input",
+                "x",
+                "--run-date",
+                "2026-01-01",
+                "--warehouse",
+                "WH",
+                "--set",
+                "match.treshold=1",
+            ],
+            "unknown config key 'match.treshold'",
+        ),
+        (
+            ["--conf", "nope.yaml", "--input", "x", "--run-date", "2026-01-01", "--warehouse", "WH"],
+            "config file not found",
+        ),
         (["--input", "x"], "required"),
     ],
 )
@@ -123,6 +185,13 @@ def test_evaluate_missing_run_exit_2(tmp_path):
     truth.write_text("posting_id,label_group\na,1\n")
     r = run_cli("jobs/evaluate.py", "--warehouse", str(tmp_path), "--run-date", "2026-01-01", "--truth", str(truth))
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    r = run_cli("jobs/evaluate.py", "--warehouse", str(tmp_path), "--run-date", "2026-01-01", "--truth",
-                str(tmp_path / "missing.csv"))
+    r = run_cli(
+        "jobs/evaluate.py",
+        "--warehouse",
+        str(tmp_path),
+        "--run-date",
+        "2026-01-01",
+        "--truth",
+        str(tmp_path / "missing.csv"),
+    )
     assert r.returncode == 2 and "truth file does not exist" in r.stderr

@@ -32,6 +32,7 @@ from listing_dedup.fusion import Layout, fuse_blocks
 from listing_dedup.lexical import document_frequencies, hashed_counts, idf_vector, lexical_vectors
 from listing_dedup.phash_match import phash_pairs_pandas
 from listing_dedup.text import clean_title
+from listing_dedup.tuning import knn
 
 log = logging.getLogger(__name__)
 
@@ -63,28 +64,6 @@ class PairScorer:
         inter = 1.0 + np.bincount(a, hit, minlength=n) + np.bincount(b, hit, minlength=n)
         f1 = 2 * inter / (self.true_size + pred)
         return float(f1.mean()), float((inter / pred).mean()), float((inter / self.true_size).mean())
-
-
-def knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact top-k (self excluded) as directed rows sorted by src then score desc."""
-    import faiss
-
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    kk = min(k + 1, len(x))
-    s, i = index.search(x, kk)
-    src = np.repeat(np.arange(len(x)), kk)
-    dst, sc = i.reshape(-1), s.reshape(-1)
-    ok = (dst >= 0) & (dst != src)
-    src, dst, sc = src[ok], dst[ok], sc[ok]
-    # stable order: src asc, score desc, dst asc (the job's min2 tie rule)
-    o = np.lexsort((dst, -sc.astype(np.float64), src))
-    src, dst, sc = src[o], dst[o], sc[o]
-    first = np.r_[True, src[1:] != src[:-1]]
-    rank = np.arange(len(src)) - np.maximum.accumulate(np.where(first, np.arange(len(src)), 0))
-    keep = rank < k
-    return src[keep], dst[keep], sc[keep]
 
 
 def fast_edges(src, dst, sc, threshold: float, min2_threshold: float | None) -> tuple[np.ndarray, np.ndarray]:

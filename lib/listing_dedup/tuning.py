@@ -1,8 +1,8 @@
 """Threshold sweeps on a labelled split: pure functions over neighbour lists.
 
-``exact_neighbours`` gives each listing's top-k (exact inner product, faiss flat index) for
-validation-sized data on one machine; the job's own Spark search gives the same rows at
-scale. ``sweep`` scores every (threshold, min2_threshold) pair with the row-wise F1 of
+``knn`` (row numbers) and ``exact_neighbours`` (listing ids) give each listing's top-k (exact
+inner product, faiss flat index) for validation-sized data on one machine; the job's own Spark
+search gives the same rows at scale. ``sweep`` scores every (threshold, min2_threshold) pair with the row-wise F1 of
 :mod:`listing_dedup.metrics`, applying exactly the job's edge rules (:mod:`listing_dedup.edges`).
 """
 
@@ -18,23 +18,34 @@ from listing_dedup.edges import select_edges_pandas
 from listing_dedup.metrics import row_scores
 
 
-def exact_neighbours(emb: np.ndarray, ids: Sequence[str], k: int) -> pd.DataFrame:
-    """Top-``k`` neighbours of every row among all rows (self excluded): ``src, dst, score``."""
+def knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-k (self excluded) as directed rows sorted by src then score desc."""
     import faiss
 
-    x = np.ascontiguousarray(emb, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     kk = min(k + 1, len(x))
-    scores, idx = index.search(x, kk)
-    ids_arr = np.asarray(ids, dtype=object)
+    s, i = index.search(x, kk)
     src = np.repeat(np.arange(len(x)), kk)
-    dst = idx.reshape(-1)
-    sc = scores.reshape(-1)
+    dst, sc = i.reshape(-1), s.reshape(-1)
     ok = (dst >= 0) & (dst != src)
-    df = pd.DataFrame({"src": ids_arr[src[ok]], "dst": ids_arr[dst[ok]], "score": sc[ok].astype(np.float32)})
-    # keep k per listing (a listing whose own row was not returned would otherwise keep k+1)
-    return df.groupby("src", sort=False).head(k).reset_index(drop=True)
+    src, dst, sc = src[ok], dst[ok], sc[ok]
+    # stable order: src asc, score desc, dst asc (the job's min2 tie rule)
+    o = np.lexsort((dst, -sc.astype(np.float64), src))
+    src, dst, sc = src[o], dst[o], sc[o]
+    first = np.r_[True, src[1:] != src[:-1]]
+    rank = np.arange(len(src)) - np.maximum.accumulate(np.where(first, np.arange(len(src)), 0))
+    keep = rank < k
+    return src[keep], dst[keep], sc[keep]
+
+
+def exact_neighbours(emb: np.ndarray, ids: Sequence[str], k: int) -> pd.DataFrame:
+    """Top-``k`` neighbours of every row among all rows (self excluded): ``src, dst, score``
+    (listing ids; :func:`knn` with the ids put back)."""
+    src, dst, sc = knn(emb, k)
+    ids_arr = np.asarray(ids, dtype=object)
+    return pd.DataFrame({"src": ids_arr[src], "dst": ids_arr[dst], "score": sc.astype(np.float32)})
 
 
 def score_edges(edges: pd.DataFrame, ids: Sequence[str], truth: pd.DataFrame) -> dict:
