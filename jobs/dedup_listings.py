@@ -19,18 +19,13 @@ import sys
 from listing_dedup.backfill import date_range, run_backfill
 from listing_dedup.config import load_config
 from listing_dedup.pipeline import check_run_date, run_dedup
-from listing_dedup.runtime import build_spark, configure_logging, run_cli, under_spark_submit
+from listing_dedup.runtime import CliParser, add_conf_args, build_spark, configure_logging, run_cli, under_spark_submit
 from listing_dedup.verify import verify_run
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="dedup_listings.py", description=__doc__.splitlines()[0])
-    p.add_argument("--conf", action="append", metavar="YAML", help="conf profile; repeatable, later files override")
+    p = CliParser(prog="dedup_listings.py", description=__doc__.splitlines()[0])
+    add_conf_args(p, "conf profile (conf/local.yaml, conf/cluster.yaml)", required=False)
     p.add_argument("--input", help="listing Parquet file or folder (a backfill: the root of the date partitions)")
     dates = p.add_mutually_exclusive_group(required=True)
     dates.add_argument("--run-date", help="YYYY-MM-DD: the partition written in every table")
@@ -38,19 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--to-date", help="backfill: last date, inclusive")
     p.add_argument("--warehouse", required=True, help="folder (or URI) holding the Delta tables")
     p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override one conf key, e.g. --set match.threshold=0.8; repeatable",
-    )
-    p.add_argument(
         "--verify-only",
         action="store_true",
         help="compute nothing: check the tables committed for --run-date and exit 1 if they are inconsistent",
     )
-    p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if args.from_date and not args.to_date:
         p.error("--from-date needs --to-date")

@@ -18,11 +18,11 @@ import sys
 from listing_dedup.evaluate import evaluate_run, read_truth
 from listing_dedup.pipeline import check_run_date
 from listing_dedup.report import write_report
-from listing_dedup.runtime import configure_logging, run_cli
+from listing_dedup.runtime import CliParser, configure_logging, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
+    p = CliParser(prog="evaluate.py", description=__doc__.splitlines()[0])
     p.add_argument("--warehouse", required=True, help="folder (or URI) holding the Delta tables")
     p.add_argument("--run-date", required=True, help="YYYY-MM-DD of the run to score")
     p.add_argument("--truth", required=True, help="Parquet or CSV with posting_id,label_group")

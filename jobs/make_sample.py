@@ -5,16 +5,15 @@ python jobs/make_sample.py --out data/sample [--products 400] [--seed 7]
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from listing_dedup.runtime import run_cli
+from listing_dedup.runtime import CliParser, run_cli
 from listing_dedup.sample import generate_catalog
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="make_sample.py", description=__doc__.splitlines()[0])
+    p = CliParser(prog="make_sample.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--products", type=int, default=400)
     p.add_argument("--seed", type=int, default=7)

@@ -15,28 +15,14 @@ import argparse
 import sys
 
 from listing_dedup.config import load_train_config
-from listing_dedup.runtime import configure_logging, run_cli
+from listing_dedup.runtime import CliParser, add_conf_args, configure_logging, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="train_embedder.py", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--conf",
-        action="append",
-        required=True,
-        metavar="YAML",
-        help="training profile (conf/train.yaml); repeatable, later files override earlier ones",
-    )
+    p = CliParser(prog="train_embedder.py", description=__doc__.splitlines()[0])
+    add_conf_args(p, "training profile (conf/train.yaml)")
     p.add_argument("--input", required=True, help="labelled listing Parquet file or folder")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override one training conf key, e.g. --set loss.margin=0.7; repeatable",
-    )
     p.add_argument(
         "--base-embeddings",
         default=None,
@@ -44,7 +30,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="mode head: precomputed base-encoder embeddings, one row per input row in input "
         "order (checked against the encoder on the first rows)",
     )
-    p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
 

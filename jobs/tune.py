@@ -10,25 +10,22 @@ The overlay is passed as an extra ``--conf`` to jobs/dedup_listings.py. Exit cod
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from listing_dedup.config import load_config
-from listing_dedup.runtime import configure_logging, run_cli
+from listing_dedup.runtime import CliParser, add_conf_args, configure_logging, run_cli
 from listing_dedup.tune import Grid, load_split, tune
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tune.py", description=__doc__.splitlines()[0])
-    p.add_argument("--conf", action="append", required=True, metavar="YAML")
+    p = CliParser(prog="tune.py", description=__doc__.splitlines()[0])
+    add_conf_args(p, "conf profile to tune from (conf/local.yaml, plus a model's overlay.yaml)")
     p.add_argument("--input", required=True, help="labelled listings Parquet (posting_id, title, [image_phash, fold])")
     p.add_argument("--truth", help="Parquet/CSV posting_id,label_group (else the input's label_group column)")
     p.add_argument("--out", required=True, help="conf overlay to write (YAML)")
     p.add_argument("--parts", type=int, default=3, help="group-disjoint catalogs when the input has no fold column")
     p.add_argument("--cache-dir", help="cache the text embeddings of the split here")
     p.add_argument("--csv", help="also write every setting's mean scores to this CSV")
-    p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
-    p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if args.parts < 2:
         p.error("--parts must be >= 2")

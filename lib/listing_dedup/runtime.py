@@ -7,6 +7,7 @@ no traceback); 1 any other failure (traceback logged).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -16,6 +17,34 @@ from listing_dedup.config import SparkConf
 from listing_dedup.errors import DedupError
 
 log = logging.getLogger("listing_dedup")
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2 (the jobs' contract for bad arguments)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def add_conf_args(p: argparse.ArgumentParser, what: str, *, required: bool = True, log_level: str = "INFO") -> None:
+    """The options every conf-driven job shares: ``--conf`` (repeatable, later files win),
+    ``--set KEY=VALUE`` (into ``args.overrides``) and ``--log-level``."""
+    p.add_argument(
+        "--conf",
+        action="append",
+        required=required,
+        metavar="YAML",
+        help=f"{what}; repeatable, later files override earlier ones",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one conf key, e.g. --set match.threshold=0.8; repeatable",
+    )
+    p.add_argument("--log-level", default=log_level, help=f"logging level (default {log_level})")
 
 
 def configure_logging(level: str = "INFO") -> None:
