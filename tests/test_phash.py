@@ -9,7 +9,7 @@ import imagehash
 import numpy as np
 import pandas as pd
 import pytest
-from listing_dedup.phash import fill_phash, fill_phash_frame, hamming, hex_to_bits, phash_hex
+from listing_dedup.phash import hamming, hex_to_bits, inspect_images, phash_hex
 from PIL import Image
 
 
@@ -66,47 +66,69 @@ def test_phash_hex_is_imagehash_phash():
     assert imagehash.hex_to_hash(h) == imagehash.phash(im)
 
 
-def test_fill_phash_frame_keeps_given_hashes_and_reports_failures(tmp_path):
+def test_inspect_images_decodes_once_keeps_given_hashes_and_reports_failures(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     good = _png_bytes(2)
-    images = pd.Series([good, "nope.jpg", "broken.jpg", None, "nope.jpg", ""], dtype=object)
-    given = pd.Series([None, None, None, None, "0123456789abcdef", None], dtype=object)
-    out = fill_phash_frame(images, given, str(tmp_path))
+    images = pd.Series([good, "nope.jpg", "broken.jpg", None, "nope.jpg", "", good], dtype=object)
+    given = pd.Series(
+        [None, None, None, "ffffffffffffffff", "0123456789abcdef", None, " 00000000000000ff "], dtype=object
+    )
+    out = inspect_images(images, given, str(tmp_path))
     assert out["phash"].tolist() == [
         str(imagehash.phash(Image.open(io.BytesIO(good)))),
         None,
         None,
+        "ffffffffffffffff",  # no image: the given hash stays
+        "0123456789abcdef",  # given hash kept, the image is still checked (below)
         None,
-        "0123456789abcdef",  # given: kept, the (missing) file is never opened
+        "00000000000000ff",  # a given hash wins over the computed one
+    ]
+    assert out["error"].tolist() == [
+        None,
+        "missing_image_file",
+        "unreadable_image",
+        None,
+        "missing_image_file",
+        None,
         None,
     ]
-    assert out["error"].tolist() == [None, "missing_image_file", "unreadable_image", "no_image", None, "no_image"]
 
 
-def test_fill_phash_on_spark(spark, tmp_path):
+def test_reader_fills_missing_phash_from_the_image(spark, tmp_path):
+    from listing_dedup.config import InputConf
+    from listing_dedup.reader import validate
+
     a, b = _png_bytes(3), _png_bytes(4)
     (tmp_path / "a.png").write_bytes(a)
     rows = [
-        ("p1", "a.png", None),
-        ("p2", "a.png", "ffffffffffffffff"),
-        ("p3", "missing.png", None),
-        ("p4", None, None),
+        ("p1", "t1", "a.png", None),
+        ("p2", "t2", "a.png", "ffffffffffffffff"),
+        ("p3", "t3", "missing.png", None),
+        ("p4", "t4", None, None),
+        ("p5", "", "a.png", None),  # no title: kept on its image alone
     ]
-    df = spark.createDataFrame(rows, "posting_id string, image string, image_phash string")
-    out = fill_phash(df, image_root=str(tmp_path), error_col="phash_error").toPandas().set_index("posting_id")
+    df = spark.createDataFrame(rows, "posting_id string, title string, image string, image_phash string")
+    ing = validate(df, InputConf(), image_root=str(tmp_path))
+    out = ing.kept.toPandas().set_index("posting_id")
     want_a = str(imagehash.phash(Image.open(io.BytesIO(a))))
-    assert out.loc["p1", "image_phash"] == want_a
-    assert out.loc["p2", "image_phash"] == "ffffffffffffffff"
-    assert out.loc["p3", "image_phash"] is None and out.loc["p3", "phash_error"] == "missing_image_file"
-    assert out.loc["p4", "image_phash"] is None and out.loc["p4", "phash_error"] == "no_image"
-    assert list(out.reset_index().columns) == ["posting_id", "image", "image_phash", "phash_error"]
+    assert out["image_phash"].to_dict() == {
+        "p1": want_a,
+        "p2": "ffffffffffffffff",
+        "p3": None,
+        "p4": None,
+        "p5": want_a,
+    }
+    assert out["image_error"].to_dict() == {"p1": None, "p2": None, "p3": "missing_image_file", "p4": None, "p5": None}
+    assert ing.rejects.count() == 0
+    for d in ing.cached:
+        d.unpersist()
 
     binary = spark.createDataFrame(
-        [("q1", bytearray(b)), ("q2", bytearray(b"junk"))], "posting_id string, image binary"
+        [("q1", "t", bytearray(b)), ("q2", "t", bytearray(b"junk"))], "posting_id string, title string, image binary"
     )
-    got = fill_phash(binary).toPandas().set_index("posting_id")["image_phash"]
-    assert got["q1"] == str(imagehash.phash(Image.open(io.BytesIO(b))))
-    assert got["q2"] is None
+    got = validate(binary, InputConf()).kept.toPandas().set_index("posting_id")
+    assert got.loc["q1", "image_phash"] == str(imagehash.phash(Image.open(io.BytesIO(b))))
+    assert got.loc["q2", "image_phash"] is None and got.loc["q2", "image_error"] == "unreadable_image"
 
 
 def test_real_images_reproduce_csv_phash_within_2_bits(shared_data):
@@ -115,7 +137,7 @@ def test_real_images_reproduce_csv_phash_within_2_bits(shared_data):
     files = sorted(p.name for p in folder.glob("*.jpg"))
     assert len(files) == 23
     ref = csv.drop_duplicates("image").set_index("image").loc[files, "image_phash"]
-    out = fill_phash_frame(pd.Series(files), pd.Series([None] * len(files)), str(folder))
+    out = inspect_images(pd.Series(files), pd.Series([None] * len(files)), str(folder))
     assert out["error"].isna().all()
     diffs = hamming(out["phash"].tolist(), ref.tolist())
     print("bit differences vs CSV image_phash:", dict(sorted(Counter(diffs.tolist()).items())))

@@ -124,8 +124,3 @@ def load_image(value: str | bytes | bytearray | memoryview | None, root: str = "
     except OSError:  # permission denied, I/O error: the file is there but cannot be read
         return ImageResult(error=UNREADABLE_IMAGE)
     return decode_image(data)
-
-
-def image_error(value: str | bytes | None, root: str = "") -> str | None:
-    """Just the error of :func:`load_image` (``None`` when the image decodes)."""
-    return load_image(value, root).error

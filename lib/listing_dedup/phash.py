@@ -14,16 +14,17 @@ Public API
 ``hamming(a, b) -> int | np.ndarray``
     Bits that differ, row by row; ``a`` and ``b`` are hex strings, sequences of them or
     arrays from :func:`hex_to_bits` (one side may be a single hash).
-``fill_phash(df, image_col="image", phash_col="image_phash", image_root="", *, error_col=None)``
-    Spark: fills null/empty ``phash_col`` from the image (path relative to ``image_root`` or
-    bytes); rows whose hash is given are not decoded. Rows whose image is missing or corrupt
-    keep a null hash. With ``error_col``, also adds the reason from
-    :func:`listing_dedup.images.load_image` (null when the hash is given or computed).
+``inspect_images(images, phashes, root="") -> pd.DataFrame``
+    One decode per present image (path relative to ``root``, or bytes): columns ``error``
+    (the reason from :func:`listing_dedup.images.load_image`, null when the image decodes)
+    and ``phash`` (the given hash when there is one, else computed from the decoded image,
+    else null). The reader calls it once per row, so validating an image and hashing it
+    cost one decode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -77,51 +78,17 @@ def hamming(a: Any, b: Any) -> int | np.ndarray:
     return int(d[0]) if scalar else d
 
 
-def phash_value(value: Any, root: str = "") -> tuple[str | None, str | None]:
-    """``(hash, None)`` for a decodable image path/bytes, else ``(None, reason)``."""
-    result = load_image(value, root)
-    if not result.ok:
-        return None, result.error
-    return phash_hex(result.image), None
-
-
-def fill_phash_frame(images: pd.Series, phashes: pd.Series, root: str = "") -> pd.DataFrame:
-    """Pure core of :func:`fill_phash`: columns ``phash`` and ``error``, index of ``images``."""
+def inspect_images(images: pd.Series, phashes: pd.Series, root: str = "") -> pd.DataFrame:
+    """Decode every present image once: its ``error`` and its ``phash`` (given, or computed)."""
     out_hash: list[str | None] = []
     out_err: list[str | None] = []
     for value, given in zip(images, phashes, strict=True):
-        if isinstance(given, str) and given.strip():
+        given = given.strip() if isinstance(given, str) and given.strip() else None
+        if value is None or (isinstance(value, str) and not value.strip()):
             out_hash.append(given)
             out_err.append(None)
             continue
-        h, reason = phash_value(value, root)
-        out_hash.append(h)
-        out_err.append(reason)
+        result = load_image(value, root)
+        out_err.append(result.error)
+        out_hash.append(given or (phash_hex(result.image) if result.ok else None))
     return pd.DataFrame({"phash": out_hash, "error": out_err}, index=images.index)
-
-
-def fill_phash(
-    df: Any,
-    image_col: str = "image",
-    phash_col: str = "image_phash",
-    image_root: str = "",
-    *,
-    error_col: str | None = None,
-) -> Any:
-    """Fill null or empty ``phash_col`` values from ``image_col`` (see the module doc)."""
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
-    schema = T.StructType([T.StructField("phash", T.StringType()), T.StructField("error", T.StringType())])
-
-    @F.pandas_udf(schema)
-    def _fill(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        for images, phashes in batches:
-            yield fill_phash_frame(images, phashes, image_root)
-
-    tmp = f"__{phash_col}_struct"
-    phash_in = F.col(phash_col) if phash_col in df.columns else F.lit(None).cast("string")
-    out = df.withColumn(tmp, _fill(F.col(image_col), phash_in)).withColumn(phash_col, F.col(f"{tmp}.phash"))
-    if error_col:
-        out = out.withColumn(error_col, F.col(f"{tmp}.error"))
-    return out.drop(tmp)

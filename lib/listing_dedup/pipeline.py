@@ -245,13 +245,8 @@ def run_dedup(
         ph_pairs = None
         if cfg.phash.enabled:
             with timer.stage("phash") as c:
+                # image_phash: given, or computed by the reader from the image (one decode)
                 ph_src = kept.select("posting_id", F.col("image_phash").alias("phash"))
-                if ing.has_image_column:
-                    from listing_dedup.phash import fill_phash
-
-                    ph_src = fill_phash(
-                        kept.select("posting_id", "image", "image_phash"), "image", "image_phash", image_root
-                    ).select("posting_id", F.col("image_phash").alias("phash"))
                 ph_pairs, skipped = phash_pairs(ph_src, cfg.phash.max_bits, cfg.phash.max_bucket)
                 ph_pairs = keep(ph_pairs)
                 summary.signal_counts["phash_pairs"] = ph_pairs.count() // 2

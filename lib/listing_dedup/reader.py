@@ -22,7 +22,9 @@ Reject reasons, checked in this order (the first that applies wins):
     valid occurrence is kept, later ones are rejected.
 
 Images are checked only when the input has an ``image`` column: every present image is
-loaded and decoded once, in a pandas UDF on the executors. A row *with* a title whose image
+loaded and decoded once, in a pandas UDF on the executors; the same decode fills a missing
+``image_phash`` (:func:`listing_dedup.phash.inspect_images`), so the pHash signal needs no
+second pass over the images. A row *with* a title whose image
 is unusable is kept (its other signals still work) and carries the reason in
 ``image_error``; the job counts such rows (``images_unreadable`` in the summary and the
 ``runs`` table). Relative image paths are resolved against ``input.image_root``, or the
@@ -50,7 +52,8 @@ from pyspark.sql import types as T
 
 from listing_dedup.config import InputConf
 from listing_dedup.errors import InputError
-from listing_dedup.images import image_error, image_root_for
+from listing_dedup.images import image_root_for
+from listing_dedup.phash import inspect_images
 from listing_dedup.text import clean_titles
 
 log = logging.getLogger(__name__)
@@ -161,18 +164,20 @@ def validate(df: DataFrame, cfg: InputConf, image_root: str = "") -> Ingested:
         .when(phash_present & ~F.col("_phash").rlike(PHASH_PATTERN), F.lit("malformed_image_phash"))
     )
     if has_image:
+        img_schema = T.StructType([T.StructField("phash", T.StringType()), T.StructField("error", T.StringType())])
 
-        @F.pandas_udf(T.StringType())
-        def _image_error(values: pd.Series) -> pd.Series:
-            return values.map(lambda v: None if v is None else image_error(v, image_root)).astype("string")
+        @F.pandas_udf(img_schema)
+        def _inspect(values: pd.Series, given: pd.Series) -> pd.DataFrame:
+            return inspect_images(values, given, image_root)
 
-        staged = staged.withColumn(
-            "image_error", F.when(image_present, _image_error(F.col("image"))).otherwise(F.lit(None).cast("string"))
-        )
+        staged = staged.withColumn("_img", F.when(image_present, _inspect(F.col("image"), F.col("_phash"))))
+        staged = staged.withColumn("image_error", F.col("_img.error")).withColumn("_img_phash", F.col("_img.phash"))
+        staged = staged.drop("_img")
         no_title_or_phash = (F.length(F.col("title")) == 0) & ~phash_present
         row_reason = row_reason.when(no_title_or_phash & F.col("image_error").isNotNull(), F.col("image_error"))
     else:
         staged = staged.withColumn("image_error", F.lit(None).cast("string"))
+        staged = staged.withColumn("_img_phash", F.lit(None).cast("string"))
     staged = staged.withColumn("reason", row_reason)
     # rank valid rows sharing an id by input order; the first is kept
     w = Window.partitionBy("posting_id", F.col("reason").isNull()).orderBy("_row")
@@ -182,9 +187,8 @@ def validate(df: DataFrame, cfg: InputConf, image_root: str = "") -> Ingested:
             F.col("reason")
         ),
     )
-    staged = staged.withColumn(
-        "image_phash", F.when(phash_present, F.col("_phash")).otherwise(F.lit(None).cast("string"))
-    )
+    # the given hash, else the one computed from the image (same decode as the check above)
+    staged = staged.withColumn("image_phash", F.when(phash_present, F.col("_phash")).otherwise(F.col("_img_phash")))
     if has_image and isinstance(df.schema["image"].dataType, T.StringType):
         staged = staged.withColumn(
             "image", F.when(image_present, F.trim(F.col("image"))).otherwise(F.lit(None).cast("string"))
