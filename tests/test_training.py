@@ -359,6 +359,8 @@ def test_full_mode_fine_tunes_the_encoder_and_round_trips(tmp_path, tiny_st_dir)
         f"encoder.model={tiny_st_dir}",
         "encoder.max_seq_length=32",
         "data.read_batch_rows=16",
+        "head.norm=none",
+        "loss.init=imprint",
     )
     m = train_embedder(cfg, input_path=str(tmp_path / "labelled.parquet"), out_dir=out)
     assert m["mode"] == "full" and len(m["epochs"]) == 2
@@ -443,3 +445,25 @@ def test_length_batches_cover_every_row_once_with_similar_lengths():
     # encode_by_length returns rows in the input order
     out = encode_by_length(titles, 7, lambda b: np.array([[len(t)] for t in b], dtype=np.float32))
     np.testing.assert_array_equal(out[:, 0], [len(t) for t in titles])
+
+
+def test_head_without_batchnorm_round_trips_and_old_specs_mean_batchnorm(tmp_path):
+    from listing_dedup.training.heads import ProjectionHead, load_head, save_head
+
+    torch.manual_seed(0)
+    head = ProjectionHead(8, 4, 16, 0.0, norm="none")
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules())
+    x = torch.randn(5, 8)
+    head.train()
+    y_train = head(x)
+    head.eval()
+    np.testing.assert_allclose(head(x).detach().numpy(), y_train.detach().numpy(), atol=1e-6)  # no train/eval gap
+    save_head(head, tmp_path / "h.safetensors")
+    back = load_head(head.spec(), tmp_path / "h.safetensors")
+    assert back.spec()["norm"] == "none"
+    np.testing.assert_allclose(back(x).detach().numpy(), head(x).detach().numpy(), atol=1e-6)
+
+    old_spec = {"in_dim": 8, "dim": 4, "hidden_dim": 0, "dropout": 0.0}  # written before head.norm existed
+    assert ProjectionHead.from_spec(old_spec).norm == "batch"
+    with pytest.raises(ConfigError, match="head.norm"):
+        small_cfg("head.norm=layer")

@@ -513,9 +513,13 @@ class TrainHeadConf:
     dim: int = 256  # projection dim = the embedding dim the dedup job indexes
     hidden_dim: int = 1024  # 0 = Linear -> BatchNorm; else Linear -> BN -> ReLU -> Dropout -> Linear -> BN
     dropout: float = 0.1
+    # batch: BatchNorm after each Linear (best on a frozen encoder); none: no BatchNorm (use it
+    # in mode full, where BatchNorm's running statistics drift from what the encoder learns)
+    norm: str = "batch"
 
     def __post_init__(self) -> None:
         _check(8 <= self.dim <= 4096, "head.dim", "must be in [8, 4096]")
+        _check(self.norm in ("batch", "none"), "head.norm", "must be batch or none")
         _check(0 <= self.hidden_dim <= 16384, "head.hidden_dim", "must be in [0, 16384] (0 = linear head)")
         _check(0.0 <= self.dropout < 1.0, "head.dropout", "must be in [0, 1)")
 

@@ -336,7 +336,7 @@ def train_head(cfg: TrainConfig, idx: LabelledIndex, base: np.ndarray, device: s
     import torch
 
     rows, codes, n_classes = _class_ids(idx)
-    head = ProjectionHead(base.shape[1], cfg.head.dim, cfg.head.hidden_dim, cfg.head.dropout).to(device)
+    head = ProjectionHead(base.shape[1], cfg.head.dim, cfg.head.hidden_dim, cfg.head.dropout, cfg.head.norm).to(device)
     margin = _margin_head(cfg, n_classes).to(device)
     held = idx.heldout_rows()
     if cfg.loss.init == "imprint":
@@ -390,7 +390,7 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
     rows, codes, n_classes = _class_ids(idx)
     code_of_row = np.full(idx.n, -1, dtype=np.int64)
     code_of_row[rows] = codes
-    head = ProjectionHead(dim, cfg.head.dim, cfg.head.hidden_dim, cfg.head.dropout).to(device)
+    head = ProjectionHead(dim, cfg.head.dim, cfg.head.hidden_dim, cfg.head.dropout, cfg.head.norm).to(device)
     margin = _margin_head(cfg, n_classes).to(device)
     held_mask = idx.heldout
     bs = cfg.optim.batch_size
