@@ -106,12 +106,18 @@ def main() -> int:
     for mdir in args.model:
         meta = read_model_json(mdir)
         metrics = json.loads((Path(mdir) / "metrics.json").read_text())
-        base = meta["base_model"]
+        full = meta.get("mode") == "full"  # the encoder itself was fine-tuned: encode the test titles
+        base = meta["training"]["encoder"]["model"] if full else meta["base_model"]
         if base not in embs:
             sys.exit(f"error: --model {mdir}: give --encoder {base}=... for its base encoder")
         enc = get_encoder(TextEncoderBuilder.from_conf(load_config([], [f"embed.text.model={mdir}"]).embed.text))
         tr, te = embs[base]
-        te_emb = enc.project(te)
+        if full:
+            t0 = time.perf_counter()
+            te_emb = enc.encode([clean_title(t) for t in test["title"].tolist()])
+            print(f"encoded {len(te_emb)} test titles with {mdir} in {time.perf_counter() - t0:.0f}s", flush=True)
+        else:
+            te_emb = enc.project(te)
         check_rows(mdir, enc, test["title"].tolist(), te_emb)
         tuned = metrics["tuned"]
         s = score_setting(te_emb, te_ids, te_lab, tuned["threshold"], tuned["min2_threshold"], tuned["inb_threshold"])

@@ -364,6 +364,7 @@ def test_full_mode_fine_tunes_the_encoder_and_round_trips(tmp_path, tiny_st_dir)
     )
     m = train_embedder(cfg, input_path=str(tmp_path / "labelled.parquet"), out_dir=out)
     assert m["mode"] == "full" and len(m["epochs"]) == 2
+    assert 0.0 < m["frozen_encoder"]["f1"] <= 1.0  # the pretrained encoder is scored on the held-out rows
     meta = json.loads((out / "listing_dedup_model.json").read_text())
     assert meta["base_model"] == "encoder" and (out / "encoder").is_dir()
 

@@ -442,6 +442,17 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
     def embed_heldout():
         return embed_rows(held_mask)
 
+    # the pretrained encoder on the held-out rows (no head): the figure training has to beat
+    model.eval()
+    sel = [t for off, titles in iter_titles(idx.path, cfg.data) for j, t in enumerate(titles) if held_mask[off + j]]
+    with torch.no_grad():
+        frozen_emb = encode_by_length(sel, cfg.encoder.batch_size, lambda b: encode_train(b).cpu().numpy())
+    vc, held = cfg.validate, idx.heldout_rows()
+    frozen = validate.sweep_best(
+        frozen_emb, idx.ids[held], idx.labels[held], vc.k, vc.thresholds, [None, *vc.min2_thresholds]
+    )
+    log.info("frozen encoder on the held-out rows: F1 %.4f (threshold %.3f)", frozen["f1"], frozen["threshold"])
+
     n_trainable = freeze_lower_layers(model, cfg.encoder.train_layers)
     log.info("mode full: %d trainable encoder tensors (train_layers %d)", n_trainable, cfg.encoder.train_layers)
     if cfg.loss.init == "imprint":
@@ -461,6 +472,7 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
         cfg, idx, {"encoder": model, "head": head, "margin": margin}, groups, batches, forward, embed_heldout, n_batches
     )
     res["n_classes"] = n_classes
+    res["frozen"] = frozen
     return model, head.cpu(), res
 
 
@@ -560,7 +572,7 @@ def train_embedder(
                 show_progress_bar=False,
             )
             held_emb = head(torch.from_numpy(np.ascontiguousarray(hv, dtype=np.float32))).numpy()
-        frozen = {"f1": float("nan"), "note": "mode full: the frozen encoder is not scored"}
+        frozen = res["frozen"]
         base_name, base_dim = "encoder", int(hv.shape[1])
 
     t0 = time.perf_counter()
