@@ -43,11 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_train_config(args.conf, args.overrides)
         m = train_embedder(cfg, input_path=args.input, out_dir=args.out, base_embeddings_path=args.base_embeddings)
         t = m["tuned"]
+        held = (
+            f"held-out F1 {t['f1']:.4f} (threshold {t['threshold']}, min2 {t['min2_threshold']}, "
+            f"INB {t['inb_threshold']}); frozen encoder {m['frozen_encoder']['f1']:.4f}"
+            if t
+            else "no held-out rows (refit): the overlay sets the model only"
+        )
         print(
             f"model directory: {args.out}\n"
-            f"  best epoch {m['best_epoch']} of {len(m['epochs'])}; held-out F1 {t['f1']:.4f} "
-            f"(threshold {t['threshold']}, min2 {t['min2_threshold']}, INB {t['inb_threshold']}); "
-            f"frozen encoder {m['frozen_encoder']['f1']:.4f}\n"
+            f"  best epoch {m['best_epoch']} of {len(m['epochs'])}; {held}\n"
             f"  {m['seconds']['total']:.0f}s on {m['hardware']['device']}\n"
             f"  use it: --conf conf/local.yaml --conf {args.out}/overlay.yaml",
             flush=True,

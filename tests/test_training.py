@@ -468,3 +468,28 @@ def test_head_without_batchnorm_round_trips_and_old_specs_mean_batchnorm(tmp_pat
     assert ProjectionHead.from_spec(old_spec).norm == "batch"
     with pytest.raises(ConfigError, match="head.norm"):
         small_cfg("head.norm=layer")
+
+
+def test_refit_without_held_out_rows_keeps_the_last_epoch(tmp_path, tiny_st_dir):
+    sample = generate_catalog(30, seed=5, min_size=2, max_size=3, with_bad_rows=False)
+    labelled = sample.listings.merge(sample.truth, on="posting_id").assign(fold=lambda d: d.index % 2)
+    labelled.to_parquet(tmp_path / "labelled.parquet", index=False)
+    idx = read_index(tmp_path / "labelled.parquet", small_cfg().data, small_cfg("split.heldout_fold=none").split, 0)
+    assert not idx.heldout.any() and "refit" in idx.split
+    cfg = small_cfg(
+        "split.heldout_fold=none",
+        "mode=full",
+        "optim.epochs=2",
+        f"encoder.model={tiny_st_dir}",
+        "encoder.max_seq_length=32",
+        "head.norm=none",
+    )
+    out = tmp_path / "refit"
+    m = train_embedder(cfg, input_path=str(tmp_path / "labelled.parquet"), out_dir=out)
+    assert m["heldout_rows"] == 0 and m["train_rows"] == len(labelled)
+    assert m["best_epoch"] == 2 and m["tuned"] is None  # nothing to score: the last epoch, no thresholds
+    assert all(np.isnan(e["f1"]) for e in m["epochs"]) and np.isnan(m["frozen_encoder"]["f1"])
+    import yaml
+
+    assert yaml.safe_load((out / "overlay.yaml").read_text()) == {"embed": {"text": {"model": str(out.resolve())}}}
+    assert (out / "encoder").is_dir() and (out / "training_curve.png").is_file()

@@ -564,13 +564,15 @@ class TrainOptimConf:
 class TrainSplitConf:
     """Held-out groups for validation. With a ``fold`` column in the input, the rows of the
     highest (``max``) or lowest (``min``) fold are held out; without one, a GroupShuffleSplit
-    over the label column holds out ``heldout_fraction`` of the groups (seeded)."""
+    over the label column holds out ``heldout_fraction`` of the groups (seeded). ``none``: a
+    refit on every row with settings chosen on a held-out run (fixed ``optim.epochs``, the last
+    epoch is kept, no thresholds in the overlay)."""
 
-    heldout_fold: str = "max"  # max | min (used when the input has a fold column)
+    heldout_fold: str = "max"  # max | min (used when the input has a fold column) | none (refit on all rows)
     heldout_fraction: float = 0.2  # used when it has none
 
     def __post_init__(self) -> None:
-        _check(self.heldout_fold in ("max", "min"), "split.heldout_fold", "must be max or min")
+        _check(self.heldout_fold in ("max", "min", "none"), "split.heldout_fold", "must be max, min or none")
         _check(0.0 < self.heldout_fraction < 1.0, "split.heldout_fraction", "must be in (0, 1)")
 
 

@@ -109,7 +109,11 @@ def read_index(path: str | Path, data: TrainDataConf, split: TrainSplitConf, see
     if len(set(ids_a)) != len(ids_a):
         raise InputError(f"--input {path}: posting_id values are not unique")
 
-    if has_fold:
+    if split.heldout_fold == "none":
+        folds_a = np.asarray(folds, dtype=np.int64) if has_fold and all(f is not None for f in folds) else None
+        heldout = np.zeros(len(ids_a), dtype=bool)
+        how = "no rows held out (split.heldout_fold none: refit on every row)"
+    elif has_fold:
         if any(f is None for f in folds):
             raise InputError(f"--input {path}: the fold column has nulls")
         folds_a = np.asarray(folds, dtype=np.int64)
@@ -135,7 +139,7 @@ def read_index(path: str | Path, data: TrainDataConf, split: TrainSplitConf, see
         how = (
             f"GroupShuffleSplit by {data.label_column}: {split.heldout_fraction:g} of the groups held out (seed {seed})"
         )
-    if heldout.all() or not heldout.any():
+    if split.heldout_fold != "none" and (heldout.all() or not heldout.any()):
         raise InputError(f"--input {path}: the held-out split is empty on one side ({how})")
     log.info(
         "training input %s: %d rows, %d groups; %s: %d train rows, %d held-out rows",

@@ -96,9 +96,11 @@ def write_overlay(model_dir: Path, tuned: dict | None) -> dict:
         }
         inb = tuned.get("inb_threshold")
         overlay["inb"] = {"thresholds": [] if inb is None else [float(inb)]}
-    header = (
-        "# written by jobs/train_embedder.py: pass as an extra --conf to jobs/dedup_listings.py\n"
+    header = "# written by jobs/train_embedder.py: pass as an extra --conf to jobs/dedup_listings.py\n" + (
         "# (after the base profile) to embed with this model and use its held-out-tuned thresholds\n"
+        if tuned is not None
+        else "# (after the base profile) to embed with this model; a refit without held-out rows sets\n"
+        "# no thresholds: add the overlay that jobs/tune.py wrote for the held-out run\n"
     )
     (model_dir / "overlay.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     return overlay

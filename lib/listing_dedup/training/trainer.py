@@ -54,6 +54,9 @@ from listing_dedup.training.model_dir import WEIGHTS, write_model_json, write_ov
 
 log = logging.getLogger(__name__)
 
+# the scores of a run without held-out rows (split.heldout_fold none)
+NOT_SCORED = {"f1": float("nan"), "precision": float("nan"), "recall": float("nan"), "min2_threshold": None}
+
 
 def _threads(cfg: TrainConfig) -> int:
     return cfg.encoder.threads or (os.cpu_count() or 1)
@@ -195,8 +198,10 @@ def _fit(
         t_train = time.perf_counter() - t0
         for m in modules.values():
             m.eval()
-        emb = embed_heldout()
-        score = validate.sweep_best(emb, hid, hlab, v.k, v.thresholds, min2s)
+        if len(held):
+            score = validate.sweep_best(embed_heldout(), hid, hlab, v.k, v.thresholds, min2s)
+        else:  # a refit: nothing to score, the last epoch is kept
+            score = dict(NOT_SCORED, threshold=float("nan"))
         row = {
             "epoch": epoch,
             "loss": float(np.mean(losses)) if losses else float("nan"),
@@ -219,7 +224,7 @@ def _fit(
             row["min2_threshold"],
             row["seconds"],
         )
-        if best is None or row["f1"] > best["f1"]:
+        if best is None or not len(held) or row["f1"] > best["f1"]:
             best, stale = row, 0
             best_state = {
                 k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
@@ -445,13 +450,15 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
     # the pretrained encoder on the held-out rows (no head): the figure training has to beat
     model.eval()
     sel = [t for off, titles in iter_titles(idx.path, cfg.data) for j, t in enumerate(titles) if held_mask[off + j]]
-    with torch.no_grad():
-        frozen_emb = encode_by_length(sel, cfg.encoder.batch_size, lambda b: encode_train(b).cpu().numpy())
-    vc, held = cfg.validate, idx.heldout_rows()
-    frozen = validate.sweep_best(
-        frozen_emb, idx.ids[held], idx.labels[held], vc.k, vc.thresholds, [None, *vc.min2_thresholds]
-    )
-    log.info("frozen encoder on the held-out rows: F1 %.4f (threshold %.3f)", frozen["f1"], frozen["threshold"])
+    frozen = dict(NOT_SCORED, note="no held-out rows")
+    if sel:
+        with torch.no_grad():
+            frozen_emb = encode_by_length(sel, cfg.encoder.batch_size, lambda b: encode_train(b).cpu().numpy())
+        vc, held = cfg.validate, idx.heldout_rows()
+        frozen = validate.sweep_best(
+            frozen_emb, idx.ids[held], idx.labels[held], vc.k, vc.thresholds, [None, *vc.min2_thresholds]
+        )
+        log.info("frozen encoder on the held-out rows: F1 %.4f (threshold %.3f)", frozen["f1"], frozen["threshold"])
 
     n_trainable = freeze_lower_layers(model, cfg.encoder.train_layers)
     log.info("mode full: %d trainable encoder tensors (train_layers %d)", n_trainable, cfg.encoder.train_layers)
@@ -473,6 +480,7 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
     )
     res["n_classes"] = n_classes
     res["frozen"] = frozen
+    res["dim"] = dim
     return model, head.cpu(), res
 
 
@@ -539,13 +547,16 @@ def train_embedder(
         encoder = base_encoder or build_base_encoder(cfg)
         base = base_embeddings(cfg, idx, encoder, out, base_embeddings_path)
         seconds["base_embeddings"] = round(time.perf_counter() - t0, 1)
-        frozen = validate.sweep_best(np.asarray(base[held]), hid, hlab, v.k, v.thresholds, [None, *v.min2_thresholds])
-        log.info("frozen encoder on the held-out rows: F1 %.4f (threshold %.3f)", frozen["f1"], frozen["threshold"])
+        frozen = dict(NOT_SCORED, note="no held-out rows")
+        if len(held):
+            min2s = [None, *v.min2_thresholds]
+            frozen = validate.sweep_best(np.asarray(base[held]), hid, hlab, v.k, v.thresholds, min2s)
+            log.info("frozen encoder on the held-out rows: F1 %.4f (threshold %.3f)", frozen["f1"], frozen["threshold"])
         t0 = time.perf_counter()
         head, res = train_head(cfg, idx, base, device)
         seconds["train"] = round(time.perf_counter() - t0, 1)
         with torch.no_grad():
-            held_emb = head(torch.from_numpy(np.asarray(base[held]))).numpy()
+            held_emb = head(torch.from_numpy(np.asarray(base[held]))).numpy() if len(held) else None
         # a packaged name stays a name; a directory is stored as its absolute path
         base_name = cfg.encoder.model if cfg.encoder.model in PACKAGED_MODELS else base_path
         base_dim = int(base.shape[1])
@@ -562,8 +573,9 @@ def train_embedder(
         seconds["train"] = round(time.perf_counter() - t0, 1)
         enc_dir = out / "encoder"
         model.save(str(enc_dir))
-        with torch.no_grad():
-            model.eval()
+        held_emb = None
+        model.eval()
+        if len(held):
             hv = model.encode(
                 [t for off, ts in iter_titles(idx.path, cfg.data) for j, t in enumerate(ts) if idx.heldout[off + j]],
                 batch_size=cfg.encoder.batch_size,
@@ -571,20 +583,25 @@ def train_embedder(
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-            held_emb = head(torch.from_numpy(np.ascontiguousarray(hv, dtype=np.float32))).numpy()
+            with torch.no_grad():
+                held_emb = head(torch.from_numpy(np.ascontiguousarray(hv, dtype=np.float32))).numpy()
         frozen = res["frozen"]
-        base_name, base_dim = "encoder", int(hv.shape[1])
+        base_name, base_dim = "encoder", int(res["dim"])
 
-    t0 = time.perf_counter()
-    tuned = validate.tune(held_emb, hid, hlab, v)
-    seconds["tune"] = round(time.perf_counter() - t0, 1)
-    log.info(
-        "tuned on the held-out rows: F1 %.4f threshold %.3f min2 %s INB %s",
-        tuned["best"]["f1"],
-        tuned["best"]["threshold"],
-        tuned["best"]["min2_threshold"],
-        tuned["best"]["inb_threshold"],
-    )
+    tuned: dict = {"best": None, "tried": []}
+    if len(held):
+        t0 = time.perf_counter()
+        tuned = validate.tune(held_emb, hid, hlab, v)
+        seconds["tune"] = round(time.perf_counter() - t0, 1)
+        log.info(
+            "tuned on the held-out rows: F1 %.4f threshold %.3f min2 %s INB %s",
+            tuned["best"]["f1"],
+            tuned["best"]["threshold"],
+            tuned["best"]["min2_threshold"],
+            tuned["best"]["inb_threshold"],
+        )
+    else:
+        log.info("no held-out rows: the overlay sets the model only (take thresholds from the held-out run)")
 
     save_head(head, out / WEIGHTS)
     write_model_json(
