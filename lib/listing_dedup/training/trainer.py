@@ -436,9 +436,12 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
     def forward(titles):
         return head(encode_train(titles))
 
+    def titles_where(mask: np.ndarray) -> list[str]:
+        return [t for off, titles in iter_titles(idx.path, cfg.data) for j, t in enumerate(titles) if mask[off + j]]
+
     def embed_rows(mask: np.ndarray) -> np.ndarray:
         """Head outputs of the rows in ``mask`` (row order), batches sorted by title length."""
-        sel = [t for off, titles in iter_titles(idx.path, cfg.data) for j, t in enumerate(titles) if mask[off + j]]
+        sel = titles_where(mask)
         if not sel:
             return np.zeros((0, cfg.head.dim), np.float32)
         with torch.no_grad():
@@ -449,7 +452,7 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
 
     # the pretrained encoder on the held-out rows (no head): the figure training has to beat
     model.eval()
-    sel = [t for off, titles in iter_titles(idx.path, cfg.data) for j, t in enumerate(titles) if held_mask[off + j]]
+    sel = titles_where(held_mask)
     frozen = dict(NOT_SCORED, note="no held-out rows")
     if sel:
         with torch.no_grad():
@@ -481,6 +484,8 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
     res["n_classes"] = n_classes
     res["frozen"] = frozen
     res["dim"] = dim
+    # the best epoch's (restored) held-out embeddings, for the threshold tuning
+    res["held_emb"] = embed_heldout() if held_mask.any() else None
     return model, head.cpu(), res
 
 
@@ -573,18 +578,7 @@ def train_embedder(
         seconds["train"] = round(time.perf_counter() - t0, 1)
         enc_dir = out / "encoder"
         model.save(str(enc_dir))
-        held_emb = None
-        model.eval()
-        if len(held):
-            hv = model.encode(
-                [t for off, ts in iter_titles(idx.path, cfg.data) for j, t in enumerate(ts) if idx.heldout[off + j]],
-                batch_size=cfg.encoder.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            with torch.no_grad():
-                held_emb = head(torch.from_numpy(np.ascontiguousarray(hv, dtype=np.float32))).numpy()
+        held_emb = res["held_emb"]
         frozen = res["frozen"]
         base_name, base_dim = "encoder", int(res["dim"])
 
