@@ -39,6 +39,16 @@ def test_train_profile_loads_and_rejects_bad_keys():
         load_train_config(TRAIN_CONF, ["mode=partial"])
     with pytest.raises(ConfigError, match="'optim.epochs'"):
         load_train_config(TRAIN_CONF, ["optim.epochs=0"])
+    # the CPU recipes of docs/training.md stack on the base profile
+    full = load_train_config([*TRAIN_CONF, "conf/train_full_cpu.yaml"])
+    assert (full.mode, full.head.norm, full.head.hidden_dim, full.loss.init) == ("full", "none", 0, "imprint")
+    e5 = load_train_config([*TRAIN_CONF, "conf/train_full_cpu.yaml", "conf/train_full_e5_cpu.yaml"])
+    assert (e5.mode, e5.encoder.model, e5.encoder.train_layers, e5.optim.epochs) == (
+        "full",
+        "data/models/e5_small_st",
+        6,
+        4,
+    )
     # the dedup job's own profile is untouched by the training root
     with pytest.raises(ConfigError, match="unknown config key 'loss'"):
         load_config(["conf/local.yaml"], ["loss.margin=0.5"])
