@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED := 1
 # pip prints one warning per package about an empty local index on this kind of machine
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup sample run test lint bench clean airflow package package-code package-env dag-check train
+.PHONY: help setup sample run test lint bench clean airflow package package-code package-env dag-check train export-e5
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -95,3 +95,6 @@ MODEL_DIR ?= data/models/text_head
 TRAIN_ARGS ?=
 train: setup ## fine-tune the text model (conf/train.yaml) on TRAIN_INPUT into MODEL_DIR (docs/training.md)
 	$(PY) jobs/train_embedder.py --conf conf/train.yaml --input $(TRAIN_INPUT) --out $(MODEL_DIR) $(TRAIN_ARGS)
+
+export-e5: setup ## export the packaged e5-small to a trainable sentence-transformers dir (data/models/e5_small_st)
+	$(PY) jobs/export_e5.py --out data/models/e5_small_st
