@@ -28,7 +28,7 @@ PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || tru
 .PHONY: help setup sample run test lint bench clean airflow package package-code package-env dag-check train export-e5
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): setup.py
 	@command -v java >/dev/null || { echo "error: Spark needs a Java runtime (JDK 17) on PATH"; exit 1; }
