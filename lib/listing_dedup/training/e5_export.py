@@ -163,7 +163,7 @@ def normaliser_rules(norm_map: dict[int, tuple[int, ...]]) -> tuple[list[int], l
 
 def build_tokenizer(img: E5Image):
     """A ``tokenizers.Tokenizer`` equivalent to the engine's tokenizer with the query prefix."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     sp = img.special
     vocab = [(p, float(s)) for p, s in zip(img.pieces, img.scores, strict=True)]
@@ -181,8 +181,6 @@ def build_tokenizer(img: E5Image):
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}", special_tokens=[(bos, sp["bos"]), (eos, sp["eos"])]
     )
-    from tokenizers import decoders
-
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     return tok
 
