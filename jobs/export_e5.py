@@ -11,6 +11,7 @@ See lib/listing_dedup/training/e5_export.py.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from listing_dedup.runtime import CliParser, configure_logging, run_cli
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.max_seq_length < 8 or args.check_rows < 1:
         p.error("--max-seq-length must be >= 8 and --check-rows >= 1")
+    if args.check and not os.path.exists(args.check):
+        p.error(f"--check: {args.check} does not exist")
     configure_logging(args.log_level)
 
     def _run() -> int:

@@ -119,6 +119,9 @@ def test_export_cli_exit_codes(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         job.main(["--out", str(tmp_path / "o"), "--check-rows", "0"])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        job.main(["--out", str(tmp_path / "o"), "--check", str(tmp_path / "none.parquet")])
+    assert e.value.code == 2 and not (tmp_path / "o").exists()  # refused before any work
 
 
 # "Pa": unknown characters (P) become <unk>; "\x01", tab, double space and fullwidth A go
