@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from listing_dedup.config import TrainConfig
+from listing_dedup.config import TrainConfig, TrainValidateConf
 from listing_dedup.embedder import (
     PACKAGED_MODELS,
     ST,
@@ -56,6 +56,17 @@ log = logging.getLogger(__name__)
 
 # the scores of a run without held-out rows (split.heldout_fold none)
 NOT_SCORED = {"f1": float("nan"), "precision": float("nan"), "recall": float("nan"), "min2_threshold": None}
+
+
+def score_frozen(emb: np.ndarray | None, idx: LabelledIndex, v: TrainValidateConf) -> dict:
+    """The pretrained encoder's best F1 on the held-out rows (``emb``, no head): the figure
+    training has to beat. ``NOT_SCORED`` when there are no held-out rows (a refit)."""
+    if emb is None or not len(emb):
+        return dict(NOT_SCORED, note="no held-out rows")
+    held = idx.heldout_rows()
+    frozen = validate.sweep_best(emb, idx.ids[held], idx.labels[held], v.k, v.thresholds, [None, *v.min2_thresholds])
+    log.info("frozen encoder on the held-out rows: F1 %.4f (threshold %.3f)", frozen["f1"], frozen["threshold"])
+    return frozen
 
 
 def _threads(cfg: TrainConfig) -> int:
@@ -450,18 +461,13 @@ def train_full(cfg: TrainConfig, idx: LabelledIndex, st_path: str, device: str, 
     def embed_heldout():
         return embed_rows(held_mask)
 
-    # the pretrained encoder on the held-out rows (no head): the figure training has to beat
     model.eval()
     sel = titles_where(held_mask)
-    frozen = dict(NOT_SCORED, note="no held-out rows")
+    frozen_emb = None
     if sel:
         with torch.no_grad():
             frozen_emb = encode_by_length(sel, cfg.encoder.batch_size, lambda b: encode_train(b).cpu().numpy())
-        vc, held = cfg.validate, idx.heldout_rows()
-        frozen = validate.sweep_best(
-            frozen_emb, idx.ids[held], idx.labels[held], vc.k, vc.thresholds, [None, *vc.min2_thresholds]
-        )
-        log.info("frozen encoder on the held-out rows: F1 %.4f (threshold %.3f)", frozen["f1"], frozen["threshold"])
+    frozen = score_frozen(frozen_emb, idx, cfg.validate)
 
     n_trainable = freeze_lower_layers(model, cfg.encoder.train_layers)
     log.info("mode full: %d trainable encoder tensors (train_layers %d)", n_trainable, cfg.encoder.train_layers)
@@ -552,11 +558,7 @@ def train_embedder(
         encoder = base_encoder or build_base_encoder(cfg)
         base = base_embeddings(cfg, idx, encoder, out, base_embeddings_path)
         seconds["base_embeddings"] = round(time.perf_counter() - t0, 1)
-        frozen = dict(NOT_SCORED, note="no held-out rows")
-        if len(held):
-            min2s = [None, *v.min2_thresholds]
-            frozen = validate.sweep_best(np.asarray(base[held]), hid, hlab, v.k, v.thresholds, min2s)
-            log.info("frozen encoder on the held-out rows: F1 %.4f (threshold %.3f)", frozen["f1"], frozen["threshold"])
+        frozen = score_frozen(np.asarray(base[held]) if len(held) else None, idx, v)
         t0 = time.perf_counter()
         head, res = train_head(cfg, idx, base, device)
         seconds["train"] = round(time.perf_counter() - t0, 1)
