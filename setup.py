@@ -17,6 +17,7 @@ RUNTIME = [
     "safetensors>=0.4",
     "scipy>=1.11",
     "scikit-learn>=1.4",
+    "lightgbm>=4.3,<5",  # the learned pair re-ranker (its model is LightGBM text, no pickle)
     "pillow>=10",
     "imagehash>=4.3",
     "matplotlib>=3.8",

@@ -123,6 +123,12 @@ def _cut_lineage(df: DataFrame, reliable: bool) -> DataFrame:
     return df.checkpoint(eager=True) if reliable else df.localCheckpoint(eager=True)
 
 
+def cut_lineage(df: DataFrame) -> DataFrame:
+    """Materialise ``df`` and drop its lineage (reliably when the SparkContext has a checkpoint
+    directory, else ``localCheckpoint``): later stages then plan against a short tree."""
+    return _cut_lineage(df, _has_checkpoint_dir(df))
+
+
 def _has_checkpoint_dir(df: DataFrame) -> bool:
     try:
         return bool(df.sparkSession.sparkContext.getCheckpointDir())

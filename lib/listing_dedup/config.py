@@ -283,6 +283,63 @@ class InbConf:
 
 
 @dataclass(frozen=True)
+class RerankTrainConf:
+    """LightGBM settings for ``jobs/train_reranker.py`` (the dedup job ignores them)."""
+
+    rounds: int = 400  # boosting rounds
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    cv_folds: int = 5  # out-of-fold probabilities (GroupKFold over the label) choose the thresholds
+    parts: int = 3  # catalogs the labelled split is cut into when it has no fold column
+    threads: int = 0  # 0 = all cores
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.rounds <= 100_000, "rerank.train.rounds", "must be in [1, 100000]")
+        _check(0.0 < self.learning_rate <= 1.0, "rerank.train.learning_rate", "must be in (0, 1]")
+        _check(2 <= self.num_leaves <= 131072, "rerank.train.num_leaves", "must be in [2, 131072]")
+        _check(self.min_data_in_leaf >= 1, "rerank.train.min_data_in_leaf", "must be >= 1")
+        _check(0.0 < self.feature_fraction <= 1.0, "rerank.train.feature_fraction", "must be in (0, 1]")
+        _check(0.0 < self.bagging_fraction <= 1.0, "rerank.train.bagging_fraction", "must be in (0, 1]")
+        _check(2 <= self.cv_folds <= 50, "rerank.train.cv_folds", "must be in [2, 50]")
+        _check(2 <= self.parts <= 100, "rerank.train.parts", "must be in [2, 100]")
+        _check(self.threads >= 0, "rerank.train.threads", "must be >= 0 (0 = all cores)")
+
+
+@dataclass(frozen=True)
+class RerankConf:
+    """Learned pair re-ranker (lib/listing_dedup/rerank.py): a LightGBM model written by
+    ``jobs/train_reranker.py`` scores every candidate of the final search; the edge rules then
+    run on its probability with these thresholds instead of ``match``'s. Its ``overlay.yaml``
+    sets all of this."""
+
+    enabled: bool = False
+    model: str = ""  # the model directory (reranker.json + reranker.txt)
+    threshold: float = 0.5  # keep candidates with probability >= threshold
+    min2: bool = True  # a listing left alone keeps its most probable candidate ...
+    min2_threshold: float = 0.2  # ... when that probability >= min2_threshold
+    min_score: float = -1.0  # candidates below this final score are not scored (never matched)
+    train: RerankTrainConf = field(default_factory=RerankTrainConf)
+
+    def __post_init__(self) -> None:
+        _check(not self.enabled or bool(self.model), "rerank.model", "must name a model directory when rerank.enabled")
+        _check(0.0 <= self.threshold <= 1.0, "rerank.threshold", "must be a probability in [0, 1]")
+        _check(
+            0.0 <= self.min2_threshold <= self.threshold,
+            "rerank.min2_threshold",
+            f"must be in [0, rerank.threshold ({self.threshold})]",
+        )
+        _check(-1.0 <= self.min_score <= 1.0, "rerank.min_score", "must be in [-1, 1]")
+
+    def match(self) -> MatchConf:
+        """The edge rules on the probability (same rules as ``match``)."""
+        return MatchConf(threshold=self.threshold, min2=self.min2, min2_threshold=self.min2_threshold)
+
+
+@dataclass(frozen=True)
 class TestingConf:
     """Fault injection for the reliability tests. Never set these in production profiles."""
 
@@ -312,7 +369,12 @@ class DedupConfig:
     union: UnionConf = field(default_factory=UnionConf)
     guard: GuardConf = field(default_factory=GuardConf)
     output: OutputConf = field(default_factory=OutputConf)
+    rerank: RerankConf = field(default_factory=RerankConf)
     testing: TestingConf = field(default_factory=TestingConf)
+
+    def edge_match(self) -> MatchConf:
+        """The edge rules in effect: the re-ranker's on its probability when it is on, else ``match``."""
+        return self.rerank.match() if self.rerank.enabled else self.match
 
     def dense_signals(self) -> tuple[str, ...]:
         """The dense signals this run computes, in block order."""

@@ -89,10 +89,11 @@ def fuse(df, columns: Mapping[str, str], layout: Layout, out_col: str = "emb"):
     return df.withColumn(out_col, _fuse(*[F.col(c) for c in names]))
 
 
-def candidate_scores(pairs, fused, layout: Layout, phash_pairs=None):
+def candidate_scores(pairs, fused, layout: Layout, phash_pairs=None, rerank_scores=None):
     """``pairs`` (src, dst, score) joined with the fused vectors of both ends: adds
-    ``signal_scores`` map<string,float> (cosine per dense signal present on both sides, and
-    ``phash`` = 1 - bits/64 when the pair is within the pHash radius)."""
+    ``signal_scores`` map<string,float> (cosine per dense signal present on both sides,
+    ``phash`` = 1 - bits/64 when the pair is within the pHash radius, and ``rerank`` = the
+    re-ranker's probability when ``rerank_scores`` (src, dst, score) is given)."""
     from pyspark.sql import functions as F
 
     a = fused.select(F.col("posting_id").alias("src"), F.col("emb").alias("_ea"))
@@ -102,6 +103,12 @@ def candidate_scores(pairs, fused, layout: Layout, phash_pairs=None):
         joined = joined.join(phash_pairs.select("src", "dst", F.col("score").alias("_ph")), ["src", "dst"], "left")
     else:
         joined = joined.withColumn("_ph", F.lit(None).cast("float"))
+    if rerank_scores is not None:
+        joined = joined.join(
+            rerank_scores.select("src", "dst", F.col("score").alias("_rr")), ["src", "dst"], "left"
+        )
+    else:
+        joined = joined.withColumn("_rr", F.lit(None).cast("float"))
 
     def _scores(batches):
         for pdf in batches:
@@ -114,6 +121,9 @@ def candidate_scores(pairs, fused, layout: Layout, phash_pairs=None):
                 ph = pdf["_ph"].iat[i]
                 if ph is not None and not pd.isna(ph):
                     m["phash"] = float(ph)
+                rr = pdf["_rr"].iat[i]
+                if rr is not None and not pd.isna(rr):
+                    m["rerank"] = float(rr)
                 maps.append(m)
             yield pd.DataFrame(
                 {

@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from listing_dedup import __version__
 from listing_dedup.blender import blend
-from listing_dedup.components import connected_components
+from listing_dedup.components import connected_components, cut_lineage
 from listing_dedup.config import DedupConfig, MatchConf
 from listing_dedup.edges import match_sets, select_edges
 from listing_dedup.embedder import Encoder, TextEncoderBuilder, embed_texts
@@ -35,6 +35,7 @@ from listing_dedup.indexer import build_index, search
 from listing_dedup.lexical import embed_lexical, fit_idf
 from listing_dedup.phash_match import phash_pairs
 from listing_dedup.reader import read_listings
+from listing_dedup.rerank import candidate_frame_spark, check_fingerprint, load_reranker, rerank_spark
 from listing_dedup.timing import StageTimer
 from listing_dedup.writer import DeltaSink
 
@@ -177,6 +178,10 @@ def run_dedup(
 
     try:
         builder = text_encoder or TextEncoderBuilder.from_conf(cfg.embed.text)  # fail fast on a bad model path
+        reranker = None
+        if cfg.rerank.enabled:  # fail fast on a bad model directory or a pipeline it was not trained for
+            reranker = load_reranker(cfg.rerank.model)
+            check_fingerprint(reranker.meta, cfg, cfg.rerank.model)
 
         with timer.stage("ingest") as c:
             ing = read_listings(spark, input_path, cfg.input)
@@ -234,6 +239,7 @@ def run_dedup(
 
         n_emb = summary.rows_embedded
         nbrs = keep(neighbours_for(emb, cfg, n_emb, timer)) if n_emb else None
+        first_nbrs = nbrs  # the pre-INB search (the re-ranker's raw_score)
         for r, threshold in enumerate(cfg.inb.thresholds, start=1):
             if nbrs is None:
                 break
@@ -254,9 +260,26 @@ def run_dedup(
                 c.update(pairs=summary.signal_counts["phash_pairs"], skipped=summary.signal_counts["phash_skipped"])
 
         vertices = kept.select("posting_id")
+        scored = None
+        if reranker is not None and nbrs is not None:
+            with timer.stage("rerank") as c:
+                frame = candidate_frame_spark(
+                    first_nbrs,
+                    nbrs,
+                    kept.select("posting_id", "title", "image_phash"),
+                    cfg.index.k,
+                    cfg.rerank.min_score,
+                )
+                # materialised without lineage: the frame joins the searches several times, and
+                # the edge, component and write stages would otherwise re-plan all of it
+                scored = cut_lineage(rerank_spark(frame, reranker))
+                c["candidates"] = scored.count()
+                summary.signal_counts["reranked_pairs"] = c["candidates"]
         with timer.stage("edges") as c:
             parts = []
-            if nbrs is not None:
+            if scored is not None:
+                parts.append(select_edges(scored, cfg.rerank.match()))
+            elif nbrs is not None:
                 parts.append(select_edges(nbrs, cfg.match))
             if ph_pairs is not None:
                 parts.append(ph_pairs.select("src", "dst", "score"))
@@ -279,7 +302,9 @@ def run_dedup(
                     spark,
                     groups,
                     edges,
-                    base_threshold=cfg.match.min2_threshold if cfg.match.min2 else cfg.match.threshold,
+                    base_threshold=cfg.edge_match().min2_threshold
+                    if cfg.edge_match().min2
+                    else cfg.edge_match().threshold,
                     max_group=cfg.guard.max_group,
                     step=cfg.guard.step,
                     components_fn=connected_components,
@@ -312,7 +337,11 @@ def run_dedup(
             }
             if cfg.output.candidates and nbrs is not None:
                 cand = candidate_scores(
-                    nbrs.where(F.col("score") >= F.lit(cfg.output.candidates_min_score)), fused_raw, layout, ph_pairs
+                    nbrs.where(F.col("score") >= F.lit(cfg.output.candidates_min_score)),
+                    fused_raw,
+                    layout,
+                    ph_pairs,
+                    rerank_scores=scored,
                 )
                 staged["candidates"] = sink.stage(cand, "candidates", run_date)
             for name in staged:

@@ -125,7 +125,9 @@ def prepare_part(name: str, df: pd.DataFrame, cfg: DedupConfig, text_vectors: np
     return part
 
 
-def _fused(part: Part, w_text: float) -> np.ndarray | None:
+def fused_vectors(part: Part, w_text: float) -> np.ndarray | None:
+    """The job's fused vectors of a part: text weight ``w_text``, lexical ``1 - w_text``
+    (None when neither signal is there)."""
     blocks, dims, weights = {}, {}, {}
     if part.text is not None and w_text > 0:
         blocks["text"], dims["text"], weights["text"] = list(part.text), part.text.shape[1], w_text
@@ -142,7 +144,7 @@ def sweep_parts(parts: Sequence[Part], grid: Grid) -> pd.DataFrame:
     rows = []
     for part in parts:
         for w_text in grid.text_weights:
-            x = _fused(part, w_text)
+            x = fused_vectors(part, w_text)
             if x is None:
                 continue
             t0 = time.perf_counter()

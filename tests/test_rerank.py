@@ -1,0 +1,348 @@
+"""The learned pair re-ranker: features by hand, the Spark frame equal to the numpy frame,
+training that beats the threshold rule on a held-out catalog, the model directory, the job."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from listing_dedup.blender import blend_numpy
+from listing_dedup.config import load_config
+from listing_dedup.errors import ConfigError
+from listing_dedup.rerank import (
+    FEATURES,
+    FRAME_COLUMNS,
+    Reranker,
+    candidate_frame,
+    candidate_frame_spark,
+    check_fingerprint,
+    listing_stats,
+    load_reranker,
+    pair_features,
+    phash_bits,
+    rerank_spark,
+    title_tokens,
+)
+from listing_dedup.rerank_train import part_candidates, rule_pairs, train_reranker, write_reranker_dir
+from listing_dedup.sample import generate_catalog
+from listing_dedup.text import clean_title
+from listing_dedup.tuning import knn
+
+LEX = ["embed.text.enabled=false"]  # lexical + pHash only: no text model in these tests
+FAST = [
+    "rerank.train.rounds=60",
+    "rerank.train.threads=1",
+    "rerank.train.cv_folds=3",
+    "rerank.train.min_data_in_leaf=20",
+]
+
+
+def test_title_tokens_and_hamming():
+    assert title_tokens("Susu UHT 1.8 L isi 2") == (
+        frozenset({"susu", "uht", "1", "8", "l", "isi", "2"}),
+        frozenset({"1.8", "2"}),
+    )
+    assert title_tokens(None) == (frozenset(), frozenset())
+    got = phash_bits(
+        ["ffffffffffffffff", "0000000000000001", None, "zz"],
+        ["fffffffffffffff0", "0000000000000001", "0" * 16, "0" * 16],
+    )
+    assert got[:2].tolist() == [4.0, 0.0] and np.isnan(got[2:]).all()
+
+
+def _frame(**over):
+    row = dict.fromkeys(FRAME_COLUMNS, 0.0)
+    row.update(
+        score=0.8,
+        raw_score=0.7,
+        raw_top1_src=0.9,
+        rank=1.0,
+        rev_rank=3.0,
+        top1_src=0.9,
+        mean_top_src=0.6,
+        kth_src=0.5,
+        deg_a_src=4.0,
+        deg_b_src=2.0,
+        top1_dst=0.85,
+        mean_top_dst=0.65,
+        kth_dst=0.55,
+        deg_a_dst=5.0,
+        deg_b_dst=1.0,
+        phash_src="00000000000000ff",
+        phash_dst="000000000000000f",
+        title_src="Gelas kaca 250 ml set 6",
+        title_dst="GELAS KACA 500 ml set 6",
+    )
+    row.update(over)
+    return pd.DataFrame([row])
+
+
+def test_pair_features_by_hand():
+    x = dict(zip(FEATURES, pair_features(_frame())[0], strict=True))
+    assert x["score"] == 0.8 and x["raw_score"] == 0.7 and x["raw_gap"] == pytest.approx(-0.2)
+    assert (x["rank"], x["rev_rank"]) == (1.0, 3.0)
+    assert x["gap_src"] == pytest.approx(-0.1) and x["gap_dst"] == pytest.approx(-0.05)
+    assert x["rel_src"] == pytest.approx(0.2) and x["rel_dst"] == pytest.approx(0.15)
+    assert (x["kth_src"], x["kth_dst"], x["deg_a_src"], x["deg_a_dst"], x["deg_b_src"], x["deg_b_dst"]) == (
+        0.5,
+        0.55,
+        4.0,
+        5.0,
+        2.0,
+        1.0,
+    )
+    assert x["phash_bits"] == 4.0
+    # words {gelas, kaca, 250|500, ml, set, 6}: 5 shared of 7; numbers {250, 6} vs {500, 6}: 1 of 3
+    assert x["word_jaccard"] == pytest.approx(5 / 7) and x["number_jaccard"] == pytest.approx(1 / 3)
+    assert x["number_sides"] == 2.0 and x["len_min"] == 23.0 and x["len_diff"] == 0.0
+    y = dict(zip(FEATURES, pair_features(_frame(title_dst="gelas", phash_dst=None, raw_score=np.nan))[0], strict=True))
+    assert y["number_jaccard"] == 0.0
+    assert y["number_sides"] == 1.0 and np.isnan(y["phash_bits"]) and np.isnan(y["raw_gap"])
+    assert pair_features(_frame().iloc[:0]).shape == (0, len(FEATURES))
+
+
+def test_listing_stats_and_frame_by_hand():
+    # 0 -> 1 (0.9), 2 (0.5); 1 -> 0 (0.9); 2 -> 1 (0.7), 0 (0.5)
+    final = (
+        np.array([0, 0, 1, 2, 2]),
+        np.array([1, 2, 0, 1, 0]),
+        np.array([0.9, 0.5, 0.9, 0.7, 0.5], dtype=np.float32),
+    )
+    base = (np.array([0, 1, 2]), np.array([1, 0, 1]), np.array([0.8, 0.8, 0.6], dtype=np.float32))
+    st = listing_stats(final[0], final[2], 3)
+    assert st["top1"].tolist() == pytest.approx([0.9, 0.9, 0.7])
+    assert st["mean_top"].tolist() == pytest.approx([0.7, 0.9, 0.6])
+    assert np.isnan(st["kth"]).all()  # nobody has 5 neighbours
+    assert st["deg_a"].tolist() == [1, 1, 1] and st["deg_b"].tolist() == [1, 1, 0]
+    f = candidate_frame(base, final, ["a", "b", "c"], [None] * 3, k=4, min_score=0.6)
+    assert list(zip(f["src"], f["dst"])) == [(0, 1), (1, 0), (2, 1)]  # the 0.5 rows are below min_score
+    assert f["rank"].tolist() == [0, 0, 0]
+    assert f["rev_rank"].tolist() == [0, 0, 4]  # 2 is not in the list of 1: k
+    assert f["raw_score"].tolist() == pytest.approx([0.8, 0.8, 0.6])
+    assert f["raw_top1_src"].tolist() == pytest.approx([0.8, 0.8, 0.6])
+    assert f["title_dst"].tolist() == ["b", "a", "b"]
+
+
+def _random_lists(n=60, d=8, k=8, seed=3):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(12, d))
+    x = (centres[rng.integers(0, 12, n)] + 0.6 * rng.normal(size=(n, d))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    base = knn(x, k)
+    keep = base[2] >= 0.5
+    final = knn(blend_numpy(x, base[0][keep], base[1][keep], base[2][keep]), k)
+    ids = np.array([f"p{i:03d}" for i in range(n)], dtype=object)
+    titles = [f"item {i % 7} size {i % 3}00 ml" if i % 5 else "" for i in range(n)]
+    phashes = [f"{rng.integers(0, 2**62):016x}" if i % 4 else None for i in range(n)]
+    return ids, base, final, titles, phashes
+
+
+def _pairs_df(spark, ids, lists):
+    s, d, sc = lists
+    pdf = pd.DataFrame({"src": ids[s], "dst": ids[d], "score": sc.astype(np.float32)})
+    return spark.createDataFrame(pdf, "src string, dst string, score float")
+
+
+def _small_model(seed=0):
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(400, len(FEATURES)))
+    y = (X[:, 0] + 0.5 * X[:, 16] > 0).astype(float)
+    b = lgb.train(
+        {"objective": "binary", "verbose": -1, "num_threads": 1, "min_data_in_leaf": 5}, lgb.Dataset(X, y), 20
+    )
+    return Reranker(b.model_to_string(), {"threshold": 0.5, "min2_threshold": None})
+
+
+def test_spark_candidate_frame_and_scores_equal_numpy(spark):
+    ids, base, final, titles, phashes = _random_lists()
+    k = 8
+    ref = candidate_frame(base, final, titles, phashes, k, min_score=0.2)
+    ref = ref.assign(src=ids[ref["src"]], dst=ids[ref["dst"]])
+    listings = spark.createDataFrame(
+        pd.DataFrame({"posting_id": ids, "title": titles, "image_phash": phashes}),
+        "posting_id string, title string, image_phash string",
+    )
+    frame = candidate_frame_spark(_pairs_df(spark, ids, base), _pairs_df(spark, ids, final), listings, k, 0.2)
+    got = frame.toPandas().sort_values(["src", "dst"], ignore_index=True)
+    ref = ref.sort_values(["src", "dst"], ignore_index=True)
+    assert list(got.columns) == ["src", "dst", *FRAME_COLUMNS]
+    assert len(got) == len(ref) > 0
+    pd.testing.assert_frame_equal(got, ref[got.columns], check_dtype=False, atol=1e-6)
+    np.testing.assert_allclose(pair_features(got), pair_features(ref), atol=1e-6)
+
+    model = _small_model()
+    scored = rerank_spark(frame, model).toPandas().sort_values(["src", "dst"], ignore_index=True)
+    np.testing.assert_allclose(scored["score"], model.predict(ref), atol=1e-6)
+
+
+def _labelled(seed, n_products=120):
+    s = generate_catalog(n_products, seed=seed, with_bad_rows=False)
+    return s.listings.merge(s.truth, on="posting_id").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cfg = load_config(["conf/local.yaml"], LEX + FAST)
+    res = train_reranker(_labelled(21, 300), cfg)
+    out = tmp_path_factory.mktemp("rr") / "model"
+    overlay = write_reranker_dir(out, res, cfg, source="generated seed 21")
+    return cfg, res, out, overlay
+
+
+def test_trained_reranker_beats_the_threshold_rule_on_a_held_out_catalog(trained):
+    cfg, res, out, _ = trained
+    # out of fold, on the training catalog's parts
+    for part in res.parts:
+        assert part["reranked_out_of_fold"]["f1"] > part["threshold_rule"]["f1"]
+    # on a catalog it never saw (other products): the sample's hard negatives are variants that
+    # differ in a size or a code, which the fused cosine cannot tell apart and the titles' numbers can
+    held = _labelled(99, 120)
+    pc = part_candidates("held", held, cfg, None)
+    bits = cfg.phash.max_bits
+    mc = cfg.match
+    base = pc.part.scorer.score(*rule_pairs(pc, pc.frame["score"].to_numpy(), mc.threshold, mc.min2_threshold, bits))
+    best_rule = max(
+        pc.part.scorer.score(*rule_pairs(pc, pc.frame["score"].to_numpy(), t, m, bits))[0]
+        for t in np.arange(0.4, 0.95, 0.05)
+        for m in (None, 0.4)
+    )
+    model = load_reranker(out)
+    rr = pc.part.scorer.score(*rule_pairs(pc, model.predict(pc.frame), res.threshold, res.min2_threshold, bits))
+    assert rr[0] > best_rule + 0.03, (rr, base, best_rule)
+
+
+def test_model_directory_round_trip_overlay_and_checks(trained, tmp_path):
+    cfg, res, out, overlay = trained
+    assert {p.name for p in out.iterdir()} >= {
+        "reranker.json",
+        "reranker.txt",
+        "metrics.json",
+        "overlay.yaml",
+        "importance.png",
+    }
+    meta = json.loads((out / "reranker.json").read_text())
+    assert meta["features"] == list(FEATURES) and meta["threshold"] == res.threshold
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sum(metrics["importance"].values()) == pytest.approx(1.0)
+    model = load_reranker(out)
+    frame = pd.concat([_frame(), _frame(score=0.3, title_dst="Gelas kaca 250 ml set 6")], ignore_index=True)
+    import lightgbm as lgb
+
+    np.testing.assert_allclose(
+        model.predict(frame), lgb.Booster(model_str=res.model_text).predict(pair_features(frame))
+    )
+
+    run_cfg = load_config(["conf/local.yaml", str(out / "overlay.yaml")])
+    assert run_cfg.rerank.enabled and run_cfg.rerank.model == str(out.resolve())
+    assert run_cfg.edge_match().threshold == res.threshold
+    assert yaml.safe_load((out / "overlay.yaml").read_text()) == overlay
+    check_fingerprint(model.meta, run_cfg, str(out))  # the overlay reproduces the training pipeline
+    with pytest.raises(ConfigError, match="inb_thresholds"):
+        check_fingerprint(
+            model.meta, load_config(["conf/local.yaml", str(out / "overlay.yaml")], ["inb.thresholds=[]"]), "m"
+        )
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_reranker(bad)
+    (bad / "reranker.txt").write_text(res.model_text)
+    (bad / "reranker.json").write_text(json.dumps({**meta, "features": meta["features"][:-1]}))
+    with pytest.raises(ConfigError, match="feature list"):
+        load_reranker(bad)
+    (bad / "reranker.json").write_text(json.dumps({**meta, "format": "other"}))
+    with pytest.raises(ConfigError, match="not a listing-dedup re-ranker"):
+        load_reranker(bad)
+
+
+def test_rerank_config_is_validated():
+    with pytest.raises(ConfigError, match="rerank.model"):
+        load_config(["conf/local.yaml"], ["rerank.enabled=true"])
+    with pytest.raises(ConfigError, match="rerank.min2_threshold"):
+        load_config(["conf/local.yaml"], ["rerank.threshold=0.3", "rerank.min2_threshold=0.4"])
+    cfg = load_config(["conf/local.yaml"])
+    assert cfg.edge_match() == cfg.match  # off by default: the threshold rule
+
+
+def test_job_with_the_reranker_matches_the_one_machine_path(spark, trained, tmp_path):
+    """The job's rerank stage gives the pairs that the training path's rules give on the same catalog."""
+    from listing_dedup.pipeline import run_dedup
+    from listing_dedup.writer import read_table
+
+    _, res, out, _ = trained
+    held = _labelled(99, 60)
+    path = tmp_path / "listings.parquet"
+    held.drop(columns=["label_group"]).to_parquet(path, index=False)
+    sets = LEX + [
+        "index.exact_below=100000",
+        "index.n_shards=1",
+        "input.partitions=2",
+        "guard.mode=none",
+        "output.candidates=true",
+        "output.candidates_min_score=-1",
+    ]
+    cfg = load_config(["conf/local.yaml", str(out / "overlay.yaml")], sets)
+    s = run_dedup(spark=spark, cfg=cfg, input_path=str(path), run_date="2026-04-01", warehouse=str(tmp_path / "wh"))
+    assert s.signal_counts["reranked_pairs"] > 0
+    matches = read_table(str(tmp_path / "wh"), "matches", "2026-04-01")
+    got = {(a, b) for a, ms in zip(matches["posting_id"], matches["match_ids"], strict=True) for b in ms if a < b}
+
+    df = held.assign(title=held["title"].map(clean_title))
+    pc = part_candidates("held", df, cfg, None)
+    prob = load_reranker(out).predict(pc.frame)
+    a, b = rule_pairs(pc, prob, res.threshold, res.min2_threshold, cfg.phash.max_bits)
+    ids = df["posting_id"].to_numpy()
+    want = {(min(ids[i], ids[j]), max(ids[i], ids[j])) for i, j in zip(a, b, strict=True)}
+    assert got == want
+    cand = read_table(str(tmp_path / "wh"), "candidates", "2026-04-01")
+    assert sum("rerank" in dict(m) for m in cand["signal_scores"]) == s.signal_counts["reranked_pairs"]
+
+
+def test_train_reranker_cli(tmp_path):
+    labelled = _labelled(5, 90)
+    path = tmp_path / "l.parquet"
+    labelled.to_parquet(path, index=False)
+    out = tmp_path / "m"
+    sets = [x for s in LEX + FAST for x in ("--set", s)]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "jobs/train_reranker.py",
+            "--conf",
+            "conf/local.yaml",
+            "--input",
+            str(path),
+            "--out",
+            str(out),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "chosen: threshold" in r.stdout and (out / "reranker.txt").is_file()
+    for args, msg in [
+        (["--input", str(tmp_path / "missing.parquet")], "cannot read input"),
+        (["--input", str(path), "--set", "embed.image.enabled=true", "--set", "fusion.image=0.5"], "fusion.image"),
+    ]:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "jobs/train_reranker.py",
+                "--conf",
+                "conf/local.yaml",
+                "--out",
+                str(tmp_path / "x"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
