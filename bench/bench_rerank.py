@@ -70,10 +70,13 @@ def main() -> int:
     out = {k: dict(zip(("f1", "precision", "recall"), v, strict=True)) for k, v in rows.items()}
     if args.sweep:
         best = max(
-            (pc.part.scorer.score(*rule_pairs(pc, prob, t, m, bits)) + (t, m))
-            for t in THRESHOLDS
-            for m in (None, 0.05, 0.1, 0.2, 0.3)
-            if m is None or m <= t
+            (
+                pc.part.scorer.score(*rule_pairs(pc, prob, t, m, bits)) + (t, m)
+                for t in THRESHOLDS
+                for m in (None, 0.05, 0.1, 0.2, 0.3)
+                if m is None or m <= t
+            ),
+            key=lambda r: r[0],
         )
         print(f"best on this catalog itself (not held out): F1 {best[0]:.4f} at threshold {best[3]}, min2 {best[4]}")
         out["sweep_best"] = {"f1": best[0], "threshold": best[3], "min2": best[4]}

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"  part {part['part']}: {part['listings']} listings, {part['candidates']} candidates; "
                 f"threshold rule F1 {base['f1']:.4f} -> re-ranked (out of fold) {rr['f1']:.4f}"
             )
+        for r in res.rounds:
+            what = "pair model" if r["round"] == 0 else f"graph round {r['round']}"
+            print(f"  {what}: out-of-fold mean F1 {r['f1']:.4f} at threshold {r['threshold']}")
         m2 = "off" if res.min2_threshold is None else f"{res.min2_threshold}"
         print(
             f"  chosen: threshold {res.threshold}, min2 {m2}: mean F1 {b['f1']:.4f} "

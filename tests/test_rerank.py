@@ -15,10 +15,12 @@ from listing_dedup.errors import ConfigError
 from listing_dedup.rerank import (
     FEATURES,
     FRAME_COLUMNS,
+    GRAPH_FEATURES,
     Reranker,
     candidate_frame,
     candidate_frame_spark,
     check_fingerprint,
+    graph_features,
     listing_stats,
     load_reranker,
     pair_features,
@@ -147,15 +149,34 @@ def _pairs_df(spark, ids, lists):
 
 
 def _small_model(seed=0):
+    """A pair model and one graph round, trained on noise (only the plumbing is under test)."""
     import lightgbm as lgb
 
     rng = np.random.default_rng(seed)
-    X = rng.normal(size=(400, len(FEATURES)))
-    y = (X[:, 0] + 0.5 * X[:, 16] > 0).astype(float)
-    b = lgb.train(
-        {"objective": "binary", "verbose": -1, "num_threads": 1, "min_data_in_leaf": 5}, lgb.Dataset(X, y), 20
-    )
-    return Reranker(b.model_to_string(), {"threshold": 0.5, "min2_threshold": None})
+    params = {"objective": "binary", "verbose": -1, "num_threads": 1, "min_data_in_leaf": 5}
+    texts = []
+    for width in (len(FEATURES), len(FEATURES) + len(GRAPH_FEATURES)):
+        X = rng.normal(size=(400, width))
+        y = (X[:, 0] + 0.5 * X[:, -3] > 0).astype(float)
+        texts.append(lgb.train(params, lgb.Dataset(X, y), 20).model_to_string())
+    return Reranker(tuple(texts), {"graph_floor": 0.05})
+
+
+def test_graph_features_by_hand():
+    # candidates 0->1 (0.9), 1->0 (0.7), 1->2 (0.6), 2->1 (0.3), 0->2 (0.04): undirected graph with
+    # floor 0.05: {0,1} 0.9, {1,2} 0.6 ({0,2} 0.04 is below the floor)
+    src, dst = np.array([0, 1, 1, 2, 0]), np.array([1, 0, 2, 1, 2])
+    p = np.array([0.9, 0.7, 0.6, 0.3, 0.04])
+    g = pd.DataFrame(graph_features(src, dst, p, 3, 0.05), columns=GRAPH_FEATURES)
+    assert g["p"].tolist() == p.tolist()
+    assert g["p_rev"].tolist()[:4] == [0.7, 0.9, 0.3, 0.6] and np.isnan(g["p_rev"].iloc[4])
+    # 0 -> 2 goes through 1: 0.9 * 0.6, strong (> 0.5) on both hops
+    assert g["two_sum"].tolist() == pytest.approx([0, 0, 0, 0, 0.54]) and g["two_count"].tolist() == [0, 0, 0, 0, 1]
+    assert g["deg_src"].tolist() == [1, 2, 2, 1, 1] and g["deg_dst"].tolist() == [2, 1, 1, 2, 1]
+    assert g["psum_src"].tolist() == pytest.approx([0.9, 1.5, 1.5, 0.6, 0.9])
+    assert g["pgap_src"].tolist() == pytest.approx([0, -0.2, -0.3, -0.3, -0.86])
+    assert g["pgap_dst"].tolist() == pytest.approx([0, -0.2, 0, -0.6, -0.56])
+    assert g["prank"].tolist() == [0, 0, 1, 0, 1]
 
 
 def test_spark_candidate_frame_and_scores_equal_numpy(spark):
@@ -176,8 +197,13 @@ def test_spark_candidate_frame_and_scores_equal_numpy(spark):
     np.testing.assert_allclose(pair_features(got), pair_features(ref), atol=1e-6)
 
     model = _small_model()
+    assert model.graph_rounds == 1
     scored = rerank_spark(frame, model).toPandas().sort_values(["src", "dst"], ignore_index=True)
     np.testing.assert_allclose(scored["score"], model.predict(ref), atol=1e-6)
+    one = Reranker(model.model_texts[:1], {})  # the pair model alone
+    alone = rerank_spark(frame, one).toPandas().sort_values(["src", "dst"], ignore_index=True)
+    np.testing.assert_allclose(alone["score"], one.predict(ref), atol=1e-6)
+    assert not np.allclose(alone["score"], scored["score"])
 
 
 def _labelled(seed, n_products=120):
@@ -230,12 +256,16 @@ def test_model_directory_round_trip_overlay_and_checks(trained, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert sum(metrics["importance"].values()) == pytest.approx(1.0)
     model = load_reranker(out)
+    assert model.graph_rounds == 1 and meta["graph_rounds"] == 1 and metrics["rounds"][1]["round"] == 1
     frame = pd.concat([_frame(), _frame(score=0.3, title_dst="Gelas kaca 250 ml set 6")], ignore_index=True)
+    frame = frame.assign(src=["a", "b"], dst=["b", "a"])
     import lightgbm as lgb
 
-    np.testing.assert_allclose(
-        model.predict(frame), lgb.Booster(model_str=res.model_text).predict(pair_features(frame))
-    )
+    X = pair_features(frame)
+    p1 = lgb.Booster(model_str=res.model_texts[0]).predict(X)
+    G = graph_features(np.array([0, 1]), np.array([1, 0]), p1, 2, meta["graph_floor"])
+    p2 = lgb.Booster(model_str=res.model_texts[1]).predict(np.column_stack([X, G]))
+    np.testing.assert_allclose(model.predict(frame), p2)
 
     run_cfg = load_config(["conf/local.yaml", str(out / "overlay.yaml")])
     assert run_cfg.rerank.enabled and run_cfg.rerank.model == str(out.resolve())
@@ -251,9 +281,9 @@ def test_model_directory_round_trip_overlay_and_checks(trained, tmp_path):
     bad.mkdir()
     with pytest.raises(ConfigError, match="cannot read"):
         load_reranker(bad)
-    (bad / "reranker.txt").write_text(res.model_text)
+    (bad / "reranker.txt").write_text(res.model_texts[0])
     (bad / "reranker.json").write_text(json.dumps({**meta, "features": meta["features"][:-1]}))
-    with pytest.raises(ConfigError, match="feature list"):
+    with pytest.raises(ConfigError, match="feature lists"):
         load_reranker(bad)
     (bad / "reranker.json").write_text(json.dumps({**meta, "format": "other"}))
     with pytest.raises(ConfigError, match="not a listing-dedup re-ranker"):

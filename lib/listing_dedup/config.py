@@ -293,6 +293,8 @@ class RerankTrainConf:
     feature_fraction: float = 0.8
     bagging_fraction: float = 0.8
     cv_folds: int = 5  # out-of-fold probabilities (GroupKFold over the label) choose the thresholds
+    graph_rounds: int = 1  # models over the previous round's probabilities around each pair (0 = pair model only)
+    graph_floor: float = 0.05  # pairs below this probability (both directions) are left out of those features
     parts: int = 3  # catalogs the labelled split is cut into when it has no fold column
     threads: int = 0  # 0 = all cores
     seed: int = 0
@@ -305,6 +307,8 @@ class RerankTrainConf:
         _check(0.0 < self.feature_fraction <= 1.0, "rerank.train.feature_fraction", "must be in (0, 1]")
         _check(0.0 < self.bagging_fraction <= 1.0, "rerank.train.bagging_fraction", "must be in (0, 1]")
         _check(2 <= self.cv_folds <= 50, "rerank.train.cv_folds", "must be in [2, 50]")
+        _check(0 <= self.graph_rounds <= 5, "rerank.train.graph_rounds", "must be in [0, 5]")
+        _check(0.0 <= self.graph_floor < 0.5, "rerank.train.graph_floor", "must be in [0, 0.5)")
         _check(2 <= self.parts <= 100, "rerank.train.parts", "must be in [2, 100]")
         _check(self.threads >= 0, "rerank.train.threads", "must be >= 0 (0 = all cores)")
 

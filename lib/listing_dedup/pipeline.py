@@ -270,9 +270,9 @@ def run_dedup(
                     cfg.index.k,
                     cfg.rerank.min_score,
                 )
-                # materialised without lineage: the frame joins the searches several times, and
-                # the edge, component and write stages would otherwise re-plan all of it
-                scored = cut_lineage(rerank_spark(frame, reranker))
+                # each round's result is materialised without lineage: the frame joins the
+                # searches several times, and every later stage would otherwise re-plan all of it
+                scored = rerank_spark(frame, reranker, cut=cut_lineage)
                 c["candidates"] = scored.count()
                 summary.signal_counts["reranked_pairs"] = c["candidates"]
         with timer.stage("edges") as c:

@@ -84,6 +84,22 @@ FEATURES = (
     "len_diff",
 )
 
+# a graph round's model reads FEATURES + these, computed from the previous round's probabilities
+GRAPH_FEATURES = (
+    "p",
+    "p_rev",
+    "two_sum",
+    "two_count",
+    "deg_src",
+    "deg_dst",
+    "psum_src",
+    "psum_dst",
+    "pgap_src",
+    "pgap_dst",
+    "prank",
+)
+GRAPH_FLOOR = 0.05  # default: pairs below this probability (both directions) are not in the graph
+
 # per-listing neighbourhood statistics (of the final search), joined to both ends of a pair
 STATS = ("top1", "mean_top", "kth", "deg_a", "deg_b")
 FRAME_COLUMNS = (
@@ -182,6 +198,58 @@ def pair_features(frame: pd.DataFrame) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------
+# graph rounds: features of a pair from the previous round's probabilities around it
+
+
+def graph_features(src: np.ndarray, dst: np.ndarray, p: np.ndarray, n: int, floor: float) -> np.ndarray:
+    """float64 (rows, len(GRAPH_FEATURES)) for the candidates ``src -> dst`` with probability ``p``
+    (row indices < ``n``; each (src, dst) once).
+
+    The undirected graph E holds every pair whose larger probability of the two directions is
+    >= ``floor``. Per pair: its own ``p``, the reverse candidate's (NaN when there is none),
+    the two-hop evidence ``sum_l P(src,l) P(l,dst)`` over E and the number of such ``l`` with
+    both probabilities > 0.5, each end's degree (> 0.5) and probability mass in E, the gap to
+    each end's best probability in E (0 when it has none), and the rank of ``dst`` among the
+    candidates of ``src`` by probability (ties: smaller dst first)."""
+    import scipy.sparse as sp
+
+    p = p.astype(np.float64)
+    m = len(p)
+    if m == 0:
+        return np.zeros((0, len(GRAPH_FEATURES)))
+    P = sp.csr_matrix((p, (src, dst)), shape=(n, n))
+    sym = P.maximum(P.T).tocsr()
+    sym.data[sym.data < floor] = 0.0
+    sym.eliminate_zeros()
+    strong = sym.copy()
+    strong.data = (strong.data > 0.5).astype(np.float64)
+    strong.eliminate_zeros()
+    two_sum = np.asarray((sym @ sym)[src, dst]).ravel()
+    two_count = np.asarray((strong @ strong)[src, dst]).ravel()
+    deg = np.asarray(strong.sum(axis=1)).ravel()
+    psum = np.asarray(sym.sum(axis=1)).ravel()
+    pmax = np.asarray(sym.max(axis=1).todense()).ravel()
+    p_rev = _lookup(src, dst, p, dst, src, np.nan)
+    order = np.lexsort((dst, -p, src))
+    prank = np.empty(m)
+    prank[order] = ranks_of(src[order])
+    cols = {
+        "p": p,
+        "p_rev": p_rev,
+        "two_sum": two_sum,
+        "two_count": two_count,
+        "deg_src": deg[src],
+        "deg_dst": deg[dst],
+        "psum_src": psum[src],
+        "psum_dst": psum[dst],
+        "pgap_src": p - pmax[src],
+        "pgap_dst": p - pmax[dst],
+        "prank": prank,
+    }
+    return np.column_stack([cols[c] for c in GRAPH_FEATURES])
+
+
+# --------------------------------------------------------------------------------------
 # candidate frame on one machine (row indices)
 
 
@@ -273,23 +341,47 @@ def candidate_frame(
 
 @dataclass(frozen=True)
 class Reranker:
-    """A trained re-ranker: LightGBM model text plus what it was trained under."""
+    """A trained re-ranker: the pair model (round 0) and the graph rounds' models, each
+    LightGBM model text, plus what they were trained under (``meta``: reranker.json)."""
 
-    model_text: str
+    model_texts: tuple[str, ...]
     meta: Mapping[str, Any]
 
     @property
-    def key(self) -> str:
-        return hashlib.sha256(self.model_text.encode()).hexdigest()[:16]
+    def graph_rounds(self) -> int:
+        return len(self.model_texts) - 1
 
-    def booster(self):
-        return _booster(self.model_text, self.key)
+    @property
+    def graph_floor(self) -> float:
+        return float(self.meta.get("graph_floor", GRAPH_FLOOR))
+
+    def booster(self, r: int = 0):
+        text = self.model_texts[r]
+        return _booster(text, hashlib.sha256(text.encode()).hexdigest()[:16])
+
+    def pair_probability(self, X: np.ndarray) -> np.ndarray:
+        """Round 0 on pair features (rows of :func:`pair_features`)."""
+        if len(X) == 0:
+            return np.zeros(0)
+        return np.asarray(self.booster(0).predict(X, num_threads=1), dtype=np.float64)
+
+    def graph_probability(self, r: int, X: np.ndarray, G: np.ndarray) -> np.ndarray:
+        """Graph round ``r`` (1-based) on pair features + graph features of round ``r - 1``."""
+        if len(X) == 0:
+            return np.zeros(0)
+        return np.asarray(self.booster(r).predict(np.column_stack([X, G]), num_threads=1), dtype=np.float64)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Match probability of every candidate of the frame (float64)."""
-        if len(frame) == 0:
-            return np.zeros(0)
-        return np.asarray(self.booster().predict(pair_features(frame), num_threads=1), dtype=np.float64)
+        """Match probability of every candidate of a whole catalog's frame (float64): the pair
+        model, then each graph round over all the frame's candidates."""
+        X = pair_features(frame)
+        p = self.pair_probability(X)
+        if self.graph_rounds and len(frame):
+            codes, uniq = pd.factorize(pd.concat([frame["src"], frame["dst"]], ignore_index=True))
+            src, dst = codes[: len(frame)], codes[len(frame) :]
+            for r in range(1, self.graph_rounds + 1):
+                p = self.graph_probability(r, X, graph_features(src, dst, p, len(uniq), self.graph_floor))
+        return p
 
 
 _BOOSTERS: dict[str, Any] = {}
@@ -342,12 +434,15 @@ def check_fingerprint(meta: Mapping[str, Any], cfg, model_dir: str) -> None:
         )
 
 
+def graph_model_file(r: int) -> str:
+    return f"reranker_graph{r}.txt"
+
+
 def load_reranker(model_dir: str | Path) -> Reranker:
     """Read a model directory written by ``jobs/train_reranker.py`` (on the driver)."""
     d = Path(model_dir)
     try:
         meta = json.loads((d / MODEL_JSON).read_text())
-        text = (d / MODEL_TXT).read_text()
     except (OSError, ValueError) as e:
         raise ConfigError(f"config key 'rerank.model': cannot read re-ranker model directory {d}: {e}") from None
     where = f"config key 'rerank.model': {d / MODEL_JSON}"
@@ -355,15 +450,23 @@ def load_reranker(model_dir: str | Path) -> Reranker:
         raise ConfigError(f"{where} is not a listing-dedup re-ranker (format != {FORMAT!r})")
     if meta.get("version") != VERSION:
         raise ConfigError(f"{where}: unsupported version {meta.get('version')!r} (this code reads {VERSION})")
-    if list(meta.get("features", [])) != list(FEATURES):
-        raise ConfigError(f"{where}: its feature list differs from this code's ({', '.join(FEATURES)}); retrain it")
-    model = Reranker(text, meta)
+    if list(meta.get("features", [])) != list(FEATURES) or list(meta.get("graph_features", [])) != list(GRAPH_FEATURES):
+        raise ConfigError(f"{where}: its feature lists differ from this code's; retrain it")
+    rounds = int(meta.get("graph_rounds", 0))
+    files = [MODEL_TXT] + [graph_model_file(r) for r in range(1, rounds + 1)]
     try:
-        n = model.booster().num_feature()
-    except Exception as e:  # noqa: BLE001 - lightgbm raises its own error type
-        raise ModelError(f"{d / MODEL_TXT}: not a LightGBM model: {e}") from None
-    if n != len(FEATURES):
-        raise ModelError(f"{d / MODEL_TXT}: model has {n} features, expected {len(FEATURES)}")
+        texts = tuple((d / f).read_text() for f in files)
+    except OSError as e:
+        raise ConfigError(f"config key 'rerank.model': cannot read re-ranker model directory {d}: {e}") from None
+    model = Reranker(texts, meta)
+    for r, f in enumerate(files):
+        try:
+            n = model.booster(r).num_feature()
+        except Exception as e:  # noqa: BLE001 - lightgbm raises its own error type
+            raise ModelError(f"{d / f}: not a LightGBM model: {e}") from None
+        want = len(FEATURES) + (len(GRAPH_FEATURES) if r else 0)
+        if n != want:
+            raise ModelError(f"{d / f}: model has {n} features, expected {want}")
     return model
 
 
@@ -421,19 +524,103 @@ def candidate_frame_spark(base_nbrs, final_nbrs, listings, k: int, min_score: fl
     )
 
 
-def rerank_spark(frame_df, model: Reranker):
-    """Probability of every candidate of a Spark candidate frame: ``src, dst, score`` where
-    ``score`` is the re-ranker's match probability (float)."""
+def graph_features_spark(scored, floor: float):
+    """:func:`graph_features` on Spark: ``scored`` (src, dst, p) -> src, dst + GRAPH_FEATURES."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    bc = frame_df.sparkSession.sparkContext.broadcast((model.model_text, dict(model.meta)))
+    p = F.col("p")
+    und = (
+        scored.select("src", "dst", "p")
+        .unionByName(scored.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "p"))
+        .groupBy("src", "dst")
+        .agg(F.max("p").alias("w"))
+        .where(F.col("w") >= F.lit(float(floor)))
+    )
+    strong = F.when(F.col("w") > 0.5, 1.0).otherwise(0.0)
+    node = und.groupBy("src").agg(F.sum(strong).alias("deg"), F.sum("w").alias("psum"), F.max("w").alias("pmax"))
+    a = und.select(F.col("src").alias("i"), F.col("dst").alias("l"), F.col("w").alias("wa"))
+    b = und.select(F.col("src").alias("l"), F.col("dst").alias("j"), F.col("w").alias("wb"))
+    two = (
+        a.join(b, "l")
+        .where(F.col("i") != F.col("j"))
+        .groupBy(F.col("i").alias("src"), F.col("j").alias("dst"))
+        .agg(
+            F.sum(F.col("wa") * F.col("wb")).alias("two_sum"),
+            F.sum(F.when((F.col("wa") > 0.5) & (F.col("wb") > 0.5), 1.0).otherwise(0.0)).alias("two_count"),
+        )
+    )
+    rev = scored.select(F.col("dst").alias("src"), F.col("src").alias("dst"), F.col("p").alias("p_rev"))
+    w = Window.partitionBy("src").orderBy(p.desc(), F.col("dst").asc())
 
-    def _score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        text, meta = bc.value
-        m = Reranker(text, meta)
+    def side(suffix: str, key: str):
+        return node.select(
+            F.col("src").alias(key),
+            F.col("deg").alias(f"deg_{suffix}"),
+            F.col("psum").alias(f"psum_{suffix}"),
+            F.col("pmax").alias(f"_pmax_{suffix}"),
+        )
+
+    g = (
+        scored.select("src", "dst", "p")
+        .withColumn("prank", (F.row_number().over(w) - 1).cast("double"))
+        .join(rev, ["src", "dst"], "left")
+        .join(two, ["src", "dst"], "left")
+        .join(side("src", "src"), "src", "left")
+        .join(side("dst", "dst"), "dst", "left")
+    )
+    zero = F.lit(0.0)
+    return g.select(
+        "src",
+        "dst",
+        p.alias("p"),
+        "p_rev",
+        F.coalesce("two_sum", zero).alias("two_sum"),
+        F.coalesce("two_count", zero).alias("two_count"),
+        F.coalesce("deg_src", zero).alias("deg_src"),
+        F.coalesce("deg_dst", zero).alias("deg_dst"),
+        F.coalesce("psum_src", zero).alias("psum_src"),
+        F.coalesce("psum_dst", zero).alias("psum_dst"),
+        (p - F.coalesce("_pmax_src", zero)).alias("pgap_src"),
+        (p - F.coalesce("_pmax_dst", zero)).alias("pgap_dst"),
+        "prank",
+    )
+
+
+def rerank_spark(frame_df, model: Reranker, cut=None):
+    """Probability of every candidate of a Spark candidate frame: ``src, dst, score`` where
+    ``score`` is the re-ranker's match probability (float) after its last round. ``cut``
+    materialises an intermediate result and drops its lineage (the pipeline passes
+    :func:`listing_dedup.components.cut_lineage`; identity when None)."""
+    from pyspark.sql import functions as F
+
+    cut = cut or (lambda df: df)
+    bc = frame_df.sparkSession.sparkContext.broadcast((model.model_texts, dict(model.meta)))
+    schema = "src string, dst string, p double, x array<double>"
+
+    def _pairs(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        m = Reranker(*bc.value)
         for pdf in batches:
             if pdf.empty:
                 continue
-            yield pd.DataFrame({"src": pdf["src"], "dst": pdf["dst"], "score": m.predict(pdf).astype(np.float32)})
+            X = pair_features(pdf)
+            yield pd.DataFrame({"src": pdf["src"], "dst": pdf["dst"], "p": m.pair_probability(X), "x": list(X)})
 
-    return frame_df.mapInPandas(_score, FRAME_SCHEMA_OUT).select("src", "dst", F.col("score").cast("float"))
+    cur = cut(frame_df.mapInPandas(_pairs, schema))
+    for r in range(1, model.graph_rounds + 1):
+        g = graph_features_spark(cur, model.graph_floor)
+        joined = cur.select("src", "dst", "x").join(g, ["src", "dst"])
+
+        def _graph(batches: Iterator[pd.DataFrame], r: int = r) -> Iterator[pd.DataFrame]:
+            m = Reranker(*bc.value)
+            for pdf in batches:
+                if pdf.empty:
+                    continue
+                X = np.stack(pdf["x"].to_numpy()) if len(pdf) else np.zeros((0, len(FEATURES)))
+                G = pdf[list(GRAPH_FEATURES)].to_numpy(dtype=np.float64)
+                yield pd.DataFrame(
+                    {"src": pdf["src"], "dst": pdf["dst"], "p": m.graph_probability(r, X, G), "x": pdf["x"]}
+                )
+
+        cur = cut(joined.mapInPandas(_graph, schema))
+    return cur.select("src", "dst", F.col("p").cast("float").alias("score"))

@@ -40,10 +40,13 @@ from listing_dedup.errors import ConfigError, InputError
 from listing_dedup.rerank import (
     FEATURES,
     FORMAT,
+    GRAPH_FEATURES,
     MODEL_JSON,
     MODEL_TXT,
     VERSION,
     candidate_frame,
+    graph_features,
+    graph_model_file,
     pair_features,
     pipeline_fingerprint,
 )
@@ -78,12 +81,13 @@ class PartCandidates:
 
 @dataclass
 class RerankResult:
-    model_text: str
+    model_texts: tuple[str, ...]  # the pair model, then one per graph round
     threshold: float
     min2_threshold: float | None
     parts: list[dict[str, Any]]  # per part: rows, candidates, positives, baseline and re-ranked scores
     candidates: pd.DataFrame  # every (threshold, min2) setting's mean out-of-fold scores
-    importance: dict[str, float]
+    importance: dict[str, float]  # of the last round's model
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # best out-of-fold setting after each round
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -158,18 +162,38 @@ def _lgb_params(cfg: DedupConfig) -> dict[str, Any]:
     }
 
 
-def _fit(X: np.ndarray, y: np.ndarray, cfg: DedupConfig):
+def feature_names(graph_round: int) -> list[str]:
+    return list(FEATURES) + (list(GRAPH_FEATURES) if graph_round else [])
+
+
+def _fit(X: np.ndarray, y: np.ndarray, cfg: DedupConfig, graph_round: int = 0):
     import lightgbm as lgb
 
-    data = lgb.Dataset(X, y.astype(np.float64), feature_name=list(FEATURES), free_raw_data=True)
+    data = lgb.Dataset(X, y.astype(np.float64), feature_name=feature_names(graph_round), free_raw_data=True)
     return lgb.train(_lgb_params(cfg), data, num_boost_round=cfg.rerank.train.rounds)
 
 
-def out_of_fold(pcs: list[PartCandidates], cfg: DedupConfig) -> list[np.ndarray]:
-    """Probability of every candidate from a model that never saw its src's group."""
+def round_features(pcs: list[PartCandidates], probs: list[np.ndarray] | None, cfg: DedupConfig) -> list[np.ndarray]:
+    """Each part's feature rows for a round: the pair features, plus (graph rounds) the graph
+    features of the previous round's probabilities ``probs``."""
+    if probs is None:
+        return [p.X for p in pcs]
+    floor = cfg.rerank.train.graph_floor
+    out = []
+    for pc, pr in zip(pcs, probs, strict=True):
+        src, dst = pc.frame["src"].to_numpy(), pc.frame["dst"].to_numpy()
+        out.append(np.column_stack([pc.X, graph_features(src, dst, pr, pc.part.scorer.n, floor)]))
+    return out
+
+
+def out_of_fold(
+    pcs: list[PartCandidates], cfg: DedupConfig, Xs: list[np.ndarray] | None = None, graph_round: int = 0
+) -> list[np.ndarray]:
+    """Probability of every candidate from a model that never saw its src's group (``Xs``:
+    each part's feature rows, default the pair features)."""
     from sklearn.model_selection import GroupKFold
 
-    X = np.concatenate([p.X for p in pcs])
+    X = np.concatenate(Xs if Xs is not None else [p.X for p in pcs])
     y = np.concatenate([p.y for p in pcs])
     # group codes are per part; make them global
     offs = np.cumsum([0] + [int(p.part.scorer.lab.max()) + 1 for p in pcs[:-1]])
@@ -181,8 +205,10 @@ def out_of_fold(pcs: list[PartCandidates], cfg: DedupConfig) -> list[np.ndarray]
     oof = np.zeros(len(y))
     for i, (tr, te) in enumerate(GroupKFold(n_splits=folds).split(X, y, g)):
         t0 = time.perf_counter()
-        oof[te] = _fit(X[tr], y[tr], cfg).predict(X[te])
-        log.info("re-ranker out-of-fold model %d/%d: %.1f s", i + 1, folds, time.perf_counter() - t0)
+        oof[te] = _fit(X[tr], y[tr], cfg, graph_round).predict(X[te])
+        log.info(
+            "re-ranker round %d out-of-fold model %d/%d: %.1f s", graph_round, i + 1, folds, time.perf_counter() - t0
+        )
     cuts = np.cumsum([len(p.y) for p in pcs])[:-1]
     return np.split(oof, cuts)
 
@@ -231,16 +257,24 @@ def train_reranker(df: pd.DataFrame, cfg: DedupConfig, *, cache_dir: str | None 
             100 * pcs[-1].y.mean() if len(pcs[-1].y) else 0,
         )
     seconds["candidates"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    oof = out_of_fold(pcs, cfg)
-    seconds["out_of_fold"] = time.perf_counter() - t0
     bits = cfg.phash.max_bits if cfg.phash.enabled else None
-    ranked = choose_thresholds(pcs, oof, bits)
+    texts, rounds, probs, booster = [], [], None, None
+    for r in range(cfg.rerank.train.graph_rounds + 1):
+        t0 = time.perf_counter()
+        Xs = round_features(pcs, probs, cfg)
+        oof = out_of_fold(pcs, cfg, Xs, r)
+        booster = _fit(np.concatenate(Xs), np.concatenate([p.y for p in pcs]), cfg, r)
+        texts.append(booster.model_to_string())
+        ranked = choose_thresholds(pcs, oof, bits)
+        rounds.append({"round": r, **{k: _plain(v) for k, v in ranked.iloc[0].to_dict().items()}})
+        log.info("re-ranker round %d: out-of-fold %s (%.1f s)", r, rounds[-1], time.perf_counter() - t0)
+        seconds[f"round{r}"] = time.perf_counter() - t0
+        probs = oof
     best = ranked.iloc[0]
-    t, m = float(best["threshold"]), (None if best["min2"] is None or pd.isna(best["min2"]) else float(best["min2"]))
+    t, m = float(best["threshold"]), _plain(best["min2"])
     parts = []
     mc = cfg.match
-    for p, pr in zip(pcs, oof, strict=True):
+    for p, pr in zip(pcs, probs, strict=True):
         score = p.frame["score"].to_numpy()
         base = p.part.scorer.score(*rule_pairs(p, score, mc.threshold, mc.min2_threshold if mc.min2 else None, bits))
         rr = p.part.scorer.score(*rule_pairs(p, pr, t, m, bits))
@@ -254,12 +288,17 @@ def train_reranker(df: pd.DataFrame, cfg: DedupConfig, *, cache_dir: str | None 
                 "reranked_out_of_fold": dict(zip(("f1", "precision", "recall"), rr, strict=True)),
             }
         )
-    t0 = time.perf_counter()
-    booster = _fit(np.concatenate([p.X for p in pcs]), np.concatenate([p.y for p in pcs]), cfg)
-    seconds["fit"] = time.perf_counter() - t0
     gain = booster.feature_importance("gain")
-    importance = {f: float(v / max(gain.sum(), 1e-12)) for f, v in zip(FEATURES, gain, strict=True)}
-    return RerankResult(booster.model_to_string(), t, m, parts, ranked, importance, seconds)
+    names = feature_names(cfg.rerank.train.graph_rounds)
+    importance = {f: float(v / max(gain.sum(), 1e-12)) for f, v in zip(names, gain, strict=True)}
+    return RerankResult(tuple(texts), t, m, parts, ranked, importance, rounds, seconds)
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-able scalar (None for a missing min2)."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v
 
 
 # --------------------------------------------------------------------------------------
@@ -284,12 +323,19 @@ def write_reranker_dir(out: str | Path, res: RerankResult, cfg: DedupConfig, *, 
 
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
-    (d / MODEL_TXT).write_text(res.model_text)
+    for stale in d.glob("reranker_graph*.txt"):
+        stale.unlink()
+    (d / MODEL_TXT).write_text(res.model_texts[0])
+    for r, text in enumerate(res.model_texts[1:], start=1):
+        (d / graph_model_file(r)).write_text(text)
     fp = pipeline_fingerprint(cfg)
     meta = {
         "format": FORMAT,
         "version": VERSION,
         "features": list(FEATURES),
+        "graph_features": list(GRAPH_FEATURES),
+        "graph_rounds": len(res.model_texts) - 1,
+        "graph_floor": cfg.rerank.train.graph_floor,
         "pipeline": fp,
         "threshold": res.threshold,
         "min2_threshold": res.min2_threshold,
@@ -308,6 +354,7 @@ def write_reranker_dir(out: str | Path, res: RerankResult, cfg: DedupConfig, *, 
             **{k: float(res.best[k]) for k in ("f1", "precision", "recall", "f1_min")},
         },
         "parts": res.parts,
+        "rounds": res.rounds,
         "importance": dict(sorted(res.importance.items(), key=lambda kv: -kv[1])),
         "settings": json.loads(res.candidates.head(20).to_json(orient="records")),
         "seconds": {k: round(v, 2) for k, v in res.seconds.items()},
