@@ -25,10 +25,10 @@ export PYTHONUNBUFFERED := 1
 # pip prints one warning per package about an empty local index on this kind of machine
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup sample run test lint bench clean airflow package package-code package-env dag-check train export-e5
+.PHONY: help setup sample run test lint bench clean airflow package package-code package-env dag-check train train-reranker export-e5
 
 help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): setup.py
 	@command -v java >/dev/null || { echo "error: Spark needs a Java runtime (JDK 17) on PATH"; exit 1; }
@@ -95,6 +95,12 @@ MODEL_DIR ?= data/models/text_head
 TRAIN_ARGS ?=
 train: setup ## fine-tune the text model (conf/train.yaml) on TRAIN_INPUT into MODEL_DIR (docs/training.md)
 	$(PY) jobs/train_embedder.py --conf conf/train.yaml --input $(TRAIN_INPUT) --out $(MODEL_DIR) $(TRAIN_ARGS)
+
+RERANK_INPUT ?= data/shopee_fold4_labelled.parquet
+RERANK_DIR ?= data/models/reranker
+RERANK_CONF ?= --conf conf/local.yaml
+train-reranker: setup ## train the pair re-ranker under RERANK_CONF on RERANK_INPUT into RERANK_DIR (docs/quality.md)
+	$(PY) jobs/train_reranker.py $(RERANK_CONF) --input $(RERANK_INPUT) --out $(RERANK_DIR) $(TRAIN_ARGS)
 
 export-e5: setup ## export the packaged e5-small to a trainable sentence-transformers dir (data/models/e5_small_st)
 	$(PY) jobs/export_e5.py --out data/models/e5_small_st

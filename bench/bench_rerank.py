@@ -7,8 +7,9 @@ The conf stack is the one the re-ranker was trained under, without its overlay (
 threshold rule's figure uses ``match``'s thresholds; the re-ranker's figure its own). The
 held-out catalog is searched among itself with the job's stages on one machine (exact kNN,
 lib/listing_dedup/rerank_train.py); nothing in it chooses a setting. Prints one table row per
-rule and, with --sweep, the best threshold on the held-out catalog itself (an upper bound,
-never a figure to report as held out).
+rule (the threshold rule, the re-ranker, and the re-ranker stopped after each earlier round at
+the thresholds metrics.json chose for that round) and, with --sweep, the best threshold on the
+held-out catalog itself (an upper bound, never a figure to report as held out).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from listing_dedup.config import load_config  # noqa: E402
-from listing_dedup.rerank import check_fingerprint, load_reranker  # noqa: E402
+from listing_dedup.rerank import Reranker, check_fingerprint, load_reranker  # noqa: E402
 from listing_dedup.rerank_train import THRESHOLDS, part_candidates, rule_pairs  # noqa: E402
 from listing_dedup.tune import load_split, text_vectors  # noqa: E402
 
@@ -60,6 +61,16 @@ def main() -> int:
             *rule_pairs(pc, prob, model.meta["threshold"], model.meta["min2_threshold"], bits)
         ),
     }
+    # the earlier rounds alone, each at the thresholds chosen out of fold for it (metrics.json)
+    metrics_file = Path(args.model) / "metrics.json"
+    chosen = json.loads(metrics_file.read_text()).get("rounds", []) if metrics_file.exists() else []
+    for r in range(model.graph_rounds):
+        if r < len(chosen) and chosen[r].get("round") == r:
+            part_model = Reranker(model.model_texts[: r + 1], model.meta)
+            name = "re-ranker, pair model only" if r == 0 else f"re-ranker, {r} graph round(s)"
+            rows[name] = pc.part.scorer.score(
+                *rule_pairs(pc, part_model.predict(pc.frame), chosen[r]["threshold"], chosen[r]["min2"], bits)
+            )
     print(
         f"{len(df)} listings, {len(pc.y)} candidates ({pc.y.mean():.2%} positive); candidates {t_cand:.1f} s, "
         f"prediction {t_pred:.1f} s ({len(pc.y) / max(t_pred, 1e-9):,.0f} pairs/s, one thread)"
