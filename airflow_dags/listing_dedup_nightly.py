@@ -22,6 +22,10 @@ listing_dedup_artifacts             ``hdfs:///apps/listing_dedup`` -- where ``ma
                                     listing_dedup_env.tar.gz, cluster.yaml
 listing_dedup_conf                  ``<artifacts>/cluster.yaml`` -- the conf profile (shipped
                                     with ``--files ...#profile.yaml``)
+listing_dedup_model_archives        empty -- extra ``uri#name`` archives, comma-separated, unpacked
+                                    as ``./name`` in every container: a fine-tuned text model
+                                    directory or a re-ranker directory (tar.gz), named in the
+                                    profile as ``embed.text.model: name`` / ``rerank.model: name``
 listing_dedup_input_root            ``hdfs:///data/listings`` -- input of a date:
                                     ``<root>/run_date=<ds>``
 listing_dedup_warehouse             ``hdfs:///warehouse/listing_dedup`` -- the Delta tables
@@ -55,6 +59,7 @@ START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)  # noqa: UP017 (pyt
 DEFAULTS = {
     "artifacts": "hdfs:///apps/listing_dedup",
     "conf": "",  # empty: <artifacts>/cluster.yaml
+    "model_archives": "",  # empty: only the packed virtualenv
     "input_root": "hdfs:///data/listings",
     "warehouse": "hdfs:///warehouse/listing_dedup",
     "executors": "4",
@@ -79,10 +84,14 @@ CONF_PROFILE = (
     + "') ~ '/cluster.yaml' }}"
 )
 WAREHOUSE = var("warehouse")
+MODEL_ARCHIVES = (
+    "{{ (',' ~ var.value.get('listing_dedup_model_archives', '')) "
+    "if var.value.get('listing_dedup_model_archives', '') else '' }}"
+)
 
 # the packed virtualenv is unpacked as ./environment in every container (driver and executors)
 PYTHON_ENV_CONF = {
-    "spark.archives": f"{ARTIFACTS}/listing_dedup_env.tar.gz#environment",
+    "spark.archives": f"{ARTIFACTS}/listing_dedup_env.tar.gz#environment{MODEL_ARCHIVES}",
     "spark.pyspark.python": "./environment/bin/python",
     "spark.pyspark.driver.python": "./environment/bin/python",
     "spark.yarn.appMasterEnv.PYSPARK_PYTHON": "./environment/bin/python",

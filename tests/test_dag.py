@@ -94,6 +94,7 @@ def parsed(tmp_path_factory):
             "listing_dedup_input_root": "s3://lake/listings",
             "listing_dedup_executor_gpus": "2",
             "listing_dedup_conf": "s3://lake/conf/prod.yaml",
+            "listing_dedup_model_archives": "s3://lake/models/e5_full.tgz#text_model,s3://lake/models/rr.tgz#rr",
         },
     )
     return defaults, with_vars
@@ -155,6 +156,12 @@ def test_variables_override_defaults_and_reach_spark_submit(parsed):
     assert cmd[cmd.index("--deploy-mode") + 1] == "cluster"
     assert "spark.executor.resource.gpu.amount=2" in cmd
     assert cmd[cmd.index("--files") + 1] == "s3://lake/conf/prod.yaml#profile.yaml"
+    # model directories ride along with the packed virtualenv, for the driver and every executor
+    assert (
+        "spark.archives=hdfs:///apps/listing_dedup/listing_dedup_env.tar.gz#environment,"
+        "s3://lake/models/e5_full.tgz#text_model,s3://lake/models/rr.tgz#rr"
+    ) in cmd
+    assert p["rendered"]["verify"]["conf"]["spark.archives"] == p["rendered"]["dedup"]["conf"]["spark.archives"]
     app = cmd.index("hdfs:///apps/listing_dedup/dedup_listings.py")
     assert cmd[app + 1 :] == [
         "--conf",
