@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from listing_dedup.config import load_config  # noqa: E402
-from listing_dedup.rerank import Reranker, check_fingerprint, load_reranker  # noqa: E402
+from listing_dedup.rerank import check_fingerprint, load_reranker  # noqa: E402
 from listing_dedup.rerank_train import THRESHOLDS, part_candidates, rule_pairs  # noqa: E402
 from listing_dedup.tune import load_split, text_vectors  # noqa: E402
 
@@ -49,7 +49,8 @@ def main() -> int:
     pc = part_candidates("heldout", df, cfg, text_vectors(df, cfg, args.cache_dir))
     t_cand = time.perf_counter() - t0
     t0 = time.perf_counter()
-    prob = model.predict(pc.frame)
+    probs = model.round_probabilities(pc.frame)
+    prob = probs[-1]
     t_pred = time.perf_counter() - t0
     bits = cfg.phash.max_bits if cfg.phash.enabled else None
     mc = cfg.match
@@ -66,10 +67,9 @@ def main() -> int:
     chosen = json.loads(metrics_file.read_text()).get("rounds", []) if metrics_file.exists() else []
     for r in range(model.graph_rounds):
         if r < len(chosen) and chosen[r].get("round") == r:
-            part_model = Reranker(model.model_texts[: r + 1], model.meta)
             name = "re-ranker, pair model only" if r == 0 else f"re-ranker, {r} graph round(s)"
             rows[name] = pc.part.scorer.score(
-                *rule_pairs(pc, part_model.predict(pc.frame), chosen[r]["threshold"], chosen[r]["min2"], bits)
+                *rule_pairs(pc, probs[r], chosen[r]["threshold"], chosen[r]["min2"], bits)
             )
     print(
         f"{len(df)} listings, {len(pc.y)} candidates ({pc.y.mean():.2%} positive); candidates {t_cand:.1f} s, "

@@ -371,17 +371,22 @@ class Reranker:
             return np.zeros(0)
         return np.asarray(self.booster(r).predict(np.column_stack([X, G]), num_threads=1), dtype=np.float64)
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Match probability of every candidate of a whole catalog's frame (float64): the pair
-        model, then each graph round over all the frame's candidates."""
+    def round_probabilities(self, frame: pd.DataFrame) -> list[np.ndarray]:
+        """Match probability of every candidate of a whole catalog's frame (float64) after each
+        round: the pair model's, then each graph round's over all the frame's candidates."""
         X = pair_features(frame)
-        p = self.pair_probability(X)
+        out = [self.pair_probability(X)]
         if self.graph_rounds and len(frame):
             codes, uniq = pd.factorize(pd.concat([frame["src"], frame["dst"]], ignore_index=True))
             src, dst = codes[: len(frame)], codes[len(frame) :]
             for r in range(1, self.graph_rounds + 1):
-                p = self.graph_probability(r, X, graph_features(src, dst, p, len(uniq), self.graph_floor))
-        return p
+                G = graph_features(src, dst, out[-1], len(uniq), self.graph_floor)
+                out.append(self.graph_probability(r, X, G))
+        return out
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Match probability after the last round (:meth:`round_probabilities`)."""
+        return self.round_probabilities(frame)[-1]
 
 
 _BOOSTERS: dict[str, Any] = {}
@@ -473,7 +478,6 @@ def load_reranker(model_dir: str | Path) -> Reranker:
 # --------------------------------------------------------------------------------------
 # Spark layer
 
-FRAME_SCHEMA_OUT = "src string, dst string, score float"
 
 
 def candidate_frame_spark(base_nbrs, final_nbrs, listings, k: int, min_score: float = -1.0):
@@ -553,12 +557,12 @@ def graph_features_spark(scored, floor: float):
     rev = scored.select(F.col("dst").alias("src"), F.col("src").alias("dst"), F.col("p").alias("p_rev"))
     w = Window.partitionBy("src").orderBy(p.desc(), F.col("dst").asc())
 
-    def side(suffix: str, key: str):
+    def side(end: str):  # the node statistics of one end of the pair, keyed by that end
         return node.select(
-            F.col("src").alias(key),
-            F.col("deg").alias(f"deg_{suffix}"),
-            F.col("psum").alias(f"psum_{suffix}"),
-            F.col("pmax").alias(f"_pmax_{suffix}"),
+            F.col("src").alias(end),
+            F.col("deg").alias(f"deg_{end}"),
+            F.col("psum").alias(f"psum_{end}"),
+            F.col("pmax").alias(f"_pmax_{end}"),
         )
 
     g = (
@@ -566,8 +570,8 @@ def graph_features_spark(scored, floor: float):
         .withColumn("prank", (F.row_number().over(w) - 1).cast("double"))
         .join(rev, ["src", "dst"], "left")
         .join(two, ["src", "dst"], "left")
-        .join(side("src", "src"), "src", "left")
-        .join(side("dst", "dst"), "dst", "left")
+        .join(side("src"), "src", "left")
+        .join(side("dst"), "dst", "left")
     )
     zero = F.lit(0.0)
     return g.select(
@@ -616,7 +620,7 @@ def rerank_spark(frame_df, model: Reranker, cut=None):
             for pdf in batches:
                 if pdf.empty:
                     continue
-                X = np.stack(pdf["x"].to_numpy()) if len(pdf) else np.zeros((0, len(FEATURES)))
+                X = np.stack(pdf["x"].to_numpy())
                 G = pdf[list(GRAPH_FEATURES)].to_numpy(dtype=np.float64)
                 yield pd.DataFrame(
                     {"src": pdf["src"], "dst": pdf["dst"], "p": m.graph_probability(r, X, G), "x": pdf["x"]}
