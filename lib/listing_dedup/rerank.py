@@ -479,7 +479,6 @@ def load_reranker(model_dir: str | Path) -> Reranker:
 # Spark layer
 
 
-
 def candidate_frame_spark(base_nbrs, final_nbrs, listings, k: int, min_score: float = -1.0):
     """The candidate frame on Spark (lazy): ``base_nbrs`` / ``final_nbrs`` are the first and the
     last search (``src, dst, score``), ``listings`` has ``posting_id, title, image_phash``."""
