@@ -35,6 +35,7 @@ setup(
     package_dir={"": "lib"},
     packages=find_packages("lib"),
     install_requires=RUNTIME,
+    entry_points={"console_scripts": ["listing-dedup = listing_dedup.cli:main"]},
     extras_require={
         # on a GPU cluster: pip install '.[gpu]' and uninstall faiss-cpu
         "gpu": ["faiss-gpu>=1.9"],

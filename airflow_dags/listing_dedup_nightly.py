@@ -10,7 +10,7 @@ at its previous version. Separate applications would have to write and re-read t
 embeddings and neighbour lists between tasks and would lose that all-or-nothing commit; a
 retry of the one ``dedup`` task redoes the date from its input, idempotently (the date's
 partitions are replaced, never appended). ``verify`` reads the committed tables back and
-fails the DAG run when they are inconsistent (see lib/listing_dedup/verify.py).
+fails the DAG run when they are inconsistent (see lib/listing_dedup/sink/verify.py).
 
 Settings (Airflow Variables; the default applies when a Variable is not set):
 

@@ -6,7 +6,7 @@ and score it on the held-out catalog, so every component's contribution is measu
         --input data/shopee_fold1/labelled.parquet [--cache-dir data/cache] [--markdown]
 
 The held-out catalog is searched among itself (one part), with the job's own stages
-(lib/listing_dedup/tune.py); nothing in it is used to choose a setting.
+(lib/listing_dedup/quality/tune.py); nothing in it is used to choose a setting.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from listing_dedup.config import load_config  # noqa: E402
-from listing_dedup.tune import SETTING, Grid, ablation, load_split, prepare_part, sweep_parts, text_vectors  # noqa: E402
+from listing_dedup.quality.tune import SETTING, Grid, ablation, load_split, prepare_part, sweep_parts, text_vectors  # noqa: E402
 
 
 def main() -> int:

@@ -6,7 +6,7 @@
 The conf stack is the one the re-ranker was trained under, without its overlay (the
 threshold rule's figure uses ``match``'s thresholds; the re-ranker's figure its own). The
 held-out catalog is searched among itself with the job's stages on one machine (exact kNN,
-lib/listing_dedup/rerank_train.py); nothing in it chooses a setting. Prints one table row per
+lib/listing_dedup/training/rerank_train.py); nothing in it chooses a setting. Prints one table row per
 rule (the threshold rule, the re-ranker, and the re-ranker stopped after each earlier round at
 the thresholds metrics.json chose for that round) and, with --sweep, the best threshold on the
 held-out catalog itself (an upper bound, never a figure to report as held out).
@@ -25,9 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from listing_dedup.config import load_config  # noqa: E402
-from listing_dedup.rerank import check_fingerprint, load_reranker  # noqa: E402
-from listing_dedup.rerank_train import THRESHOLDS, part_candidates, rule_pairs  # noqa: E402
-from listing_dedup.tune import load_split, text_vectors  # noqa: E402
+from listing_dedup.graph.rerank import check_fingerprint, load_reranker  # noqa: E402
+from listing_dedup.quality.tune import load_split, text_vectors  # noqa: E402
+from listing_dedup.training.rerank_train import THRESHOLDS, part_candidates, rule_pairs  # noqa: E402
 
 
 def main() -> int:

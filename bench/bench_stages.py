@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from listing_dedup.config import load_config  # noqa: E402
-from listing_dedup.evaluate import evaluate_run, read_truth  # noqa: E402
 from listing_dedup.pipeline import run_dedup  # noqa: E402
+from listing_dedup.quality.evaluate import evaluate_run, read_truth  # noqa: E402
 from listing_dedup.runtime import build_spark, configure_logging  # noqa: E402
 
 

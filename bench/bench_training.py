@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from listing_dedup.config import TrainValidateConf, load_config
-from listing_dedup.embedder import TextEncoderBuilder, get_encoder, resolve_model
-from listing_dedup.text import clean_title
-from listing_dedup.training.model_dir import read_model_json
+from listing_dedup.embed.encoder import TextEncoderBuilder, get_encoder, resolve_model
+from listing_dedup.embed.model_dir import read_model_json
+from listing_dedup.ingest.titles import clean_title
+from listing_dedup.quality.tuning import exact_neighbours
 from listing_dedup.training.validate import grid_scores, inb_round, tune
-from listing_dedup.tuning import exact_neighbours
 
 K = 50
 

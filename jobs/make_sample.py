@@ -1,38 +1,12 @@
 """Write the generated sample catalog (listings Parquet + truth CSV) used by `make run`.
 
-python jobs/make_sample.py --out data/sample [--products 400] [--seed 7]
+A thin entry point (plain ``python`` or spark-submit); the code is :mod:`listing_dedup.cli.make_sample`,
+also run as ``listing-dedup make-sample ...`` or ``python -m listing_dedup make-sample ...``.
 """
 
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
-from listing_dedup.runtime import CliParser, run_cli
-from listing_dedup.sample import generate_catalog
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = CliParser(prog="make_sample.py", description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--products", type=int, default=400)
-    p.add_argument("--seed", type=int, default=7)
-    args = p.parse_args(argv)
-
-    def _run() -> int:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        s = generate_catalog(args.products, seed=args.seed)
-        s.listings.to_parquet(out / "listings.parquet", index=False)
-        s.truth.to_csv(out / "truth.csv", index=False)
-        print(
-            f"wrote {len(s.listings)} listings ({s.n_bad_rows} bad rows) and "
-            f"{s.truth['label_group'].nunique()} true groups to {out}"
-        )
-        return 0
-
-    return run_cli(_run)
-
+from listing_dedup.cli.make_sample import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,63 +1,12 @@
 """Train the learned pair re-ranker on labelled listings and write its model directory.
 
-    python jobs/train_reranker.py --conf conf/local.yaml [--conf MODEL_DIR/overlay.yaml ...] \
-        --input LABELLED.parquet [--truth TRUTH.csv] --out RERANKER_DIR [--cache-dir DIR] [--set key=value ...]
-
-The conf stack is the one the dedup job will run with (encoder, fusion weights, INB, k):
-the re-ranker's features are computed under it. RERANKER_DIR/overlay.yaml, passed as the
-last --conf to jobs/dedup_listings.py, turns the re-ranker on with the thresholds chosen
-out-of-fold. See lib/listing_dedup/rerank_train.py and docs/quality.md.
-Exit codes: 0 ok, 2 bad arguments/config/input, 1 runtime failure.
+A thin entry point (plain ``python`` or spark-submit); the code is :mod:`listing_dedup.cli.train_reranker`,
+also run as ``listing-dedup train-reranker ...`` or ``python -m listing_dedup train-reranker ...``.
 """
-
-from __future__ import annotations
 
 import sys
 
-from listing_dedup.runtime import CliParser, add_conf_args, configure_logging, run_cli
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = CliParser(prog="train_reranker.py", description=__doc__.splitlines()[0])
-    add_conf_args(p, "dedup conf profile(s) the job will run with (conf/local.yaml, a model's overlay.yaml, ...)")
-    p.add_argument("--input", required=True, help="labelled listings Parquet (posting_id, title, [image_phash, fold])")
-    p.add_argument("--truth", help="Parquet/CSV posting_id,label_group (else the input's label_group column)")
-    p.add_argument("--out", required=True, help="re-ranker model directory to write")
-    p.add_argument("--cache-dir", help="cache the text embeddings of the split here")
-    args = p.parse_args(argv)
-    configure_logging(args.log_level)
-
-    def _run() -> int:
-        from listing_dedup.config import load_config
-        from listing_dedup.rerank_train import train_reranker, write_reranker_dir
-        from listing_dedup.tune import load_split
-
-        cfg = load_config(args.conf, args.overrides)
-        df = load_split(args.input, args.truth, cfg.input.max_title_chars)
-        res = train_reranker(df, cfg, cache_dir=args.cache_dir)
-        write_reranker_dir(args.out, res, cfg, source=args.input)
-        b = res.best
-        print(f"re-ranker: {args.out} ({len(df)} labelled listings, {len(res.parts)} parts)")
-        for part in res.parts:
-            base, rr = part["threshold_rule"], part["reranked_out_of_fold"]
-            print(
-                f"  part {part['part']}: {part['listings']} listings, {part['candidates']} candidates; "
-                f"threshold rule F1 {base['f1']:.4f} -> re-ranked (out of fold) {rr['f1']:.4f}"
-            )
-        for r in res.rounds:
-            what = "pair model" if r["round"] == 0 else f"graph round {r['round']}"
-            print(f"  {what}: out-of-fold mean F1 {r['f1']:.4f} at threshold {r['threshold']}")
-        m2 = "off" if res.min2_threshold is None else f"{res.min2_threshold}"
-        print(
-            f"  chosen: threshold {res.threshold}, min2 {m2}: mean F1 {b['f1']:.4f} "
-            f"(P {b['precision']:.4f} R {b['recall']:.4f})\n"
-            f"  use it: --conf ... --conf {args.out}/overlay.yaml",
-            flush=True,
-        )
-        return 0
-
-    return run_cli(_run)
-
+from listing_dedup.cli.train_reranker import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from listing_dedup.backfill import date_range, input_for_date, run_backfill
 from listing_dedup.errors import DedupError, InputError, SinkError
-from listing_dedup.verify import verify_run
-from listing_dedup.writer import read_table
+from listing_dedup.sink.delta import read_table
+from listing_dedup.sink.verify import verify_run
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = [

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from listing_dedup.blender import blend, blend_numpy
+from listing_dedup.search.blender import blend, blend_numpy
 
 
 def normalise(x):

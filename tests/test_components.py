@@ -14,12 +14,12 @@ import re
 import networkx as nx
 import numpy as np
 import pytest
-from listing_dedup.components import components_numpy, connected_components
 from listing_dedup.errors import InputError
+from listing_dedup.graph.components import components_numpy, connected_components
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_cc
 
-LOGGER = "listing_dedup.components"
+LOGGER = "listing_dedup.graph.components"
 
 
 # --------------------------------------------------------------------------- references

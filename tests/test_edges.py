@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from listing_dedup.config import MatchConf
-from listing_dedup.edges import (
+from listing_dedup.graph.edges import (
     match_sets,
     match_sets_pandas,
     select_edges,

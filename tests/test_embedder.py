@@ -4,7 +4,7 @@ sanity check of the packaged MiniLM."""
 import numpy as np
 import pytest
 from listing_dedup.config import TextEmbedConf
-from listing_dedup.embedder import (
+from listing_dedup.embed.encoder import (
     TextEncoderBuilder,
     embed_texts,
     get_encoder,
@@ -102,9 +102,9 @@ def test_packaged_e5_small_sanity():
 
 
 def test_model_dir_errors(tmp_path, tiny_model_dir):
+    from listing_dedup.embed.heads import ProjectionHead, save_head
+    from listing_dedup.embed.model_dir import write_model_json
     from listing_dedup.errors import ModelError
-    from listing_dedup.training.heads import ProjectionHead, save_head
-    from listing_dedup.training.model_dir import write_model_json
 
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -1,10 +1,11 @@
 import numpy as np
 import pandas as pd
 import pytest
-from listing_dedup.components import components_numpy, connected_components
-from listing_dedup.config import ConfigError, FusionConf
-from listing_dedup.fusion import Layout, candidate_scores, fuse, fuse_blocks, signal_scores
-from listing_dedup.guard import split_large, split_large_numpy
+from listing_dedup.config import FusionConf
+from listing_dedup.embed.fusion import Layout, candidate_scores, fuse, fuse_blocks, signal_scores
+from listing_dedup.errors import ConfigError
+from listing_dedup.graph.components import components_numpy, connected_components
+from listing_dedup.graph.guard import split_large, split_large_numpy
 
 
 def _unit(rng, n, d):

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from listing_dedup.errors import ModelError
-from listing_dedup.image_embed import (
+from listing_dedup.embed.image import (
     DIM,
     ImageEncoderBuilder,
     embed_images,
@@ -19,7 +18,8 @@ from listing_dedup.image_embed import (
     map_state_dict,
     resolve_weights_path,
 )
-from listing_dedup.images import load_image
+from listing_dedup.errors import ModelError
+from listing_dedup.ingest.images import load_image
 from PIL import Image, ImageOps
 
 # Logits of the package's own model class, efficientnet_lite_pytorch 0.1.0

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from listing_dedup.config import IndexConf
-from listing_dedup.indexer import (
+from listing_dedup.search.indexer import (
     build_index,
     build_shard_index,
     load_shard_index,

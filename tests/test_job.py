@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from listing_dedup.config import load_config
 from listing_dedup.pipeline import run_dedup
-from listing_dedup.writer import read_table, table_version
+from listing_dedup.sink.delta import read_table, table_version
 
 ROWS = [
     ("a1", "Paper Bag Victoria Secret"),

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from listing_dedup.lexical import (
+from listing_dedup.embed.lexical import (
     LexicalParams,
     document_frequencies,
     embed_lexical,
@@ -10,7 +10,7 @@ from listing_dedup.lexical import (
     idf_vector,
     lexical_vectors,
 )
-from listing_dedup.text import lexical_form
+from listing_dedup.ingest.titles import lexical_form
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 TITLES = [

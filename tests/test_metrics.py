@@ -2,7 +2,7 @@ import math
 
 import pandas as pd
 import pytest
-from listing_dedup.metrics import pairs_from_groups, pairs_from_match_lists, row_scores
+from listing_dedup.quality.metrics import pairs_from_groups, pairs_from_match_lists, row_scores
 
 TRUTH = pd.DataFrame({"posting_id": ["a", "b", "c", "d", "e"], "label_group": ["1", "1", "1", "2", "2"]})
 

@@ -9,7 +9,7 @@ import imagehash
 import numpy as np
 import pandas as pd
 import pytest
-from listing_dedup.phash import hamming, hex_to_bits, inspect_images, phash_hex
+from listing_dedup.ingest.phash import hamming, hex_to_bits, inspect_images, phash_hex
 from PIL import Image
 
 
@@ -96,7 +96,7 @@ def test_inspect_images_decodes_once_keeps_given_hashes_and_reports_failures(tmp
 
 def test_reader_fills_missing_phash_from_the_image(spark, tmp_path):
     from listing_dedup.config import InputConf
-    from listing_dedup.reader import validate
+    from listing_dedup.ingest.reader import validate
 
     a, b = _png_bytes(3), _png_bytes(4)
     (tmp_path / "a.png").write_bytes(a)

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from listing_dedup.phash_match import band_edges, band_keys, hash_ints, phash_pairs, phash_pairs_pandas
+from listing_dedup.search.phash_match import band_edges, band_keys, hash_ints, phash_pairs, phash_pairs_pandas
 
 
 def _catalog(n_groups=60, seed=0):

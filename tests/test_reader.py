@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from listing_dedup.config import InputConf
 from listing_dedup.errors import InputError
-from listing_dedup.reader import read_input, read_listings
+from listing_dedup.ingest.reader import read_input, read_listings
 
 
 def write_parquet(path, rows, schema=None):

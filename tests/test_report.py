@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from listing_dedup.report import (
+from listing_dedup.quality.report import (
     FINAL,
     FUSED,
     build_report,
@@ -28,7 +28,7 @@ from listing_dedup.report import (
     render_report,
     threshold_curves,
 )
-from listing_dedup.writer import DeltaSink
+from listing_dedup.sink.delta import DeltaSink
 from PIL import Image
 
 RUN_DATE = "2026-02-03"

@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from listing_dedup.blender import blend_numpy
 from listing_dedup.config import load_config
 from listing_dedup.errors import ConfigError
-from listing_dedup.rerank import (
+from listing_dedup.graph.rerank import (
     FEATURES,
     FRAME_COLUMNS,
     GRAPH_FEATURES,
@@ -28,10 +27,11 @@ from listing_dedup.rerank import (
     rerank_spark,
     title_tokens,
 )
-from listing_dedup.rerank_train import part_candidates, rule_pairs, train_reranker, write_reranker_dir
-from listing_dedup.sample import generate_catalog
-from listing_dedup.text import clean_title
-from listing_dedup.tuning import knn
+from listing_dedup.ingest.titles import clean_title
+from listing_dedup.quality.sample import generate_catalog
+from listing_dedup.quality.tuning import knn
+from listing_dedup.search.blender import blend_numpy
+from listing_dedup.training.rerank_train import part_candidates, rule_pairs, train_reranker, write_reranker_dir
 
 LEX = ["embed.text.enabled=false"]  # lexical + pHash only: no text model in these tests
 FAST = [
@@ -302,7 +302,7 @@ def test_rerank_config_is_validated():
 def test_job_with_the_reranker_matches_the_one_machine_path(spark, trained, tmp_path):
     """The job's rerank stage gives the pairs that the training path's rules give on the same catalog."""
     from listing_dedup.pipeline import run_dedup
-    from listing_dedup.writer import read_table
+    from listing_dedup.sink.delta import read_table
 
     _, res, out, _ = trained
     held = _labelled(99, 60)

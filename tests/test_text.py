@@ -1,5 +1,5 @@
 import pandas as pd
-from listing_dedup.text import clean_title, clean_titles, lexical_form, unescape_bytes
+from listing_dedup.ingest.titles import clean_title, clean_titles, lexical_form, unescape_bytes
 
 
 def test_unescape_literal_utf8_runs():

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 import torch
 from listing_dedup.config import TextEmbedConf, load_config, load_train_config
-from listing_dedup.embedder import ProjectedEncoder, TextEncoderBuilder, get_encoder, resolve_model_path
+from listing_dedup.embed.encoder import ProjectedEncoder, TextEncoderBuilder, get_encoder, resolve_model_path
 from listing_dedup.errors import ConfigError, InputError
-from listing_dedup.sample import generate_catalog
+from listing_dedup.quality.sample import generate_catalog
+from listing_dedup.quality.tuning import exact_neighbours, sweep
 from listing_dedup.training.data import read_index
 from listing_dedup.training.losses import ArcMarginHead
 from listing_dedup.training.trainer import train_embedder, train_head
 from listing_dedup.training.validate import grid_scores
-from listing_dedup.tuning import exact_neighbours, sweep
 
 TRAIN_CONF = ["conf/train.yaml"]
 
@@ -176,8 +176,8 @@ def test_trained_head_separates_groups_the_frozen_encoder_confuses(tmp_path):
     assert not set(idx.labels[held]) & set(idx.labels[idx.train_rows()])  # unseen groups
     titles, labels = df["title"].to_numpy()[held].tolist(), df["label_group"].to_numpy()[held]
     frozen = ToyEncoder().encode(titles)
-    from listing_dedup.training.heads import load_head
-    from listing_dedup.training.model_dir import read_model_json
+    from listing_dedup.embed.heads import load_head
+    from listing_dedup.embed.model_dir import read_model_json
 
     meta = read_model_json(out)
     trained = ProjectedEncoder(ToyEncoder(), load_head(meta["head"], out / "model.safetensors")).encode(titles)
@@ -292,7 +292,7 @@ def tiny_st_dir(tmp_path_factory):
 
 def test_model_dir_round_trips_and_the_dedup_job_uses_it(spark, tmp_path, tiny_st_dir):
     from listing_dedup.pipeline import run_dedup
-    from listing_dedup.writer import read_table
+    from listing_dedup.sink.delta import read_table
 
     sample = generate_catalog(40, seed=11, min_size=2, max_size=4)
     listings = tmp_path / "listings.parquet"
@@ -317,7 +317,7 @@ def test_model_dir_round_trips_and_the_dedup_job_uses_it(spark, tmp_path, tiny_s
     assert v.shape == (10, 16) and v.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     base = np.load(out / "cache" / "base_embeddings.npy")[:10]
-    from listing_dedup.training.heads import load_head
+    from listing_dedup.embed.heads import load_head
 
     with torch.no_grad():
         expected = load_head(meta["head"], out / "model.safetensors")(torch.from_numpy(base)).numpy()
@@ -347,7 +347,7 @@ def test_model_dir_round_trips_and_the_dedup_job_uses_it(spark, tmp_path, tiny_s
     kept = sample.listings.dropna(subset=["posting_id"]).drop_duplicates("posting_id").set_index("posting_id")
     pairs = [(a, b, sc) for a, row in matches.iterrows() for b, sc in zip(row["match_ids"], row["scores"])][:20]
     assert pairs, "the job found no matches"
-    from listing_dedup.text import clean_title
+    from listing_dedup.ingest.titles import clean_title
 
     for a, b, sc in pairs:
         va, vb = enc.encode([clean_title(kept.loc[a, "title"]), clean_title(kept.loc[b, "title"])])
@@ -384,7 +384,7 @@ def test_full_mode_fine_tunes_the_encoder_and_round_trips(tmp_path, tiny_st_dir)
     assert np.abs(after - before).max() > 1e-3  # the encoder weights were trained
 
     enc = get_encoder(TextEncoderBuilder.from_conf(TextEmbedConf(model=str(out))))
-    from listing_dedup.training.heads import load_head
+    from listing_dedup.embed.heads import load_head
 
     with torch.no_grad():
         expected = load_head(meta["head"], out / "model.safetensors")(torch.from_numpy(after)).numpy()
@@ -459,7 +459,7 @@ def test_length_batches_cover_every_row_once_with_similar_lengths():
 
 
 def test_head_without_batchnorm_round_trips_and_old_specs_mean_batchnorm(tmp_path):
-    from listing_dedup.training.heads import ProjectionHead, load_head, save_head
+    from listing_dedup.embed.heads import ProjectionHead, load_head, save_head
 
     torch.manual_seed(0)
     head = ProjectionHead(8, 4, 16, 0.0, norm="none")

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 import yaml
 from listing_dedup.config import load_config
-from listing_dedup.edges import select_edges_pandas
-from listing_dedup.metrics import row_scores
-from listing_dedup.sample import generate_catalog
-from listing_dedup.tune import Grid, PairScorer, fast_edges, rank_settings, split_parts, tune
-from listing_dedup.tuning import knn
+from listing_dedup.graph.edges import select_edges_pandas
+from listing_dedup.quality.metrics import row_scores
+from listing_dedup.quality.sample import generate_catalog
+from listing_dedup.quality.tune import Grid, PairScorer, fast_edges, rank_settings, split_parts, tune
+from listing_dedup.quality.tuning import knn
 
 
 def _random_case(seed=0, n=60, d=8):

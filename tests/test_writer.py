@@ -17,15 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 from listing_dedup.errors import InputError, SinkError
-from listing_dedup.writer import (
-    CommitResult,
-    DeltaSink,
-    _StatsAccumulator,
-    read_table,
-    spark_to_arrow_schema,
-    table_version,
-    vacuum,
-)
+from listing_dedup.sink.delta import CommitResult, DeltaSink, read_table, table_version, vacuum
+from listing_dedup.sink.schemas import FileStats, spark_to_arrow_schema
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -112,7 +105,7 @@ def test_stats_json_exact():
             ("nan", pa.float64()),
         ]
     )
-    acc = _StatsAccumulator(schema)
+    acc = FileStats(schema)
     t0 = dt.datetime(2024, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)
     acc.update(
         pa.table(
@@ -287,7 +280,7 @@ def test_crash_before_commit_leaves_orphans_that_vacuum_removes(spark, tmp_path)
 _COMMITTER = r"""
 import dataclasses, json, pickle, sys, time, uuid
 from pyarrow import fs
-from listing_dedup.writer import DeltaSink
+from listing_dedup.sink.delta import DeltaSink
 template, copies, start = pickle.load(open(sys.argv[1], "rb"))
 # cheap extra writes: copies of the Spark-staged files under fresh names
 local = fs.LocalFileSystem()

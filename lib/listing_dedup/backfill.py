@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from listing_dedup.dates import parse_date
 from listing_dedup.errors import DedupError, InputError
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ DATE_PLACEHOLDER = "{run_date}"
 def date_range(from_date: str, to_date: str) -> list[str]:
     """Every date from ``from_date`` to ``to_date`` inclusive, as ``YYYY-MM-DD``."""
     try:
-        start, end = dt.date.fromisoformat(from_date), dt.date.fromisoformat(to_date)
-    except ValueError:
+        start, end = parse_date(from_date), parse_date(to_date)
+    except InputError:
         raise InputError(f"backfill dates must be YYYY-MM-DD, got '{from_date}' and '{to_date}'") from None
     if end < start:
         raise InputError(f"--to-date {to_date} is before --from-date {from_date}")

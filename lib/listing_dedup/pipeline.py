@@ -11,98 +11,35 @@ failure in any compute stage leaves every table at its previous version.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from listing_dedup import __version__
-from listing_dedup.blender import blend
-from listing_dedup.components import connected_components, cut_lineage
 from listing_dedup.config import DedupConfig, MatchConf
-from listing_dedup.edges import match_sets, select_edges
-from listing_dedup.embedder import Encoder, TextEncoderBuilder, embed_texts
-from listing_dedup.errors import DedupError, InputError
-from listing_dedup.fusion import Layout, candidate_scores, fuse
-from listing_dedup.guard import split_large
-from listing_dedup.images import image_root_for
-from listing_dedup.indexer import build_index, search
-from listing_dedup.lexical import embed_lexical, fit_idf
-from listing_dedup.phash_match import phash_pairs
-from listing_dedup.reader import read_listings
-from listing_dedup.rerank import candidate_frame_spark, check_fingerprint, load_reranker, rerank_spark
+from listing_dedup.dates import check_run_date
+from listing_dedup.embed.encoder import Encoder, TextEncoderBuilder, embed_texts
+from listing_dedup.embed.fusion import Layout, candidate_scores, fuse
+from listing_dedup.embed.lexical import embed_lexical, fit_idf
+from listing_dedup.errors import DedupError
+from listing_dedup.frames import empty_pairs_spark
+from listing_dedup.graph.components import connected_components, cut_lineage
+from listing_dedup.graph.edges import match_sets, select_edges
+from listing_dedup.graph.guard import split_large
+from listing_dedup.graph.rerank import candidate_frame_spark, check_fingerprint, load_reranker, rerank_spark
+from listing_dedup.ingest.images import image_root_for
+from listing_dedup.ingest.reader import read_listings
+from listing_dedup.search.blender import blend
+from listing_dedup.search.indexer import build_index, search
+from listing_dedup.search.phash_match import phash_pairs
+from listing_dedup.sink.delta import DeltaSink
+from listing_dedup.sink.runs import RunSummary, write_run_row
 from listing_dedup.timing import StageTimer
-from listing_dedup.writer import DeltaSink
 
 log = logging.getLogger(__name__)
-
-TABLES = ("matches", "clusters", "rejects", "runs")  # plus "candidates" when output.candidates is on
-
-
-@dataclass
-class RunSummary:
-    run_id: str
-    run_date: str
-    warehouse: str
-    rows_in: int = 0
-    rows_kept: int = 0
-    rows_rejected: int = 0
-    rejects_by_reason: dict[str, int] = field(default_factory=dict)
-    images_unreadable: int = 0  # kept listings whose image is missing or does not decode
-    signal_counts: dict[str, int] = field(default_factory=dict)  # pHash pairs/skipped, guard levels
-    rows_embedded: int = 0
-    n_edges: int = 0
-    n_groups: int = 0  # groups with 2 or more listings
-    n_grouped: int = 0  # listings in such groups
-    n_singletons: int = 0
-    largest_group: int = 0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    table_versions: dict[str, int] = field(default_factory=dict)
-
-    def as_text(self) -> str:
-        lines = [
-            f"listing-dedup run {self.run_id} for {self.run_date}",
-            f"  rows in        {self.rows_in}",
-            f"  rows kept      {self.rows_kept}",
-            f"  rows rejected  {self.rows_rejected}"
-            + (
-                f"  ({', '.join(f'{k}: {v}' for k, v in sorted(self.rejects_by_reason.items()))})"
-                if self.rejects_by_reason
-                else ""
-            ),
-            f"  bad images     {self.images_unreadable} (kept listings whose image is missing or does not decode)",
-            f"  embedded       {self.rows_embedded}",
-            f"  match edges    {self.n_edges}"
-            + (
-                f"  ({', '.join(f'{k} {v}' for k, v in sorted(self.signal_counts.items()))})"
-                if self.signal_counts
-                else ""
-            ),
-            f"  groups found   {self.n_groups} groups of 2+ listings ({self.n_grouped} listings; largest "
-            f"{self.largest_group}), {self.n_singletons} singletons",
-            "  seconds per stage: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items())
-            + f" (total {sum(self.stage_seconds.values()):.1f})",
-            f"  tables under {self.warehouse}:",
-        ]
-        for t in TABLES:
-            v = self.table_versions.get(t)
-            lines.append(
-                f"    {t:<8} {self.warehouse.rstrip('/')}/{t}" + (f"  (Delta version {v})" if v is not None else "")
-            )
-        return "\n".join(lines)
-
-
-def check_run_date(run_date: str) -> str:
-    try:
-        return dt.date.fromisoformat(run_date).isoformat()
-    except ValueError:
-        raise InputError(f"run date must be YYYY-MM-DD, got '{run_date}'") from None
 
 
 def _persist(df: DataFrame) -> DataFrame:
@@ -143,7 +80,7 @@ def _signal_dims(sig: DataFrame, signals: list[str]) -> dict[str, int]:
 def _union_edges(spark: SparkSession, parts: list[DataFrame]) -> DataFrame:
     """Union of edge sets (both directions each); a pair found by several keeps its best score."""
     if not parts:
-        return spark.createDataFrame([], "src string, dst string, score float")
+        return empty_pairs_spark(spark)
     out = parts[0]
     for p in parts[1:]:
         out = out.unionByName(p)
@@ -217,7 +154,7 @@ def run_dedup(
                 sig = embed_lexical(sig, "title", "v_lexical", params, spark.sparkContext.broadcast(idf))
             sig = sig.drop("title")
             if "image" in layout_weights:
-                from listing_dedup.image_embed import ImageEncoderBuilder, embed_images
+                from listing_dedup.embed.image import ImageEncoderBuilder, embed_images
 
                 img = kept.where(F.col("image").isNotNull() & F.col("image_error").isNull())
                 img = embed_images(
@@ -350,7 +287,7 @@ def run_dedup(
             c["tables"] = len(staged)
 
         summary.stage_seconds = {k: round(v, 3) for k, v in timer.seconds.items()}
-        summary.table_versions["runs"] = _write_run_row(
+        summary.table_versions["runs"] = write_run_row(
             spark, sink, summary, cfg, input_path, started, status="succeeded"
         )
         return summary
@@ -358,62 +295,10 @@ def run_dedup(
         summary.stage_seconds = {k: round(v, 3) for k, v in timer.seconds.items()}
         if not cfg.testing.crash_before_commit:  # a simulated driver crash writes nothing at all
             try:
-                _write_run_row(spark, sink, summary, cfg, input_path, started, status="failed", error=str(e))
+                write_run_row(spark, sink, summary, cfg, input_path, started, status="failed", error=str(e))
             except Exception:  # noqa: BLE001 - never mask the original failure
                 log.warning("could not record the failed run in the runs table", exc_info=True)
         raise
     finally:
         for df in persisted:
             df.unpersist()
-
-
-RUNS_SCHEMA = (
-    "run_id string, status string, error string, started_at timestamp, finished_at timestamp, "
-    "input_path string, config_json string, version string, rows_in long, rows_kept long, rows_rejected long, "
-    "rejects_by_reason string, rows_embedded long, n_edges long, n_groups long, n_grouped long, "
-    "n_singletons long, largest_group long, stage_seconds string, images_unreadable long, signal_counts string"
-)
-
-
-def _write_run_row(spark, sink, summary: RunSummary, cfg, input_path, started, *, status: str, error: str = "") -> int:
-    finished = dt.datetime.now(dt.timezone.utc)
-    row = (
-        summary.run_id,
-        status,
-        error[:4000],
-        started,
-        finished,
-        input_path,
-        cfg.to_json(),
-        __version__,
-        summary.rows_in,
-        summary.rows_kept,
-        summary.rows_rejected,
-        json.dumps(summary.rejects_by_reason, sort_keys=True),
-        summary.rows_embedded,
-        summary.n_edges,
-        summary.n_groups,
-        summary.n_grouped,
-        summary.n_singletons,
-        summary.largest_group,
-        json.dumps(summary.stage_seconds),
-        summary.images_unreadable,
-        json.dumps(summary.signal_counts, sort_keys=True),
-    )
-    df = spark.createDataFrame([row], RUNS_SCHEMA).coalesce(1)
-    older = _columns_missing_from(sink, "runs", df.columns)
-    if older:  # a runs table created by an earlier version: keep its schema, leave the new counters out
-        log.warning("the runs table predates column(s) %s: not recorded there (move it aside to get them)", older)
-        df = df.drop(*older)
-    return sink.write(df, "runs", summary.run_date, mode="append").version
-
-
-def _columns_missing_from(sink: DeltaSink, table: str, columns: list[str]) -> list[str]:
-    """``columns`` the existing ``table`` does not have (none when the table does not exist yet)."""
-    from deltalake import DeltaTable
-
-    uri = sink.table_uri(table)
-    if not DeltaTable.is_deltatable(uri, sink.storage_options):
-        return []
-    have = {f.name for f in DeltaTable(uri, storage_options=sink.storage_options).schema().fields}
-    return [c for c in columns if c not in have]

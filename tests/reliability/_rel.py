@@ -11,7 +11,7 @@ import pandas as pd
 from listing_dedup.config import load_config
 from listing_dedup.pipeline import run_dedup
 from listing_dedup.runtime import run_cli
-from listing_dedup.writer import read_table, table_version
+from listing_dedup.sink.delta import read_table, table_version
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,10 +100,10 @@ def bad_images() -> dict[str, bytes]:
 HARNESS = r"""
 import os, runpy, signal, sys, time
 from pathlib import Path
-from listing_dedup import writer
+from listing_dedup.sink import delta
 
 mode, args = sys.argv[1], sys.argv[2:]
-real_commit = writer.DeltaSink.commit
+real_commit = delta.DeltaSink.commit
 state = {"first": True}
 
 def commit(self, staged, **kw):
@@ -119,7 +119,7 @@ def commit(self, staged, **kw):
                 time.sleep(0.01)
     return real_commit(self, staged, **kw)
 
-writer.DeltaSink.commit = commit
+delta.DeltaSink.commit = commit
 sys.argv = ["jobs/dedup_listings.py", *args]
 runpy.run_path("jobs/dedup_listings.py", run_name="__main__")
 """

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _rel import bad_images, config, data_files, job, jpeg, snapshot, versions
-from listing_dedup.verify import verify_run
-from listing_dedup.writer import read_table
+from listing_dedup.sink.delta import read_table
+from listing_dedup.sink.verify import verify_run
 
 DATE = "2026-04-01"
 LONG = "Tas kulit asli " + "x" * 100_000  # a 100 kB title
@@ -196,7 +196,7 @@ OLD_RUNS_SCHEMA = (  # the runs table as the first release wrote it
 def test_runs_table_of_an_earlier_version_keeps_recording(spark, tmp_path):
     import datetime as dt
 
-    from listing_dedup.writer import DeltaSink
+    from listing_dedup.sink.delta import DeltaSink
 
     wh = str(tmp_path / "wh")
     t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)  # noqa: UP017

@@ -9,8 +9,8 @@ import signal
 
 import pandas as pd
 from _rel import cli_args, config, data_files, groups, job, live_files, snapshot, spawn, versions
-from listing_dedup.verify import verify_run
-from listing_dedup.writer import read_table, vacuum
+from listing_dedup.sink.delta import read_table, vacuum
+from listing_dedup.sink.verify import verify_run
 
 DATE = "2026-06-01"
 V1 = [("a1", "Rice cooker digital Miyako 1.8 liter"), ("a2", "MIYAKO RICE COOKER DIGITAL 1.8 LITER"),

@@ -6,7 +6,7 @@ import io
 
 import pytest
 from _rel import bad_images, jpeg
-from listing_dedup.images import image_root_for, load_image
+from listing_dedup.ingest.images import image_root_for, load_image
 from PIL import Image
 
 

@@ -27,7 +27,7 @@ def test_py_files_zip_runs_the_job_entry_point(tmp_path):
                                                 "local.yaml"}  # fmt: skip
 
     env = dict(os.environ, PYTHONPATH=str(zf))
-    probe = "import listing_dedup.pipeline as p, listing_dedup.images as i; print(p.__file__); print(i.__file__)"
+    probe = "import listing_dedup.pipeline as p, listing_dedup.ingest.images as i; print(p.__file__); print(i.__file__)"
     r = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert all(line.startswith(str(zf)) for line in r.stdout.split()), r.stdout  # imported from the zip

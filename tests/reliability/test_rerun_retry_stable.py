@@ -10,9 +10,9 @@ import sys
 import pandas as pd
 import pytest
 from _rel import config, data_files, groups, job, live_files, snapshot, versions
-from listing_dedup import writer
-from listing_dedup.sample import generate_catalog
-from listing_dedup.verify import verify_run
+from listing_dedup.quality.sample import generate_catalog
+from listing_dedup.sink import files
+from listing_dedup.sink.verify import verify_run
 from pyspark import cloudpickle
 
 DATE = "2026-05-01"
@@ -32,7 +32,7 @@ def failed_tasks(spark, group: str) -> int:
 
 
 def fail_once_after_writing(make_writer):
-    """Wrap writer._file_writer: partition 0's first attempt writes its file, then fails.
+    """Wrap sink.files.file_writer: partition 0's first attempt writes its file, then fails.
     (An independent injection next to ``testing.fail_once_stage=write``, which tests/test_writer.py
     covers: this one fails after the writer returned, whatever the writer does.)"""
 
@@ -106,7 +106,7 @@ def runs(spark, tmp_path_factory):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(writer, "_file_writer", fail_once_after_writing(writer._file_writer))
+            mp.setattr(files, "file_writer", fail_once_after_writing(files.file_writer))
             out["s_write"] = run(spark, cfg, path, whw, "fail_once_write")
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

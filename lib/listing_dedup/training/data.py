@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from listing_dedup.config import TrainDataConf, TrainSplitConf
 from listing_dedup.errors import InputError
-from listing_dedup.text import clean_title
+from listing_dedup.ingest.titles import clean_title
 
 log = logging.getLogger(__name__)
 

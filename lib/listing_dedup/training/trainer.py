@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from listing_dedup.config import TrainConfig, TrainValidateConf
-from listing_dedup.embedder import (
+from listing_dedup.embed.encoder import (
     PACKAGED_MODELS,
     ST,
     TUNED,
@@ -45,12 +44,13 @@ from listing_dedup.embedder import (
     pick_device,
     resolve_model,
 )
+from listing_dedup.embed.heads import ProjectionHead, save_head
+from listing_dedup.embed.model_dir import WEIGHTS, write_model_json, write_overlay
 from listing_dedup.errors import ConfigError, InputError
 from listing_dedup.training import validate
 from listing_dedup.training.data import LabelledIndex, iter_titles, read_index
-from listing_dedup.training.heads import ProjectionHead, save_head
+from listing_dedup.training.hardware import hardware
 from listing_dedup.training.losses import ArcMarginHead
-from listing_dedup.training.model_dir import WEIGHTS, write_model_json, write_overlay
 
 log = logging.getLogger(__name__)
 
@@ -144,23 +144,6 @@ def _spot_check(cfg: TrainConfig, idx: LabelledIndex, encoder: Encoder, emb: np.
 
 # --------------------------------------------------------------------------------------
 # the training loop shared by both modes
-
-
-def _hardware(device: str) -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    hw = {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
-    if device.startswith("cuda"):
-        hw["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return hw
 
 
 def _schedule(cfg: TrainConfig, optimizer, steps: int):
@@ -626,7 +609,7 @@ def train_embedder(
         "tuned_candidates": tuned["tried"],
         "overlay": overlay,
         "seconds": seconds,
-        "hardware": _hardware(device),
+        "hardware": hardware(device),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     _plot(res["epochs"], frozen.get("f1", float("nan")), out / "training_curve.png")

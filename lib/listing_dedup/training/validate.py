@@ -2,8 +2,8 @@
 
 :func:`grid_scores` scores a whole (threshold, min2) grid at once over integer-coded
 neighbour arrays (milliseconds per setting); it applies exactly the rules of
-:func:`listing_dedup.edges.select_edges_pandas` and the metric of
-:func:`listing_dedup.metrics.row_scores`, which :func:`listing_dedup.tuning.sweep` runs
+:func:`listing_dedup.graph.edges.select_edges_pandas` and the metric of
+:func:`listing_dedup.quality.metrics.row_scores`, which :func:`listing_dedup.quality.tuning.sweep` runs
 (about a second per setting) and which the tests compare it with.
 
 Per epoch the trainer calls :func:`sweep_best` with the coarse grid; after training,
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from listing_dedup.blender import blend_numpy
 from listing_dedup.config import TrainValidateConf
-from listing_dedup.tune import PairScorer, fast_edges
-from listing_dedup.tuning import exact_neighbours
+from listing_dedup.quality.tune import PairScorer, fast_edges
+from listing_dedup.quality.tuning import exact_neighbours
+from listing_dedup.search.blender import blend_numpy
 
 
 def grid_scores(
@@ -34,7 +34,7 @@ def grid_scores(
 ) -> pd.DataFrame:
     """Row-wise F1/precision/recall of the job's edge rules (threshold, optional min2,
     symmetrise) for every (threshold, min2) pair; same output as
-    :func:`listing_dedup.tuning.sweep` for unique ``ids`` that all have a label."""
+    :func:`listing_dedup.quality.tuning.sweep` for unique ``ids`` that all have a label."""
     ids_s = pd.Index(pd.Series(list(ids), dtype=str))
     # codes in sorted id order: "smallest dst wins a min2 tie" is the smallest code
     order = np.argsort(ids_s.to_numpy().astype(str), kind="stable")
@@ -51,7 +51,7 @@ def grid_scores(
     dst = pos[nb["dst"].astype(str)].to_numpy()
     sc = nb["score"].to_numpy().astype(np.float32).astype(np.float64)
     # rows ordered by src, score desc, dst: each src's first row is its nearest neighbour
-    # (ties: smallest dst), as :func:`listing_dedup.tune.fast_edges` expects
+    # (ties: smallest dst), as :func:`listing_dedup.quality.tune.fast_edges` expects
     o = np.lexsort((dst, -sc, src))
     src, dst, sc = src[o], dst[o], sc[o]
     scorer = PairScorer(grp)

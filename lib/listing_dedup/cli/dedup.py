@@ -1,0 +1,92 @@
+"""Find duplicate listings for one run date (or a range of dates) and write the
+matches/clusters/rejects/runs tables.
+
+    python jobs/dedup_listings.py --conf conf/local.yaml --input PATH --run-date YYYY-MM-DD \
+        --warehouse DIR [--set key=value ...]
+    python jobs/dedup_listings.py --conf conf/local.yaml --input ROOT --from-date D1 --to-date D2 \
+        --warehouse DIR                      # backfill: ROOT/run_date=<date> (or a {run_date} template)
+    python jobs/dedup_listings.py --verify-only --run-date YYYY-MM-DD --warehouse DIR
+
+Runs with plain ``python`` (local Spark from the conf profile) or under ``spark-submit``
+(same arguments). Exit codes: 0 ok, 2 bad arguments/config/input, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from listing_dedup.backfill import date_range, run_backfill
+from listing_dedup.config import load_config
+from listing_dedup.dates import check_run_date
+from listing_dedup.pipeline import run_dedup
+from listing_dedup.runtime import CliParser, add_conf_args, build_spark, configure_logging, run_cli, under_spark_submit
+from listing_dedup.sink.verify import verify_run
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = CliParser(prog="dedup_listings.py", description=__doc__.splitlines()[0])
+    add_conf_args(p, "conf profile (conf/local.yaml, conf/cluster.yaml)", required=False)
+    p.add_argument("--input", help="listing Parquet file or folder (a backfill: the root of the date partitions)")
+    dates = p.add_mutually_exclusive_group(required=True)
+    dates.add_argument("--run-date", help="YYYY-MM-DD: the partition written in every table")
+    dates.add_argument("--from-date", help="backfill: first date (YYYY-MM-DD), needs --to-date")
+    p.add_argument("--to-date", help="backfill: last date, inclusive")
+    p.add_argument("--warehouse", required=True, help="folder (or URI) holding the Delta tables")
+    p.add_argument(
+        "--verify-only",
+        action="store_true",
+        help="compute nothing: check the tables committed for --run-date and exit 1 if they are inconsistent",
+    )
+    args = p.parse_args(argv)
+    if args.from_date and not args.to_date:
+        p.error("--from-date needs --to-date")
+    if args.to_date and not args.from_date:
+        p.error("--to-date needs --from-date")
+    if args.verify_only and not args.run_date:
+        p.error("--verify-only needs --run-date")
+    if not args.verify_only and not (args.conf and args.input):
+        p.error("the following arguments are required: --conf, --input")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+
+    def _verify() -> int:
+        run_date = check_run_date(args.run_date)
+        if under_spark_submit():  # YARN cluster mode expects the application to start a SparkContext
+            build_spark(load_config(args.conf or [], args.overrides).spark)
+        res = verify_run(args.warehouse, run_date)
+        print(
+            f"verified {run_date}: {res.rows_in} rows in, {res.rows_kept} kept, {res.rows_rejected} rejected, "
+            f"{res.n_groups} groups",
+            flush=True,
+        )
+        return 0
+
+    def _run() -> int:
+        cfg = load_config(args.conf, args.overrides)
+        if args.run_date:
+            run_date = check_run_date(args.run_date)
+            spark = build_spark(cfg.spark)
+            summary = run_dedup(
+                spark=spark, cfg=cfg, input_path=args.input, run_date=run_date, warehouse=args.warehouse
+            )
+            print(summary.as_text(), flush=True)
+            return 0
+        date_range(args.from_date, args.to_date)  # bad dates exit 2 before Spark starts
+        spark = build_spark(cfg.spark)
+        run_backfill(
+            from_date=args.from_date,
+            to_date=args.to_date,
+            input_path=args.input,
+            run=run_dedup,
+            on_done=lambda _date, summary: print(summary.as_text(), flush=True),
+            spark=spark,
+            cfg=cfg,
+            warehouse=args.warehouse,
+        )
+        return 0
+
+    return run_cli(_verify if args.verify_only else _run)

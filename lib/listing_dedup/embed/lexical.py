@@ -1,0 +1,143 @@
+"""The lexical signal: TF-IDF over character n-grams, fitted on the run's catalog, as a
+dense vector that the same FAISS search as the neural embeddings can use.
+
+    title -> lexical_form (lower case, no punctuation)
+          -> hashed char n-gram counts      (HashingVectorizer: stateless, no vocabulary)
+          -> sublinear tf * idf             (idf from document frequencies of THIS catalog)
+          -> L2 normalise -> sparse random projection to ``dim`` -> L2 normalise
+
+Why this shape: a vocabulary would have to be built on one machine; feature hashing needs
+none, so every executor vectorises its own rows. Document frequencies are the one
+catalog-wide statistic: each partition counts its non-zero features, Spark sums them, the
+driver turns them into an idf vector (``n_features`` floats, 4 MB for 2^20) that is
+broadcast. The sparse random projection (Achlioptas / Li et al., a fixed seeded matrix
+rebuilt identically on every worker) keeps cosines within about ``1/sqrt(dim)``; on fold 1
+of the Shopee data the 1024-d projection scores F1 0.789 against 0.791 for the exact sparse
+TF-IDF cosine (docs/quality.md), and no n x n matrix is ever formed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from listing_dedup.ingest.titles import lexical_form
+
+
+@dataclass(frozen=True)
+class LexicalParams:
+    """Everything that defines the vector space (so two runs with equal params and equal idf
+    give equal vectors)."""
+
+    analyzer: str = "char_wb"  # char_wb | char | word
+    ngram_min: int = 2
+    ngram_max: int = 4
+    n_features: int = 2**20
+    dim: int = 1024
+    seed: int = 0
+    sublinear_tf: bool = True
+
+    def vectorizer(self):
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        kwargs = {"token_pattern": r"(?u)\b\w+\b"} if self.analyzer == "word" else {}
+        return HashingVectorizer(
+            analyzer=self.analyzer,
+            ngram_range=(self.ngram_min, self.ngram_max),
+            n_features=self.n_features,
+            alternate_sign=False,
+            norm=None,
+            lowercase=False,  # lexical_form already lower-cased
+            **kwargs,
+        )
+
+
+def hashed_counts(titles: pd.Series | list, params: LexicalParams):
+    """CSR matrix (n, n_features) of raw n-gram counts of each title's lexical form."""
+    forms = [lexical_form(t) if isinstance(t, str) else "" for t in titles]
+    return params.vectorizer().transform(forms)
+
+
+def document_frequencies(counts) -> tuple[np.ndarray, np.ndarray]:
+    """(feature indices, number of rows holding each) over the rows of ``counts``."""
+    csr = counts.tocsr()
+    cols = csr.indices
+    if cols.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    # each (row, feature) appears once in CSR, so counting column occurrences = document frequency
+    feats, df = np.unique(cols, return_counts=True)
+    return feats.astype(np.int64), df.astype(np.int64)
+
+
+def idf_vector(features: np.ndarray, df: np.ndarray, n_docs: int, n_features: int) -> np.ndarray:
+    """Smoothed idf as scikit-learn computes it: ln((1 + n) / (1 + df)) + 1. Features never
+    seen get the idf of df = 0 (they cannot occur in this catalog's rows anyway)."""
+    out = np.full(n_features, math.log((1 + n_docs) / 1) + 1.0, dtype=np.float32)
+    out[features] = (np.log((1.0 + n_docs) / (1.0 + df.astype(np.float64))) + 1.0).astype(np.float32)
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def projection_matrix(n_features: int, dim: int, seed: int):
+    """The fixed sparse random projection (CSC, n_features x dim), same on every worker."""
+    from sklearn.random_projection import SparseRandomProjection
+
+    rp = SparseRandomProjection(n_components=dim, random_state=seed, dense_output=True)
+    rp.fit(np.zeros((1, n_features), dtype=np.float32))  # only the shape is used
+    return rp.components_.T.tocsc().astype(np.float32)
+
+
+def lexical_vectors(titles: pd.Series | list, idf: np.ndarray, params: LexicalParams) -> np.ndarray:
+    """float32 (n, dim), rows L2-normalised (a title with no n-gram gives a zero row)."""
+    x = hashed_counts(titles, params).astype(np.float32)
+    if params.sublinear_tf and x.nnz:
+        x.data = np.log(x.data) + 1.0
+    x = x.multiply(idf[np.newaxis, :]).tocsr()
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+    x = x.multiply(1.0 / np.maximum(norms, 1e-12)[:, None]).tocsr()
+    z = (x @ projection_matrix(params.n_features, params.dim, params.seed)).toarray().astype(np.float32)
+    zn = np.linalg.norm(z, axis=1, keepdims=True)
+    return np.ascontiguousarray(z / np.maximum(zn, 1e-12), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# Spark layer
+
+
+def fit_idf(df, title_col: str, params: LexicalParams) -> np.ndarray:
+    """Document frequencies of the whole catalog, summed by Spark; returns the idf vector."""
+    from pyspark.sql import functions as F
+
+    def _partition_df(batches):
+        for pdf in batches:
+            feats, counts = document_frequencies(hashed_counts(pdf[title_col], params))
+            yield pd.DataFrame({"feature": feats, "df": counts, "rows": 0}).astype("int64")
+            yield pd.DataFrame({"feature": [-1], "df": [0], "rows": [len(pdf)]}).astype("int64")
+
+    agg = (
+        df.select(title_col)
+        .mapInPandas(_partition_df, "feature long, df long, rows long")
+        .groupBy("feature")
+        .agg(F.sum("df").alias("df"), F.sum("rows").alias("rows"))
+        .toPandas()
+    )
+    n_docs = int(agg.loc[agg["feature"] == -1, "rows"].sum())
+    real = agg[agg["feature"] >= 0]
+    return idf_vector(real["feature"].to_numpy(), real["df"].to_numpy(), n_docs, params.n_features)
+
+
+def embed_lexical(df, title_col: str, out_col: str, params: LexicalParams, idf_broadcast):
+    """Add ``out_col`` (array<float>, ``params.dim`` long) computed on executors."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    @F.pandas_udf(T.ArrayType(T.FloatType()))
+    def _vec(titles: pd.Series) -> pd.Series:
+        v = lexical_vectors(titles, idf_broadcast.value, params)
+        return pd.Series(list(v))
+
+    return df.withColumn(out_col, _vec(F.col(title_col)))

@@ -1,0 +1,142 @@
+"""From nearest neighbours to match edges and per-listing match sets.
+
+Rules, applied in this order to directed neighbour rows ``src, dst, score``:
+
+1. **threshold**: keep ``src -> dst`` when ``score >= threshold``.
+2. **min2** (only when ``MatchConf.min2``): a ``src`` with no kept row (its best score is
+   below ``threshold``) keeps its single nearest neighbour when that score is
+   ``>= min2_threshold``. Ties for the nearest neighbour go to the smallest ``dst``.
+   The rule looks at the directed neighbour list of ``src`` only (before step 3).
+3. **symmetrise**: an undirected edge exists when either direction was kept; its score is
+   the max of both directions' scores; it is written in both directions.
+
+Self rows (``src == dst``) are ignored, the output has no duplicates. Scores are compared
+in double precision (a float32 score is widened, then compared with the threshold), the
+same in the pandas and the Spark implementation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from listing_dedup.config import MatchConf
+from listing_dedup.frames import empty_pairs
+
+log = logging.getLogger(__name__)
+
+def select_edges_pandas(nbrs: pd.DataFrame, threshold: float, min2: bool, min2_threshold: float) -> pd.DataFrame:
+    """Pure pandas version of :func:`select_edges`: ``src, dst, score`` rows (both
+    directions of every edge), sorted by ``src``, ``score`` desc, ``dst``."""
+    df = nbrs[["src", "dst", "score"]].dropna()
+    df = df[df["src"] != df["dst"]]
+    if df.empty:
+        return empty_pairs()
+    s64 = df["score"].astype(np.float64)
+    kept = df[s64 >= threshold]
+    if min2:
+        best = df.assign(_s=s64).sort_values(["src", "_s", "dst"], ascending=[True, False, True])
+        best = best.drop_duplicates("src", keep="first")
+        rescue = best[(best["_s"] < threshold) & (best["_s"] >= min2_threshold)].drop(columns="_s")
+        kept = pd.concat([kept, rescue], ignore_index=True)
+    if kept.empty:
+        return empty_pairs()
+    a = np.where(kept["src"] < kept["dst"], kept["src"], kept["dst"])
+    b = np.where(kept["src"] < kept["dst"], kept["dst"], kept["src"])
+    und = (
+        pd.DataFrame({"a": a, "b": b, "score": kept["score"].to_numpy()})
+        .groupby(["a", "b"], as_index=False, sort=False)["score"]
+        .max()
+    )
+    out = pd.concat(
+        [
+            pd.DataFrame({"src": und["a"], "dst": und["b"], "score": und["score"]}),
+            pd.DataFrame({"src": und["b"], "dst": und["a"], "score": und["score"]}),
+        ],
+        ignore_index=True,
+    )
+    out["score"] = out["score"].astype(np.float32)
+    out["src"] = out["src"].astype(object)
+    out["dst"] = out["dst"].astype(object)
+    return out.sort_values(["src", "score", "dst"], ascending=[True, False, True], ignore_index=True)
+
+
+def select_edges(nbrs_df: Any, cfg: MatchConf) -> Any:
+    """Spark version of :func:`select_edges_pandas` (same rules, same result): a lazy
+    DataFrame ``src, dst, score`` (string, string, float) holding both directions."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    t0 = time.perf_counter()
+    df = (
+        nbrs_df.select(
+            F.col("src").cast("string").alias("src"),
+            F.col("dst").cast("string").alias("dst"),
+            F.col("score").cast("float").alias("score"),
+        )
+        .dropna()
+        .filter(F.col("src") != F.col("dst"))
+    )
+    s64 = F.col("score").cast("double")
+    kept = df.filter(s64 >= F.lit(float(cfg.threshold)))
+    if cfg.min2:
+        w = Window.partitionBy("src").orderBy(s64.desc(), F.col("dst").asc())
+        rescue = (
+            df.withColumn("_rank", F.row_number().over(w))
+            .filter(
+                (F.col("_rank") == 1) & (s64 < F.lit(float(cfg.threshold))) & (s64 >= F.lit(float(cfg.min2_threshold)))
+            )
+            .drop("_rank")
+        )
+        kept = kept.unionByName(rescue)
+    und = kept.groupBy(F.least("src", "dst").alias("a"), F.greatest("src", "dst").alias("b")).agg(
+        F.max("score").alias("score")
+    )
+    out = und.select(F.col("a").alias("src"), F.col("b").alias("dst"), "score").unionByName(
+        und.select(F.col("b").alias("src"), F.col("a").alias("dst"), "score")
+    )
+    log.info(
+        "edges (planned, lazy): threshold=%.4f min2=%s min2_threshold=%.4f seconds=%.2f",
+        cfg.threshold,
+        cfg.min2,
+        cfg.min2_threshold,
+        time.perf_counter() - t0,
+    )
+    return out
+
+
+def match_sets(edges_df: Any, vertices_df: Any) -> Any:
+    """One row per vertex (``posting_id`` of ``vertices_df``): ``posting_id``,
+    ``match_ids`` array<string> and ``scores`` array<float>, sorted by score desc then id.
+    A listing is not in its own match set; listings without edges get empty arrays."""
+    from pyspark.sql import functions as F
+
+    agg = edges_df.groupBy(F.col("src").alias("posting_id")).agg(
+        F.sort_array(
+            F.collect_list(F.struct((-F.col("score").cast("float")).alias("neg"), F.col("dst").alias("id")))
+        ).alias("_m")
+    )
+    joined = vertices_df.select(F.col("posting_id").cast("string").alias("posting_id")).join(agg, "posting_id", "left")
+    return joined.select(
+        "posting_id",
+        F.coalesce(F.transform("_m", lambda s: s["id"]), F.array().cast("array<string>")).alias("match_ids"),
+        F.coalesce(F.transform("_m", lambda s: -s["neg"]), F.array().cast("array<float>")).alias("scores"),
+    )
+
+
+def match_sets_pandas(edges: pd.DataFrame, vertices: pd.Series | list[str]) -> pd.DataFrame:
+    """Pure pandas version of :func:`match_sets` (rows in the order of ``vertices``)."""
+    e = edges.sort_values(["src", "score", "dst"], ascending=[True, False, True])
+    grouped = {src: g for src, g in e.groupby("src", sort=False)}
+    rows = []
+    for v in vertices:
+        g = grouped.get(v)
+        if g is None:
+            rows.append((v, [], []))
+        else:
+            rows.append((v, g["dst"].tolist(), g["score"].astype(np.float32).tolist()))
+    return pd.DataFrame(rows, columns=["posting_id", "match_ids", "scores"])

@@ -1,0 +1,629 @@
+"""Learned pair re-ranker: a gradient-boosted classifier scores every searched candidate pair,
+and the edge rules (threshold, min2, symmetrise) run on its probability instead of the cosine.
+
+The threshold rule looks at one number per pair. Two listings of one product often have a
+modest cosine in a sparse neighbourhood, and two variants of one product line (250 ml vs
+500 ml) a high one in a dense neighbourhood; the neighbour lists and the titles tell these
+apart. The features of a candidate ``src -> dst`` come only from what the job already has:
+
+- the pair's score in the final (blended) search and in the first, pre-INB search
+  (``raw_score``; NaN when ``dst`` is not in the first list of ``src``),
+- its position in both directions: ``rank`` of ``dst`` in the list of ``src``, ``rev_rank``
+  of ``src`` in the list of ``dst`` (``k`` when absent),
+- each end's neighbourhood: its best score, the mean of its top 10, its 5th score, how many
+  neighbours score at least 0.6 / 0.8 (``*_src`` / ``*_dst``, as differences to the pair's
+  score where that is the comparable quantity),
+- pHash Hamming distance (NaN when either side has no hash),
+- title tokens: word Jaccard, Jaccard of the numbers (sizes, model codes), how many of the
+  two titles hold a number, the shorter length and the length difference.
+
+No embedding vector is joined to a pair (that would move ``2 * dim`` floats per candidate
+through the shuffle); on the Shopee data the per-signal cosines that such a join gives add
+nothing measurable over these features (docs/quality.md).
+
+Two implementations build the same *candidate frame* (one row per candidate, the columns of
+:data:`FRAME_COLUMNS`): :func:`candidate_frame` over row-index arrays (training, tuning; one
+machine) and :func:`candidate_frame_spark` over the job's neighbour DataFrames. Both hand
+the frame to :func:`pair_features`, the single place where features are computed, and the
+tests check the two frames equal.
+
+The model is LightGBM's own text format (``reranker.txt``: no pickle), with
+``reranker.json`` recording the feature list and the pipeline settings the features were
+computed under; ``jobs/train_reranker.py`` writes both (:mod:`listing_dedup.training.rerank_train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from listing_dedup.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "listing-dedup-reranker"
+VERSION = 1
+MODEL_JSON = "reranker.json"
+MODEL_TXT = "reranker.txt"
+
+STATS_TOP = 10  # mean score over a listing's top 10 neighbours
+KTH = 5  # a listing's 5th neighbour score (local density)
+DEG_LEVELS = (0.6, 0.8)  # neighbours scoring at least these
+
+FEATURES = (
+    "score",
+    "raw_score",
+    "raw_gap",
+    "rank",
+    "rev_rank",
+    "gap_src",
+    "gap_dst",
+    "rel_src",
+    "rel_dst",
+    "kth_src",
+    "kth_dst",
+    "deg_a_src",
+    "deg_a_dst",
+    "deg_b_src",
+    "deg_b_dst",
+    "phash_bits",
+    "word_jaccard",
+    "number_jaccard",
+    "number_sides",
+    "len_min",
+    "len_diff",
+)
+
+# a graph round's model reads FEATURES + these, computed from the previous round's probabilities
+GRAPH_FEATURES = (
+    "p",
+    "p_rev",
+    "two_sum",
+    "two_count",
+    "deg_src",
+    "deg_dst",
+    "psum_src",
+    "psum_dst",
+    "pgap_src",
+    "pgap_dst",
+    "prank",
+)
+GRAPH_FLOOR = 0.05  # default: pairs below this probability (both directions) are not in the graph
+
+# per-listing neighbourhood statistics (of the final search), joined to both ends of a pair
+STATS = ("top1", "mean_top", "kth", "deg_a", "deg_b")
+FRAME_COLUMNS = (
+    ("score", "raw_score", "raw_top1_src", "rank", "rev_rank")
+    + tuple(f"{s}_src" for s in STATS)
+    + tuple(f"{s}_dst" for s in STATS)
+    + ("phash_src", "phash_dst", "title_src", "title_dst")
+)
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_HEX16 = re.compile(r"[0-9a-fA-F]{16}")
+
+
+# --------------------------------------------------------------------------------------
+# features (shared by both implementations)
+
+
+def title_tokens(title: object) -> tuple[frozenset[str], frozenset[str]]:
+    """(words, numbers) of a title, lower-cased; numbers keep their decimal part (``1.8``)."""
+    t = "" if title is None or (isinstance(title, float) and title != title) else str(title).lower()
+    return frozenset(_WORD.findall(t)), frozenset(_NUMBER.findall(t))
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    u = len(a | b)
+    return len(a & b) / u if u else np.nan
+
+
+def _hash_value(h: object) -> int | None:
+    if h is None or (isinstance(h, float) and h != h):
+        return None
+    s = str(h)
+    return int(s, 16) if _HEX16.fullmatch(s) else None
+
+
+def phash_bits(a: Sequence, b: Sequence) -> np.ndarray:
+    """Hamming distance of two columns of 16-hex pHashes; NaN where either is missing/invalid."""
+    out = np.full(len(a), np.nan)
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        va, vb = _hash_value(x), _hash_value(y)
+        if va is not None and vb is not None:
+            out[i] = (va ^ vb).bit_count()
+    return out
+
+
+def pair_features(frame: pd.DataFrame) -> np.ndarray:
+    """float64 (rows, len(FEATURES)) from a candidate frame (columns of FRAME_COLUMNS)."""
+    f = {c: frame[c].to_numpy(dtype=np.float64) for c in FRAME_COLUMNS if not c.startswith(("phash", "title"))}
+    score = f["score"]
+    out = {
+        "score": score,
+        "raw_score": f["raw_score"],
+        "raw_gap": f["raw_score"] - f["raw_top1_src"],
+        "rank": f["rank"],
+        "rev_rank": f["rev_rank"],
+        "gap_src": score - f["top1_src"],
+        "gap_dst": score - f["top1_dst"],
+        "rel_src": score - f["mean_top_src"],
+        "rel_dst": score - f["mean_top_dst"],
+        "kth_src": f["kth_src"],
+        "kth_dst": f["kth_dst"],
+        "deg_a_src": f["deg_a_src"],
+        "deg_a_dst": f["deg_a_dst"],
+        "deg_b_src": f["deg_b_src"],
+        "deg_b_dst": f["deg_b_dst"],
+        "phash_bits": phash_bits(frame["phash_src"].tolist(), frame["phash_dst"].tolist()),
+    }
+    n = len(frame)
+    wj, nj, ns = np.empty(n), np.empty(n), np.empty(n)
+    cache: dict[str, tuple[frozenset, frozenset]] = {}
+
+    def tok(t: object) -> tuple[frozenset, frozenset]:
+        key = "" if t is None or (isinstance(t, float) and t != t) else str(t)
+        got = cache.get(key)
+        if got is None:
+            got = cache[key] = title_tokens(key)
+        return got
+
+    ta, tb = frame["title_src"].tolist(), frame["title_dst"].tolist()
+    for i in range(n):
+        (wa, na), (wb, nb) = tok(ta[i]), tok(tb[i])
+        wj[i] = _jaccard(wa, wb)
+        nj[i] = _jaccard(na, nb)
+        ns[i] = (len(na) > 0) + (len(nb) > 0)
+    la = np.array([len(t) if isinstance(t, str) else 0 for t in ta], dtype=np.float64)
+    lb = np.array([len(t) if isinstance(t, str) else 0 for t in tb], dtype=np.float64)
+    out.update(
+        word_jaccard=wj,
+        number_jaccard=nj,
+        number_sides=ns,
+        len_min=np.minimum(la, lb),
+        len_diff=np.abs(la - lb),
+    )
+    return np.column_stack([out[name] for name in FEATURES]) if n else np.zeros((0, len(FEATURES)))
+
+
+# --------------------------------------------------------------------------------------
+# graph rounds: features of a pair from the previous round's probabilities around it
+
+
+def graph_features(src: np.ndarray, dst: np.ndarray, p: np.ndarray, n: int, floor: float) -> np.ndarray:
+    """float64 (rows, len(GRAPH_FEATURES)) for the candidates ``src -> dst`` with probability ``p``
+    (row indices < ``n``; each (src, dst) once).
+
+    The undirected graph E holds every pair whose larger probability of the two directions is
+    >= ``floor``. Per pair: its own ``p``, the reverse candidate's (NaN when there is none),
+    the two-hop evidence ``sum_l P(src,l) P(l,dst)`` over E and the number of such ``l`` with
+    both probabilities > 0.5, each end's degree (> 0.5) and probability mass in E, the gap to
+    each end's best probability in E (0 when it has none), and the rank of ``dst`` among the
+    candidates of ``src`` by probability (ties: smaller dst first)."""
+    import scipy.sparse as sp
+
+    p = p.astype(np.float64)
+    m = len(p)
+    if m == 0:
+        return np.zeros((0, len(GRAPH_FEATURES)))
+    P = sp.csr_matrix((p, (src, dst)), shape=(n, n))
+    sym = P.maximum(P.T).tocsr()
+    sym.data[sym.data < floor] = 0.0
+    sym.eliminate_zeros()
+    strong = sym.copy()
+    strong.data = (strong.data > 0.5).astype(np.float64)
+    strong.eliminate_zeros()
+    two_sum = np.asarray((sym @ sym)[src, dst]).ravel()
+    two_count = np.asarray((strong @ strong)[src, dst]).ravel()
+    deg = np.asarray(strong.sum(axis=1)).ravel()
+    psum = np.asarray(sym.sum(axis=1)).ravel()
+    pmax = np.asarray(sym.max(axis=1).todense()).ravel()
+    p_rev = _lookup(src, dst, p, dst, src, np.nan)
+    order = np.lexsort((dst, -p, src))
+    prank = np.empty(m)
+    prank[order] = ranks_of(src[order])
+    cols = {
+        "p": p,
+        "p_rev": p_rev,
+        "two_sum": two_sum,
+        "two_count": two_count,
+        "deg_src": deg[src],
+        "deg_dst": deg[dst],
+        "psum_src": psum[src],
+        "psum_dst": psum[dst],
+        "pgap_src": p - pmax[src],
+        "pgap_dst": p - pmax[dst],
+        "prank": prank,
+    }
+    return np.column_stack([cols[c] for c in GRAPH_FEATURES])
+
+
+# --------------------------------------------------------------------------------------
+# candidate frame on one machine (row indices)
+
+
+def ranks_of(src: np.ndarray) -> np.ndarray:
+    """0-based position of each row within its ``src`` run (rows sorted by src, score desc)."""
+    if len(src) == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.r_[True, src[1:] != src[:-1]]
+    starts = np.maximum.accumulate(np.where(first, np.arange(len(src)), 0))
+    return np.arange(len(src)) - starts
+
+
+def listing_stats(src: np.ndarray, score: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Per-listing neighbourhood statistics of a neighbour list sorted like
+    :func:`listing_dedup.quality.tuning.knn`; NaN (top1, mean_top, kth) or 0 (deg) without neighbours."""
+    rank = ranks_of(src)
+    s = score.astype(np.float64)
+    top1 = np.full(n, np.nan)
+    first = rank == 0
+    top1[src[first]] = s[first]
+    in_top = rank < STATS_TOP
+    n_top = np.bincount(src[in_top], minlength=n)
+    mean_top = np.where(n_top > 0, np.bincount(src[in_top], s[in_top], minlength=n) / np.maximum(n_top, 1), np.nan)
+    kth = np.full(n, np.nan)
+    at_k = rank == KTH - 1
+    kth[src[at_k]] = s[at_k]
+    deg_a = np.bincount(src, (s >= DEG_LEVELS[0]).astype(np.float64), minlength=n)
+    deg_b = np.bincount(src, (s >= DEG_LEVELS[1]).astype(np.float64), minlength=n)
+    return {"top1": top1, "mean_top": mean_top, "kth": kth, "deg_a": deg_a, "deg_b": deg_b}
+
+
+def _lookup(src: np.ndarray, dst: np.ndarray, values: np.ndarray, qs: np.ndarray, qd: np.ndarray, fill: float):
+    """values[(src, dst) == (qs, qd)] for each query pair, ``fill`` where the pair is absent."""
+    out = np.full(len(qs), fill, dtype=np.float64)
+    if len(src) == 0 or len(qs) == 0:
+        return out
+    n = int(max(src.max(), dst.max(), qs.max(), qd.max())) + 1
+    code = src.astype(np.int64) * n + dst
+    order = np.argsort(code, kind="stable")
+    sorted_code = code[order]
+    q = qs.astype(np.int64) * n + qd
+    pos = np.minimum(np.searchsorted(sorted_code, q), len(sorted_code) - 1)
+    hit = sorted_code[pos] == q
+    out[hit] = values[order][pos[hit]].astype(np.float64)
+    return out
+
+
+def candidate_frame(
+    base: tuple[np.ndarray, np.ndarray, np.ndarray],
+    final: tuple[np.ndarray, np.ndarray, np.ndarray],
+    titles: Sequence,
+    phashes: Sequence,
+    k: int,
+    min_score: float = -1.0,
+) -> pd.DataFrame:
+    """The candidate frame over row indices: ``base`` is the first (pre-INB) search and
+    ``final`` the last one, each ``(src, dst, score)`` sorted like ``tuning.knn``. Rows are the
+    final candidates with ``score >= min_score``; columns ``src``, ``dst`` (row indices) and
+    those of :data:`FRAME_COLUMNS`."""
+    n = len(titles)
+    fs, fd, fsc = final
+    bs, bd, bsc = base
+    rank = ranks_of(fs)
+    stats = listing_stats(fs, fsc, n)
+    raw_top1 = listing_stats(bs, bsc, n)["top1"]
+    keep = fsc.astype(np.float64) >= min_score
+    s, d = fs[keep], fd[keep]
+    titles_arr = np.asarray(titles, dtype=object)
+    phash_arr = np.asarray(phashes, dtype=object)
+    cols: dict[str, Any] = {
+        "src": s,
+        "dst": d,
+        "score": fsc[keep].astype(np.float64),
+        "raw_score": _lookup(bs, bd, bsc, s, d, np.nan),
+        "raw_top1_src": raw_top1[s],
+        "rank": rank[keep].astype(np.float64),
+        "rev_rank": _lookup(fs, fd, rank, d, s, float(k)),
+    }
+    for name in STATS:
+        cols[f"{name}_src"] = stats[name][s]
+        cols[f"{name}_dst"] = stats[name][d]
+    cols.update(phash_src=phash_arr[s], phash_dst=phash_arr[d], title_src=titles_arr[s], title_dst=titles_arr[d])
+    return pd.DataFrame(cols)
+
+
+# --------------------------------------------------------------------------------------
+# the model
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """A trained re-ranker: the pair model (round 0) and the graph rounds' models, each
+    LightGBM model text, plus what they were trained under (``meta``: reranker.json)."""
+
+    model_texts: tuple[str, ...]
+    meta: Mapping[str, Any]
+
+    @property
+    def graph_rounds(self) -> int:
+        return len(self.model_texts) - 1
+
+    @property
+    def graph_floor(self) -> float:
+        return float(self.meta.get("graph_floor", GRAPH_FLOOR))
+
+    def booster(self, r: int = 0):
+        text = self.model_texts[r]
+        return _booster(text, hashlib.sha256(text.encode()).hexdigest()[:16])
+
+    def pair_probability(self, X: np.ndarray) -> np.ndarray:
+        """Round 0 on pair features (rows of :func:`pair_features`)."""
+        if len(X) == 0:
+            return np.zeros(0)
+        return np.asarray(self.booster(0).predict(X, num_threads=1), dtype=np.float64)
+
+    def graph_probability(self, r: int, X: np.ndarray, G: np.ndarray) -> np.ndarray:
+        """Graph round ``r`` (1-based) on pair features + graph features of round ``r - 1``."""
+        if len(X) == 0:
+            return np.zeros(0)
+        return np.asarray(self.booster(r).predict(np.column_stack([X, G]), num_threads=1), dtype=np.float64)
+
+    def round_probabilities(self, frame: pd.DataFrame) -> list[np.ndarray]:
+        """Match probability of every candidate of a whole catalog's frame (float64) after each
+        round: the pair model's, then each graph round's over all the frame's candidates."""
+        X = pair_features(frame)
+        out = [self.pair_probability(X)]
+        if self.graph_rounds and len(frame):
+            codes, uniq = pd.factorize(pd.concat([frame["src"], frame["dst"]], ignore_index=True))
+            src, dst = codes[: len(frame)], codes[len(frame) :]
+            for r in range(1, self.graph_rounds + 1):
+                G = graph_features(src, dst, out[-1], len(uniq), self.graph_floor)
+                out.append(self.graph_probability(r, X, G))
+        return out
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Match probability after the last round (:meth:`round_probabilities`)."""
+        return self.round_probabilities(frame)[-1]
+
+
+_BOOSTERS: dict[str, Any] = {}
+
+
+def _booster(text: str, key: str):
+    """One LightGBM booster per model per Python worker (Spark reuses workers)."""
+    b = _BOOSTERS.get(key)
+    if b is None:
+        import lightgbm as lgb
+
+        b = _BOOSTERS[key] = lgb.Booster(model_str=text)
+    return b
+
+
+def pipeline_fingerprint(cfg) -> dict[str, Any]:
+    """The settings the features depend on (recorded in reranker.json, checked by the job)."""
+    signals = list(cfg.dense_signals())
+    weights = cfg.fusion.weights(signals)
+    return {
+        "signals": sorted(weights),
+        "fusion": {s: round(w, 6) for s, w in sorted(weights.items())},
+        "inb_thresholds": [float(t) for t in cfg.inb.thresholds],
+        "k": int(cfg.index.k),
+        "text_model": cfg.embed.text.model if "text" in weights else None,
+        "lexical": dataclasses.asdict(cfg.embed.lexical.params()) if "lexical" in weights else None,
+        "features": {"stats_top": STATS_TOP, "kth": KTH, "deg_levels": list(DEG_LEVELS)},
+    }
+
+
+def check_fingerprint(meta: Mapping[str, Any], cfg, model_dir: str) -> None:
+    """ConfigError when this run computes features differently from the training run."""
+    want, have = meta.get("pipeline", {}), pipeline_fingerprint(cfg)
+    diffs = [k for k in ("signals", "fusion", "inb_thresholds", "k", "lexical", "features") if want.get(k) != have[k]]
+    if diffs:
+        detail = "; ".join(f"{k}: trained with {want.get(k)!r}, this run {have[k]!r}" for k in diffs)
+        raise ConfigError(
+            f"config key 'rerank.model': {model_dir} was trained on other pipeline settings ({detail}); "
+            "pass the overlay.yaml it wrote (it sets them) or retrain it with jobs/train_reranker.py"
+        )
+    if (
+        want.get("text_model") != have["text_model"]
+        and Path(str(want.get("text_model"))).name != Path(str(have["text_model"])).name
+    ):
+        log.warning(
+            "rerank.model %s was trained with text model %s, this run uses %s: its probabilities may be off",
+            model_dir,
+            want.get("text_model"),
+            have["text_model"],
+        )
+
+
+def graph_model_file(r: int) -> str:
+    return f"reranker_graph{r}.txt"
+
+
+def load_reranker(model_dir: str | Path) -> Reranker:
+    """Read a model directory written by ``jobs/train_reranker.py`` (on the driver)."""
+    d = Path(model_dir)
+    try:
+        meta = json.loads((d / MODEL_JSON).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"config key 'rerank.model': cannot read re-ranker model directory {d}: {e}") from None
+    where = f"config key 'rerank.model': {d / MODEL_JSON}"
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ConfigError(f"{where} is not a listing-dedup re-ranker (format != {FORMAT!r})")
+    if meta.get("version") != VERSION:
+        raise ConfigError(f"{where}: unsupported version {meta.get('version')!r} (this code reads {VERSION})")
+    if list(meta.get("features", [])) != list(FEATURES) or list(meta.get("graph_features", [])) != list(GRAPH_FEATURES):
+        raise ConfigError(f"{where}: its feature lists differ from this code's; retrain it")
+    rounds = int(meta.get("graph_rounds", 0))
+    files = [MODEL_TXT] + [graph_model_file(r) for r in range(1, rounds + 1)]
+    try:
+        texts = tuple((d / f).read_text() for f in files)
+    except OSError as e:
+        raise ConfigError(f"config key 'rerank.model': cannot read re-ranker model directory {d}: {e}") from None
+    model = Reranker(texts, meta)
+    for r, f in enumerate(files):
+        try:
+            n = model.booster(r).num_feature()
+        except Exception as e:  # noqa: BLE001 - lightgbm raises its own error type
+            raise ModelError(f"{d / f}: not a LightGBM model: {e}") from None
+        want = len(FEATURES) + (len(GRAPH_FEATURES) if r else 0)
+        if n != want:
+            raise ModelError(f"{d / f}: model has {n} features, expected {want}")
+    return model
+
+
+# --------------------------------------------------------------------------------------
+# Spark layer
+
+
+def candidate_frame_spark(base_nbrs, final_nbrs, listings, k: int, min_score: float = -1.0):
+    """The candidate frame on Spark (lazy): ``base_nbrs`` / ``final_nbrs`` are the first and the
+    last search (``src, dst, score``), ``listings`` has ``posting_id, title, image_phash``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy("src").orderBy(F.col("score").desc(), F.col("dst").asc())
+    fin = final_nbrs.select("src", "dst", F.col("score").cast("double").alias("score")).withColumn(
+        "rank", (F.row_number().over(w) - 1).cast("double")
+    )
+    s = F.col("score")
+    stats = fin.groupBy("src").agg(
+        F.max(s).alias("top1"),
+        F.avg(F.when(F.col("rank") < STATS_TOP, s)).alias("mean_top"),
+        F.max(F.when(F.col("rank") == KTH - 1, s)).alias("kth"),
+        F.sum(F.when(s >= DEG_LEVELS[0], 1.0).otherwise(0.0)).alias("deg_a"),
+        F.sum(F.when(s >= DEG_LEVELS[1], 1.0).otherwise(0.0)).alias("deg_b"),
+    )
+    base = base_nbrs.select("src", "dst", F.col("score").cast("double").alias("raw_score"))
+    raw_top1 = base.groupBy("src").agg(F.max("raw_score").alias("raw_top1_src"))
+    rev = fin.select(F.col("dst").alias("src"), F.col("src").alias("dst"), F.col("rank").alias("rev_rank"))
+    info = listings.select("posting_id", F.col("title"), F.col("image_phash").cast("string").alias("phash"))
+
+    def side(suffix: str, key: str):
+        cols = [F.col(c).alias(f"{c}_{suffix}") for c in STATS]
+        return stats.select(F.col("src").alias(key), *cols)
+
+    def side_info(suffix: str, key: str):
+        return info.select(
+            F.col("posting_id").alias(key),
+            F.col("title").alias(f"title_{suffix}"),
+            F.col("phash").alias(f"phash_{suffix}"),
+        )
+
+    cand = fin.where(s >= F.lit(float(min_score)))
+    return (
+        cand.join(side("src", "src"), "src")
+        .join(side("dst", "dst"), "dst", "left")
+        .join(base, ["src", "dst"], "left")
+        .join(raw_top1, "src", "left")
+        .join(rev, ["src", "dst"], "left")
+        .withColumn("rev_rank", F.coalesce(F.col("rev_rank"), F.lit(float(k))))
+        .join(side_info("src", "src"), "src", "left")
+        .join(side_info("dst", "dst"), "dst", "left")
+        .select("src", "dst", *FRAME_COLUMNS)
+    )
+
+
+def graph_features_spark(scored, floor: float):
+    """:func:`graph_features` on Spark: ``scored`` (src, dst, p) -> src, dst + GRAPH_FEATURES."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    p = F.col("p")
+    und = (
+        scored.select("src", "dst", "p")
+        .unionByName(scored.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "p"))
+        .groupBy("src", "dst")
+        .agg(F.max("p").alias("w"))
+        .where(F.col("w") >= F.lit(float(floor)))
+    )
+    strong = F.when(F.col("w") > 0.5, 1.0).otherwise(0.0)
+    node = und.groupBy("src").agg(F.sum(strong).alias("deg"), F.sum("w").alias("psum"), F.max("w").alias("pmax"))
+    a = und.select(F.col("src").alias("i"), F.col("dst").alias("l"), F.col("w").alias("wa"))
+    b = und.select(F.col("src").alias("l"), F.col("dst").alias("j"), F.col("w").alias("wb"))
+    two = (
+        a.join(b, "l")
+        .where(F.col("i") != F.col("j"))
+        .groupBy(F.col("i").alias("src"), F.col("j").alias("dst"))
+        .agg(
+            F.sum(F.col("wa") * F.col("wb")).alias("two_sum"),
+            F.sum(F.when((F.col("wa") > 0.5) & (F.col("wb") > 0.5), 1.0).otherwise(0.0)).alias("two_count"),
+        )
+    )
+    rev = scored.select(F.col("dst").alias("src"), F.col("src").alias("dst"), F.col("p").alias("p_rev"))
+    w = Window.partitionBy("src").orderBy(p.desc(), F.col("dst").asc())
+
+    def side(end: str):  # the node statistics of one end of the pair, keyed by that end
+        return node.select(
+            F.col("src").alias(end),
+            F.col("deg").alias(f"deg_{end}"),
+            F.col("psum").alias(f"psum_{end}"),
+            F.col("pmax").alias(f"_pmax_{end}"),
+        )
+
+    g = (
+        scored.select("src", "dst", "p")
+        .withColumn("prank", (F.row_number().over(w) - 1).cast("double"))
+        .join(rev, ["src", "dst"], "left")
+        .join(two, ["src", "dst"], "left")
+        .join(side("src"), "src", "left")
+        .join(side("dst"), "dst", "left")
+    )
+    zero = F.lit(0.0)
+    return g.select(
+        "src",
+        "dst",
+        p.alias("p"),
+        "p_rev",
+        F.coalesce("two_sum", zero).alias("two_sum"),
+        F.coalesce("two_count", zero).alias("two_count"),
+        F.coalesce("deg_src", zero).alias("deg_src"),
+        F.coalesce("deg_dst", zero).alias("deg_dst"),
+        F.coalesce("psum_src", zero).alias("psum_src"),
+        F.coalesce("psum_dst", zero).alias("psum_dst"),
+        (p - F.coalesce("_pmax_src", zero)).alias("pgap_src"),
+        (p - F.coalesce("_pmax_dst", zero)).alias("pgap_dst"),
+        "prank",
+    )
+
+
+def rerank_spark(frame_df, model: Reranker, cut=None):
+    """Probability of every candidate of a Spark candidate frame: ``src, dst, score`` where
+    ``score`` is the re-ranker's match probability (float) after its last round. ``cut``
+    materialises an intermediate result and drops its lineage (the pipeline passes
+    :func:`listing_dedup.graph.components.cut_lineage`; identity when None)."""
+    from pyspark.sql import functions as F
+
+    cut = cut or (lambda df: df)
+    bc = frame_df.sparkSession.sparkContext.broadcast((model.model_texts, dict(model.meta)))
+    schema = "src string, dst string, p double, x array<double>"
+
+    def _pairs(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        m = Reranker(*bc.value)
+        for pdf in batches:
+            if pdf.empty:
+                continue
+            X = pair_features(pdf)
+            yield pd.DataFrame({"src": pdf["src"], "dst": pdf["dst"], "p": m.pair_probability(X), "x": list(X)})
+
+    cur = cut(frame_df.mapInPandas(_pairs, schema))
+    for r in range(1, model.graph_rounds + 1):
+        g = graph_features_spark(cur, model.graph_floor)
+        joined = cur.select("src", "dst", "x").join(g, ["src", "dst"])
+
+        def _graph(batches: Iterator[pd.DataFrame], r: int = r) -> Iterator[pd.DataFrame]:
+            m = Reranker(*bc.value)
+            for pdf in batches:
+                if pdf.empty:
+                    continue
+                X = np.stack(pdf["x"].to_numpy())
+                G = pdf[list(GRAPH_FEATURES)].to_numpy(dtype=np.float64)
+                yield pd.DataFrame(
+                    {"src": pdf["src"], "dst": pdf["dst"], "p": m.graph_probability(r, X, G), "x": pdf["x"]}
+                )
+
+        cur = cut(joined.mapInPandas(_graph, schema))
+    return cur.select("src", "dst", F.col("p").cast("float").alias("score"))

@@ -1,0 +1,201 @@
+"""Ingest and validate listings.
+
+``read_listings`` reads the input Parquet (file or folder), checks the schema and splits
+the rows into *kept* listings and *rejects* (with a reason and the raw row as JSON).
+Nothing is dropped silently: ``kept + rejected == input`` always holds (asserted by the
+pipeline and the tests).
+
+Reject reasons, checked in this order (the first that applies wins):
+
+``null_posting_id``
+    ``posting_id`` is null, empty or only whitespace.
+``no_title_no_image``
+    the title is empty after clean-up and there is no image (path, bytes or phash).
+``malformed_image_phash``
+    ``image_phash`` is present but not exactly 16 hex characters.
+``missing_image_file`` / ``unreadable_image``
+    the title is empty, there is no valid ``image_phash``, and the ``image`` cannot be used:
+    its file does not exist, or it does not decode completely (a non-image file, a truncated
+    or corrupt JPEG); see :mod:`listing_dedup.ingest.images`.
+``duplicate_posting_id``
+    another *valid* row with the same ``posting_id`` came first (input order); the first
+    valid occurrence is kept, later ones are rejected.
+
+Images are checked only when the input has an ``image`` column: every present image is
+loaded and decoded once, in a pandas UDF on the executors; the same decode fills a missing
+``image_phash`` (:func:`listing_dedup.ingest.phash.inspect_images`), so the pHash signal needs no
+second pass over the images. A row *with* a title whose image
+is unusable is kept (its other signals still work) and carries the reason in
+``image_error``; the job counts such rows (``images_unreadable`` in the summary and the
+``runs`` table). Relative image paths are resolved against ``input.image_root``, or the
+input folder when that is empty.
+
+Column types: ``posting_id``, ``title`` and ``image_phash`` must be strings and ``image`` a
+string (path) or binary (encoded bytes); any other type is an :class:`InputError` (exit 2)
+naming the column. One exception: a column whose values are *all* null is accepted and read
+as an all-null string column, because Parquet writers store an all-null column with no
+type (pandas/pyarrow write it as ``null``, which Spark reads as ``int``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from listing_dedup.config import InputConf
+from listing_dedup.errors import InputError
+from listing_dedup.ingest.images import image_root_for
+from listing_dedup.ingest.phash import inspect_images
+from listing_dedup.ingest.titles import clean_titles
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = {"posting_id": (T.StringType,), "title": (T.StringType,)}
+OPTIONAL_COLUMNS = {"image": (T.StringType, T.BinaryType), "image_phash": (T.StringType,)}
+KEPT_COLUMNS = ("posting_id", "title", "image", "image_phash", "image_error")
+PHASH_PATTERN = r"^[0-9a-fA-F]{16}$"
+
+
+@dataclass(frozen=True)
+class Ingested:
+    # posting_id, title (cleaned), image (null when absent), image_phash (lower-case hex or null),
+    # image_error (why a present image is unusable: missing_image_file / unreadable_image; else null)
+    kept: DataFrame
+    rejects: DataFrame  # posting_id, reason, raw (JSON of all input columns)
+    has_image_column: bool
+    source: DataFrame  # the input as read, for the accounting check
+    # DataFrames the reader persisted (the validated rows when images are decoded, so that
+    # ``kept`` and ``rejects`` do not decode every image twice); the caller unpersists them
+    cached: tuple[DataFrame, ...] = ()
+
+    def rows_in(self) -> int:
+        return self.source.count()
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def read_input(spark: SparkSession, path: str) -> DataFrame:
+    """Read listing Parquet; a missing path or unreadable file is an :class:`InputError`."""
+    if _is_local(path):
+        local = path[len("file://") :] if path.startswith("file://") else path
+        if not os.path.exists(local):
+            raise InputError(f"input path does not exist: {path}")
+        if Path(local).is_dir() and not any(Path(local).rglob("*.parquet")):
+            raise InputError(f"input folder holds no .parquet files: {path}")
+    try:
+        return spark.read.parquet(path)
+    except Exception as e:  # AnalysisException and friends: report the first line only
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"cannot read input Parquet at {path}: {first}") from None
+
+
+def check_schema(df: DataFrame) -> DataFrame:
+    """Check the known columns' types; returns ``df`` with all-null mistyped columns cast to
+    string (see the module doc). Raises :class:`InputError` naming the first bad column."""
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    for name in REQUIRED_COLUMNS:
+        if name not in fields:
+            raise InputError(f"input is missing required column '{name}' (has: {', '.join(sorted(fields)) or 'none'})")
+    for name, types in {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}.items():
+        if name in fields and not isinstance(fields[name], types):
+            all_null = isinstance(fields[name], T.NullType) or df.where(F.col(name).isNotNull()).limit(1).count() == 0
+            if not all_null:
+                wanted = " or ".join(t.typeName() for t in types)
+                raise InputError(f"input column '{name}' has type {fields[name].simpleString()}, expected {wanted}")
+            log.info("input column '%s' is all null (stored as %s); reading it as string", name, fields[name])
+            df = df.withColumn(name, F.col(name).cast("string"))
+    return df
+
+
+def validate(df: DataFrame, cfg: InputConf, image_root: str = "") -> Ingested:
+    """Split rows into kept listings and rejects (see the module doc for the rules).
+
+    ``image_root`` is the folder relative ``image`` paths are resolved against."""
+    source = df
+    df = check_schema(df)
+    original_columns = df.columns
+    has_image = "image" in original_columns
+    max_chars = cfg.max_title_chars
+
+    @F.pandas_udf(T.StringType())
+    def _clean(titles: pd.Series) -> pd.Series:
+        return clean_titles(titles, max_chars)
+
+    image_col = F.col("image") if has_image else F.lit(None).cast("string")
+    phash_col = F.col("image_phash") if "image_phash" in original_columns else F.lit(None).cast("string")
+
+    staged = df.select(
+        F.monotonically_increasing_id().alias("_row"),
+        F.to_json(F.struct(*[F.col(c) for c in original_columns])).alias("raw"),
+        F.col("posting_id").alias("_raw_id"),
+        F.trim(F.col("posting_id")).alias("posting_id"),
+        _clean(F.col("title")).alias("title"),
+        image_col.alias("image"),
+        F.lower(F.trim(phash_col)).alias("_phash"),
+    )
+    image_present = F.col("image").isNotNull()
+    if has_image and isinstance(df.schema["image"].dataType, T.StringType):
+        image_present = image_present & (F.length(F.trim(F.col("image"))) > 0)
+    elif has_image:  # binary
+        image_present = image_present & (F.length(F.col("image")) > 0)
+    phash_present = F.col("_phash").isNotNull() & (F.length(F.col("_phash")) > 0)
+
+    row_reason = (
+        F.when(F.col("posting_id").isNull() | (F.length(F.col("posting_id")) == 0), F.lit("null_posting_id"))
+        .when((F.length(F.col("title")) == 0) & ~image_present & ~phash_present, F.lit("no_title_no_image"))
+        .when(phash_present & ~F.col("_phash").rlike(PHASH_PATTERN), F.lit("malformed_image_phash"))
+    )
+    if has_image:
+        img_schema = T.StructType([T.StructField("phash", T.StringType()), T.StructField("error", T.StringType())])
+
+        @F.pandas_udf(img_schema)
+        def _inspect(values: pd.Series, given: pd.Series) -> pd.DataFrame:
+            return inspect_images(values, given, image_root)
+
+        staged = staged.withColumn("_img", F.when(image_present, _inspect(F.col("image"), F.col("_phash"))))
+        staged = staged.withColumn("image_error", F.col("_img.error")).withColumn("_img_phash", F.col("_img.phash"))
+        staged = staged.drop("_img")
+        no_title_or_phash = (F.length(F.col("title")) == 0) & ~phash_present
+        row_reason = row_reason.when(no_title_or_phash & F.col("image_error").isNotNull(), F.col("image_error"))
+    else:
+        staged = staged.withColumn("image_error", F.lit(None).cast("string"))
+        staged = staged.withColumn("_img_phash", F.lit(None).cast("string"))
+    staged = staged.withColumn("reason", row_reason)
+    # rank valid rows sharing an id by input order; the first is kept
+    w = Window.partitionBy("posting_id", F.col("reason").isNull()).orderBy("_row")
+    staged = staged.withColumn(
+        "reason",
+        F.when(F.col("reason").isNull() & (F.row_number().over(w) > 1), F.lit("duplicate_posting_id")).otherwise(
+            F.col("reason")
+        ),
+    )
+    # the given hash, else the one computed from the image (same decode as the check above)
+    staged = staged.withColumn("image_phash", F.when(phash_present, F.col("_phash")).otherwise(F.col("_img_phash")))
+    if has_image and isinstance(df.schema["image"].dataType, T.StringType):
+        staged = staged.withColumn(
+            "image", F.when(image_present, F.trim(F.col("image"))).otherwise(F.lit(None).cast("string"))
+        )
+
+    cached: tuple[DataFrame, ...] = ()
+    if has_image:
+        staged = staged.persist(StorageLevel.MEMORY_AND_DISK)
+        cached = (staged,)
+    kept = staged.where(F.col("reason").isNull()).select(*KEPT_COLUMNS)
+    if cfg.partitions:
+        kept = kept.repartition(cfg.partitions)
+    rejects = staged.where(F.col("reason").isNotNull()).select(F.col("_raw_id").alias("posting_id"), "reason", "raw")
+    return Ingested(kept=kept, rejects=rejects, has_image_column=has_image, source=source, cached=cached)
+
+
+def read_listings(spark: SparkSession, path: str, cfg: InputConf) -> Ingested:
+    return validate(read_input(spark, path), cfg, image_root=image_root_for(path, cfg.image_root))

@@ -1,0 +1,404 @@
+"""Delta Lake output: executors write Parquet files, the driver commits them.
+
+The job's output tables (``matches``, ``clusters``, ``rejects``, ``runs``) live under one
+warehouse folder (or URI), each partitioned by a string column ``run_date`` (``YYYY-MM-DD``).
+The Delta Spark jars are not used; tables are real Delta tables committed with the
+``deltalake`` (delta-rs) package. A write has two steps:
+
+1. :meth:`DeltaSink.stage` runs a ``mapInArrow`` function on the executors. Every non-empty
+   Spark partition becomes one Parquet file
+   ``<warehouse>/<table>/run_date=<date>/part-<partition>-<uuid>.parquet`` (Hive-style path;
+   the file itself does not hold ``run_date``, as Delta expects). Each task yields one small
+   row per file (relative path, size, row count, Delta stats JSON) and the driver collects
+   them into a :class:`StagedWrite`. Nothing is visible in the table yet: staged files that
+   are never committed are orphans that :func:`vacuum` removes.
+2. :meth:`DeltaSink.commit` adds those files in ONE Delta transaction. The default mode,
+   ``overwrite_partition``, replaces only the ``run_date`` partition (a rerun of a date is
+   idempotent, other dates are untouched); ``append`` adds to it (the ``runs`` audit table).
+   The first commit creates the table (schema from the staged Arrow schema plus ``run_date``).
+   Commit conflicts with concurrent writers (delta-rs reports an overwrite of another
+   partition as a conflict) and the race of two creators are retried with a fresh snapshot.
+
+Only the driver talks to the Delta log, so :meth:`DeltaSink.commit` needs no Spark and a
+:class:`StagedWrite` can be pickled to another process and committed there.
+
+Schemas and file statistics: :mod:`listing_dedup.sink.schemas`; the executors' file writer:
+:mod:`listing_dedup.sink.files`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from listing_dedup.dates import check_run_date
+from listing_dedup.errors import InputError, SinkError
+from listing_dedup.sink import files as file_writer
+from listing_dedup.sink.files import StagedFile
+from listing_dedup.sink.schemas import PARTITION_COLUMN, delta_schema, spark_to_arrow_schema, table_uri
+
+log = logging.getLogger(__name__)
+
+MODES = ("overwrite_partition", "append")
+_COMMIT_ID_KEY = "listing_dedup.commitId"
+
+
+# --------------------------------------------------------------------------------------
+# results
+
+
+@dataclass(frozen=True)
+class StagedWrite:
+    """What :meth:`DeltaSink.stage` wrote and :meth:`DeltaSink.commit` will commit.
+
+    Picklable and Spark-free, so it can be committed from any process."""
+
+    table: str
+    table_uri: str
+    run_date: str
+    schema: pa.Schema  # data columns only (no run_date), as written to the files
+    files: tuple[StagedFile, ...]
+    storage_options: dict[str, str] | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    table: str
+    version: int  # the Delta table version this commit created
+    files: int  # data files added
+    rows: int  # rows added
+
+
+# --------------------------------------------------------------------------------------
+# the sink
+
+
+def _is_retryable(e: Exception) -> bool:
+    from deltalake.exceptions import CommitFailedError
+
+    if isinstance(e, CommitFailedError):
+        return True
+    msg = str(e).lower()
+    return any(s in msg for s in ("already exists", "conflict", "concurrent", "version mismatch"))
+
+
+class DeltaSink:
+    """Writes Spark DataFrames to ``run_date``-partitioned Delta tables under ``warehouse``.
+
+    ``max_attempts`` bounds the commit retries on conflicts (each with a fresh snapshot and
+    a short jittered backoff starting at ``backoff_s``)."""
+
+    def __init__(
+        self,
+        warehouse: str,
+        *,
+        storage_options: dict[str, str] | None = None,
+        max_attempts: int = 10,
+        backoff_s: float = 0.05,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self.warehouse = str(warehouse)
+        self.storage_options = dict(storage_options) if storage_options else None
+        self.max_attempts = max_attempts
+        self.backoff_s = backoff_s
+
+    def table_uri(self, table: str) -> str:
+        return table_uri(self.warehouse, table)
+
+    # -- staging (executors) ---------------------------------------------------------
+
+    def stage(self, df: Any, table: str, run_date: str, *, fail_stage: str = "") -> StagedWrite:
+        """Write ``df`` (without ``run_date``) as Parquet files of partition ``run_date`` on
+        the executors. Returns the files to commit; nothing is visible in the table yet."""
+        check_run_date(run_date, "run_date")
+        uri = self.table_uri(table)
+        if PARTITION_COLUMN in df.columns:
+            raise InputError(
+                f"DataFrame for table '{table}' must not contain the partition column '{PARTITION_COLUMN}'"
+            )
+        schema = spark_to_arrow_schema(df.schema)
+        fn = file_writer.file_writer(uri, run_date, schema, fail_stage)
+        t0 = time.monotonic()
+        try:
+            rows = df.mapInArrow(fn, file_writer.spark_file_row_schema()).collect()
+        except Exception as e:  # Py4JJavaError / PythonException from the tasks
+            raise SinkError(f"writing files for table '{table}' ({run_date}) failed: {_first_line(e)}") from e
+        files = tuple(
+            sorted(
+                (StagedFile(r["path"], int(r["size"]), int(r["rows"]), r["stats"], int(r["mtime_ms"])) for r in rows),
+                key=lambda f: f.path,
+            )
+        )
+        staged = StagedWrite(table, uri, run_date, schema, files, self.storage_options)
+        log.info(
+            "staged %s run_date=%s: %d files, %d rows in %.1fs",
+            table,
+            run_date,
+            len(files),
+            staged.rows,
+            time.monotonic() - t0,
+        )
+        return staged
+
+    # -- commit (driver) -------------------------------------------------------------
+
+    def commit(
+        self, staged: StagedWrite, *, mode: str = "overwrite_partition", crash_before_commit: bool = False
+    ) -> CommitResult:
+        """Commit ``staged`` in one Delta transaction (creating the table if needed).
+
+        ``mode='overwrite_partition'`` replaces the ``run_date`` partition, ``'append'`` adds
+        to it. ``crash_before_commit`` (tests only) raises :class:`SinkError` instead of
+        committing, leaving the staged files as orphans. Raises :class:`SinkError` when the
+        table's schema differs or the commit still fails after ``max_attempts``."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if crash_before_commit:
+            raise SinkError(
+                f"crash_before_commit: aborting before the Delta commit of '{staged.table}' "
+                f"({len(staged.files)} staged files left uncommitted)"
+            )
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+        from deltalake.transaction import (
+            AddAction,
+            CommitProperties,
+            create_table_with_add_actions,
+        )
+
+        uri, opts = staged.table_uri, staged.storage_options
+        schema = delta_schema(staged.schema)
+        adds = [
+            AddAction(
+                path=f.path,
+                size=f.size,
+                partition_values={PARTITION_COLUMN: staged.run_date},
+                modification_time=f.mtime_ms,
+                data_change=True,
+                stats=f.stats,
+            )
+            for f in staged.files
+        ]
+        commit_id = uuid.uuid4().hex
+        props = CommitProperties(
+            custom_metadata={
+                _COMMIT_ID_KEY: commit_id,
+                "listing_dedup.table": staged.table,
+                "listing_dedup.runDate": staged.run_date,
+                "listing_dedup.mode": mode,
+            }
+        )
+
+        def attempt() -> None:
+            if not DeltaTable.is_deltatable(uri, opts):
+                try:
+                    create_table_with_add_actions(
+                        uri,
+                        schema,
+                        adds,
+                        mode="error",
+                        partition_by=[PARTITION_COLUMN],
+                        storage_options=opts,
+                        commit_properties=props,
+                    )
+                    return
+                except DeltaError:
+                    if not DeltaTable.is_deltatable(uri, opts):
+                        raise
+                    log.info("table %s was created concurrently; committing into it", staged.table)
+            dt = DeltaTable(uri, storage_options=opts)
+            _check_compatible(staged.table, dt, schema)
+            if mode == "append":
+                dt.create_write_transaction(
+                    adds,
+                    mode="append",
+                    schema=dt.schema(),
+                    partition_by=[PARTITION_COLUMN],
+                    commit_properties=props,
+                )
+            else:
+                dt.create_write_transaction(
+                    adds,
+                    mode="overwrite",
+                    schema=dt.schema(),
+                    partition_by=[PARTITION_COLUMN],
+                    partition_filters=[(PARTITION_COLUMN, "=", staged.run_date)],
+                    commit_properties=props,
+                )
+
+        for n in range(1, self.max_attempts + 1):
+            try:
+                attempt()
+                break
+            except DeltaError as e:
+                if not _is_retryable(e):
+                    raise SinkError(
+                        f"committing table '{staged.table}' ({staged.run_date}) failed: {_first_line(e)}"
+                    ) from e
+                if n == self.max_attempts:
+                    raise SinkError(
+                        f"committing table '{staged.table}' ({staged.run_date}) failed after "
+                        f"{n} attempts: {_first_line(e)}"
+                    ) from e
+                delay = min(2.0, self.backoff_s * 2 ** (n - 1)) * (0.5 + random.random())
+                log.info(
+                    "commit conflict on %s (attempt %d/%d), retrying in %.2fs: %s",
+                    staged.table,
+                    n,
+                    self.max_attempts,
+                    delay,
+                    _first_line(e),
+                )
+                time.sleep(delay)
+        version = _find_version(uri, opts, commit_id)
+        result = CommitResult(staged.table, version, len(staged.files), staged.rows)
+        log.info(
+            "committed %s run_date=%s mode=%s: version %d, %d files, %d rows",
+            staged.table,
+            staged.run_date,
+            mode,
+            version,
+            result.files,
+            result.rows,
+        )
+        return result
+
+    def write(
+        self,
+        df: Any,
+        table: str,
+        run_date: str,
+        *,
+        mode: str = "overwrite_partition",
+        crash_before_commit: bool = False,
+    ) -> CommitResult:
+        """:meth:`stage` then :meth:`commit`."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        staged = self.stage(df, table, run_date)
+        return self.commit(staged, mode=mode, crash_before_commit=crash_before_commit)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_compatible(table: str, dt: Any, schema: Any) -> None:
+    parts = list(dt.metadata().partition_columns)
+    if parts != [PARTITION_COLUMN]:
+        raise SinkError(f"table '{table}' is partitioned by {parts}, expected ['{PARTITION_COLUMN}']")
+    if dt.schema() != schema:
+        raise SinkError(
+            f"table '{table}' has a different schema; table: {dt.schema().to_json()} ; this write: {schema.to_json()}"
+        )
+
+
+def _find_version(uri: str, opts: dict[str, str] | None, commit_id: str) -> int:
+    """The version of the commit tagged with ``commit_id`` (delta-rs does not return it).
+
+    delta-rs quirk (1.6): ``history()`` lists every commit on storage but numbers them down
+    from the *loaded* snapshot's version, so a commit landing between loading and listing
+    shifts all numbers. The listing is trusted only when the table did not move across it."""
+    from deltalake import DeltaTable
+
+    dt = DeltaTable(uri, storage_options=opts)
+    for _ in range(50):
+        version = dt.version()
+        history = dt.history(limit=100)
+        dt.update_incremental()
+        if dt.version() != version:
+            continue  # a concurrent commit landed meanwhile: numbering may be off, list again
+        for entry in history:
+            if entry.get(_COMMIT_ID_KEY) == commit_id:
+                return int(entry["version"])
+        break
+    log.warning("commit %s not found in the recent history of %s; reporting the latest version", commit_id, uri)
+    return dt.version()
+
+
+# --------------------------------------------------------------------------------------
+# reading and maintenance
+
+
+def _open(warehouse: str, table: str, storage_options: dict[str, str] | None) -> Any:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    uri = table_uri(warehouse, table)
+    try:
+        return DeltaTable(uri, storage_options=storage_options)
+    except TableNotFoundError as e:
+        raise InputError(f"Delta table '{table}' does not exist at {uri}") from e
+
+
+def read_table(
+    warehouse: str,
+    table: str,
+    run_date: str | None = None,
+    columns: Sequence[str] | None = None,
+    *,
+    storage_options: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Read a table (one ``run_date`` partition, or all) through the Delta log.
+
+    Includes the ``run_date`` column unless ``columns`` leaves it out. An empty partition
+    gives an empty DataFrame with the table's columns. Raises :class:`InputError` when the
+    table does not exist or a column is unknown."""
+    if run_date is not None:
+        check_run_date(run_date, "run_date")
+    dt = _open(warehouse, table, storage_options)
+    names = [f.name for f in dt.schema().fields]
+    if columns is not None:
+        unknown = [c for c in columns if c not in names]
+        if unknown:
+            raise InputError(f"table '{table}' has no column(s) {unknown}; it has {names}")
+    filters = [(PARTITION_COLUMN, "=", run_date)] if run_date is not None else None
+    return dt.to_pandas(filters=filters, columns=list(columns) if columns is not None else None)
+
+
+def table_version(warehouse: str, table: str, *, storage_options: dict[str, str] | None = None) -> int:
+    """The current version of a table (:class:`InputError` when it does not exist)."""
+    return _open(warehouse, table, storage_options).version()
+
+
+def vacuum(
+    warehouse: str,
+    table: str,
+    retention_hours: int = 0,
+    dry_run: bool = False,
+    *,
+    storage_options: dict[str, str] | None = None,
+) -> list[str]:
+    """Delete files the table does not reference (orphans of crashed or failed writes and
+    files removed by overwrites) older than ``retention_hours``; returns their paths
+    relative to the table root. Runs delta-rs' *full* vacuum (lists the storage, not only
+    the log's tombstones). With ``retention_hours=0`` the retention-duration check is off:
+    run it only when no write to this table is in flight, or its staged files go too."""
+    if retention_hours < 0:
+        raise ValueError("retention_hours must be >= 0")
+    dt = _open(warehouse, table, storage_options)
+    try:
+        removed = dt.vacuum(
+            retention_hours=retention_hours,
+            dry_run=dry_run,
+            enforce_retention_duration=retention_hours > 0,
+            full=True,
+        )
+    except Exception as e:
+        raise SinkError(f"vacuum of table '{table}' failed: {_first_line(e)}") from e
+    log.info("vacuum %s%s: %d files", table, " (dry run)" if dry_run else "", len(removed))
+    return sorted(removed)
