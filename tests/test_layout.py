@@ -110,3 +110,16 @@ def test_jobs_are_thin_entry_points():
         code = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith(("#",))]
         assert len(code) < 20, f"{path.name} holds code: put it in listing_dedup.cli"
         assert "from listing_dedup.cli." in path.read_text()
+
+
+def test_evaluate_command_does_not_import_spark():
+    """Scoring a committed run reads Delta through delta-rs: no JVM, no pyspark import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, listing_dedup.cli.evaluate, listing_dedup.dates; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyspark'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
