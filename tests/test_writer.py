@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
-import pickle
-import subprocess
-import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +22,6 @@ from listing_dedup.sink.schemas import FileStats, spark_to_arrow_schema
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-REPO = Path(__file__).resolve().parents[1]
 UTC = dt.timezone.utc  # noqa: UP017 (python 3.10)
 D1, D2 = "2024-05-01", "2024-05-02"
 
@@ -270,61 +269,130 @@ def test_crash_before_commit_leaves_orphans_that_vacuum_removes(spark, tmp_path)
     orphans = _parquet_files(root) - committed
     assert len(orphans) == 3  # one file per non-empty partition of the crashed write
 
-    assert sorted(vacuum(wh, "matches", dry_run=True)) == sorted(orphans)
+    # the default retention (a week) keeps them: young uncommitted files may be a run in flight
+    assert vacuum(wh, "matches") == []
+    assert _parquet_files(root) == committed | orphans
+    # the 0-hour form deletes every unreferenced file, staged ones too: only when asked for it
+    with pytest.raises(ValueError, match="allow_in_flight_deletion"):
+        vacuum(wh, "matches", retention_hours=0)
+    with pytest.raises(ValueError, match="allow_in_flight_deletion"):
+        vacuum(wh, "matches", retention_hours=24)
+    assert _parquet_files(root) == committed | orphans
+    zero = {"retention_hours": 0, "allow_in_flight_deletion": True}
+    assert sorted(vacuum(wh, "matches", dry_run=True, **zero)) == sorted(orphans)
     assert _parquet_files(root) == committed | orphans  # dry run deletes nothing
-    assert sorted(vacuum(wh, "matches")) == sorted(orphans)
+    assert sorted(vacuum(wh, "matches", **zero)) == sorted(orphans)
     assert _parquet_files(root) == committed
     assert _ids(read_table(wh, "matches", D1)) == ["ok0", "ok1", "ok2"]
 
 
-_COMMITTER = r"""
-import dataclasses, json, pickle, sys, time, uuid
-from pyarrow import fs
-from listing_dedup.sink.delta import DeltaSink
-template, copies, start = pickle.load(open(sys.argv[1], "rb"))
-# cheap extra writes: copies of the Spark-staged files under fresh names
-local = fs.LocalFileSystem()
-staged = []
-for k in range(copies):
+def test_default_vacuum_removes_only_orphans_older_than_a_week(spark, tmp_path):
+    wh = str(tmp_path)
+    root = tmp_path / "matches"
+    sink = DeltaSink(wh)
+    sink.write(_df(spark, "ok", 2, partitions=1), "matches", D1)
+    committed = _parquet_files(root)
+    old = sink.stage(_df(spark, "old", 2, partitions=1), "matches", D1)  # crashed a while ago
+    fresh = sink.stage(_df(spark, "new", 2, partitions=1), "matches", D2)  # a run still in flight
+    eight_days_ago = time.time() - 8 * 24 * 3600
+    for f in old.files:
+        os.utime(root / f.path, (eight_days_ago, eight_days_ago))
+    assert vacuum(wh, "matches") == sorted(f.path for f in old.files)
+    assert _parquet_files(root) == committed | {f.path for f in fresh.files}
+    # the in-flight run commits afterwards and its files are all there
+    before = table_version(wh, "matches")  # vacuum logs its own commits
+    assert sink.commit(fresh).version == before + 1
+    assert _ids(read_table(wh, "matches", D2)) == ["new0", "new1"]
+
+
+def _copy_staged(template, k: int):
+    """Another write of the same rows: copies of ``template``'s staged files under new names."""
+    from pyarrow import fs
+
+    local = fs.LocalFileSystem()
     files = []
     for f in template.files:
         new = f.path.rsplit("/", 1)[0] + f"/part-copy{k}-{uuid.uuid4()}.parquet"
         local.copy_file(template.table_uri + "/" + f.path, template.table_uri + "/" + new)
         files.append(dataclasses.replace(f, path=new))
-    staged.append(dataclasses.replace(template, files=tuple(files)))
-sink = DeltaSink(template.table_uri.rsplit("/", 1)[0], max_attempts=30, backoff_s=0.02)
-while time.time() < start:
-    time.sleep(0.002)
-print(json.dumps([sink.commit(s).version for s in staged]))
-"""
+    return dataclasses.replace(template, files=tuple(files))
 
 
-def test_concurrent_commits_of_different_dates_both_land(spark, tmp_path):
+def _log_operations(table_root: Path) -> list[str]:
+    """The commitInfo operation of every commit in the Delta log, by version (read from the files)."""
+    out = []
+    for f in sorted((table_root / "_delta_log").glob("*.json")):
+        infos = [json.loads(line)["commitInfo"] for line in f.read_text().splitlines() if '"commitInfo"' in line]
+        out.append(infos[0]["operation"])
+    return out
+
+
+def test_concurrent_commits_of_different_dates_overlap_and_all_land(spark, tmp_path, monkeypatch):
+    """Two writers (threads) commit three overwrites each of their own date into one fresh table.
+    A barrier holds each writer at its first table create and at its first write transaction
+    until the other one is there too, so the commits really overlap (whatever the machine's
+    load): both try to create the table, and both commit from the same snapshot."""
+    import deltalake.transaction as dtx
+
     wh = str(tmp_path / "wh")
-    sink = DeltaSink(wh)
-    copies = 6  # commits per process
-    staged = {d: sink.stage(_df(spark, f"{d[-1]}_", 2 + i, partitions=1), "matches", d) for i, d in enumerate((D1, D2))}
-    start = time.time() + 3.0  # both processes begin committing at the same moment
-    procs = []
-    for d, template in staged.items():
-        f = tmp_path / f"staged-{d}.pkl"
-        f.write_bytes(pickle.dumps((template, copies, start)))
-        env = dict(os.environ, PYTHONPATH=str(REPO / "lib"))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", _COMMITTER, str(f)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    outs = [p.communicate(timeout=60) for p in procs]
-    for p, (_out, err) in zip(procs, outs):
-        assert p.returncode == 0, err
-    versions = [v for out, _ in outs for v in json.loads(out.strip().splitlines()[-1])]
-    # the table was created by exactly one of them; every commit got its own version
-    assert sorted(versions) == list(range(2 * copies))
+    sink = DeltaSink(wh, max_attempts=30, backoff_s=0.02)
+    copies = 3  # commits per writer
+    templates = {
+        d: sink.stage(_df(spark, f"{d[-1]}_", 2 + i, partitions=1), "matches", d) for i, d in enumerate((D1, D2))
+    }
+    staged = {d: [_copy_staged(t, k) for k in range(copies)] for d, t in templates.items()}
+
+    barrier = threading.Barrier(2, timeout=120)  # a hang guard, not a timing condition
+    reached: dict[str, list[tuple[str, int | None]]] = {"create": [], "write": []}
+    passed = threading.local()
+
+    def gate(kind: str, snapshot: int | None) -> None:
+        reached[kind].append((threading.current_thread().name, snapshot))
+        if not getattr(passed, kind, False):
+            setattr(passed, kind, True)
+            barrier.wait()
+
+    real_create, real_write = dtx.create_table_with_add_actions, DeltaTable.create_write_transaction
+
+    def create(*args, **kwargs):
+        gate("create", None)
+        return real_create(*args, **kwargs)
+
+    def write(self, *args, **kwargs):
+        gate("write", self.version())  # the snapshot this transaction was built on
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(dtx, "create_table_with_add_actions", create)
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", write)
+    versions: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def writer(date: str) -> None:
+        try:
+            versions[date] = [sink.commit(one).version for one in staged[date]]
+        except BaseException as e:  # noqa: BLE001 - re-raised by the test thread below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=writer, args=(d,), name=d) for d in staged]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.undo()
+    if errors:
+        raise errors[0]
+
+    # they overlapped: both tried to create the table ...
+    assert sorted(name for name, _ in reached["create"]) == [D1, D2]
+    # ... and each writer's first write transaction was built on the same snapshot as the other's
+    first_write = {}
+    for name, snapshot in reached["write"]:
+        first_write.setdefault(name, snapshot)
+    assert first_write == {D1: 0, D2: 0}
+    # yet exactly one CREATE TABLE is in the log, and every commit got its own version
+    assert _log_operations(Path(wh) / "matches") == ["CREATE TABLE"] + ["WRITE"] * (2 * copies - 1)
+    assert sorted(versions[D1] + versions[D2]) == list(range(2 * copies))
     assert table_version(wh, "matches") == 2 * copies - 1
     # each date holds exactly one copy of its rows (each overwrite replaced the previous one)
     assert _ids(read_table(wh, "matches", D1)) == ["1_0", "1_1"]
@@ -373,6 +441,35 @@ def test_errors(spark, tmp_path):
     assert table_version(wh, "matches") == 0
 
 
+def test_check_refuses_every_incompatible_table_before_anything_commits(spark, tmp_path):
+    from deltalake import write_deltalake
+
+    wh = str(tmp_path)
+    sink = DeltaSink(wh)
+    sink.write(_df(spark, "a", 2), "matches", D1)
+    sink.write(_df(spark, "a", 2).drop("meta").withColumn("n", F.col("n").cast("string")), "clusters", D1)
+    write_deltalake(
+        str(tmp_path / "rejects"), pa.table({"posting_id": ["x"], "run_date": [D1]}), partition_by=["posting_id"]
+    )
+    matches = sink.stage(_df(spark, "b", 3), "matches", D2)
+    fresh = sink.stage(_df(spark, "b", 1), "fresh", D2)  # no table yet: the commit creates it
+    sink.check([matches, fresh])  # compatible: nothing to say
+
+    clusters = sink.stage(_df(spark, "b", 3), "clusters", D2)
+    with pytest.raises(SinkError) as e:
+        sink.check([matches, clusters, fresh])
+    msg = str(e.value)
+    assert msg.startswith("table 'clusters' has a different schema than this write")
+    assert "not in the table: meta" in msg and "column 'n' is string in the table, long in this write" in msg
+    assert "\n" not in msg
+    rejects = sink.stage(spark.createDataFrame([("y",)], "posting_id string"), "rejects", D2)
+    with pytest.raises(SinkError, match=r"table 'rejects' is partitioned by \['posting_id'\], expected \['run_date'\]"):
+        sink.check([matches, rejects])
+    # checking commits nothing
+    assert (table_version(wh, "matches"), table_version(wh, "clusters")) == (0, 0)
+    assert not DeltaTable.is_deltatable(str(tmp_path / "fresh"))
+
+
 def test_injected_write_failure_is_retried_and_commits_once(spark, tmp_path):
     """testing.fail_once_stage=write: partition 0's first attempt writes its file and dies; the
     retry writes another file; only the reported files are committed, the orphan is vacuumed."""
@@ -386,5 +483,5 @@ def test_injected_write_failure_is_retried_and_commits_once(spark, tmp_path):
     assert got["n"].tolist() == list(range(20))
     on_disk = list((tmp_path / "t" / "run_date=2026-01-01").glob("*.parquet"))
     assert len(on_disk) == len(staged.files) + 1  # the failed attempt's file is an orphan ...
-    vacuum(str(tmp_path), "t")
+    vacuum(str(tmp_path), "t", retention_hours=0, allow_in_flight_deletion=True)
     assert len(list((tmp_path / "t" / "run_date=2026-01-01").glob("*.parquet"))) == len(staged.files)  # ... until now

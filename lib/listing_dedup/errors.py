@@ -1,9 +1,17 @@
 """The project's exception hierarchy.
 
 Entry points in ``jobs/`` map these to exit codes: ``ConfigError`` and ``InputError``
-mean the caller gave something wrong (exit 2), anything else is a runtime failure (exit 1).
+mean the caller gave something wrong (exit 2), anything else is a runtime failure (exit 1):
+``StorageError`` (storage or credentials failed, not the data's fault: a retry may pass) and
+``RunRecordError`` (the data tables committed, the ``runs`` row did not) among them.
 Library code raises; it never logs an error and returns None.
 """
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (Java errors through py4j span hundreds)."""
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
 
 
 class DedupError(Exception):
@@ -32,5 +40,19 @@ class ModelError(DedupError):
 
 class SinkError(DedupError):
     """Writing or committing an output table failed."""
+
+    exit_code = 1
+
+
+class StorageError(DedupError):
+    """Storage, network or credentials failed while reading or writing: not the input's fault
+    (unlike a missing path or a file that is not Parquet), so a retry may succeed."""
+
+    exit_code = 1
+
+
+class RunRecordError(SinkError):
+    """The data tables of a run were committed but its ``runs`` row was not: the data is good,
+    its audit row is missing; a rerun of the date redoes it idempotently and records it."""
 
     exit_code = 1

@@ -11,13 +11,18 @@ The Delta Spark jars are not used; tables are real Delta tables committed with t
    the file itself does not hold ``run_date``, as Delta expects). Each task yields one small
    row per file (relative path, size, row count, Delta stats JSON) and the driver collects
    them into a :class:`StagedWrite`. Nothing is visible in the table yet: staged files that
-   are never committed are orphans that :func:`vacuum` removes.
+   are never committed are orphans that :func:`vacuum` removes once they are older than its
+   retention (a week by default, so that it never deletes what a run in progress staged).
 2. :meth:`DeltaSink.commit` adds those files in ONE Delta transaction. The default mode,
    ``overwrite_partition``, replaces only the ``run_date`` partition (a rerun of a date is
    idempotent, other dates are untouched); ``append`` adds to it (the ``runs`` audit table).
    The first commit creates the table (schema from the staged Arrow schema plus ``run_date``).
    Commit conflicts with concurrent writers (delta-rs reports an overwrite of another
    partition as a conflict) and the race of two creators are retried with a fresh snapshot.
+
+A job that commits several tables calls :meth:`DeltaSink.check` on all its staged writes
+first: a table whose schema or partitioning the write does not match fails the run before
+any table moved, instead of after the tables before it were committed.
 
 Only the driver talks to the Delta log, so :meth:`DeltaSink.commit` needs no Spark and a
 :class:`StagedWrite` can be pickled to another process and committed there.
@@ -30,9 +35,10 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +46,7 @@ import pandas as pd
 import pyarrow as pa
 
 from listing_dedup.dates import check_run_date
-from listing_dedup.errors import InputError, SinkError
+from listing_dedup.errors import InputError, SinkError, first_line
 from listing_dedup.sink import files as file_writer
 from listing_dedup.sink.files import StagedFile
 from listing_dedup.sink.schemas import PARTITION_COLUMN, delta_schema, spark_to_arrow_schema, table_uri
@@ -135,7 +141,7 @@ class DeltaSink:
         try:
             rows = df.mapInArrow(fn, file_writer.spark_file_row_schema()).collect()
         except Exception as e:  # Py4JJavaError / PythonException from the tasks
-            raise SinkError(f"writing files for table '{table}' ({run_date}) failed: {_first_line(e)}") from e
+            raise SinkError(f"writing files for table '{table}' ({run_date}) failed: {first_line(e)}") from e
         files = tuple(
             sorted(
                 (StagedFile(r["path"], int(r["size"]), int(r["rows"]), r["stats"], int(r["mtime_ms"])) for r in rows),
@@ -154,6 +160,27 @@ class DeltaSink:
         return staged
 
     # -- commit (driver) -------------------------------------------------------------
+
+    def check(self, staged: Iterable[StagedWrite]) -> None:
+        """Raise :class:`SinkError` when any of ``staged`` could not be committed into its
+        existing table (other partitioning or schema); tables that do not exist yet pass (the
+        commit creates them). Commits nothing: a job calls it for all its writes before the
+        first commit, so a schema error cannot leave one table new and the next old."""
+        for s in staged:
+            self.check_schema(s.table, s.schema)
+
+    def check_schema(self, table: str, data_schema: pa.Schema) -> None:
+        """:meth:`check` for one table and the data schema (no ``run_date``) a write would have."""
+        from deltalake import DeltaTable
+
+        uri = self.table_uri(table)
+        try:
+            if not DeltaTable.is_deltatable(uri, self.storage_options):
+                return
+            dt = DeltaTable(uri, storage_options=self.storage_options)
+        except Exception as e:  # storage or credentials: the commit would fail the same way
+            raise SinkError(f"cannot open table '{table}' at {uri} to check its schema: {first_line(e)}") from e
+        _check_compatible(table, dt, delta_schema(data_schema))
 
     def commit(
         self, staged: StagedWrite, *, mode: str = "overwrite_partition", crash_before_commit: bool = False
@@ -202,6 +229,11 @@ class DeltaSink:
             }
         )
 
+        # No retry inside delta-rs for a create: when another writer created the table first,
+        # delta-rs (1.6) would otherwise commit a second CREATE TABLE as version 1 (new table id,
+        # and its schema wins silently); failing lets the loop below commit into the table.
+        create_props = CommitProperties(custom_metadata=props.custom_metadata, max_commit_retries=0)
+
         def attempt() -> None:
             if not DeltaTable.is_deltatable(uri, opts):
                 try:
@@ -212,7 +244,7 @@ class DeltaSink:
                         mode="error",
                         partition_by=[PARTITION_COLUMN],
                         storage_options=opts,
-                        commit_properties=props,
+                        commit_properties=create_props,
                     )
                     return
                 except DeltaError:
@@ -246,12 +278,12 @@ class DeltaSink:
             except DeltaError as e:
                 if not _is_retryable(e):
                     raise SinkError(
-                        f"committing table '{staged.table}' ({staged.run_date}) failed: {_first_line(e)}"
+                        f"committing table '{staged.table}' ({staged.run_date}) failed: {first_line(e)}"
                     ) from e
                 if n == self.max_attempts:
                     raise SinkError(
                         f"committing table '{staged.table}' ({staged.run_date}) failed after "
-                        f"{n} attempts: {_first_line(e)}"
+                        f"{n} attempts: {first_line(e)}"
                     ) from e
                 delay = min(2.0, self.backoff_s * 2 ** (n - 1)) * (0.5 + random.random())
                 log.info(
@@ -260,7 +292,7 @@ class DeltaSink:
                     n,
                     self.max_attempts,
                     delay,
-                    _first_line(e),
+                    first_line(e),
                 )
                 time.sleep(delay)
         version = _find_version(uri, opts, commit_id)
@@ -292,19 +324,42 @@ class DeltaSink:
         return self.commit(staged, mode=mode, crash_before_commit=crash_before_commit)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _check_compatible(table: str, dt: Any, schema: Any) -> None:
     parts = list(dt.metadata().partition_columns)
     if parts != [PARTITION_COLUMN]:
         raise SinkError(f"table '{table}' is partitioned by {parts}, expected ['{PARTITION_COLUMN}']")
     if dt.schema() != schema:
         raise SinkError(
-            f"table '{table}' has a different schema; table: {dt.schema().to_json()} ; this write: {schema.to_json()}"
+            f"table '{table}' has a different schema than this write ({_schema_difference(dt.schema(), schema)}); "
+            f"nothing was committed: migrate or move the table aside"
         )
+
+
+def _schema_difference(have: Any, want: Any) -> str:
+    """What differs between a table's Delta schema and a write's, in a few words."""
+    h = {f.name: f for f in have.fields}
+    w = {f.name: f for f in want.fields}
+    out = []
+    missing = [n for n in h if n not in w]
+    extra = [n for n in w if n not in h]
+    if missing:
+        out.append(f"not in this write: {', '.join(missing)}")
+    if extra:
+        out.append(f"not in the table: {', '.join(extra)}")
+    for n in (n for n in w if n in h):
+        a, b = h[n], w[n]
+        if str(a.type) != str(b.type):
+            out.append(f"column '{n}' is {_type_name(a.type)} in the table, {_type_name(b.type)} in this write")
+        elif a.nullable != b.nullable:
+            out.append(f"column '{n}' is {'' if a.nullable else 'not '}nullable in the table")
+    if not out and [f.name for f in have.fields] != [f.name for f in want.fields]:
+        out.append(f"column order: table {[f.name for f in have.fields]}, this write {[f.name for f in want.fields]}")
+    return "; ".join(out) or f"table {have.to_json()}, this write {want.to_json()}"
+
+
+def _type_name(t: Any) -> str:
+    """A Delta type in short: ``long``, ``ArrayType(string, contains_null=True)``."""
+    return re.sub(r'PrimitiveType\("(\w+)"\)', r"\1", str(t))
 
 
 def _find_version(uri: str, opts: dict[str, str] | None, commit_id: str) -> int:
@@ -375,30 +430,49 @@ def table_version(warehouse: str, table: str, *, storage_options: dict[str, str]
     return _open(warehouse, table, storage_options).version()
 
 
+SAFE_RETENTION_HOURS = 168  # Delta's default deletedFileRetentionDuration (one week)
+
+
 def vacuum(
     warehouse: str,
     table: str,
-    retention_hours: int = 0,
+    retention_hours: int = SAFE_RETENTION_HOURS,
     dry_run: bool = False,
     *,
+    allow_in_flight_deletion: bool = False,
     storage_options: dict[str, str] | None = None,
 ) -> list[str]:
     """Delete files the table does not reference (orphans of crashed or failed writes and
     files removed by overwrites) older than ``retention_hours``; returns their paths
     relative to the table root. Runs delta-rs' *full* vacuum (lists the storage, not only
-    the log's tombstones). With ``retention_hours=0`` the retention-duration check is off:
-    run it only when no write to this table is in flight, or its staged files go too."""
+    the log's tombstones).
+
+    An uncommitted file is either an orphan or a file a run in progress has staged and will
+    commit soon: the storage cannot tell them apart, only their age does. The default
+    retention (168 hours, Delta's default) keeps every file younger than a week, so a
+    concurrent run's staged files survive. A shorter retention (down to 0: every
+    unreferenced file, however new) deletes the staged files of any run still in flight,
+    whose commit then points at missing files; it is honoured only with
+    ``allow_in_flight_deletion=True`` (run it when no write to the table is in flight),
+    else :class:`ValueError`."""
     if retention_hours < 0:
         raise ValueError("retention_hours must be >= 0")
+    if retention_hours < SAFE_RETENTION_HOURS and not allow_in_flight_deletion:
+        raise ValueError(
+            f"vacuum with retention_hours={retention_hours} (< {SAFE_RETENTION_HOURS}) deletes files that a "
+            "run in progress has staged; pass allow_in_flight_deletion=True when no write is in flight"
+        )
     dt = _open(warehouse, table, storage_options)
     try:
         removed = dt.vacuum(
             retention_hours=retention_hours,
             dry_run=dry_run,
-            enforce_retention_duration=retention_hours > 0,
+            enforce_retention_duration=not allow_in_flight_deletion,
             full=True,
         )
     except Exception as e:
-        raise SinkError(f"vacuum of table '{table}' failed: {_first_line(e)}") from e
-    log.info("vacuum %s%s: %d files", table, " (dry run)" if dry_run else "", len(removed))
+        raise SinkError(f"vacuum of table '{table}' failed: {first_line(e)}") from e
+    log.info(
+        "vacuum %s (retention %dh)%s: %d files", table, retention_hours, " (dry run)" if dry_run else "", len(removed)
+    )
     return sorted(removed)
