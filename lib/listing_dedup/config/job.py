@@ -290,10 +290,20 @@ class RerankTrainConf:
     threads: int = 0  # 0 = all cores
     seed: int = 0
 
+    # relative rule (lib/listing_dedup/graph/edges.py): also keep a neighbour that stands out from
+    # the listing's own neighbourhood: score >= relative_floor and score minus the score of the
+    # listing's neighbour at rank relative_rank >= relative_margin (independent of catalog density)
+    relative: bool = False
+    relative_rank: int = 10
+    relative_margin: float = 0.1
+    relative_floor: float = 0.5
     def __post_init__(self) -> None:
         _check(1 <= self.rounds <= 100_000, "rerank.train.rounds", "must be in [1, 100000]")
         _check(0.0 < self.learning_rate <= 1.0, "rerank.train.learning_rate", "must be in (0, 1]")
         _check(2 <= self.num_leaves <= 131072, "rerank.train.num_leaves", "must be in [2, 131072]")
+        _check(1 <= self.relative_rank <= 2048, "match.relative_rank", "must be in [1, 2048]")
+        _check(0.0 <= self.relative_margin <= 2.0, "match.relative_margin", "must be in [0, 2]")
+        _check(-1.0 <= self.relative_floor <= 1.0, "match.relative_floor", "must be a cosine in [-1, 1]")
         _check(self.min_data_in_leaf >= 1, "rerank.train.min_data_in_leaf", "must be >= 1")
         _check(0.0 < self.feature_fraction <= 1.0, "rerank.train.feature_fraction", "must be in (0, 1]")
         _check(0.0 < self.bagging_fraction <= 1.0, "rerank.train.bagging_fraction", "must be in (0, 1]")

@@ -7,7 +7,15 @@ Rules, applied in this order to directed neighbour rows ``src, dst, score``:
    below ``threshold``) keeps its single nearest neighbour when that score is
    ``>= min2_threshold``. Ties for the nearest neighbour go to the smallest ``dst``.
    The rule looks at the directed neighbour list of ``src`` only (before step 3).
-3. **symmetrise**: an undirected edge exists when either direction was kept; its score is
+3. **relative** (only when ``MatchConf.relative``): ``src -> dst`` is also kept when it
+   stands out from ``src``'s own neighbourhood: ``score >= relative_floor`` and
+   ``score - background(src) >= relative_margin``, where ``background(src)`` is the score of
+   ``src``'s neighbour at rank ``relative_rank`` (1 = nearest; the last neighbour when the
+   list is shorter). Ranks follow the order score desc, then ``dst`` asc. A listing among
+   many near neighbours (a crowded product line, a dense catalog) needs a neighbour well
+   above its crowd; a listing whose nearest neighbours all look alike keeps none of them,
+   whatever the catalog's density. Looked at on the directed list of ``src`` (before step 4).
+4. **symmetrise**: an undirected edge exists when either direction was kept; its score is
    the max of both directions' scores; it is written in both directions.
 
 Self rows (``src == dst``) are ignored, the output has no duplicates. Scores are compared
@@ -29,15 +37,29 @@ from listing_dedup.frames import empty_pairs
 
 log = logging.getLogger(__name__)
 
-def select_edges_pandas(nbrs: pd.DataFrame, threshold: float, min2: bool, min2_threshold: float) -> pd.DataFrame:
+
+def select_edges_pandas(
+    nbrs: pd.DataFrame,
+    threshold: float,
+    min2: bool,
+    min2_threshold: float,
+    *,
+    relative: bool = False,
+    relative_rank: int = 10,
+    relative_margin: float = 0.1,
+    relative_floor: float = 0.5,
+) -> pd.DataFrame:
     """Pure pandas version of :func:`select_edges`: ``src, dst, score`` rows (both
-    directions of every edge), sorted by ``src``, ``score`` desc, ``dst``."""
+    directions of every edge), sorted by ``src``, ``score`` desc, ``dst``. The keyword
+    arguments are ``MatchConf``'s relative rule (off by default)."""
     df = nbrs[["src", "dst", "score"]].dropna()
     df = df[df["src"] != df["dst"]]
     if df.empty:
         return empty_pairs()
     s64 = df["score"].astype(np.float64)
     kept = df[s64 >= threshold]
+    if relative:
+        kept = pd.concat([kept, _relative_rows(df, relative_rank, relative_margin, relative_floor)], ignore_index=True)
     if min2:
         best = df.assign(_s=s64).sort_values(["src", "_s", "dst"], ascending=[True, False, True])
         best = best.drop_duplicates("src", keep="first")
@@ -65,6 +87,35 @@ def select_edges_pandas(nbrs: pd.DataFrame, threshold: float, min2: bool, min2_t
     return out.sort_values(["src", "score", "dst"], ascending=[True, False, True], ignore_index=True)
 
 
+def _relative_rows(df: pd.DataFrame, rank: int, margin: float, floor: float) -> pd.DataFrame:
+    """Rows that stand out from their source's neighbourhood (rule 3 of the module doc)."""
+    o = df.assign(_s=df["score"].astype(np.float64)).sort_values(
+        ["src", "_s", "dst"], ascending=[True, False, True], kind="mergesort"
+    )
+    g = o.groupby("src", sort=False)["_s"]
+    pos = g.cumcount().to_numpy()
+    cnt = g.transform("size").to_numpy()
+    start = np.arange(len(o)) - pos
+    bg = o["_s"].to_numpy()[start + np.minimum(rank, cnt) - 1]
+    s = o["_s"].to_numpy()
+    keep = (s >= floor) & (s - bg >= margin)
+    return o[keep].drop(columns="_s")
+
+
+def select_edges_match(nbrs: pd.DataFrame, cfg: MatchConf) -> pd.DataFrame:
+    """:func:`select_edges_pandas` with the rules of a ``MatchConf``."""
+    return select_edges_pandas(
+        nbrs,
+        cfg.threshold,
+        cfg.min2,
+        cfg.min2_threshold,
+        relative=cfg.relative,
+        relative_rank=cfg.relative_rank,
+        relative_margin=cfg.relative_margin,
+        relative_floor=cfg.relative_floor,
+    )
+
+
 def select_edges(nbrs_df: Any, cfg: MatchConf) -> Any:
     """Spark version of :func:`select_edges_pandas` (same rules, same result): a lazy
     DataFrame ``src, dst, score`` (string, string, float) holding both directions."""
@@ -83,6 +134,16 @@ def select_edges(nbrs_df: Any, cfg: MatchConf) -> Any:
     )
     s64 = F.col("score").cast("double")
     kept = df.filter(s64 >= F.lit(float(cfg.threshold)))
+    if cfg.relative:
+        by_src = Window.partitionBy("src")
+        ordered = by_src.orderBy(s64.desc(), F.col("dst").asc())
+        ranked = df.withColumn("_rank", F.row_number().over(ordered)).withColumn("_n", F.count("*").over(by_src))
+        at = F.least(F.lit(int(cfg.relative_rank)), F.col("_n"))
+        ranked = ranked.withColumn("_bg", F.max(F.when(F.col("_rank") == at, s64)).over(by_src))
+        rel = ranked.filter(
+            (s64 >= F.lit(float(cfg.relative_floor))) & (s64 - F.col("_bg") >= F.lit(float(cfg.relative_margin)))
+        ).select("src", "dst", "score")
+        kept = kept.unionByName(rel)
     if cfg.min2:
         w = Window.partitionBy("src").orderBy(s64.desc(), F.col("dst").asc())
         rescue = (
@@ -100,10 +161,15 @@ def select_edges(nbrs_df: Any, cfg: MatchConf) -> Any:
         und.select(F.col("b").alias("src"), F.col("a").alias("dst"), "score")
     )
     log.info(
-        "edges (planned, lazy): threshold=%.4f min2=%s min2_threshold=%.4f seconds=%.2f",
+        "edges (planned, lazy): threshold=%.4f min2=%s min2_threshold=%.4f relative=%s rank=%d margin=%.4f "
+        "floor=%.4f seconds=%.2f",
         cfg.threshold,
         cfg.min2,
         cfg.min2_threshold,
+        cfg.relative,
+        cfg.relative_rank,
+        cfg.relative_margin,
+        cfg.relative_floor,
         time.perf_counter() - t0,
     )
     return out
