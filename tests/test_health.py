@@ -1,0 +1,139 @@
+"""The unsupervised health check (issue 15): hand-made runs with known figures and warnings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from listing_dedup.quality.health import (
+    QUANTILES,
+    HealthReference,
+    Limits,
+    health_check,
+    ks_to_reference,
+    reference_from,
+    size_histogram,
+)
+
+IDS = [f"p{i}" for i in range(10)]
+
+
+def _edges(pairs):
+    return pd.DataFrame(pairs, columns=["src", "dst"])
+
+
+def _groups(assign: dict[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({"posting_id": list(assign), "group_id": list(assign.values())})
+
+
+def _ref(median: float = 0.8, mpl: float = 1.0, signals=None) -> HealthReference:
+    # top-1 quantiles of a uniform distribution on [median - 0.1, median + 0.1]
+    q = tuple(median - 0.1 + 0.2 * p for p in QUANTILES)
+    return HealthReference(q, mpl, 0.5, signals if signals is not None else {"text": 1.0, "phash": 1.0})
+
+
+def test_figures_of_a_small_run():
+    # p0-p1-p2 one group (edges p0-p1, p1-p2 in both directions), p3-p4 a pair, p5..p9 alone
+    e = _edges([("p0", "p1"), ("p1", "p0"), ("p1", "p2"), ("p2", "p1"), ("p3", "p4")])
+    g = _groups({"p0": "p0", "p1": "p0", "p2": "p0", "p3": "p3", "p4": "p3"})
+    titles = {p: f"title {p}" for p in IDS}
+    h = health_check(IDS, e, g, {p: 0.5 for p in IDS}, {"text": 1.0}, titles=titles)
+    assert h.n_listings == 10
+    assert h.n_edges == 3  # undirected
+    assert h.share_matched == pytest.approx(0.5)
+    assert h.matches_per_listing == pytest.approx(6 / 10)  # degrees 1, 2, 1, 1, 1
+    assert h.max_matches == 2
+    assert h.size_histogram == {"1": 5, "2": 2, "3-5": 3, "6-10": 0, "11-50": 0, ">50": 0}
+    assert h.largest_groups[0] == {"group_id": "p0", "size": 3, "titles": ["title p0", "title p1", "title p2"]}
+    assert h.largest_groups[1]["size"] == 2
+    assert h.guard_cut_share == 0.0
+    assert h.ok and h.warnings == []
+    assert h.top1_ks is None  # no reference given
+
+
+def test_size_histogram_bins():
+    assert size_histogram(np.array([1, 2, 3, 5, 6, 10, 11, 50, 51, 300])) == {
+        "1": 1,
+        "2": 1,
+        "3-5": 2,
+        "6-10": 2,
+        "11-50": 2,
+        ">50": 2,
+    }
+
+
+def test_missing_expected_signal_warns():
+    h = health_check(IDS, _edges([]), _groups({}), {}, {"text": 1.0, "phash": 0.0}, reference=_ref())
+    assert [w.code for w in h.warnings] == ["signal_missing"]
+    assert "phash" in h.warnings[0].message
+    # the same catalog judged against settings tuned on titles alone: no warning
+    h = health_check(IDS, _edges([]), _groups({}), {}, {"text": 1.0, "phash": 0.0}, expected_signals=["text"])
+    assert h.ok
+
+
+def test_ks_to_reference_by_hand():
+    ref = tuple(0.7 + 0.2 * p for p in QUANTILES)  # uniform on [0.7, 0.9]
+    # the same distribution: every reference quantile sits at its level (up to the sample's steps)
+    same = np.linspace(0.7, 0.9, 1001)
+    assert ks_to_reference(same, ref) == pytest.approx(0.0, abs=0.002)
+    # every score above the reference's top: CDF 0 at each quantile, largest gap at level 0.95
+    assert ks_to_reference(np.full(50, 0.99), ref) == pytest.approx(0.95)
+    # every score below the bottom: CDF 1 everywhere, largest gap at level 0.05
+    assert ks_to_reference(np.full(50, 0.1), ref) == pytest.approx(0.95)
+
+
+def test_top1_shift_warns_only_when_far():
+    rng = np.random.default_rng(0)
+    ids = [f"q{i}" for i in range(400)]
+    near = {p: v for p, v in zip(ids, rng.uniform(0.71, 0.89, 400), strict=True)}
+    h = health_check(ids, _edges([]), _groups({}), near, {"text": 1.0, "phash": 1.0}, reference=_ref(0.8))
+    assert h.top1_ks is not None and h.top1_ks < 0.25 and h.ok
+    far = {p: v for p, v in zip(ids, rng.uniform(0.9, 1.0, 400), strict=True)}
+    h = health_check(ids, _edges([]), _groups({}), far, {"text": 1.0, "phash": 1.0}, reference=_ref(0.8))
+    assert [w.code for w in h.warnings] == ["top1_shift"]
+
+
+def test_matches_exploding_warns():
+    # one listing matched to all 9 others and those 9 to each other: 9 matches per listing
+    pairs = [(a, b) for i, a in enumerate(IDS) for b in IDS[i + 1 :]]
+    g = _groups({p: "p0" for p in IDS})
+    h = health_check(IDS, _edges(pairs), g, {}, {"text": 1.0}, reference=_ref(mpl=1.2, signals={"text": 1.0}))
+    assert h.matches_per_listing == pytest.approx(9.0)
+    assert [w.code for w in h.warnings] == ["matches_exploding"]  # 9 > 3 x 1.2
+    # without a reference the absolute limit (10) decides: 9 passes, 8.5 with a limit of 8 does not
+    assert health_check(IDS, _edges(pairs), g, {}, {"text": 1.0}).ok
+    h = health_check(IDS, _edges(pairs), g, {}, {"text": 1.0}, limits=Limits(max_matches_per_listing=8))
+    assert [w.code for w in h.warnings] == ["matches_exploding"]
+
+
+def test_guard_cut_warns_when_groups_drop_most_edges():
+    # a chain p0-p1-...-p9 (9 edges) cut by the guard into singletons: every edge is cut
+    pairs = [(IDS[i], IDS[i + 1]) for i in range(9)]
+    h = health_check(IDS, _edges(pairs), _groups({p: p for p in IDS}), {}, {"text": 1.0})
+    assert h.guard_cut_share == pytest.approx(1.0)
+    assert [w.code for w in h.warnings] == ["guard_cut"]
+    # cut into p0..p4 / p5..p9: one edge of nine is cut
+    g = _groups({p: ("p0" if i < 5 else "p5") for i, p in enumerate(IDS)})
+    h = health_check(IDS, _edges(pairs), g, {}, {"text": 1.0})
+    assert h.guard_cut_share == pytest.approx(1 / 9) and h.ok
+
+
+def test_reference_round_trip_and_from_a_run():
+    e = _edges([("p0", "p1"), ("p2", "p3")])
+    top1 = {p: 0.5 + 0.05 * i for i, p in enumerate(IDS)}
+    ref = reference_from(IDS, e, top1, {"text": 1.0, "phash": 0.9, "image": 0.0}, source="unit")
+    assert ref.matches_per_listing == pytest.approx(0.4)
+    assert ref.share_matched == pytest.approx(0.4)
+    assert set(ref.signals) == {"text", "phash"}  # a signal on no listing is not expected
+    assert ref.top1_quantiles[0] == pytest.approx(np.quantile(list(top1.values()), 0.05))
+    again = HealthReference.from_dict(ref.to_dict())
+    assert again == ref
+    # the run itself against its own reference: no warning
+    assert health_check(
+        IDS,
+        e,
+        _groups({"p0": "p0", "p1": "p0", "p2": "p2", "p3": "p2"}),
+        top1,
+        {"text": 1.0, "phash": 0.9},
+        reference=ref,
+    ).ok
