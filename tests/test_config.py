@@ -98,3 +98,28 @@ def test_lists_for_exact_and_fixed():
     assert IndexConf(exact_below=5000).lists_for(4999) == 1
     assert IndexConf(nlist=64).lists_for(100_000) == 64
     assert IndexConf(nlist=64).lists_for(1000) == 25  # 1000 // 39
+
+
+@pytest.mark.parametrize(
+    "value, stages",
+    [
+        ("", ""),
+        ("write", "write"),
+        ("embed,search,write", "embed,search,write"),
+        ("[search, embed]", "search,embed"),
+        ("' write , embed,write'", "write,embed"),
+    ],
+)
+def test_fail_once_stage_takes_one_stage_or_several(value, stages):
+    from listing_dedup.faults import maybe_fail_once
+
+    cfg = load_config([], [f"testing.fail_once_stage={value}"])
+    assert cfg.testing.fail_once_stage == stages
+    assert '"fail_once_stage": "' + stages + '"' in cfg.to_json()
+    maybe_fail_once("embed", stages)  # outside a Spark task nothing is injected
+
+
+@pytest.mark.parametrize("value", ["nope", "embed,nope", "[embed, 1]", "5"])
+def test_fail_once_stage_rejects_unknown_stages(value):
+    with pytest.raises(ConfigError, match="'testing.fail_once_stage'"):
+        load_config([], [f"testing.fail_once_stage={value}"])

@@ -350,15 +350,21 @@ class TestingConf:
 
     __test__ = False  # not a pytest class
 
-    fail_once_stage: str = ""  # make one Spark task of this stage fail on its first attempt
+    # make one Spark task of each named stage fail on its first attempt: one of embed, search,
+    # write, or several as a list or comma-separated ("embed,search,write"); held comma-separated
+    fail_once_stage: str | tuple[str, ...] = ""
     crash_before_commit: bool = False  # abort after executors wrote files, before the Delta commit
 
     def __post_init__(self) -> None:
+        from listing_dedup.faults import FAIL_STAGES, parse_stages
+
+        stages = parse_stages(self.fail_once_stage)
         _check(
-            self.fail_once_stage in ("", "embed", "search", "write"),
+            stages is not None and set(stages) <= set(FAIL_STAGES),
             "testing.fail_once_stage",
-            "must be '', embed, search or write",
+            f"must be '', embed, search or write, or several of them, got {self.fail_once_stage!r}",
         )
+        object.__setattr__(self, "fail_once_stage", ",".join(stages))
 
 
 @dataclass(frozen=True)
