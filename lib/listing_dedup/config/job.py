@@ -32,13 +32,34 @@ class SparkConf:
 
 @dataclass(frozen=True)
 class InputConf:
+    """What the job reads, and the input-size guard.
+
+    A nightly extract that came out empty or much smaller than usual is far more often an
+    upstream bug than the truth, and committing it would replace the date's tables with
+    almost nothing. So the job compares the input's row count (``rows_in``, rejects included)
+    with the *previous succeeded run*: the most recent ``succeeded`` row of the ``runs``
+    table by ``finished_at``, whatever its ``run_date`` (each input is a snapshot of the whole
+    catalog; failed or refused attempts never count). It refuses the input (exit 2, one line
+    naming that run's row count, before any table changes; the attempt is recorded as
+    ``failed`` in ``runs`` like other unusable inputs) when
+
+    - it holds 0 rows and ``allow_empty`` is false (with or without a previous run), or
+    - it holds fewer than ``(1 - max_shrink) * previous rows_in`` rows (with 0.5: fewer than
+      half of the previous run's rows).
+
+    ``dedup --allow-empty`` accepts either for one run (it sets ``allow_empty: true`` and
+    ``max_shrink: 1.0``)."""
+
     image_root: str = ""  # root for relative ``image`` paths; "" = relative to the input folder
     partitions: int = 0  # repartition kept rows to this many partitions; 0 = keep what was read
     max_title_chars: int = 1000  # titles are cut to this length after clean-up (100 kB titles happen)
+    allow_empty: bool = False  # accept an input with 0 rows (it empties the date's partitions)
+    max_shrink: float = 0.5  # refuse rows_in < (1 - max_shrink) * the previous succeeded run's; 1.0 = off
 
     def __post_init__(self) -> None:
         _check(self.partitions >= 0, "input.partitions", "must be >= 0")
         _check(self.max_title_chars >= 16, "input.max_title_chars", "must be >= 16")
+        _check(0.0 <= self.max_shrink <= 1.0, "input.max_shrink", "must be a fraction in [0, 1] (1 = no shrink check)")
 
 
 @dataclass(frozen=True)
@@ -214,10 +235,18 @@ class IndexConf:
     nlist: int = 0  # IVF lists; 0 = auto (about 4*sqrt(n), at least 39 training points per list)
     nprobe: int = 16  # lists probed per query
     k: int = 50  # neighbours kept per listing before thresholds
-    train_sample: int = 100_000  # rows sampled to the driver to train the coarse quantizer
+    train_sample: int = 100_000  # rows sampled to the driver to train the coarse quantizer (at most)
+    train_bytes: int = 256 * 2**20  # ... and at most this many bytes of float32 vectors (the driver's cost)
+    points_per_list: int = 39  # nlist is capped at sample rows / this (faiss k-means wants >= 39)
     exact_below: int = 0  # below this many rows use one list (exact search); 0 = never
     seed: int = 1234
     kmeans_iters: int = 20
+    storage: str = "flat"  # flat: full float32 vectors in the lists | sq8: 8-bit codes + exact re-score
+    rescore_factor: int = 2  # sq8: the compressed search keeps k * this, re-scored exactly on float32
+    shard_rows: int = 2_000_000  # at most about this many rows a shard: n_shards grows with the catalog
+    query_chunk_rows: int = 50_000  # queries searched a task (one chunk of one shard's queries)
+    shard_by: str = "modulo"  # modulo: list % n_shards | proximity: shards of nearby lists (fewer shards a query)
+    work_dir: str = ""  # where shard files go; "" = a temporary folder (local mode), a shared FS on a cluster
 
     def __post_init__(self) -> None:
         _check(1 <= self.n_shards <= 4096, "index.n_shards", "must be in [1, 4096]")
@@ -227,17 +256,33 @@ class IndexConf:
         _check(self.train_sample >= 1, "index.train_sample", "must be >= 1")
         _check(self.exact_below >= 0, "index.exact_below", "must be >= 0")
         _check(self.kmeans_iters >= 1, "index.kmeans_iters", "must be >= 1")
+        _check(self.train_bytes >= 2**20, "index.train_bytes", "must be >= 1 MiB")
+        _check(self.points_per_list >= 1, "index.points_per_list", "must be >= 1")
+        _check(self.storage in ("flat", "sq8"), "index.storage", "must be flat or sq8")
+        _check(1 <= self.rescore_factor <= 16, "index.rescore_factor", "must be in [1, 16]")
+        _check(self.shard_rows >= 1000, "index.shard_rows", "must be >= 1000")
+        _check(self.query_chunk_rows >= 100, "index.query_chunk_rows", "must be >= 100")
+        _check(self.shard_by in ("proximity", "modulo"), "index.shard_by", "must be proximity or modulo")
 
-    def lists_for(self, n_rows: int) -> int:
-        """The number of IVF lists to use for ``n_rows`` vectors (the one place it is derived)."""
+    def sample_rows(self, n_rows: int, dim: int) -> int:
+        """Rows of the quantizer's training sample: at most ``train_sample`` and ``train_bytes``."""
+        return max(1, min(n_rows, self.train_sample, self.train_bytes // (4 * max(dim, 1))))
+
+    def lists_for(self, n_rows: int, sample_rows: int | None = None) -> int:
+        """The number of IVF lists for ``n_rows`` vectors trained on ``sample_rows`` (the one place
+        it is derived): ``nlist`` or about 4*sqrt(n), at most ``sample_rows // points_per_list``."""
         if n_rows <= 0 or n_rows < self.exact_below:
             return 1
         if self.nlist:
             wanted = self.nlist
         else:
             wanted = int(round(4 * math.sqrt(n_rows)))
-        # faiss k-means wants >= 39 training points per centroid
-        return max(1, min(wanted, n_rows // 39))
+        sample_rows = n_rows if sample_rows is None else min(n_rows, sample_rows)
+        return max(1, min(wanted, sample_rows // self.points_per_list))
+
+    def shards_for(self, n_rows: int) -> int:
+        """``n_shards``, raised so that no shard holds much more than ``shard_rows`` rows."""
+        return max(self.n_shards, -(-n_rows // self.shard_rows))
 
 
 @dataclass(frozen=True)
@@ -245,10 +290,20 @@ class MatchConf:
     threshold: float = 0.75  # keep neighbours with cosine >= threshold
     min2: bool = True  # a listing left alone keeps its nearest neighbour ...
     min2_threshold: float = 0.5  # ... when that neighbour's cosine >= min2_threshold
+    # relative rule (lib/listing_dedup/graph/edges.py): also keep a neighbour that stands out from
+    # the listing's own neighbourhood: score >= relative_floor and score minus the score of the
+    # listing's neighbour at rank relative_rank >= relative_margin (independent of catalog density)
+    relative: bool = False
+    relative_rank: int = 10
+    relative_margin: float = 0.1
+    relative_floor: float = 0.5
 
     def __post_init__(self) -> None:
         _check(-1.0 <= self.threshold <= 1.0, "match.threshold", "must be a cosine in [-1, 1]")
         _check(-1.0 <= self.min2_threshold <= 1.0, "match.min2_threshold", "must be a cosine in [-1, 1]")
+        _check(1 <= self.relative_rank <= 2048, "match.relative_rank", "must be in [1, 2048]")
+        _check(0.0 <= self.relative_margin <= 2.0, "match.relative_margin", "must be in [0, 2]")
+        _check(-1.0 <= self.relative_floor <= 1.0, "match.relative_floor", "must be a cosine in [-1, 1]")
         _check(
             self.min2_threshold <= self.threshold,
             "match.min2_threshold",
@@ -290,20 +345,10 @@ class RerankTrainConf:
     threads: int = 0  # 0 = all cores
     seed: int = 0
 
-    # relative rule (lib/listing_dedup/graph/edges.py): also keep a neighbour that stands out from
-    # the listing's own neighbourhood: score >= relative_floor and score minus the score of the
-    # listing's neighbour at rank relative_rank >= relative_margin (independent of catalog density)
-    relative: bool = False
-    relative_rank: int = 10
-    relative_margin: float = 0.1
-    relative_floor: float = 0.5
     def __post_init__(self) -> None:
         _check(1 <= self.rounds <= 100_000, "rerank.train.rounds", "must be in [1, 100000]")
         _check(0.0 < self.learning_rate <= 1.0, "rerank.train.learning_rate", "must be in (0, 1]")
         _check(2 <= self.num_leaves <= 131072, "rerank.train.num_leaves", "must be in [2, 131072]")
-        _check(1 <= self.relative_rank <= 2048, "match.relative_rank", "must be in [1, 2048]")
-        _check(0.0 <= self.relative_margin <= 2.0, "match.relative_margin", "must be in [0, 2]")
-        _check(-1.0 <= self.relative_floor <= 1.0, "match.relative_floor", "must be a cosine in [-1, 1]")
         _check(self.min_data_in_leaf >= 1, "rerank.train.min_data_in_leaf", "must be >= 1")
         _check(0.0 < self.feature_fraction <= 1.0, "rerank.train.feature_fraction", "must be in (0, 1]")
         _check(0.0 < self.bagging_fraction <= 1.0, "rerank.train.bagging_fraction", "must be in (0, 1]")

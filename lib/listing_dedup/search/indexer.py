@@ -1,27 +1,34 @@
-"""Sharded IVF nearest-neighbour search on Spark (FAISS ``IndexIVFFlat``, inner product).
+"""Sharded IVF nearest-neighbour search on Spark (FAISS, inner product), memory bounded by conf.
 
 Embeddings are L2-normalised float32 vectors, so inner product = cosine similarity.
 
-Design
+Design (the scale arithmetic is in docs/scale.md)
 ------
-1. **Train** (driver): a sample of at most ``IndexConf.train_sample`` rows is collected and
-   spherical k-means (:func:`train_quantizer`) gives ``nlist = IndexConf.lists_for(n)``
-   centroids. With one list the search is exact; the same code runs (no separate path).
-2. **Build** (executors): every vector is assigned to its nearest centroid (a pandas UDF
-   with the centroids broadcast). IVF list ``l`` belongs to shard ``l % n_shards``. Rows are
-   grouped by shard and each shard task builds an ``IndexIVFFlat`` over the same quantizer,
-   adding its vectors with the *precomputed* list assignment (``add_core``), so routing and
-   storage can never disagree on near ties. FAISS ids are the row's position inside its
-   shard; the shard row carries the matching ``posting_id`` array, so index and id mapping
-   always come from the same computation. The shard DataFrame
-   ``(shard, n, index, ids)`` is persisted.
+1. **Train** (driver, once per job): a sample of at most ``IndexConf.train_sample`` rows and
+   ``IndexConf.train_bytes`` bytes comes to the driver; spherical k-means
+   (:func:`train_quantizer`) gives ``nlist = IndexConf.lists_for(n, sample)`` centroids (at
+   most ``sample / points_per_list``). The :class:`Quantizer` is reused by every later index
+   of the job (INB rounds, per-signal searches of the same dimension) instead of retraining.
+   With one list the search is exact; the same code runs (no separate path).
+2. **Build** (executors): every vector is assigned to its nearest centroid (a pandas UDF with
+   the centroids broadcast). IVF lists are grouped into ``IndexConf.shards_for(n)`` shards
+   (``list % n_shards``, or ``proximity``: contiguous groups of nearby centroids, so a query's
+   probed lists fall in few shards). Each shard task builds its index over the same quantizer
+   with the *precomputed* list assignment (``add_core``), so routing and storage can never
+   disagree on near ties, and writes it as files under the index's work folder: the FAISS
+   index (``IndexIVFFlat``, or ``IndexIVFScalarQuantizer`` 8-bit codes with ``storage: sq8``),
+   the ``posting_id`` of each FAISS id, and with ``sq8`` the float32 vectors for re-scoring.
+   Only a (shard, rows, bytes) row per shard comes back: no cell or collect grows with the
+   catalog.
 3. **Search** (executors): each query's top-``nprobe`` lists are computed against the
-   broadcast centroids; the query is sent to every shard owning one of those lists
-   (``explode``), ``cogroup`` pairs the queries with their shard, and
-   ``search_preassigned`` searches the shard with the query's *global* probe lists (lists
-   the shard does not own are empty there). Each shard returns up to ``k`` non-self
-   neighbours per query; a window keeps the global top ``k`` per query. This equals one
-   global ``IndexIVFFlat`` with the same quantizer and ``nprobe``.
+   broadcast centroids; the query goes to each shard owning one of them, and the queries of a
+   shard are cut into chunks of at most ``query_chunk_rows`` (``groupBy(shard, chunk)``); a
+   task opens its shard's files (cached per Python worker) and runs ``search_preassigned``
+   with the queries' *global* probe lists (lists the shard does not own are empty there).
+   With ``sq8`` the shard keeps ``k * rescore_factor`` candidates by the compressed score and
+   re-scores them exactly on the float32 vectors. Each shard returns up to ``k`` non-self
+   neighbours a query; a window keeps the global top ``k`` a query. With ``flat`` this equals
+   one global ``IndexIVFFlat`` with the same quantizer and ``nprobe``.
 
 Ties: scores are compared exactly; the merge orders by ``score desc, dst asc``. Inside a
 shard FAISS keeps, among vectors tied exactly at the k-th score, the one it scanned first,
@@ -33,7 +40,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +57,7 @@ from listing_dedup.frames import PAIR_SCHEMA, empty_pairs
 
 log = logging.getLogger(__name__)
 
-SHARD_SCHEMA = "shard int, n long, index binary, ids array<string>"
+SHARD_SCHEMA = "shard int, n long, bytes long"
 _SEARCH_CHUNK = 8192  # queries per search_preassigned call inside a shard task
 
 
@@ -145,9 +155,10 @@ def probe_lists(x: np.ndarray, centroids: np.ndarray, nprobe: int) -> np.ndarray
     return idx.astype(np.int64)
 
 
-def build_shard_index(x: np.ndarray, lists: np.ndarray, centroids: np.ndarray) -> bytes:
-    """Serialized ``IndexIVFFlat`` (inner product) over ``centroids`` holding ``x`` with ids
-    ``0..n-1``, each vector stored in the precomputed list ``lists[i]`` (no re-assignment)."""
+def build_shard_index(x: np.ndarray, lists: np.ndarray, centroids: np.ndarray, storage: str = "flat") -> bytes:
+    """Serialized IVF index (inner product) over ``centroids`` holding ``x`` with ids
+    ``0..n-1``, each vector stored in the precomputed list ``lists[i]`` (no re-assignment).
+    ``storage``: ``flat`` (float32 vectors) or ``sq8`` (8-bit scalar codes, trained on ``x``)."""
     faiss = _faiss()
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     nlist, d = centroids.shape
@@ -158,7 +169,15 @@ def build_shard_index(x: np.ndarray, lists: np.ndarray, centroids: np.ndarray) -
     if len(lists) and (lists.min() < 0 or lists.max() >= nlist):
         raise ValueError(f"list ids must be in [0, {nlist})")
     quantizer = _quantizer(centroids)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    if storage == "sq8":
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+        index.by_residual = False  # codes of the vectors themselves (the lists are given, not trained)
+        index.sq.train(x if len(x) else np.zeros((1, d), dtype=np.float32))
+        index.is_trained = True
+    else:
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
     assert index.is_trained  # a flat quantizer holding nlist centroids is a trained quantizer
     n = len(x)
     if n:
@@ -186,6 +205,40 @@ def search_shard(index: Any, x: np.ndarray, probe: np.ndarray, k: int) -> tuple[
     return d_out, i_out
 
 
+def shard_of_lists(centroids: np.ndarray, n_shards: int, how: str) -> np.ndarray:
+    """The shard of each IVF list, int64 ``(nlist,)``. ``modulo``: ``list % n_shards``.
+    ``proximity``: recursive halving of the centroids along their principal direction
+    (a balanced KD-split), so nearby lists share a shard and a query's ``nprobe`` nearest
+    lists fall in few shards; shard sizes in lists differ by at most one."""
+    nlist = len(centroids)
+    if how == "modulo" or n_shards <= 1 or nlist <= n_shards:
+        return np.arange(nlist, dtype=np.int64) % max(n_shards, 1)
+    out = np.empty(nlist, dtype=np.int64)
+
+    def split(rows: np.ndarray, first: int, count: int) -> None:
+        if count == 1:
+            out[rows] = first
+            return
+        c = centroids[rows].astype(np.float64)
+        c = c - c.mean(axis=0)
+        direction = np.linalg.svd(c, full_matrices=False)[2][0] if len(rows) > 1 else np.ones(c.shape[1])
+        order = rows[np.argsort(c @ direction, kind="stable")]
+        left = count // 2
+        cut = int(round(len(rows) * left / count))
+        split(order[:cut], first, left)
+        split(order[cut:], first + left, count - left)
+
+    split(np.arange(nlist), 0, n_shards)
+    return out
+
+
+def rescore(queries: np.ndarray, vectors: np.ndarray, i_mat: np.ndarray) -> np.ndarray:
+    """Exact inner products of each query with its candidates ``i_mat`` (-1 = none: -inf)."""
+    safe = np.where(i_mat >= 0, i_mat, 0)
+    scores = np.einsum("qd,qkd->qk", queries, np.asarray(vectors[safe.reshape(-1)]).reshape(*safe.shape, -1))
+    return np.where(i_mat >= 0, scores, -np.inf).astype(np.float32)
+
+
 def _top_k_non_self(src: np.ndarray, ids: np.ndarray, d_mat: np.ndarray, i_mat: np.ndarray, k: int) -> pd.DataFrame:
     """Rows ``src, dst, score`` from a FAISS result: drops missing (-1) results and self
     matches (same posting_id), then keeps at most ``k`` per query (results are best first)."""
@@ -201,32 +254,148 @@ def _top_k_non_self(src: np.ndarray, ids: np.ndarray, d_mat: np.ndarray, i_mat: 
 
 
 # --------------------------------------------------------------------------------------
+# shard files (written by the build tasks, opened by the search tasks)
+
+
+def _fs(uri: str) -> tuple[Any, str]:
+    from pyarrow import fs as pafs
+
+    if "://" not in uri:
+        uri = os.path.abspath(uri)
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri)
+
+
+def _write_bytes(uri: str, data: bytes) -> None:
+    filesystem, path = _fs(uri)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as f:
+        f.write(data)
+
+
+def _read_bytes(uri: str) -> bytes:
+    filesystem, path = _fs(uri)
+    with filesystem.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_shard_files(folder: str, shard: int, index_blob: bytes, ids: list[str], vectors: np.ndarray | None) -> int:
+    """``shard-NNNNN.faiss`` (the index), ``.ids`` (posting ids, Arrow IPC) and, for re-scoring,
+    ``.f32`` (the float32 vectors, raw); returns the bytes written."""
+    import pyarrow as pa
+
+    base = f"{folder.rstrip('/')}/shard-{shard:05d}"
+    sink = pa.BufferOutputStream()
+    table = pa.table({"posting_id": pa.array(ids, pa.string())})
+    with pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    id_bytes = sink.getvalue().to_pybytes()
+    _write_bytes(base + ".faiss", index_blob)
+    _write_bytes(base + ".ids", id_bytes)
+    n = len(index_blob) + len(id_bytes)
+    if vectors is not None:
+        raw = np.ascontiguousarray(vectors, dtype=np.float32).tobytes()
+        _write_bytes(base + ".f32", raw)
+        n += len(raw)
+    return n
+
+
+_OPEN: dict[str, tuple[Any, np.ndarray, np.ndarray | None]] = {}  # per Python worker: the last shards opened
+_OPEN_MAX = 2  # shards held at once by one worker (memory: about two shards)
+
+
+def open_shard(folder: str, shard: int, d: int, rescore_vectors: bool) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    """(FAISS index, posting ids, float32 vectors or None) of one shard, cached per worker."""
+    import pyarrow as pa
+
+    base = f"{folder.rstrip('/')}/shard-{shard:05d}"
+    hit = _OPEN.get(base)
+    if hit is not None:
+        return hit
+    index = load_shard_index(_read_bytes(base + ".faiss"))
+    ids = np.asarray(
+        pa.ipc.open_file(pa.py_buffer(_read_bytes(base + ".ids"))).read_all()["posting_id"].to_pylist(), dtype=object
+    )
+    vectors = None
+    if rescore_vectors:
+        local = "://" not in folder or folder.startswith("file://")
+        if local:  # memory-mapped: pages come from the OS cache, not the worker's heap
+            vectors = np.memmap(os.path.abspath(base.removeprefix("file://") + ".f32"), dtype=np.float32, mode="r")
+        else:
+            vectors = np.frombuffer(_read_bytes(base + ".f32"), dtype=np.float32)
+        vectors = vectors.reshape(-1, d)
+    while len(_OPEN) >= _OPEN_MAX:
+        _OPEN.pop(next(iter(_OPEN)))
+    _OPEN[base] = (index, ids, vectors)
+    return _OPEN[base]
+
+
+# --------------------------------------------------------------------------------------
 # Spark wrapper
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """The coarse quantizer of a job: trained once, reused by every index of that dimension."""
+
+    centroids: np.ndarray
+    sample_rows: int
+
+    @property
+    def nlist(self) -> int:
+        return len(self.centroids)
+
+    @property
+    def d(self) -> int:
+        return int(self.centroids.shape[1])
 
 
 @dataclass
 class IndexHandle:
-    """A built sharded index. ``shards`` is persisted: call :meth:`unpersist` when done."""
+    """A built sharded index: shard files under ``folder``. Call :meth:`unpersist` when done
+    (it removes the folder and the broadcast)."""
 
-    shards: Any  # DataFrame[shard int, n long, index binary, ids array<string>], persisted
-    centroids: np.ndarray
-    centroids_bc: Any  # Broadcast of ``centroids``
-    nlist: int
+    folder: str
+    quantizer: Quantizer
+    centroids_bc: Any  # Broadcast of the centroids
+    shard_bc: Any  # Broadcast of the list -> shard map
     n_shards: int
     nprobe: int  # effective default: min(IndexConf.nprobe, nlist)
     k: int
-    d: int
     n_rows: int
+    storage: str = "flat"
+    rescore_factor: int = 1
+    query_chunk_rows: int = 50_000
     shard_sizes: dict[int, int] = field(default_factory=dict)  # non-empty shards only
+    list_shard: np.ndarray | None = None
+    owns_folder: bool = True
+
+    @property
+    def centroids(self) -> np.ndarray:
+        return self.quantizer.centroids
+
+    @property
+    def nlist(self) -> int:
+        return self.quantizer.nlist
+
+    @property
+    def d(self) -> int:
+        return self.quantizer.d
 
     @property
     def exact(self) -> bool:
-        """One list (or every list probed): the search is exact."""
-        return self.nprobe >= self.nlist
+        """One list (or every list probed) and full vectors: the search is exact."""
+        return self.nprobe >= self.nlist and self.storage == "flat"
 
     def unpersist(self) -> None:
-        self.shards.unpersist()
         self.centroids_bc.unpersist()
+        self.shard_bc.unpersist()
+        if self.owns_folder:
+            try:
+                filesystem, path = _fs(self.folder)
+                filesystem.delete_dir(path)
+            except OSError:
+                log.warning("could not remove the index folder %s", self.folder)
 
 
 def _sample_embeddings(df: Any, n: int, m: int, seed: int, min_rows: int) -> np.ndarray:
@@ -236,6 +405,32 @@ def _sample_embeddings(df: Any, n: int, m: int, seed: int, min_rows: int) -> np.
     if len(pdf) < min_rows:  # a (very) unlucky Bernoulli sample: take the first m rows instead
         pdf = df.select("emb").limit(m).toPandas()
     return as_matrix(pdf["emb"])
+
+
+def train(emb_df: Any, cfg: IndexConf, *, n_rows: int | None = None) -> Quantizer:
+    """The job's coarse quantizer from a sample bounded in rows and bytes (driver)."""
+    df = _check_input(emb_df, "embedding DataFrame")
+    t0 = time.perf_counter()
+    n = df.count() if n_rows is None else int(n_rows)
+    if n == 0:
+        raise InputError("cannot build an index over zero embeddings")
+    first = df.select("emb").first()
+    d = len(first["emb"]) if first is not None and first["emb"] is not None else 0
+    m = cfg.sample_rows(n, d)
+    nlist = cfg.lists_for(n, m)
+    sample = _sample_embeddings(df, n, m, cfg.seed, min_rows=min(m, nlist))
+    nlist = min(nlist, cfg.lists_for(n, len(sample)))
+    centroids = train_quantizer(sample, nlist, seed=cfg.seed, niter=cfg.kmeans_iters)
+    log.info(
+        "index train: rows=%d sample=%d (%.0f MiB) d=%d lists=%d seconds=%.2f",
+        n,
+        len(sample),
+        sample.nbytes / 2**20,
+        d,
+        nlist,
+        time.perf_counter() - t0,
+    )
+    return Quantizer(centroids, len(sample))
 
 
 def _assign_udf(bc: Any, d: int) -> Any:
@@ -250,45 +445,49 @@ def _assign_udf(bc: Any, d: int) -> Any:
     return assign_list
 
 
-def _probe_udf(bc: Any, d: int, nprobe: int, fail_stage: str = "") -> Any:
+def _probe_udf(bc: Any, shard_bc: Any, d: int, nprobe: int, fail_stage: str = "") -> Any:
     from pyspark.sql import functions as F
 
-    @F.pandas_udf("array<int>")
-    def probe(emb: pd.Series) -> pd.Series:
+    @F.pandas_udf("struct<probe: array<int>, shards: array<int>>")
+    def probe(emb: pd.Series) -> pd.DataFrame:
         maybe_fail_once("search", fail_stage)
         _limit_threads()
         x = as_matrix(emb, d)
         p = probe_lists(x, bc.value, nprobe).astype(np.int32)
-        return pd.Series(list(p), dtype=object)
+        owner = shard_bc.value[p]
+        return pd.DataFrame({"probe": list(p), "shards": [np.unique(row).astype(np.int32) for row in owner]})
 
     return probe
 
 
-def _build_fn(bc: Any, d: int) -> Any:
+def _build_fn(bc: Any, d: int, folder: str, storage: str) -> Any:
     def build(pdf: pd.DataFrame) -> pd.DataFrame:
         _limit_threads()
         shard = int(pdf["shard"].iloc[0])
         x = as_matrix(pdf["emb"], d)
-        blob = build_shard_index(x, pdf["list_id"].to_numpy(dtype=np.int64), bc.value)
-        return pd.DataFrame(
-            {"shard": [shard], "n": [len(pdf)], "index": [blob], "ids": [pdf["posting_id"].astype(str).tolist()]}
-        )
+        blob = build_shard_index(x, pdf["list_id"].to_numpy(dtype=np.int64), bc.value, storage)
+        ids = pdf["posting_id"].astype(str).tolist()
+        size = write_shard_files(folder, shard, blob, ids, x if storage != "flat" else None)
+        return pd.DataFrame({"shard": [shard], "n": [len(pdf)], "bytes": [size]})
 
     return build
 
 
-def _search_fn(d: int, k: int) -> Any:
-    def search_group(queries: pd.DataFrame, shard: pd.DataFrame) -> pd.DataFrame:
-        if queries.empty or shard.empty:
+def _search_fn(folder: str, d: int, k: int, storage: str, rescore_factor: int) -> Any:
+    def search_group(queries: pd.DataFrame) -> pd.DataFrame:
+        if queries.empty:
             return empty_pairs()
         _limit_threads()
-        row = shard.iloc[0]
-        index = load_shard_index(row["index"])
-        ids = np.asarray(list(row["ids"]), dtype=object)
+        index, ids, vectors = open_shard(folder, int(queries["shard"].iloc[0]), d, storage != "flat")
         x = as_matrix(queries["emb"], d)
         probe = np.stack([np.asarray(p, dtype=np.int64) for p in queries["probe"]])
-        kk = min(k + 1, len(ids))  # one extra: the query itself may be among the results
+        # one extra: the query itself may be among the results; sq8 keeps more for the re-score
+        kk = min((k + 1) * (rescore_factor if storage != "flat" else 1), len(ids))
         d_mat, i_mat = search_shard(index, x, probe, kk)
+        if vectors is not None:
+            d_mat = rescore(x, vectors, i_mat)
+            order = np.argsort(-d_mat, axis=1, kind="stable")
+            d_mat, i_mat = np.take_along_axis(d_mat, order, 1), np.take_along_axis(i_mat, order, 1)
         src = queries["posting_id"].astype(str).to_numpy(dtype=object)
         return _top_k_non_self(src, ids, d_mat, i_mat, k)
 
@@ -303,70 +502,72 @@ def _check_input(df: Any, what: str) -> Any:
     return df.select("posting_id", "emb")
 
 
-def build_index(emb_df: Any, cfg: IndexConf, *, n_rows: int | None = None) -> IndexHandle:
-    """Train the quantizer on a driver-side sample and build the shards on the executors.
+def _new_folder(cfg: IndexConf) -> tuple[str, bool]:
+    name = f"index-{uuid.uuid4().hex[:12]}"
+    if cfg.work_dir:
+        return f"{cfg.work_dir.rstrip('/')}/{name}", True
+    return os.path.join(tempfile.mkdtemp(prefix="listing-dedup-"), name), True
 
-    ``emb_df``: ``posting_id`` string, ``emb`` array<float> (L2-normalised). It is read
-    up to three times (count, sample, build): cache it if it is expensive to compute.
-    ``n_rows``: its row count when the caller knows it (saves the count); it must be right,
-    the build checks it against the rows it indexed."""
-    from pyspark import StorageLevel
+
+def build_index(
+    emb_df: Any, cfg: IndexConf, *, n_rows: int | None = None, quantizer: Quantizer | None = None
+) -> IndexHandle:
+    """Build the shards on the executors over ``quantizer`` (trained from a sample here when
+    not given, see :func:`train`).
+
+    ``emb_df``: ``posting_id`` string, ``emb`` array<float> (L2-normalised). It is read up to
+    three times (count, sample, build): cache it if it is expensive to compute. ``n_rows``:
+    its row count when the caller knows it (saves the count); it must be right, the build
+    checks it against the rows it indexed."""
+    from pyspark.sql import functions as F
 
     df = _check_input(emb_df, "embedding DataFrame")
     spark = emb_df.sparkSession
-
-    t0 = time.perf_counter()
     n = df.count() if n_rows is None else int(n_rows)
     if n == 0:
         raise InputError("cannot build an index over zero embeddings")
-    nlist = cfg.lists_for(n)
-    if cfg.train_sample < nlist:
-        raise ConfigError(f"config key 'index.train_sample': {cfg.train_sample} is below the {nlist} IVF lists")
-    m = min(n, cfg.train_sample)
-    sample = _sample_embeddings(df, n, m, cfg.seed, min_rows=min(m, nlist))
-    d = int(sample.shape[1])
-    centroids = train_quantizer(sample, nlist, seed=cfg.seed, niter=cfg.kmeans_iters)
-    log.info(
-        "index train: rows=%d sample=%d d=%d lists=%d seconds=%.2f",
-        n,
-        len(sample),
-        d,
-        nlist,
-        time.perf_counter() - t0,
-    )
-
+    if quantizer is None:
+        quantizer = train(df, cfg, n_rows=n)
     t1 = time.perf_counter()
-    bc = spark.sparkContext.broadcast(centroids)
-    from pyspark.sql import functions as F
-
-    assigned = df.withColumn("list_id", _assign_udf(bc, d)("emb")).withColumn(
-        "shard", F.pmod(F.col("list_id"), F.lit(cfg.n_shards)).cast("int")
-    )
-    shards = (
-        assigned.groupBy("shard").applyInPandas(_build_fn(bc, d), SHARD_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    sizes = {int(r["shard"]): int(r["n"]) for r in shards.select("shard", "n").collect()}
+    d = quantizer.d
+    n_shards = cfg.shards_for(n)
+    list_shard = shard_of_lists(quantizer.centroids, n_shards, cfg.shard_by)
+    bc = spark.sparkContext.broadcast(quantizer.centroids)
+    shard_bc = spark.sparkContext.broadcast(list_shard)
+    folder, owns = _new_folder(cfg)
+    shard_map = F.udf(lambda lst: int(shard_bc.value[lst]), "int")
+    assigned = df.withColumn("list_id", _assign_udf(bc, d)("emb")).withColumn("shard", shard_map("list_id"))
+    rows = assigned.groupBy("shard").applyInPandas(_build_fn(bc, d, folder, cfg.storage), SHARD_SCHEMA).collect()
+    sizes = {int(r["shard"]): int(r["n"]) for r in rows}
     if sum(sizes.values()) != n:
         raise DedupError(f"index build indexed a different row count: {sum(sizes.values())} indexed of {n}")
     handle = IndexHandle(
-        shards=shards,
-        centroids=centroids,
+        folder=folder,
+        quantizer=quantizer,
         centroids_bc=bc,
-        nlist=nlist,
-        n_shards=cfg.n_shards,
-        nprobe=min(cfg.nprobe, nlist),
+        shard_bc=shard_bc,
+        n_shards=n_shards,
+        nprobe=min(cfg.nprobe, quantizer.nlist),
         k=cfg.k,
-        d=d,
         n_rows=n,
+        storage=cfg.storage,
+        rescore_factor=cfg.rescore_factor,
+        query_chunk_rows=cfg.query_chunk_rows,
         shard_sizes=sizes,
+        list_shard=list_shard,
+        owns_folder=owns,
     )
     log.info(
-        "index build: rows=%d lists=%d shards=%d non_empty_shards=%d largest_shard=%d seconds=%.2f",
+        "index build: rows=%d lists=%d shards=%d (%s) non_empty_shards=%d largest_shard=%d storage=%s "
+        "files=%.1f MiB seconds=%.2f",
         n,
-        nlist,
-        cfg.n_shards,
+        quantizer.nlist,
+        n_shards,
+        cfg.shard_by,
         len(sizes),
         max(sizes.values()),
+        cfg.storage,
+        sum(int(r["bytes"]) for r in rows) / 2**20,
         time.perf_counter() - t1,
     )
     return handle
@@ -379,11 +580,13 @@ def search(
     *,
     nprobe: int | None = None,
     fail_stage: str = "",
+    n_queries: int | None = None,
 ) -> Any:
     """Top-``k`` neighbours (``k`` defaults to ``IndexConf.k``) of each query in the index,
     never the query itself (same ``posting_id``): a lazy DataFrame ``src, dst, score``
     (string, string, float), at most ``k`` rows per ``src``. ``nprobe`` overrides the
-    configured one (capped at ``nlist``; ``nprobe >= nlist`` is exact search).
+    configured one (capped at ``nlist``; ``nprobe >= nlist`` with flat storage is exact).
+    ``n_queries`` (default: the index's row count, as for a self-join) sizes the chunks.
     ``fail_stage`` is ``TestingConf.fail_once_stage``: ``"search"`` makes the first attempt
     of one task of this stage fail (fault-injection tests only)."""
     from pyspark.sql import Window
@@ -397,31 +600,33 @@ def search(
     if nprobe < 1:
         raise ConfigError(f"config key 'index.nprobe': must be >= 1, got {nprobe}")
     q = _check_input(query_df, "query DataFrame")
-    n_shards = index.n_shards
     non_empty = sorted(index.shard_sizes)
+    n_q = index.n_rows if n_queries is None else int(n_queries)
+    # chunks a shard's queries are cut into: a query visits at most min(nprobe, n_shards) shards
+    per_shard = n_q * min(nprobe, index.n_shards) / max(len(non_empty), 1)
+    n_chunks = max(1, math.ceil(per_shard / index.query_chunk_rows))
     routed = (
-        q.withColumn("probe", _probe_udf(index.centroids_bc, index.d, nprobe, fail_stage)("emb"))
-        .withColumn(
-            "shard",
-            F.explode(F.array_distinct(F.transform("probe", lambda l: F.pmod(l, F.lit(n_shards))))),
-        )
+        q.withColumn("_p", _probe_udf(index.centroids_bc, index.shard_bc, index.d, nprobe, fail_stage)("emb"))
+        .select("posting_id", "emb", F.col("_p.probe").alias("probe"), F.explode("_p.shards").alias("shard"))
         .filter(F.col("shard").isin(non_empty))
+        .withColumn("chunk", F.pmod(F.xxhash64("posting_id"), F.lit(n_chunks)))
     )
-    hits = (
-        routed.groupBy("shard")
-        .cogroup(index.shards.groupBy("shard"))
-        .applyInPandas(_search_fn(index.d, k), PAIR_SCHEMA)
+    hits = routed.groupBy("shard", "chunk").applyInPandas(
+        _search_fn(index.folder, index.d, k, index.storage, index.rescore_factor), PAIR_SCHEMA
     )
     w = Window.partitionBy("src").orderBy(F.col("score").desc(), F.col("dst").asc())
     out = hits.withColumn("_rank", F.row_number().over(w)).filter(F.col("_rank") <= k).drop("_rank")
     log.info(
-        "index search (planned, lazy): k=%d nprobe=%d lists=%d shards=%d non_empty_shards=%d exact=%s seconds=%.2f",
+        "index search (planned, lazy): k=%d nprobe=%d lists=%d shards=%d non_empty_shards=%d chunks=%d "
+        "storage=%s exact=%s seconds=%.2f",
         k,
         nprobe,
         index.nlist,
-        n_shards,
+        index.n_shards,
         len(non_empty),
-        nprobe >= index.nlist,
+        n_chunks,
+        index.storage,
+        nprobe >= index.nlist and index.storage == "flat",
         time.perf_counter() - t0,
     )
     return out

@@ -1,0 +1,125 @@
+"""The search stage's scale machinery: bounded quantizer sample, quantizer reuse, shard files
+and their clean-up, proximity sharding, query chunks, 8-bit codes with an exact re-score.
+
+Expected values come from numpy (brute force, exact inner products) or from FAISS used the
+ordinary way, never from the code under test."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from listing_dedup.config import IndexConf
+from listing_dedup.search.indexer import build_index, probe_lists, search, shard_of_lists, train, train_quantizer
+
+D, N = 32, 3000
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    centres = _unit(rng.standard_normal((60, D)))
+    base = _unit(centres[rng.integers(0, 60, N)] + 0.3 * rng.standard_normal((N, D)))
+    twins = _unit(base[: N // 10] + 0.01 * rng.standard_normal((N // 10, D)))  # near-duplicates of rows 0..299
+    x = np.concatenate([base, twins])
+    ids = [f"p{i:05d}" for i in range(len(x))]
+    return ids, x
+
+
+@pytest.fixture(scope="module")
+def emb_df(spark, data):
+    ids, x = data
+    pdf = pd.DataFrame({"posting_id": ids, "emb": list(x)})
+    df = spark.createDataFrame(pdf, "posting_id string, emb array<float>").repartition(4).cache()
+    yield df
+    df.unpersist()
+
+
+def _pairs(df) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for r in df.toPandas().itertuples():
+        out.setdefault(r.src, {})[r.dst] = float(r.score)
+    return out
+
+
+def _truth_top(x, ids, k):
+    sims = x.astype(np.float64) @ x.astype(np.float64).T
+    np.fill_diagonal(sims, -np.inf)
+    top = np.argsort(-sims, axis=1)[:, :k]
+    return {ids[i]: {ids[j]: sims[i, j] for j in top[i]} for i in range(len(ids))}, sims
+
+
+def test_sample_is_bounded_in_bytes_and_lists_follow_the_sample():
+    cfg = IndexConf(train_sample=1_000_000, train_bytes=2**20, points_per_list=39)
+    # 1 MiB of 1408-d float32 vectors = 186 rows (1048576 / 5632); lists: 186 // 39 = 4
+    assert cfg.sample_rows(10_000_000, 1408) == 186
+    assert cfg.lists_for(10_000_000, 186) == 4
+    # 200k rows of 384-d = 293 MiB > 256 MiB default: 174,762 rows, 4481 lists (not 12,649)
+    big = IndexConf(train_sample=200_000)
+    assert big.sample_rows(10_000_000, 384) == 174_762
+    assert big.lists_for(10_000_000, 174_762) == 174_762 // 39
+    assert IndexConf(n_shards=4, shard_rows=1_000_000).shards_for(10_000_000) == 10
+    assert IndexConf(n_shards=64, shard_rows=1_000_000).shards_for(10_000_000) == 64
+
+
+def test_proximity_shards_are_balanced_and_a_query_visits_fewer_shards(data):
+    ids, x = data
+    centroids = train_quantizer(x, 64, seed=1, niter=10)
+    probe = probe_lists(x, centroids, 8)
+    visits = {}
+    for how in ("modulo", "proximity"):
+        owner = shard_of_lists(centroids, 8, how)
+        counts = np.bincount(owner, minlength=8)
+        assert counts.max() - counts.min() <= 1, how  # 64 lists in 8 shards of 8
+        visits[how] = np.mean([len(set(owner[p].tolist())) for p in probe])
+    assert visits["proximity"] < visits["modulo"], visits
+
+
+def test_quantizer_is_reused_and_shard_files_are_removed(spark, emb_df):
+    cfg = IndexConf(n_shards=3, nlist=16, nprobe=4, k=5, seed=2)
+    q = train(emb_df, cfg)
+    assert q.nlist == 16 and q.d == D
+    handle = build_index(emb_df, cfg, quantizer=q)
+    assert handle.quantizer is q
+    folder = handle.folder
+    assert sorted(os.listdir(folder))[:2] == ["shard-00000.faiss", "shard-00000.ids"]
+    handle.unpersist()
+    assert not os.path.exists(folder)
+
+
+def test_query_chunks_give_the_same_neighbours(spark, emb_df):
+    one = IndexConf(n_shards=3, nlist=16, nprobe=4, k=8, seed=5)
+    many = IndexConf(n_shards=3, nlist=16, nprobe=4, k=8, seed=5, query_chunk_rows=100)
+    q = train(emb_df, one)
+    h1, h2 = build_index(emb_df, one, quantizer=q), build_index(emb_df, many, quantizer=q)
+    try:
+        assert _pairs(search(h1, emb_df)) == _pairs(search(h2, emb_df))
+    finally:
+        h1.unpersist()
+        h2.unpersist()
+
+
+def test_sq8_codes_rescored_exactly_keep_recall(spark, emb_df, data):
+    ids, x = data
+    k = 10
+    truth, sims = _truth_top(x, ids, k)
+    cfg = IndexConf(n_shards=4, nlist=16, nprobe=16, k=k, seed=4, storage="sq8", rescore_factor=2)  # every list
+    handle = build_index(emb_df, cfg)
+    try:
+        got = _pairs(search(handle, emb_df))
+    finally:
+        handle.unpersist()
+    pos = {p: i for i, p in enumerate(ids)}
+    # the scores returned are the exact inner products (re-scored on float32), not the 8-bit ones
+    err = max(abs(s - sims[pos[a], pos[b]]) for a, row in got.items() for b, s in row.items())
+    assert err < 1e-5
+    hits = sum(len(set(got.get(a, {})) & set(row)) for a, row in truth.items())
+    assert hits / (k * len(ids)) >= 0.99
+    # every planted twin is its original's best neighbour
+    assert all(max(got[f"p{i:05d}"], key=got[f"p{i:05d}"].get) == f"p{N + i:05d}" for i in range(N // 10))
