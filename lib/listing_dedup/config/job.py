@@ -28,6 +28,9 @@ class SparkConf:
     master: str = "local[2]"
     app_name: str = "listing-dedup"
     conf: Mapping[str, str] = field(default_factory=dict)
+    # reliable checkpoints (components rounds, guard levels, re-ranker rounds) go here; on a
+    # cluster a shared FS folder, so a lost executor does not lose the job. "" = local checkpoints
+    checkpoint_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -210,11 +213,17 @@ class GuardConf:
     mode: str = "none"  # none | split
     max_group: int = 50
     step: float = 0.05
+    # oversized components are re-cut on the driver when they hold at most this many listings
+    # AND edges (the driver then holds them in pandas); larger ones are re-cut by Spark levels
+    driver_max_vertices: int = 500_000
+    driver_max_edges: int = 5_000_000
 
     def __post_init__(self) -> None:
         _check(self.mode in ("none", "split"), "guard.mode", "must be none or split")
         _check(self.max_group >= 2, "guard.max_group", "must be >= 2")
         _check(0.0 < self.step <= 1.0, "guard.step", "must be in (0, 1]")
+        _check(self.driver_max_vertices >= 0, "guard.driver_max_vertices", "must be >= 0")
+        _check(self.driver_max_edges >= 0, "guard.driver_max_edges", "must be >= 0")
 
 
 @dataclass(frozen=True)

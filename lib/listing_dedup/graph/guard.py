@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from listing_dedup.graph.components import components_numpy
+from listing_dedup.graph.components import components_numpy, cut_lineage
 
 
 def split_large_numpy(
@@ -57,14 +57,16 @@ def split_large(
     step: float,
     components_fn,
     driver_max_vertices: int = 500_000,
+    driver_max_edges: int = 5_000_000,
 ):
     """Spark: ``groups`` (posting_id, group_id, group_size), ``edges`` (src, dst, score, both
     directions). Returns the same columns after the guard, and the number of re-cut levels.
 
     Only listings of oversized components are touched. When they number at most
-    ``driver_max_vertices`` (the usual case: a few chained groups), their edges are collected
-    and re-cut on the driver with :func:`split_large_numpy`; otherwise each level is a Spark
-    connected-components run over the oversized part. Both give the same groups (tested)."""
+    ``driver_max_vertices`` and their edges at most ``driver_max_edges`` (the usual case: a
+    few chained groups), their edges are collected and re-cut on the driver with
+    :func:`split_large_numpy`; otherwise each level is a Spark connected-components run over
+    the oversized part. Both give the same groups (tested)."""
     from pyspark.sql import functions as F
 
     big = groups.where(F.col("group_size") > max_group).select("posting_id").persist()
@@ -72,14 +74,18 @@ def split_large(
         n_big = big.count()
         if n_big == 0:
             return groups, 0
+        sub_df = None
         if n_big <= driver_max_vertices:
-            ids = sorted(r["posting_id"] for r in big.collect())
-            sub = (
+            sub_df = (
                 edges.join(F.broadcast(big.withColumnRenamed("posting_id", "src")), "src")
                 .join(F.broadcast(big.withColumnRenamed("posting_id", "dst")), "dst")
                 .select("src", "dst", "score")
-                .toPandas()
             )
+            if sub_df.count() > driver_max_edges:
+                sub_df = None
+        if sub_df is not None:
+            ids = sorted(r["posting_id"] for r in big.collect())
+            sub = sub_df.toPandas()
             gid = split_large_numpy(
                 ids,
                 sub["src"],
@@ -140,9 +146,8 @@ def _split_large_spark(groups, edges, *, base_threshold: float, max_group: int, 
             .select("src", "dst")
         )
         recut = components_fn(big, sub_edges)
-        groups = (
-            groups.join(big, "posting_id", "left_anti")
-            .unionByName(recut.select("posting_id", "group_id", "group_size"))
-            .localCheckpoint()
+        groups = groups.join(big, "posting_id", "left_anti").unionByName(
+            recut.select("posting_id", "group_id", "group_size")
         )
+        groups = cut_lineage(groups)
         big.unpersist()
