@@ -123,3 +123,33 @@ def test_sq8_codes_rescored_exactly_keep_recall(spark, emb_df, data):
     assert hits / (k * len(ids)) >= 0.99
     # every planted twin is its original's best neighbour
     assert all(max(got[f"p{i:05d}"], key=got[f"p{i:05d}"].get) == f"p{N + i:05d}" for i in range(N // 10))
+
+
+def test_blend_streams_listings_across_small_batches(spark):
+    """INB's weighted sums run over key-sorted partitions in Arrow batches; a listing's rows
+    straddle batches of 5 rows here. Expected: the numpy reference blend_numpy."""
+    from listing_dedup.search.blender import blend, blend_numpy
+
+    rng = np.random.default_rng(9)
+    n, d = 60, 6
+    emb = _unit(rng.standard_normal((n, d)))
+    pairs = sorted({(int(a), int(b)) for a, b in rng.integers(0, n, (300, 2)) if a != b})
+    src, dst = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    score = rng.uniform(0.4, 1.0, len(pairs)).astype(np.float32)
+    ids = [f"q{i:03d}" for i in range(n)]
+    emb_df = spark.createDataFrame([(ids[i], emb[i].tolist()) for i in range(n)], "posting_id string, emb array<float>")
+    nbr_df = spark.createDataFrame(
+        [(ids[a], ids[b], float(w)) for a, b, w in zip(src, dst, score)], "src string, dst string, score float"
+    )
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    old = spark.conf.get(key)
+    spark.conf.set(key, "5")
+    try:
+        got = {r.posting_id: np.array(r.emb) for r in blend(emb_df, nbr_df, 0.7).collect()}
+    finally:
+        spark.conf.set(key, old)
+    m = score >= 0.7
+    want = blend_numpy(emb, src[m], dst[m], score[m])
+    assert sorted(got) == ids
+    for i in range(n):
+        np.testing.assert_allclose(got[ids[i]], want[i], atol=1e-5)
