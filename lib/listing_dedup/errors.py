@@ -9,9 +9,12 @@ Library code raises; it never logs an error and returns None.
 
 
 def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (Java errors through py4j span hundreds)."""
-    text = str(e).strip()
-    return text.splitlines()[0].strip() if text else type(e).__name__
+    """The first line of an exception's message (Java errors through py4j span hundreds; their
+    first line, py4j's ``An error occurred while calling o42.parquet.``, is skipped)."""
+    lines = [line.strip() for line in str(e).strip().splitlines()]
+    if len(lines) > 1 and lines[0].startswith("An error occurred while calling"):
+        lines = [lines[1].removeprefix(":").strip(), *lines[2:]]
+    return lines[0] if lines and lines[0] else type(e).__name__
 
 
 class DedupError(Exception):

@@ -5,7 +5,11 @@ algorithm lives in its own module as a pure function with a thin Spark layer.
            -> connected components -> stage tables -> commit (one Delta transaction per table)
 
 All four tables are staged (files written by executors) before any is committed, so a
-failure in any compute stage leaves every table at its previous version.
+failure in any compute stage leaves every table at its previous version. Before the first
+commit every staged table, and the ``runs`` row to come, is checked against its existing
+table (schema, partitioning), so a schema error cannot leave one table new and the next old.
+An input that is empty or shrank past ``input.max_shrink`` against the previous succeeded run
+is refused after ingest, before anything is computed or staged.
 """
 
 from __future__ import annotations
@@ -24,19 +28,19 @@ from listing_dedup.dates import check_run_date
 from listing_dedup.embed.encoder import Encoder, TextEncoderBuilder, embed_texts
 from listing_dedup.embed.fusion import Layout, candidate_scores, fuse
 from listing_dedup.embed.lexical import embed_lexical, fit_idf
-from listing_dedup.errors import DedupError
+from listing_dedup.errors import DedupError, RunRecordError, SinkError, first_line
 from listing_dedup.frames import empty_pairs_spark
 from listing_dedup.graph.components import connected_components, cut_lineage
 from listing_dedup.graph.edges import match_sets, select_edges
 from listing_dedup.graph.guard import split_large
 from listing_dedup.graph.rerank import candidate_frame_spark, check_fingerprint, load_reranker, rerank_spark
 from listing_dedup.ingest.images import image_root_for
-from listing_dedup.ingest.reader import read_listings
+from listing_dedup.ingest.reader import check_row_count, read_listings
 from listing_dedup.search.blender import blend
 from listing_dedup.search.indexer import build_index, search
 from listing_dedup.search.phash_match import phash_pairs
 from listing_dedup.sink.delta import DeltaSink
-from listing_dedup.sink.runs import RunSummary, write_run_row
+from listing_dedup.sink.runs import RunSummary, check_runs_table, last_succeeded_run, write_run_row
 from listing_dedup.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,10 @@ def _union_edges(spark: SparkSession, parts: list[DataFrame]) -> DataFrame:
     return out.groupBy("src", "dst").agg(F.max("score").cast("float").alias("score"))
 
 
+def _versions(table_versions: dict[str, int]) -> str:
+    return ", ".join(f"{t} version {v}" for t, v in table_versions.items())
+
+
 def run_dedup(
     *,
     spark: SparkSession,
@@ -123,6 +131,15 @@ def run_dedup(
         with timer.stage("ingest") as c:
             ing = read_listings(spark, input_path, cfg.input)
             persisted.extend(ing.cached)
+            summary.rows_in = ing.rows_in()
+            previous = last_succeeded_run(sink)
+            check_row_count(
+                summary.rows_in,
+                cfg.input,
+                previous_rows=previous.rows_in if previous else None,
+                previous_run=previous.describe() if previous else "",
+                path=input_path,
+            )
             kept = keep(ing.kept)
             rejects = keep(ing.rejects)
             summary.rows_kept = kept.count()
@@ -131,14 +148,13 @@ def run_dedup(
             by_reason = {r["reason"]: r["count"] for r in rejects.groupBy("reason").count().collect()}
             summary.rejects_by_reason = by_reason
             summary.rows_rejected = sum(by_reason.values())
-            summary.rows_in = ing.rows_in()
             if summary.rows_in != summary.rows_kept + summary.rows_rejected:
                 raise DedupError(
                     f"row accounting broke: {summary.rows_in} in != {summary.rows_kept} kept + "
                     f"{summary.rows_rejected} rejected"
                 )
             c.update(rows_in=summary.rows_in, kept=summary.rows_kept, rejected=summary.rows_rejected)
-            if summary.rows_in == 0:
+            if summary.rows_in == 0:  # accepted by input.allow_empty / --allow-empty
                 log.warning("input %s holds no rows: the %s partitions will be empty", input_path, run_date)
 
         signals = _run_signals(cfg, ing.has_image_column)
@@ -281,16 +297,36 @@ def run_dedup(
                     rerank_scores=scored,
                 )
                 staged["candidates"] = sink.stage(cand, "candidates", run_date)
+            # every table (and the runs row to come) must fit before the first one moves
+            sink.check(staged.values())
+            check_runs_table(spark, sink)
             for name in staged:
-                res = sink.commit(staged[name], crash_before_commit=cfg.testing.crash_before_commit)
+                try:
+                    res = sink.commit(staged[name], crash_before_commit=cfg.testing.crash_before_commit)
+                except Exception as e:
+                    if not summary.table_versions:
+                        raise
+                    raise SinkError(
+                        f"committing table '{name}' failed after {_versions(summary.table_versions)} were "
+                        f"committed: {first_line(e)}; the date's tables are inconsistent until it is rerun"
+                    ) from e
                 summary.table_versions[name] = res.version
             c["tables"] = len(staged)
 
         summary.stage_seconds = {k: round(v, 3) for k, v in timer.seconds.items()}
-        summary.table_versions["runs"] = write_run_row(
-            spark, sink, summary, cfg, input_path, started, status="succeeded"
-        )
+        try:
+            summary.table_versions["runs"] = write_run_row(
+                spark, sink, summary, cfg, input_path, started, status="succeeded"
+            )
+        except Exception as e:
+            raise RunRecordError(
+                f"the data tables were committed ({_versions(summary.table_versions)}) but the runs row was "
+                f"not recorded: {first_line(e)}; rerun {run_date} to record it (the rerun replaces the "
+                "date's partitions: idempotent)"
+            ) from e
         return summary
+    except RunRecordError:
+        raise  # the data is committed and good: a "failed" row would say otherwise
     except Exception as e:
         summary.stage_seconds = {k: round(v, 3) for k, v in timer.seconds.items()}
         if not cfg.testing.crash_before_commit:  # a simulated driver crash writes nothing at all

@@ -2,7 +2,8 @@
 SparkSession from the conf profile, and mapping errors to exit codes.
 
 Exit codes: 0 ok; 2 bad arguments, bad config or unusable input (one clear line on stderr,
-no traceback); 1 any other failure (traceback logged).
+no traceback); 1 any other failure (traceback logged, then one ``error:`` line), storage or
+credential failures while reading the input among them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from listing_dedup.config import SparkConf
-from listing_dedup.errors import DedupError
+from listing_dedup.errors import DedupError, first_line
 
 log = logging.getLogger("listing_dedup")
 
@@ -91,16 +92,18 @@ def run_cli(main: Callable[[], int | None]) -> int:
         rc = main()
         return 0 if rc is None else int(rc)
     except DedupError as e:
-        if e.exit_code == 2:
-            print(f"error: {e}", file=sys.stderr)
-        else:
+        if e.exit_code != 2:
             log.exception("job failed")
-            print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the last line of defence: exit 1 with the traceback logged
         log.exception("job failed")
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
         return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

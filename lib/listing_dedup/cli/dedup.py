@@ -9,6 +9,9 @@ matches/clusters/rejects/runs tables.
 
 Runs with plain ``python`` (local Spark from the conf profile) or under ``spark-submit``
 (same arguments). Exit codes: 0 ok, 2 bad arguments/config/input, 1 runtime failure.
+
+An input with 0 rows, or far fewer than the previous succeeded run's, is refused (exit 2; see
+``input.allow_empty`` and ``input.max_shrink``); ``--allow-empty`` accepts it for this run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from listing_dedup.pipeline import run_dedup
 from listing_dedup.runtime import CliParser, add_conf_args, build_spark, configure_logging, run_cli, under_spark_submit
 from listing_dedup.sink.verify import verify_run
 
+ALLOW_EMPTY_SETS = ("input.allow_empty=true", "input.max_shrink=1.0")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = CliParser(prog="dedup_listings.py", description=__doc__.splitlines()[0])
@@ -32,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dates.add_argument("--from-date", help="backfill: first date (YYYY-MM-DD), needs --to-date")
     p.add_argument("--to-date", help="backfill: last date, inclusive")
     p.add_argument("--warehouse", required=True, help="folder (or URI) holding the Delta tables")
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="accept an input with 0 rows or one that shrank past input.max_shrink against the previous "
+        "succeeded run (same as --set input.allow_empty=true --set input.max_shrink=1.0)",
+    )
     p.add_argument(
         "--verify-only",
         action="store_true",
@@ -46,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--verify-only needs --run-date")
     if not args.verify_only and not (args.conf and args.input):
         p.error("the following arguments are required: --conf, --input")
+    if args.allow_empty and args.verify_only:
+        p.error("--allow-empty does not go with --verify-only")
+    if args.allow_empty:  # after the user's --set, so it wins
+        args.overrides = [*args.overrides, *ALLOW_EMPTY_SETS]
     return args
 
 

@@ -51,7 +51,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from listing_dedup.config import InputConf
-from listing_dedup.errors import InputError
+from listing_dedup.errors import DedupError, InputError, StorageError, first_line
 from listing_dedup.ingest.images import image_root_for
 from listing_dedup.ingest.phash import inspect_images
 from listing_dedup.ingest.titles import clean_titles
@@ -84,19 +84,109 @@ def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
+# Signs, anywhere in an error's text (a Java error through py4j carries its whole cause chain),
+# that storage, the network or credentials failed rather than the input: such a read exits 1
+# (a retry may pass), not 2. A missing path or a file that is not Parquet has none of them.
+STORAGE_SIGNS = (
+    "java.net.",  # ConnectException, SocketTimeoutException, UnknownHostException, ...
+    "java.nio.file.AccessDeniedException",
+    "org.apache.hadoop.security.AccessControlException",
+    "org.apache.hadoop.security.token.",  # expired or invalid delegation tokens
+    "java.io.InterruptedIOException",
+    "org.apache.hadoop.fs.s3a.",  # S3A errors (auth, throttling, connection) and a missing S3A jar
+    "com.amazonaws.",
+    "software.amazon.awssdk.",
+    "com.google.cloud.hadoop.",
+    "com.microsoft.azure.",
+    "Permission denied",
+    "Access Denied",
+    "Connection refused",
+    "Connection reset",
+    "Filesystem closed",
+)
+
+
+def read_error(path: str, e: BaseException) -> DedupError:
+    """The error for a failed read of the input: :class:`StorageError` (exit 1) when storage or
+    credentials failed (an ``OSError`` other than a missing file, or a Java error with one of
+    :data:`STORAGE_SIGNS`), else :class:`InputError` (exit 2: a missing path, a file that is
+    not Parquet). One line either way, naming the cause."""
+    if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+        return InputError(f"input path does not exist: {path}")
+    if isinstance(e, OSError):
+        return StorageError(f"cannot read input at {path}: storage error (not the input's fault): {_os_cause(e)}")
+    text = str(e)
+    for p in {path, path.removeprefix("file://"), os.path.abspath(path) if _is_local(path) else path}:
+        text = text.replace(p, "<input>")  # a sign inside the path itself says nothing
+    sign = next((s for s in STORAGE_SIGNS if s in text), None)
+    if sign is not None:
+        cause = _cause_from(text, sign).replace("<input>", path)
+        return StorageError(f"cannot read input at {path}: storage error (not the input's fault): {cause}")
+    return InputError(f"cannot read input Parquet at {path}: {first_line(e)}")
+
+
+def _os_cause(e: OSError) -> str:
+    return f"{type(e).__name__}: {e.strerror or first_line(e)}" + (f" ({e.filename})" if e.filename else "")
+
+
+def _cause_from(text: str, sign: str) -> str:
+    """The first line of ``text`` holding ``sign`` (a Java exception: class and message)."""
+    line = next(ln for ln in text.splitlines() if sign in ln).strip()
+    return " ".join(line.removeprefix("Caused by:").removeprefix(":").split())[:500]
+
+
+def _read_parquet(spark: SparkSession, path: str) -> DataFrame:
+    """The one call that reads the input (Spark infers the schema from the footers here)."""
+    return spark.read.parquet(path)
+
+
 def read_input(spark: SparkSession, path: str) -> DataFrame:
-    """Read listing Parquet; a missing path or unreadable file is an :class:`InputError`."""
+    """Read listing Parquet. A missing path or a file that is not Parquet is an
+    :class:`InputError` (exit 2); a storage or credentials failure a :class:`StorageError` (exit 1)."""
     if _is_local(path):
         local = path[len("file://") :] if path.startswith("file://") else path
-        if not os.path.exists(local):
-            raise InputError(f"input path does not exist: {path}")
-        if Path(local).is_dir() and not any(Path(local).rglob("*.parquet")):
-            raise InputError(f"input folder holds no .parquet files: {path}")
+        try:
+            os.stat(local)
+            if Path(local).is_dir() and not any(Path(local).rglob("*.parquet")):
+                raise InputError(f"input folder holds no .parquet files: {path}")
+        except OSError as e:
+            raise read_error(path, e) from e
     try:
-        return spark.read.parquet(path)
-    except Exception as e:  # AnalysisException and friends: report the first line only
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot read input Parquet at {path}: {first}") from None
+        return _read_parquet(spark, path)
+    except Exception as e:  # AnalysisException, Py4JJavaError, ...: classified, one line
+        raise read_error(path, e) from e
+
+
+def check_row_count(
+    rows_in: int, cfg: InputConf, *, previous_rows: int | None = None, previous_run: str = "", path: str = ""
+) -> None:
+    """The input-size guard (see :class:`listing_dedup.config.InputConf`): raise
+    :class:`InputError` (exit 2) when the input holds 0 rows and ``cfg.allow_empty`` is off, or
+    fewer than ``(1 - cfg.max_shrink) * previous_rows`` rows. ``previous_rows`` is the row count
+    of the previous succeeded run (``previous_run`` describes it), None when there is none."""
+    what = f"input {path}" if path else "input"
+    before = ""
+    if previous_rows is not None:
+        before = f"the previous succeeded run ({previous_run}) read {previous_rows} rows"
+    if rows_in == 0:
+        if cfg.allow_empty:
+            return
+        raise InputError(
+            f"{what} holds 0 rows; {before or 'no succeeded run is recorded before it'}: refusing to replace "
+            "the date's partitions with nothing (an empty extract is usually an upstream bug); "
+            "rerun with --allow-empty (or input.allow_empty: true) if the catalog really is empty"
+        )
+    if previous_rows is None or previous_rows <= 0 or cfg.max_shrink >= 1.0:
+        return
+    floor = (1.0 - cfg.max_shrink) * previous_rows
+    if rows_in < floor:
+        drop = 100.0 * (previous_rows - rows_in) / previous_rows
+        raise InputError(
+            f"{what} holds {rows_in} rows, {drop:.0f}% fewer than the {previous_rows} rows the previous succeeded "
+            f"run read ({previous_run}); input.max_shrink={cfg.max_shrink:g} allows at most {cfg.max_shrink:.0%} "
+            "fewer: refusing it as a probable upstream bug; rerun with --allow-empty (or a higher "
+            "input.max_shrink) if the catalog really shrank"
+        )
 
 
 def check_schema(df: DataFrame) -> DataFrame:

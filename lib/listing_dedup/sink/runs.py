@@ -1,5 +1,9 @@
 """The ``runs`` table: one row per attempt of the job (an append-only audit log), and the
-:class:`RunSummary` it records (also what the job prints)."""
+:class:`RunSummary` it records (also what the job prints).
+
+The job reads it too: :func:`last_succeeded_run` is the baseline of the input-size guard
+(``input.allow_empty``, ``input.max_shrink``), and :func:`check_runs_table` checks, before the
+data tables are committed, that the row this version writes fits the existing table."""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import logging
 from dataclasses import dataclass, field
 
 from listing_dedup import __version__
+from listing_dedup.errors import SinkError, first_line
 from listing_dedup.sink.delta import DeltaSink
+from listing_dedup.sink.schemas import spark_to_arrow_schema
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +115,65 @@ def write_run_row(spark, sink, summary: RunSummary, cfg, input_path, started, *,
         log.warning("the runs table predates column(s) %s: not recorded there (move it aside to get them)", older)
         df = df.drop(*older)
     return sink.write(df, "runs", summary.run_date, mode="append").version
+
+
+def check_runs_table(spark, sink: DeltaSink) -> None:
+    """Raise :class:`SinkError` when the row :func:`write_run_row` would append does not fit the
+    existing ``runs`` table (other types, columns this version does not know, other
+    partitioning). Called before the data tables are committed, so such a table fails the run
+    while every table is still at its previous version."""
+    from pyspark.sql import types as T
+
+    schema = spark.createDataFrame([], RUNS_SCHEMA).schema
+    older = set(_columns_missing_from(sink, "runs", schema.fieldNames()))
+    fields = T.StructType([f for f in schema.fields if f.name not in older])
+    sink.check_schema("runs", spark_to_arrow_schema(fields))
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """A succeeded attempt recorded in the ``runs`` table."""
+
+    run_id: str
+    run_date: str
+    rows_in: int
+    finished_at: dt.datetime
+
+    def describe(self) -> str:
+        return f"run {self.run_id} for {self.run_date}, finished {self.finished_at:%Y-%m-%d %H:%M} UTC"
+
+
+def last_succeeded_run(sink: DeltaSink) -> PreviousRun | None:
+    """The most recent ``succeeded`` row of the ``runs`` table by ``finished_at``, whatever its
+    ``run_date`` (a nightly input is a snapshot of the whole catalog, so the last good run is
+    the best guess of its size; a backfill of old dates compares with it too). Failed and
+    refused attempts never count. None when the table or such a row does not exist."""
+    from deltalake import DeltaTable
+
+    uri = sink.table_uri("runs")
+    need = ["run_id", "run_date", "status", "rows_in", "finished_at"]
+    try:
+        if not DeltaTable.is_deltatable(uri, sink.storage_options):
+            return None
+        table = DeltaTable(uri, storage_options=sink.storage_options)
+        have = {f.name for f in table.schema().fields}
+        if not set(need) <= have:
+            gone = sorted(set(need) - have)
+            log.warning("the runs table has no column(s) %s: no previous run to compare the input with", gone)
+            return None
+        df = table.to_pandas(columns=need, filters=[("status", "=", "succeeded")])
+    except Exception as e:  # storage or credentials: the runs row could not be written either
+        raise SinkError(f"cannot read the runs table at {uri}: {first_line(e)}") from e
+    df = df.dropna(subset=["finished_at", "rows_in"])
+    if df.empty:
+        return None
+    last = df.sort_values("finished_at", kind="stable").iloc[-1]
+    return PreviousRun(
+        run_id=str(last["run_id"]),
+        run_date=str(last["run_date"]),
+        rows_in=int(last["rows_in"]),
+        finished_at=last["finished_at"].to_pydatetime(),
+    )
 
 
 def _columns_missing_from(sink: DeltaSink, table: str, columns: list[str]) -> list[str]:
