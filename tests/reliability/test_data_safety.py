@@ -1,34 +1,335 @@
 """Data safety around the commit: empty or shrunken inputs, schema checks before the first
-commit, the runs row after the data commits, vacuum retention, one-line config/input errors."""
+commit, the runs row after the data commits, one-line config errors, storage errors while
+reading the input. (Vacuum retention and the concurrent-commit overlap: tests/test_writer.py.)
+
+One job run makes the baseline warehouse (a 6-row catalog committed for DATE); each test works
+on its own copy of it."""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import json
+import shutil
+from pathlib import Path
+
 import pandas as pd
-from _rel import config, job
-from listing_dedup.sink.delta import read_table
+import pytest
+from _rel import CONF, DATA_TABLES, cli_args, config, data_files, job, snapshot, versions
+from listing_dedup.cli import dedup as dedup_cli
+from listing_dedup.config import InputConf
+from listing_dedup.errors import InputError, SinkError, StorageError
+from listing_dedup.ingest import reader
+from listing_dedup.sink.delta import DeltaSink, read_table, table_version
+from listing_dedup.sink.runs import last_succeeded_run
 from listing_dedup.sink.verify import verify_run
 
-DATE = "2026-04-01"
+DATE, DATE2 = "2026-04-01", "2026-04-02"
+CATALOG = [
+    ("a1", "Rice cooker digital Miyako 1.8 liter"),
+    ("a2", "MIYAKO RICE COOKER DIGITAL 1.8 LITER"),
+    ("b1", "Mouse wireless Logitech M331 silent click"),
+    ("b2", "Logitech M331 silent click wireless mouse"),
+    ("c1", "Hijab segi empat voal motif bunga"),
+    ("d1", "Susu UHT coklat 200ml"),
+]
 
 
-def test_empty_and_all_null_inputs_write_empty_partitions(spark, tmp_path):
-    wh = str(tmp_path / "wh")
+@pytest.fixture(scope="module")
+def baseline(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("safety")
+    path = root / "listings.parquet"
+    pd.DataFrame(CATALOG, columns=["posting_id", "title"]).to_parquet(path, index=False)
+    wh = root / "wh"
+    rc, err, s = job(spark, config(), str(path), DATE, str(wh))
+    assert rc == 0, err
+    assert s.rows_in == len(CATALOG)
+    return str(path), wh
+
+
+def copy_of(baseline, tmp_path) -> str:
+    wh = tmp_path / "wh"
+    shutil.copytree(baseline[1], wh)
+    return str(wh)
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def statuses(wh: str) -> list[str]:
+    return read_table(wh, "runs").sort_values("started_at")["status"].tolist()
+
+
+# --------------------------------------------------------------------------------------
+# 1. every table is checked before the first commit
+
+
+def test_incompatible_table_fails_the_run_before_any_table_moves(spark, baseline, tmp_path):
+    path, _ = baseline
+    wh = copy_of(baseline, tmp_path)
+    # `clusters` as another writer left it: group_size is a string there
+    shutil.rmtree(Path(wh) / "clusters")
+    odd = spark.createDataFrame([("a1", "a1", "2")], "posting_id string, group_id string, group_size string")
+    DeltaSink(wh).write(odd, "clusters", DATE)
+    before, before_versions, before_files = snapshot(wh, DATE), versions(wh), data_files(wh)
+
+    rc, err, _ = job(spark, config(), path, DATE, wh)
+    assert rc == SinkError.exit_code == 1
+    line = one_line(err)
+    assert line.startswith("error: table 'clusters' has a different schema than this write"), line
+    assert "column 'group_size' is string in the table, integer in this write" in line, line
+    after = versions(wh)
+    # `matches` (committed first before) keeps its previous version, like every data table
+    assert {t: after[t] for t in DATA_TABLES} == {t: before_versions[t] for t in DATA_TABLES}
+    for t, df in snapshot(wh, DATE).items():
+        pd.testing.assert_frame_equal(df, before[t])
+    assert data_files(wh) > before_files  # the staged files stay uncommitted (orphans for vacuum)
+    assert statuses(wh) == ["succeeded", "failed"]
+    assert after["runs"] == before_versions["runs"] + 1
+
+
+# --------------------------------------------------------------------------------------
+# 2. the runs row after the data commits
+
+
+def test_runs_row_failure_after_the_data_commits_is_not_recorded_as_failed(spark, baseline, tmp_path, monkeypatch):
+    path, _ = baseline
+    wh = copy_of(baseline, tmp_path)
+    before = versions(wh)
+    real_commit = DeltaSink.commit
+    refused = []
+
+    def commit(self, staged, **kwargs):  # the first runs commit fails, as storage might
+        if staged.table == "runs" and not refused:
+            refused.append(staged)
+            raise SinkError("committing table 'runs' (2026-04-01) failed: the object store said 503")
+        return real_commit(self, staged, **kwargs)
+
+    monkeypatch.setattr(DeltaSink, "commit", commit)
+    rc, err, _ = job(spark, config(), path, DATE, wh)
+    monkeypatch.undo()
+
+    assert rc == 1 and len(refused) == 1
+    after = versions(wh)
+    assert {t: after[t] for t in DATA_TABLES} == {t: before[t] + 1 for t in DATA_TABLES}  # the data committed
+    tables = (*DATA_TABLES, "candidates")  # conf/local.yaml writes the candidates table too
+    committed = ", ".join(f"{t} version {table_version(wh, t)}" for t in tables)
+    assert one_line(err) == (
+        f"error: the data tables were committed ({committed}) but the runs row was not recorded: committing "
+        "table 'runs' (2026-04-01) failed: the object store said 503; rerun 2026-04-01 to record it (the rerun "
+        "replaces the date's partitions: idempotent)"
+    )
+    # no "failed" row (a later runs write would have landed: only the first one was refused)
+    assert after["runs"] == before["runs"]
+    assert statuses(wh) == ["succeeded"]
+    assert verify_run(wh, DATE).rows_in == len(CATALOG)
+
+
+# --------------------------------------------------------------------------------------
+# 3. empty and shrunken inputs
+
+
+def test_check_row_count_rules():
+    conf = InputConf()
+    assert (conf.allow_empty, conf.max_shrink) == (False, 0.5)
+    for rows, prev in [(1, None), (50, 100), (100, 100), (150, 100), (1, 0)]:
+        reader.check_row_count(rows, conf, previous_rows=prev)  # accepted
+    for rows, prev in [(0, None), (0, 100), (49, 100), (1, 3)]:
+        with pytest.raises(InputError):
+            reader.check_row_count(rows, conf, previous_rows=prev)
+    with pytest.raises(InputError, match=r"holds 10 rows, 90% fewer than the 100 rows .* \(run r7 for 2026-01-01\)"):
+        reader.check_row_count(10, conf, previous_rows=100, previous_run="run r7 for 2026-01-01")
+    with pytest.raises(InputError, match="no succeeded run is recorded before it"):
+        reader.check_row_count(0, conf)
+    loose = InputConf(max_shrink=0.8)
+    reader.check_row_count(20, loose, previous_rows=100)
+    with pytest.raises(InputError, match="input.max_shrink=0.8"):
+        reader.check_row_count(19, loose, previous_rows=100)
+    reader.check_row_count(1, InputConf(max_shrink=1.0), previous_rows=10**9)
+    with pytest.raises(InputError):  # a shrink limit of 1.0 does not accept an empty input ...
+        reader.check_row_count(0, InputConf(max_shrink=1.0), previous_rows=5)
+    reader.check_row_count(0, InputConf(allow_empty=True), previous_rows=5)  # ... allow_empty does
+
+
+def test_last_succeeded_run_is_the_latest_by_finished_at_whatever_its_date(spark, tmp_path):
+    wh = str(tmp_path)
+    sink = DeltaSink(wh)
+    assert last_succeeded_run(sink) is None  # no runs table yet
+    schema = "run_id string, status string, rows_in long, finished_at timestamp"
+
+    def row(run_id, status, rows_in, day):
+        return (run_id, status, rows_in, dt.datetime(2026, 4, day, 3, tzinfo=dt.timezone.utc))  # noqa: UP017
+
+    sink.write(spark.createDataFrame([row("r-failed", "failed", 0, 9)], schema), "runs", "2026-04-08", mode="append")
+    assert last_succeeded_run(sink) is None  # failed attempts never count
+    for date, rows in {
+        "2026-04-02": [row("r-new-date", "succeeded", 900, 2), row("r-older", "succeeded", 800, 1)],
+        "2026-03-01": [row("r-backfill", "succeeded", 500, 5)],  # an old date, run last
+        "2026-04-06": [row("r-refused", "failed", 3, 7)],
+    }.items():
+        sink.write(spark.createDataFrame(rows, schema), "runs", date, mode="append")
+    got = last_succeeded_run(sink)
+    assert (got.run_id, got.run_date, got.rows_in) == ("r-backfill", "2026-03-01", 500)
+    assert got.describe() == "run r-backfill for 2026-03-01, finished 2026-04-05 03:00 UTC"
+
+
+def test_empty_input_is_refused_unless_allowed(spark, baseline, tmp_path, monkeypatch, capsys):
+    wh = copy_of(baseline, tmp_path)
     # pandas writes an empty object column with no type (Parquet null, read by Spark as int)
     empty = tmp_path / "empty.parquet"
     pd.DataFrame({"posting_id": pd.Series([], dtype=object), "title": pd.Series([], dtype=object)}).to_parquet(empty)
-    rc, err, s = job(spark, config(), str(empty), DATE, wh)
-    assert rc == 0, err
-    assert (s.rows_in, s.rows_kept, s.rows_rejected, s.n_groups) == (0, 0, 0, 0)
-    for t in ("matches", "clusters", "rejects"):
+    monkeypatch.setattr(dedup_cli, "build_spark", lambda _conf: spark)  # the test session, not a new one
+    before, before_versions, before_files = snapshot(wh, DATE), versions(wh), data_files(wh)
+
+    rc = dedup_cli.main(cli_args(str(empty), DATE, wh))
+    out = capsys.readouterr()
+    assert rc == 2
+    line = one_line(out.err)
+    assert line.startswith(f"error: input {empty} holds 0 rows; the previous succeeded run (run "), line
+    assert f"for {DATE}, finished " in line and ") read 6 rows: refusing to replace" in line, line
+    assert "--allow-empty" in line
+    after = versions(wh)
+    assert {t: after[t] for t in DATA_TABLES} == {t: before_versions[t] for t in DATA_TABLES}
+    assert data_files(wh) == before_files  # refused before anything was staged
+    for t, df in snapshot(wh, DATE).items():
+        pd.testing.assert_frame_equal(df, before[t])
+    runs = read_table(wh, "runs").sort_values("started_at")
+    assert runs["status"].tolist() == ["succeeded", "failed"]  # recorded like other unusable inputs
+    assert runs["rows_in"].tolist() == [6, 0]
+
+    rc = dedup_cli.main([*cli_args(str(empty), DATE, wh), "--allow-empty"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "rows in        0" in out.out
+    for t in DATA_TABLES:
         assert read_table(wh, t, DATE).empty
     assert verify_run(wh, DATE).rows_in == 0
+    last = read_table(wh, "runs").sort_values("started_at").iloc[-1]
+    assert (last["status"], last["rows_in"]) == ("succeeded", 0)
+    recorded = json.loads(last["config_json"])["input"]
+    assert (recorded["allow_empty"], recorded["max_shrink"]) == (True, 1.0)
 
-    # optional columns that are entirely null are accepted (read as string)
+
+def test_shrunken_input_is_refused_unless_the_shrink_limit_allows_it(spark, baseline, tmp_path):
+    wh = copy_of(baseline, tmp_path)
+    # 2 rows where the previous run read 6; the optional columns are entirely null
     nulls = tmp_path / "nulls.parquet"
     pd.DataFrame(
         {"posting_id": ["a", "b"], "title": ["Payung lipat", None], "image": [None, None], "image_phash": [None, None]}
     ).to_parquet(nulls)
-    rc, err, s = job(spark, config(), str(nulls), "2026-04-02", wh)
+    before = versions(wh)
+    # another date: the previous succeeded run of any date is the baseline
+    rc, err, _ = job(spark, config(), str(nulls), DATE2, wh)
+    assert rc == 2
+    line = one_line(err)
+    assert line.startswith(
+        f"error: input {nulls} holds 2 rows, 67% fewer than the 6 rows the previous succeeded run"
+    ), line
+    assert "input.max_shrink=0.5 allows at most 50% fewer" in line, line
+    assert {t: versions(wh)[t] for t in DATA_TABLES} == {t: before[t] for t in DATA_TABLES}
+    assert read_table(wh, "clusters", DATE2).empty
+
+    # a conf'd limit that allows the drop; all-null optional columns are accepted (read as string)
+    rc, err, s = job(spark, config("input.max_shrink=0.8"), str(nulls), DATE2, wh)
     assert rc == 0, err
     assert (s.rows_in, s.rows_kept, s.rejects_by_reason) == (2, 1, {"no_title_no_image": 1})
-    assert verify_run(wh, "2026-04-02").ok
+    assert verify_run(wh, DATE2).ok
+    assert statuses(wh) == ["succeeded", "failed", "succeeded"]
+    got = last_succeeded_run(DeltaSink(wh))
+    assert (got.run_date, got.rows_in) == (DATE2, 2)  # the new baseline
+
+
+# --------------------------------------------------------------------------------------
+# 5. one-line config errors; storage errors while reading the input
+
+
+def test_yaml_syntax_error_is_one_line_and_exit_2(tmp_path, capsys):
+    wh = str(tmp_path / "wh")
+    for text, where in [("input:\n\tpartitions: 1\n", "line 2, column 1"), ("a: b: c\n", "line 1, column 5")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        rc = dedup_cli.main(["--conf", str(bad), "--input", "x.parquet", "--run-date", DATE, "--warehouse", wh])
+        err = capsys.readouterr().err
+        assert rc == 2
+        assert err.endswith("\n") and err.count("\n") == 1, err
+        assert err.startswith(f"error: config file {bad} is not valid YAML: {where}: "), err
+    rc = dedup_cli.main(
+        ["--conf", CONF[0], "--set", "input.partitions=[1,", "--input", "x", "--run-date", DATE, "--warehouse", wh]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: --set input.partitions: cannot parse"), err
+    with pytest.raises(SystemExit) as e:  # argparse errors exit from the parser
+        dedup_cli.main(["--verify-only", "--allow-empty", "--run-date", DATE, "--warehouse", wh])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == "error: --allow-empty does not go with --verify-only (see --help)\n"
+    assert not Path(wh).exists()
+
+
+def _java_error(spark, exception: str, message: str):
+    """A real Py4JJavaError whose cause is a Java ``exception`` (a failed future rethrows it)."""
+    jvm = spark.sparkContext._jvm
+    exc = functools.reduce(getattr, exception.split("."), jvm)(message)
+    try:
+        jvm.java.util.concurrent.CompletableFuture.failedFuture(exc).get()
+    except Exception as e:  # noqa: BLE001 - the error object is what we want
+        return e
+    raise AssertionError("the failed future did not raise")
+
+
+def test_storage_failure_reading_the_input_exits_1_with_the_cause(spark, tmp_path, monkeypatch):
+    wh = str(tmp_path / "wh")
+    # a real one: the HDFS name node refuses the connection (no retries, so it fails at once)
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    keys = ("ipc.client.connect.max.retries", "ipc.client.connect.max.retries.on.timeouts")
+    saved = {k: hadoop.get(k) for k in keys}
+    for k in keys:
+        hadoop.set(k, "0")
+    try:
+        rc, err, _ = job(spark, config(), "hdfs://127.0.0.1:1/listings/day.parquet", DATE, wh)
+    finally:
+        for k, v in saved.items():
+            hadoop.unset(k) if v is None else hadoop.set(k, v)
+    assert rc == StorageError.exit_code == 1
+    line = one_line(err)
+    assert line.startswith(
+        "error: cannot read input at hdfs://127.0.0.1:1/listings/day.parquet: storage error (not the input's fault): "
+    ), line
+    assert "java.net.ConnectException" in line and "Connection refused" in line, line
+
+    # credentials: the object store denies the read (Spark's error, as py4j raises it)
+    denied = _java_error(spark, "java.nio.file.AccessDeniedException", "s3a://bucket/day.parquet: getFileStatus: 403")
+
+    def read_parquet(spark, path):
+        raise denied
+
+    monkeypatch.setattr(reader, "_read_parquet", read_parquet)
+    rc, err, _ = job(spark, config(), "s3a://bucket/day.parquet", DATE, wh)
+    assert rc == 1
+    line = one_line(err)
+    assert line == (
+        "error: cannot read input at s3a://bucket/day.parquet: storage error (not the input's fault): "
+        "java.util.concurrent.ExecutionException: java.nio.file.AccessDeniedException: s3a://bucket/day.parquet: "
+        "getFileStatus: 403"
+    )
+    assert statuses(wh) == ["failed", "failed"]  # the attempts are recorded
+
+
+def test_read_errors_are_classified_by_their_cause():
+    p = "/data/listings/day.parquet"
+    assert isinstance(reader.read_error(p, FileNotFoundError(2, "No such file or directory", p)), InputError)
+    e = reader.read_error(p, PermissionError(13, "Permission denied", p))
+    assert isinstance(e, StorageError) and e.exit_code == 1
+    assert (
+        str(e)
+        == f"cannot read input at {p}: storage error (not the input's fault): PermissionError: Permission denied ({p})"
+    )
+    e = reader.read_error(p, TimeoutError(110, "Connection timed out"))
+    assert isinstance(e, StorageError) and "TimeoutError: Connection timed out" in str(e)
+    # a file that is not Parquet stays the input's fault, even when its path looks like a storage error
+    odd = "/data/Permission denied/day.parquet"
+    e = reader.read_error(odd, RuntimeError(f"[FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER] {odd} is not a Parquet file"))
+    assert isinstance(e, InputError) and e.exit_code == 2
+    assert str(e).startswith(f"cannot read input Parquet at {odd}: [FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER]")
