@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED := 1
 # pip prints one warning per package about an empty local index on this kind of machine
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup sample run test lint bench clean airflow package package-code package-env dag-check train train-reranker export-e5
+.PHONY: help setup sample run test test-fast lint bench clean airflow package package-code package-env dag-check train train-reranker export-e5
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-15s %s\n", $$1, $$2}'
@@ -78,8 +78,11 @@ package-env: $(EXTRAS_STAMP) ## dist/listing_dedup_env.tar.gz: a fresh venv with
 		--compress-level $(PACK_COMPRESS) --force --quiet
 	chmod 644 $(DIST)/listing_dedup_env.tar.gz && ls -l $(DIST)/listing_dedup_env.tar.gz
 
-test: setup airflow ## run the test suite (CPU, local Spark; the DAG tests need the airflow extra)
+test: setup airflow ## run the whole test suite (CPU, local Spark; prints its wall time and the 15 slowest)
 	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) tests
+
+test-fast: setup airflow ## the suite without the tests marked slow (job runs, child processes): the edit loop
+	$(PY) -m pytest -q -m "not slow" --durations=10 $(PYTEST_ARGS) tests
 
 lint: setup ## ruff
 	$(PY) -m ruff check lib jobs tests bench airflow_dags

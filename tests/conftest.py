@@ -1,10 +1,21 @@
-"""Shared fixtures: one local SparkSession for the whole test session (splink-style)."""
+"""Shared fixtures: one local SparkSession for the whole test session (splink-style), the real
+Shopee data under ``../shared/data``, and the rule that nothing skips silently in CI.
+
+A test that cannot run here (no ``../shared/data``, a package that setup.py requires is missing)
+skips on a developer's machine, but FAILS when the ``CI`` environment variable is set: in CI a
+missing requirement is a broken set-up, not a reason to test less. Use :func:`skip_or_fail` and
+:func:`require_module` (instead of ``pytest.skip`` / ``pytest.importorskip``) for those cases.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+import time
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -20,6 +31,27 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
+
+def in_ci() -> bool:
+    return bool(os.environ.get("CI"))
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the calling test (or module) for ``reason``; under ``CI`` fail it instead."""
+    if in_ci():
+        pytest.fail(f"{reason} -- CI is set, so this is a failure, not a skip", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require_module(name: str, why: str = "") -> ModuleType:
+    """``pytest.importorskip`` for a package that setup.py requires: the module, or a skip
+    naming it (a failure under ``CI``). Optional packages that setup.py does not list keep
+    ``pytest.importorskip``."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        skip_or_fail(f"{why or name + ' is not installed'} ({type(e).__name__}: {e})")
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +76,62 @@ def spark():
     session.stop()
 
 
+@pytest.fixture()
+def cli_spark(spark):
+    """The test session, for a command run in-process through its ``main(argv)``: the command's
+    ``build_spark`` gets this session and applies the profile's ``spark.conf`` and log level to
+    it; they are put back afterwards, so later tests see the session as the fixture made it."""
+    before = {k: v for k, v in spark.sql("SET").collect()}
+    yield spark
+    now = {k: v for k, v in spark.sql("SET").collect()}
+    for k, v in now.items():
+        if before.get(k) == v:
+            continue
+        try:
+            if k in before:
+                spark.conf.set(k, before[k])
+            else:
+                spark.conf.unset(k)
+        except Exception:  # noqa: BLE001 - a static conf the command could not change either
+            pass
+    spark.sparkContext.setLogLevel("ERROR")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "shopee" / "listings_dev.csv").is_file():
-        pytest.skip(f"real Shopee data not found at {SHARED_DATA} (../shared/data); skipping")
+        skip_or_fail(f"real Shopee data not found at {SHARED_DATA} (../shared/data)")
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "":
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a GPU: run with CUDA_VISIBLE_DEVICES set")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+_STARTED: dict[str, object] = {}
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def pytest_sessionstart(session):
+    _STARTED.update(t=time.monotonic(), load=_loadavg())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if "t" not in _STARTED:
+        return
+    wall = time.monotonic() - _STARTED["t"]
+    terminalreporter.write_line(
+        f"suite wall time {wall:.0f} s ({wall / 60:.1f} min); load average (1, 5, 15 min) "
+        f"at start {_STARTED['load']}, at end {_loadavg()}; CI={'set' if in_ci() else 'unset'}"
+    )
