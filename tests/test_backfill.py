@@ -3,18 +3,16 @@ order, each idempotent; a failed date stops the loop and leaves earlier dates co
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from listing_dedup.backfill import date_range, input_for_date, run_backfill
+from listing_dedup.cli import dedup as dedup_cli
 from listing_dedup.errors import DedupError, InputError, SinkError
 from listing_dedup.sink.delta import read_table
 from listing_dedup.sink.verify import verify_run
 
-REPO = Path(__file__).resolve().parents[1]
 SETS = [
     "match.threshold=0.8",
     "match.min2_threshold=0.8",
@@ -22,6 +20,7 @@ SETS = [
     "index.n_shards=2",
     "input.partitions=2",
     "spark.conf.spark.sql.shuffle.partitions=2",
+    "embed.text.enabled=false",  # the loop is under test, not the text model: the lexical signal alone
 ]
 
 
@@ -77,10 +76,15 @@ def _catalog(path: Path, rows: list[tuple[str, str]]) -> None:
     pd.DataFrame(rows, columns=["posting_id", "title"]).to_parquet(path, index=False)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "jobs/dedup_listings.py", *args], cwd=REPO, capture_output=True, text=True, timeout=900
-    )
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """jobs/dedup_listings.py in-process through ``main(argv)``: (exit code, stdout, stderr).
+    (The entry point's child-process smoke test is tests/test_job.py.)"""
+    try:
+        rc = dedup_cli.main(list(args))
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
 DAY1 = [("a1", "Rice cooker digital Miyako 1.8 liter"), ("a2", "MIYAKO RICE COOKER DIGITAL 1.8 LITER"),
@@ -89,22 +93,23 @@ DAY2 = [("b1", "Mouse wireless Logitech M331 silent click"), ("b2", "Logitech M3
         ("b3", "Hijab segi empat voal motif bunga"), ("b3", "duplicate id")]  # fmt: skip
 
 
-def test_cli_backfill_commits_dates_in_order_and_stops_at_a_missing_partition(tmp_path):
+@pytest.mark.slow
+def test_cli_backfill_commits_dates_in_order_and_stops_at_a_missing_partition(cli_spark, tmp_path, capsys):
     root, wh = tmp_path / "listings", str(tmp_path / "wh")
     _catalog(root / "run_date=2026-01-01" / "part-0.parquet", DAY1)
     _catalog(root / "run_date=2026-01-02" / "part-0.parquet", DAY2)
     # 2026-01-03 has no partition: the loop must stop there, 2026-01-04 must never run
     sets = [x for s in SETS for x in ("--set", s)]
-    r = cli("--conf", "conf/local.yaml", "--input", str(root), "--from-date", "2026-01-01", "--to-date",
-            "2026-01-04", "--warehouse", wh, *sets)  # fmt: skip
-    assert r.returncode == 2, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
-    last = r.stderr.strip().splitlines()[-1]
+    rc, out, err = cli(capsys, "--conf", "conf/local.yaml", "--input", str(root), "--from-date", "2026-01-01",
+                       "--to-date", "2026-01-04", "--warehouse", wh, *sets)  # fmt: skip
+    assert rc == 2, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
     assert last == (
         f"error: backfill stopped at 2026-01-03: input path does not exist: {root}/run_date=2026-01-03; "
         "2026-01-01..2026-01-02 (2 dates) stay committed; resume with --from-date 2026-01-03"
     )
-    assert r.stdout.count("listing-dedup run ") == 2  # one summary per committed date
+    assert out.count("listing-dedup run ") == 2  # one summary per committed date
 
     clusters = read_table(wh, "clusters")
     got = {(d, p): g for d, p, g in zip(clusters["run_date"], clusters["posting_id"], clusters["group_id"])}
@@ -121,12 +126,12 @@ def test_cli_backfill_commits_dates_in_order_and_stops_at_a_missing_partition(tm
     assert verify_run(wh, "2026-01-02").rows_rejected == 1
 
     # the committed dates verify through the CLI too (what the DAG's verify task runs)
-    r = cli("--verify-only", "--run-date", "2026-01-02", "--warehouse", wh)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip() == "verified 2026-01-02: 4 rows in, 3 kept, 1 rejected, 1 groups"
-    r = cli("--verify-only", "--run-date", "2026-01-03", "--warehouse", wh)
-    assert r.returncode == 1
-    assert "latest attempt for 2026-01-03 has status failed" in r.stderr
+    rc, out, err = cli(capsys, "--verify-only", "--run-date", "2026-01-02", "--warehouse", wh)
+    assert rc == 0, err[-2000:]
+    assert out.strip() == "verified 2026-01-02: 4 rows in, 3 kept, 1 rejected, 1 groups"
+    rc, out, err = cli(capsys, "--verify-only", "--run-date", "2026-01-03", "--warehouse", wh)
+    assert rc == 1
+    assert "latest attempt for 2026-01-03 has status failed" in err
 
 
 @pytest.mark.parametrize(
@@ -138,8 +143,9 @@ def test_cli_backfill_commits_dates_in_order_and_stops_at_a_missing_partition(tm
         (["--from-date", "2026-01-01", "--to-date", "2026-02-31"], "backfill dates must be YYYY-MM-DD"),
     ],
 )
-def test_cli_backfill_bad_arguments_exit_2(tmp_path, args, message):
-    r = cli("--conf", "conf/local.yaml", "--input", str(tmp_path), "--warehouse", str(tmp_path / "wh"), *args)
-    assert r.returncode == 2
-    assert message in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_cli_backfill_bad_arguments_exit_2(tmp_path, capsys, args, message):
+    rc, _, err = cli(capsys, "--conf", "conf/local.yaml", "--input", str(tmp_path), "--warehouse",
+                     str(tmp_path / "wh"), *args)  # fmt: skip
+    assert rc == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -1,15 +1,23 @@
-"""The whole job on a tiny catalog with known groups, through the library and the CLI."""
+"""The whole job on a tiny catalog with known groups: one run of jobs/dedup_listings.py in a
+child process (the entry point's smoke test) whose tables are checked, scored by jobs/evaluate.py
+in a child process (that entry point's smoke test); the argument errors of both commands run
+in-process through their ``main(argv)``.
+
+The rerun of a date (same content, a new Delta version, both attempts in ``runs``) is checked by
+tests/reliability/test_rerun_retry_stable.py on a larger catalog."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from listing_dedup.config import load_config
-from listing_dedup.pipeline import run_dedup
-from listing_dedup.sink.delta import read_table, table_version
+from listing_dedup.cli import dedup as dedup_cli
+from listing_dedup.cli import evaluate as evaluate_cli
+from listing_dedup.sink.delta import read_table
 
+REPO = Path(__file__).resolve().parents[1]
 ROWS = [
     ("a1", "Paper Bag Victoria Secret"),
     ("a2", "PAPER BAG VICTORIA SECRET ORIGINAL"),
@@ -32,20 +40,13 @@ EXPECTED_GROUPS = {
     "d1": "d1",
     "e1": "e1",
 }
-
-
-@pytest.fixture()
-def catalog(tmp_path):
-    rows = [{"posting_id": p, "title": t, "image_phash": None} for p, t in ROWS]
-    rows.append({"posting_id": "a1", "title": "duplicate id", "image_phash": None})
-    rows.append({"posting_id": None, "title": "no id", "image_phash": None})
-    path = tmp_path / "listings.parquet"
-    pd.DataFrame(rows).astype({"image_phash": "string"}).to_parquet(path, index=False)
-    return str(path)
-
-
+DATE = "2026-03-02"
 CONF = ["conf/local.yaml"]
+# The cheapest conf that still runs every stage of the job in the child: the lexical signal alone
+# (the text model's load is a child's largest fixed cost after Spark's start-up), one exact list,
+# no INB round, 2 partitions everywhere.
 SETS = [
+    "embed.text.enabled=false",
     "match.threshold=0.6",
     "match.min2_threshold=0.6",
     "inb.thresholds=[]",
@@ -53,79 +54,87 @@ SETS = [
     "index.nlist=0",
     "index.n_shards=2",
     "input.partitions=2",
+    "spark.conf.spark.sql.shuffle.partitions=2",
 ]
 
 
-def test_job_finds_groups_writes_tables_and_reruns_idempotently(spark, catalog, tmp_path):
-    cfg = load_config(CONF, SETS)
-    wh = str(tmp_path / "wh")
-    s = run_dedup(spark=spark, cfg=cfg, input_path=catalog, run_date="2026-03-01", warehouse=wh)
-    assert (s.rows_in, s.rows_kept, s.rows_rejected) == (11, 9, 2)
-    assert s.rejects_by_reason == {"duplicate_posting_id": 1, "null_posting_id": 1}
+def write_catalog(path: Path) -> str:
+    rows = [{"posting_id": p, "title": t, "image_phash": None} for p, t in ROWS]
+    rows.append({"posting_id": "a1", "title": "duplicate id", "image_phash": None})
+    rows.append({"posting_id": None, "title": "no id", "image_phash": None})
+    pd.DataFrame(rows).astype({"image_phash": "string"}).to_parquet(path, index=False)
+    return str(path)
 
-    clusters = read_table(wh, "clusters", "2026-03-01").set_index("posting_id")
+
+def child(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One run of jobs/dedup_listings.py in a child process: (result, warehouse, folder)."""
+    folder = tmp_path_factory.mktemp("cli_job")
+    catalog = write_catalog(folder / "listings.parquet")
+    wh = str(folder / "wh")
+    sets = [x for s in SETS for x in ("--set", s)]
+    r = child(
+        "jobs/dedup_listings.py", "--conf", *CONF, "--input", catalog, "--run-date", DATE, "--warehouse", wh, *sets
+    )
+    return r, wh, folder
+
+
+@pytest.mark.slow
+def test_cli_job_finds_groups_and_writes_tables(cli_run):
+    r, wh, _ = cli_run
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rows rejected  2" in r.stdout and "groups found   3 groups" in r.stdout
+
+    clusters = read_table(wh, "clusters", DATE).set_index("posting_id")
     assert clusters["group_id"].to_dict() == EXPECTED_GROUPS
     assert clusters.loc["a2", "group_size"] == 3 and clusters.loc["d1", "group_size"] == 1
-    matches = read_table(wh, "matches", "2026-03-01").set_index("posting_id")
+    matches = read_table(wh, "matches", DATE).set_index("posting_id")
     assert sorted(matches.loc["a1", "match_ids"]) == ["a2", "a3"]
     assert list(matches.loc["d1", "match_ids"]) == []
     assert all(len(m) == len(sc) for m, sc in zip(matches["match_ids"], matches["scores"]))
-    rejects = read_table(wh, "rejects", "2026-03-01")
+    rejects = read_table(wh, "rejects", DATE)
     assert sorted(rejects["reason"]) == ["duplicate_posting_id", "null_posting_id"]
     runs = read_table(wh, "runs")
-    assert list(runs["status"]) == ["succeeded"] and runs["rows_in"].tolist() == [11]
-
-    v_before = table_version(wh, "clusters")
-    run_dedup(spark=spark, cfg=cfg, input_path=catalog, run_date="2026-03-01", warehouse=wh)
-    again = read_table(wh, "clusters", "2026-03-01").set_index("posting_id")
-    assert table_version(wh, "clusters") == v_before + 1
-    assert len(again) == 9
-    pd.testing.assert_frame_equal(again.sort_index(), clusters.sort_index(), check_like=True)
-    assert len(read_table(wh, "runs")) == 2  # the audit log keeps both attempts
+    assert list(runs["status"]) == ["succeeded"]
+    assert (runs["rows_in"].tolist(), runs["rows_kept"].tolist(), runs["rows_rejected"].tolist()) == ([11], [9], [2])
+    assert json.loads(runs["rejects_by_reason"].iloc[0]) == {"duplicate_posting_id": 1, "null_posting_id": 1}
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
-
-
-def test_cli_end_to_end_and_evaluate(catalog, tmp_path):
-    wh = str(tmp_path / "wh")
-    sets = [x for s in SETS for x in ("--set", s)]
-    r = run_cli(
-        "jobs/dedup_listings.py",
-        "--conf",
-        *CONF,
-        "--input",
-        catalog,
-        "--run-date",
-        "2026-03-02",
-        "--warehouse",
-        wh,
-        *sets,
-        "--set",
-        "spark.conf.spark.sql.shuffle.partitions=2",
-    )
+@pytest.mark.slow
+def test_evaluate_cli_scores_the_run(cli_run):
+    r, wh, folder = cli_run
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "rows rejected  2" in r.stdout and "groups found   3 groups" in r.stdout
-    truth = tmp_path / "truth.csv"
+    truth = folder / "truth.csv"
     pd.DataFrame({"posting_id": list(EXPECTED_GROUPS), "label_group": list(EXPECTED_GROUPS.values())}).to_csv(
         truth, index=False
     )
-    out = tmp_path / "score.json"
-    r = run_cli(
-        "jobs/evaluate.py", "--warehouse", wh, "--run-date", "2026-03-02", "--truth", str(truth), "--json-out", str(out)
-    )
+    out = folder / "score.json"
+    r = child("jobs/evaluate.py", "--warehouse", wh, "--run-date", DATE, "--truth", str(truth), "--json-out", str(out))
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1
     res = json.loads(lines[0])
     assert res == {
-        "run_date": "2026-03-02",
+        "run_date": DATE,
         "n": 9,
         "matches": {"f1": 1.0, "precision": 1.0, "recall": 1.0},
         "clusters": {"f1": 1.0, "precision": 1.0, "recall": 1.0},
     }
     assert json.loads(out.read_text()) == res
+
+
+def run_main(main, argv: list[str], capsys) -> tuple[int, str]:
+    """A command's ``main(argv)`` in-process: (exit code, stderr). argparse errors exit through
+    SystemExit, errors inside the command return their code."""
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -146,7 +155,7 @@ def test_cli_end_to_end_and_evaluate(catalog, tmp_path):
         ),
         (
             ["--conf", "conf/local.yaml", "--input", "x", "--run-date", "2026-13-01", "--warehouse", "WH"],
-            "run date must be YYYY-MM-DD",
+            "run date must be a date YYYY-MM-DD",
         ),
         (
             [
@@ -170,28 +179,28 @@ def test_cli_end_to_end_and_evaluate(catalog, tmp_path):
         (["--input", "x"], "required"),
     ],
 )
-def test_cli_bad_arguments_exit_2(args, message, tmp_path):
+def test_cli_bad_arguments_exit_2(args, message, tmp_path, capsys, request):
+    if "/nonexistent/x.parquet" in args:  # the one case that gets as far as the SparkSession
+        request.getfixturevalue("cli_spark")
     wh = tmp_path / "wh"
-    r = run_cli("jobs/dedup_listings.py", *[str(wh) if a == "WH" else a for a in args])
-    assert r.returncode == 2
-    assert message in r.stderr
-    assert "Traceback" not in r.stderr
+    rc, err = run_main(dedup_cli.main, [str(wh) if a == "WH" else a for a in args], capsys)
+    assert rc == 2
+    assert message in err
+    assert "Traceback" not in err
     # nothing but (at most) the failed attempt's audit row is written
     assert not (wh / "matches").exists() and not (wh / "clusters").exists()
 
 
-def test_evaluate_missing_run_exit_2(tmp_path):
+def test_evaluate_missing_run_exit_2(tmp_path, capsys):
     truth = tmp_path / "t.csv"
     truth.write_text("posting_id,label_group\na,1\n")
-    r = run_cli("jobs/evaluate.py", "--warehouse", str(tmp_path), "--run-date", "2026-01-01", "--truth", str(truth))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    r = run_cli(
-        "jobs/evaluate.py",
-        "--warehouse",
-        str(tmp_path),
-        "--run-date",
-        "2026-01-01",
-        "--truth",
-        str(tmp_path / "missing.csv"),
+    rc, err = run_main(
+        evaluate_cli.main, ["--warehouse", str(tmp_path), "--run-date", "2026-01-01", "--truth", str(truth)], capsys
     )
-    assert r.returncode == 2 and "truth file does not exist" in r.stderr
+    assert rc == 2 and "Traceback" not in err
+    rc, err = run_main(
+        evaluate_cli.main,
+        ["--warehouse", str(tmp_path), "--run-date", "2026-01-01", "--truth", str(tmp_path / "missing.csv")],
+        capsys,
+    )
+    assert rc == 2 and "truth file does not exist" in err

@@ -333,7 +333,9 @@ def test_job_with_the_reranker_matches_the_one_machine_path(spark, trained, tmp_
     assert sum("rerank" in dict(m) for m in cand["signal_scores"]) == s.signal_counts["reranked_pairs"]
 
 
+@pytest.mark.slow
 def test_train_reranker_cli(tmp_path):
+    """jobs/train_reranker.py in a child process (the entry point's smoke test)."""
     labelled = _labelled(5, 90)
     path = tmp_path / "l.parquet"
     labelled.to_parquet(path, index=False)
@@ -357,22 +359,17 @@ def test_train_reranker_cli(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "chosen: threshold" in r.stdout and (out / "reranker.txt").is_file()
+
+
+def test_train_reranker_cli_bad_input_and_conf_exit_2(tmp_path, capsys):
+    from listing_dedup.cli import train_reranker as rr_cli
+
+    path = tmp_path / "l.parquet"
+    _labelled(5, 30).to_parquet(path, index=False)
     for args, msg in [
         (["--input", str(tmp_path / "missing.parquet")], "cannot read input"),
         (["--input", str(path), "--set", "embed.image.enabled=true", "--set", "fusion.image=0.5"], "fusion.image"),
     ]:
-        r = subprocess.run(
-            [
-                sys.executable,
-                "jobs/train_reranker.py",
-                "--conf",
-                "conf/local.yaml",
-                "--out",
-                str(tmp_path / "x"),
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+        rc = rr_cli.main(["--conf", "conf/local.yaml", "--out", str(tmp_path / "x"), *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and "Traceback" not in err, err[-2000:]

@@ -222,7 +222,8 @@ def test_fold_column_decides_the_split(tmp_path):
     np.testing.assert_array_equal(idx.heldout, df["fold"].to_numpy() == 2)
 
 
-def test_cli_bad_config_and_input_exit_2(tmp_path):
+def test_cli_bad_config_exit_2(tmp_path):
+    """jobs/train_embedder.py in a child process (the entry point's smoke test)."""
     r = subprocess.run(
         [
             sys.executable,
@@ -241,22 +242,16 @@ def test_cli_bad_config_and_input_exit_2(tmp_path):
         timeout=300,
     )
     assert r.returncode == 2 and "unknown config key 'loss.nope'" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run(
-        [
-            sys.executable,
-            "jobs/train_embedder.py",
-            "--conf",
-            *TRAIN_CONF,
-            "--input",
-            str(tmp_path / "none.parquet"),
-            "--out",
-            str(tmp_path / "m"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+
+
+def test_cli_missing_input_exit_2(tmp_path, capsys):
+    from listing_dedup.cli import train_embedder as train_cli
+
+    rc = train_cli.main(
+        ["--conf", *TRAIN_CONF, "--input", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "m")]
     )
-    assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+    err = capsys.readouterr().err
+    assert rc == 2 and "no such file" in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,7 +110,9 @@ def test_rank_settings_orders_by_mean_f1():
     assert ranked["f1_min"].tolist() == pytest.approx([0.7, 0.5])
 
 
+@pytest.mark.slow
 def test_tune_cli(tmp_path):
+    """jobs/tune.py in a child process (the entry point's smoke test), lexical signal only."""
     df = _labelled_sample()
     inp = tmp_path / "l.parquet"
     df.drop(columns=["label_group"]).to_parquet(inp, index=False)
@@ -143,19 +145,13 @@ def test_tune_cli(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "component ablation" in r.stdout and out.exists()
     load_config(["conf/local.yaml", str(out)])
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "jobs/tune.py",
-            "--conf",
-            "conf/local.yaml",
-            "--input",
-            str(tmp_path / "missing.parquet"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+
+
+def test_tune_cli_missing_input_exit_2(tmp_path, capsys):
+    from listing_dedup.cli import tune as tune_cli
+
+    rc = tune_cli.main(
+        ["--conf", "conf/local.yaml", "--input", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "t.yaml")]
     )
-    assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    err = capsys.readouterr().err
+    assert rc == 2 and "error:" in err and "Traceback" not in err
