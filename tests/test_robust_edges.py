@@ -86,6 +86,51 @@ def test_relative_rank_one_and_margin_zero_keeps_the_best():
     assert _und(e) == {("a", "b"): 0.875, ("f", "g"): 0.75, ("m", "n"): 0.96875}
 
 
+MUT_ROWS = [
+    ("a", "b", 0.75),
+    ("a", "c", 0.625),
+    ("a", "d", 0.5),
+    ("b", "c", 0.875),
+    ("b", "a", 0.75),
+    ("c", "b", 0.875),
+    ("c", "d", 0.375),
+    ("d", "a", 0.5),
+]
+
+
+@pytest.mark.parametrize(
+    "rank,floor,want",
+    [
+        # nearest of each other: only b and c
+        (1, 0.5, {("b", "c"): 0.875}),
+        # top 2: a-b too (a: b, c; b: c, a); a-c is not (c: b, d), c-d is not (d: a)
+        (2, 0.5, {("a", "b"): 0.75, ("b", "c"): 0.875}),
+        # top 3: a-d too (a: b, c, d; d: a), at 0.5 = the floor
+        (3, 0.5, {("a", "b"): 0.75, ("b", "c"): 0.875, ("a", "d"): 0.5}),
+        # same ranks, a floor above a-d's score
+        (3, 0.625, {("a", "b"): 0.75, ("b", "c"): 0.875}),
+    ],
+)
+def test_mutual_rule_hand_example(rank, floor, want):
+    nbrs = pd.DataFrame(MUT_ROWS, columns=["src", "dst", "score"]).astype({"score": np.float32})
+    e = select_edges_pandas(nbrs, 0.9375, False, 0.9375, mutual_rank=rank, mutual_floor=floor)
+    assert _und(e) == want
+    cfg = MatchConf(threshold=0.9375, min2=False, min2_threshold=0.9375, mutual_rank=rank, mutual_floor=floor)
+    s, d = nbrs["src"].map(dict(a=0, b=1, c=2, d=3)).to_numpy(), nbrs["dst"].map(dict(a=0, b=1, c=2, d=3)).to_numpy()
+    sc = nbrs["score"].to_numpy()
+    o = np.lexsort((d, -sc.astype(np.float64), s))
+    a, b, w = R.rule_edges(s[o], d[o], sc[o], cfg)
+    names = "abcd"
+    assert {(names[i], names[j]): float(x) for i, j, x in zip(a, b, w, strict=True)} == want
+
+
+def test_mutual_rule_spark_hand_example(spark):
+    nbrs = pd.DataFrame(MUT_ROWS, columns=["src", "dst", "score"]).astype({"score": np.float32})
+    cfg = MatchConf(threshold=0.9375, min2=False, min2_threshold=0.9375, mutual_rank=3, mutual_floor=0.5)
+    got = _und(select_edges(spark.createDataFrame(nbrs), cfg).toPandas())
+    assert got == {("a", "b"): 0.75, ("b", "c"): 0.875, ("a", "d"): 0.5}
+
+
 def test_select_edges_match_reads_the_conf():
     cfg = MatchConf(threshold=0.9375, min2=False, min2_threshold=0.9375, **REL)
     assert _und(select_edges_match(_nbrs(), cfg)) == {("a", "b"): 0.875, ("a", "c"): 0.625, ("m", "n"): 0.96875}
@@ -93,15 +138,22 @@ def test_select_edges_match_reads_the_conf():
 
 @pytest.mark.parametrize(
     "key,value",
-    [("relative_rank", 0), ("relative_margin", -0.1), ("relative_floor", 1.5)],
+    [
+        ("relative_rank", 0),
+        ("relative_margin", -0.1),
+        ("relative_floor", 1.5),
+        ("mutual_rank", -1),
+        ("mutual_floor", -2.0),
+    ],
 )
 def test_match_conf_checks_the_relative_keys(key, value):
     with pytest.raises(ConfigError, match=f"match.{key}"):
         MatchConf(threshold=0.8, min2_threshold=0.5, **{key: value})
 
 
-def test_relative_rule_is_off_by_default():
+def test_relative_and_mutual_rules_are_off_by_default():
     assert MatchConf().relative is False
+    assert MatchConf().mutual_rank == 0
 
 
 def _random_nbrs(seed: int, n: int = 60, k: int = 8) -> pd.DataFrame:
@@ -119,6 +171,18 @@ CONFS = [
     MatchConf(threshold=0.875, min2=False, min2_threshold=0.875, **REL),
     MatchConf(threshold=0.9, min2=True, min2_threshold=0.5, relative=True, relative_rank=4, relative_margin=0.0625),
     MatchConf(threshold=1.0, min2=False, min2_threshold=0.3, relative=True, relative_rank=2, relative_margin=0.1),
+    MatchConf(threshold=0.95, min2=False, min2_threshold=0.3, mutual_rank=3, mutual_floor=0.5),
+    MatchConf(
+        threshold=0.875,
+        min2=True,
+        min2_threshold=0.5,
+        relative=True,
+        relative_rank=2,
+        relative_margin=0.0625,
+        relative_floor=0.375,
+        mutual_rank=2,
+        mutual_floor=0.5,
+    ),
 ]
 
 

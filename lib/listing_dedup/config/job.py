@@ -306,6 +306,10 @@ class MatchConf:
     relative_rank: int = 10
     relative_margin: float = 0.1
     relative_floor: float = 0.5
+    # mutual rule: also keep a neighbour when each listing is among the other's mutual_rank nearest
+    # and the score >= mutual_floor (0 = off)
+    mutual_rank: int = 0
+    mutual_floor: float = 0.6
 
     def __post_init__(self) -> None:
         _check(-1.0 <= self.threshold <= 1.0, "match.threshold", "must be a cosine in [-1, 1]")
@@ -313,6 +317,8 @@ class MatchConf:
         _check(1 <= self.relative_rank <= 2048, "match.relative_rank", "must be in [1, 2048]")
         _check(0.0 <= self.relative_margin <= 2.0, "match.relative_margin", "must be in [0, 2]")
         _check(-1.0 <= self.relative_floor <= 1.0, "match.relative_floor", "must be a cosine in [-1, 1]")
+        _check(0 <= self.mutual_rank <= 2048, "match.mutual_rank", "must be in [0, 2048] (0 = off)")
+        _check(-1.0 <= self.mutual_floor <= 1.0, "match.mutual_floor", "must be a cosine in [-1, 1]")
         _check(
             self.min2_threshold <= self.threshold,
             "match.min2_threshold",

@@ -14,8 +14,12 @@ Rules, applied in this order to directed neighbour rows ``src, dst, score``:
    list is shorter). Ranks follow the order score desc, then ``dst`` asc. A listing among
    many near neighbours (a crowded product line, a dense catalog) needs a neighbour well
    above its crowd; a listing whose nearest neighbours all look alike keeps none of them,
-   whatever the catalog's density. Looked at on the directed list of ``src`` (before step 4).
-4. **symmetrise**: an undirected edge exists when either direction was kept; its score is
+   whatever the catalog's density. Looked at on the directed list of ``src`` (before step 5).
+4. **mutual** (only when ``MatchConf.mutual_rank > 0``): ``src -> dst`` is also kept when
+   ``dst`` is among the ``mutual_rank`` nearest neighbours of ``src`` and ``src`` among those
+   of ``dst`` (ranks as in rule 3), and ``score >= mutual_floor``: two listings that pick each
+   other out of their neighbourhoods, whatever the catalog's density.
+5. **symmetrise**: an undirected edge exists when either direction was kept; its score is
    the max of both directions' scores; it is written in both directions.
 
 Self rows (``src == dst``) are ignored, the output has no duplicates. Scores are compared
@@ -48,6 +52,8 @@ def select_edges_pandas(
     relative_rank: int = 10,
     relative_margin: float = 0.1,
     relative_floor: float = 0.5,
+    mutual_rank: int = 0,
+    mutual_floor: float = 0.6,
 ) -> pd.DataFrame:
     """Pure pandas version of :func:`select_edges`: ``src, dst, score`` rows (both
     directions of every edge), sorted by ``src``, ``score`` desc, ``dst``. The keyword
@@ -60,6 +66,8 @@ def select_edges_pandas(
     kept = df[s64 >= threshold]
     if relative:
         kept = pd.concat([kept, _relative_rows(df, relative_rank, relative_margin, relative_floor)], ignore_index=True)
+    if mutual_rank > 0:
+        kept = pd.concat([kept, _mutual_rows(df, mutual_rank, mutual_floor)], ignore_index=True)
     if min2:
         best = df.assign(_s=s64).sort_values(["src", "_s", "dst"], ascending=[True, False, True])
         best = best.drop_duplicates("src", keep="first")
@@ -102,6 +110,17 @@ def _relative_rows(df: pd.DataFrame, rank: int, margin: float, floor: float) -> 
     return o[keep].drop(columns="_s")
 
 
+def _mutual_rows(df: pd.DataFrame, rank: int, floor: float) -> pd.DataFrame:
+    """Rows whose two ends are each among the other's ``rank`` nearest (rule 4)."""
+    o = df.assign(_s=df["score"].astype(np.float64)).sort_values(
+        ["src", "_s", "dst"], ascending=[True, False, True], kind="mergesort"
+    )
+    top = o[o.groupby("src", sort=False).cumcount().to_numpy() < rank]
+    rev = top[["src", "dst"]].rename(columns={"src": "dst", "dst": "src"}).drop_duplicates()
+    both = top.merge(rev, on=["src", "dst"], how="inner")
+    return both[both["_s"] >= floor].drop(columns="_s")
+
+
 def select_edges_match(nbrs: pd.DataFrame, cfg: MatchConf) -> pd.DataFrame:
     """:func:`select_edges_pandas` with the rules of a ``MatchConf``."""
     return select_edges_pandas(
@@ -113,6 +132,8 @@ def select_edges_match(nbrs: pd.DataFrame, cfg: MatchConf) -> pd.DataFrame:
         relative_rank=cfg.relative_rank,
         relative_margin=cfg.relative_margin,
         relative_floor=cfg.relative_floor,
+        mutual_rank=cfg.mutual_rank,
+        mutual_floor=cfg.mutual_floor,
     )
 
 
@@ -144,6 +165,16 @@ def select_edges(nbrs_df: Any, cfg: MatchConf) -> Any:
             (s64 >= F.lit(float(cfg.relative_floor))) & (s64 - F.col("_bg") >= F.lit(float(cfg.relative_margin)))
         ).select("src", "dst", "score")
         kept = kept.unionByName(rel)
+    if cfg.mutual_rank > 0:
+        ordered = Window.partitionBy("src").orderBy(s64.desc(), F.col("dst").asc())
+        top = df.withColumn("_rank", F.row_number().over(ordered)).filter(F.col("_rank") <= int(cfg.mutual_rank))
+        rev = top.select(F.col("dst").alias("src"), F.col("src").alias("dst")).distinct()
+        mutual = (
+            top.join(rev, ["src", "dst"], "inner")
+            .filter(s64 >= F.lit(float(cfg.mutual_floor)))
+            .select("src", "dst", "score")
+        )
+        kept = kept.unionByName(mutual)
     if cfg.min2:
         w = Window.partitionBy("src").orderBy(s64.desc(), F.col("dst").asc())
         rescue = (
@@ -162,7 +193,7 @@ def select_edges(nbrs_df: Any, cfg: MatchConf) -> Any:
     )
     log.info(
         "edges (planned, lazy): threshold=%.4f min2=%s min2_threshold=%.4f relative=%s rank=%d margin=%.4f "
-        "floor=%.4f seconds=%.2f",
+        "floor=%.4f mutual_rank=%d mutual_floor=%.4f seconds=%.2f",
         cfg.threshold,
         cfg.min2,
         cfg.min2_threshold,
@@ -170,6 +201,8 @@ def select_edges(nbrs_df: Any, cfg: MatchConf) -> Any:
         cfg.relative_rank,
         cfg.relative_margin,
         cfg.relative_floor,
+        cfg.mutual_rank,
+        cfg.mutual_floor,
         time.perf_counter() - t0,
     )
     return out

@@ -217,6 +217,14 @@ def rule_edges(
         cnt = np.diff(np.r_[np.flatnonzero(first), n_rows])[np.cumsum(first) - 1]
         bg = s[start + np.minimum(match.relative_rank, cnt) - 1]
         keep |= (s >= match.relative_floor) & (s - bg >= match.relative_margin)
+    if match.mutual_rank > 0 and n_rows:
+        rank = np.arange(n_rows) - start
+        fwd = src.astype(np.int64) * _CODE + dst
+        order = np.argsort(fwd, kind="stable")
+        rev = dst.astype(np.int64) * _CODE + src
+        at = np.minimum(np.searchsorted(fwd[order], rev), n_rows - 1)
+        rev_rank = np.where(fwd[order][at] == rev, rank[order][at], np.iinfo(np.int64).max)
+        keep |= (rank < match.mutual_rank) & (rev_rank < match.mutual_rank) & (s >= match.mutual_floor)
     if match.min2:
         keep |= first & (s < match.threshold) & (s >= match.min2_threshold)
     a = np.minimum(src[keep], dst[keep]).astype(np.int64)
