@@ -37,8 +37,8 @@ from listing_dedup.graph.rerank import candidate_frame_spark, check_fingerprint,
 from listing_dedup.ingest.images import image_root_for
 from listing_dedup.ingest.reader import check_row_count, read_listings
 from listing_dedup.search.blender import blend
-from listing_dedup.search.indexer import build_index, search
-from listing_dedup.search.phash_match import phash_pairs
+from listing_dedup.search.indexer import Quantizer, build_index, search, train
+from listing_dedup.search.phash_match import phash_found, split_found
 from listing_dedup.sink.delta import DeltaSink
 from listing_dedup.sink.runs import RunSummary, check_runs_table, last_succeeded_run, write_run_row
 from listing_dedup.timing import StageTimer
@@ -50,10 +50,26 @@ def _persist(df: DataFrame) -> DataFrame:
     return df.persist(StorageLevel.MEMORY_AND_DISK)
 
 
-def neighbours_for(emb: DataFrame, cfg: DedupConfig, n_rows: int, timer: StageTimer, suffix: str = "") -> DataFrame:
-    """Index ``emb`` and search it with itself: each listing's top-k neighbours (self excluded)."""
+def neighbours_for(
+    emb: DataFrame,
+    cfg: DedupConfig,
+    n_rows: int,
+    timer: StageTimer,
+    suffix: str = "",
+    quantizers: dict[str, Quantizer] | None = None,
+    space: str = "fused",
+) -> DataFrame:
+    """Index ``emb`` and search it with itself: each listing's top-k neighbours (self excluded).
+
+    ``quantizers`` holds the job's coarse quantizer of each vector ``space``: trained by the
+    first index of that space, reused by the later ones (the INB rounds)."""
     with timer.stage(f"index{suffix}") as c:
-        index = build_index(emb, cfg.index, n_rows=n_rows)
+        quantizer = (quantizers or {}).get(space)
+        if quantizer is None:
+            quantizer = train(emb, cfg.index, n_rows=n_rows)
+            if quantizers is not None:
+                quantizers[space] = quantizer
+        index = build_index(emb, cfg.index, n_rows=n_rows, quantizer=quantizer)
         c["lists"] = index.nlist
     try:
         with timer.stage(f"search{suffix}") as c:
@@ -191,7 +207,8 @@ def run_dedup(
         fused_raw = emb
 
         n_emb = summary.rows_embedded
-        nbrs = keep(neighbours_for(emb, cfg, n_emb, timer)) if n_emb else None
+        quantizers: dict[str, Quantizer] = {}  # trained once a vector space, reused by the INB rounds
+        nbrs = keep(neighbours_for(emb, cfg, n_emb, timer, quantizers=quantizers)) if n_emb else None
         first_nbrs = nbrs  # the pre-INB search (the re-ranker's raw_score)
         for r, threshold in enumerate(cfg.inb.thresholds, start=1):
             if nbrs is None:
@@ -199,14 +216,16 @@ def run_dedup(
             with timer.stage(f"blend{r}") as c:
                 emb = keep(blend(emb, nbrs, threshold))
                 c["blended"] = emb.count()
-            nbrs = keep(neighbours_for(emb, cfg, n_emb, timer, suffix=str(r)))
+            nbrs = keep(neighbours_for(emb, cfg, n_emb, timer, suffix=str(r), quantizers=quantizers))
 
         ph_pairs = None
         if cfg.phash.enabled:
             with timer.stage("phash") as c:
                 # image_phash: given, or computed by the reader from the image (one decode)
                 ph_src = kept.select("posting_id", F.col("image_phash").alias("phash"))
-                ph_pairs, skipped = phash_pairs(ph_src, cfg.phash.max_bits, cfg.phash.max_bucket)
+                # one pass finds the pairs and the listings of skipped blocks; banding by catalog size
+                found = keep(phash_found(ph_src, cfg.phash.max_bits, cfg.phash.max_bucket, n_rows=summary.rows_kept))
+                ph_pairs, skipped = split_found(found)
                 ph_pairs = keep(ph_pairs)
                 summary.signal_counts["phash_pairs"] = ph_pairs.count() // 2
                 summary.signal_counts["phash_skipped"] = skipped.count()
@@ -240,7 +259,9 @@ def run_dedup(
                 u = getattr(cfg.union, s)
                 if u.enabled and n_emb:
                     one = sig.where(F.col(f"v_{s}").isNotNull()).select("posting_id", F.col(f"v_{s}").alias("emb"))
-                    s_nbrs = keep(neighbours_for(one, cfg, n_emb, timer, suffix=f"_{s}"))
+                    s_nbrs = keep(
+                        neighbours_for(one, cfg, n_emb, timer, suffix=f"_{s}", quantizers=quantizers, space=s)
+                    )
                     mc = MatchConf(threshold=u.threshold, min2=u.min2, min2_threshold=u.min2_threshold)
                     parts.append(select_edges(s_nbrs, mc))
             edges = _union_edges(spark, parts)
@@ -261,6 +282,8 @@ def run_dedup(
                     max_group=cfg.guard.max_group,
                     step=cfg.guard.step,
                     components_fn=connected_components,
+                    driver_max_vertices=cfg.guard.driver_max_vertices,
+                    driver_max_edges=cfg.guard.driver_max_edges,
                 )
                 groups = keep(groups)
                 summary.signal_counts["guard_levels"] = levels

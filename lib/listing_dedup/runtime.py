@@ -83,6 +83,8 @@ def build_spark(cfg: SparkConf):
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if cfg.checkpoint_dir:  # reliable checkpoints (components, guard, re-ranker rounds): survive a lost executor
+        spark.sparkContext.setCheckpointDir(cfg.checkpoint_dir)
     return spark
 
 
