@@ -87,8 +87,12 @@ test-fast: setup airflow ## the suite without the tests marked slow (job runs, c
 lint: setup ## ruff
 	$(PY) -m ruff check lib jobs tests bench airflow_dags
 
-bench: setup sample ## stage timings on the sample (see docs/benchmarks.md)
+bench: setup sample ## stage timings on the sample (see docs/benchmarks.md), then the robustness suite
 	$(PY) bench/bench_stages.py --input $(SAMPLE)/listings.parquet --truth $(SAMPLE)/truth.csv
+	$(MAKE) bench-robust
+
+bench-robust: setup ## robustness suite: defaults vs the old defaults vs a TF-IDF baseline on other-shaped catalogs (docs/quality.md)
+	$(PY) bench/robust.py --cache-dir data/cache
 
 clean: ## remove generated data and outputs (keeps .venv)
 	rm -rf $(WAREHOUSE) $(SAMPLE) spark-warehouse .pytest_cache build $(DIST)
