@@ -16,15 +16,22 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = [str(REPO / "conf" / "local.yaml")]
-# tiny catalogs: exact search, no INB round, thresholds that group the near-identical titles
+# tiny catalogs: exact search, no INB round, thresholds that group the near-identical titles, and
+# the threshold rule alone (the profile's relative and mutual rules are tuned for real catalogs)
 SETS = [
     "match.threshold=0.8",
     "match.min2_threshold=0.8",
+    "match.relative=false",
+    "match.mutual_rank=0",
     "inb.thresholds=[]",
     "index.n_shards=2",
     "input.partitions=2",
 ]
 DATA_TABLES = ("matches", "clusters", "rejects")
+# For runs that test the commit path, not the signals: the lexical signal alone (no text model to
+# load, the largest fixed cost of a child process after Spark's start-up), no pHash stage (their
+# catalogs have no images) and no candidates table.
+LEXICAL = ("embed.text.enabled=false", "phash.enabled=false", "output.candidates=false")
 
 
 def config(*extra: str):
@@ -138,8 +145,10 @@ def spawn(mode: str, *args: str):
     )
 
 
-def cli_args(input_path: str, run_date: str, warehouse: str) -> list[str]:
-    sets = [x for s in [*SETS, "spark.conf.spark.sql.shuffle.partitions=2"] for x in ("--set", s)]
+def cli_args(input_path: str, run_date: str, warehouse: str, *extra: str) -> list[str]:
+    """jobs/dedup_listings.py's arguments for one date under the tiny-catalog conf (``extra``:
+    more ``--set`` assignments, e.g. ``*LEXICAL``)."""
+    sets = [x for s in [*SETS, "spark.conf.spark.sql.shuffle.partitions=2", *extra] for x in ("--set", s)]
     return ["--conf", CONF[0], "--input", input_path, "--run-date", run_date, "--warehouse", warehouse, *sets]
 
 

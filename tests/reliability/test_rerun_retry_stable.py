@@ -1,19 +1,28 @@
 """Rerun of a date (same content, new Delta version, no duplicates), Spark task failures
-injected through conf (retried; output equals a clean run), and group ids that stay stable
-when 1 % of the catalog changes. One ~190-listing generated catalog with known groups;
-five in-process runs share it (module scope)."""
+injected through conf in the embed, search and write stages (retried; output equals a clean run),
+and group ids that stay stable when 1 % of the catalog changes. One ~190-listing generated
+catalog with known groups; three in-process runs share it (module scope): a clean run, its rerun
+with a task of each of embed, search and write failing on its first attempt, and a run of the
+changed catalog."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from _rel import config, data_files, groups, job, live_files, snapshot, versions
+from listing_dedup import faults
+from listing_dedup.embed import encoder
 from listing_dedup.quality.sample import generate_catalog
+from listing_dedup.search import indexer
 from listing_dedup.sink import files
+from listing_dedup.sink.delta import read_table
 from listing_dedup.sink.verify import verify_run
 from pyspark import cloudpickle
+
+pytestmark = pytest.mark.slow  # three in-process job runs with the text model
 
 DATE = "2026-05-01"
 NEW_TITLES = ["Obeng set presisi 25 in 1 zzqx", "Tenda camping dome 4 orang qqvv"]
@@ -31,26 +40,24 @@ def failed_tasks(spark, group: str) -> int:
     return total
 
 
-def fail_once_after_writing(make_writer):
-    """Wrap sink.files.file_writer: partition 0's first attempt writes its file, then fails.
-    (An independent injection next to ``testing.fail_once_stage=write``, which tests/test_writer.py
-    covers: this one fails after the writer returned, whatever the writer does.)"""
+NO_CANDIDATES = "output.candidates=false"
+FAULTS = "embed,search,write"  # testing.fail_once_stage: each of these stages fails once, in one run
 
-    def wrapped(uri, run_date, schema, *args):
-        inner = make_writer(uri, run_date, schema, *args)
 
-        def write_partition(batches):
-            from pyspark import TaskContext
+def recording(real, log_path: str):
+    """``real`` (faults.maybe_fail_once) that also appends the stage's name to ``log_path`` when it
+    injects a failure: which stages really failed, as seen from inside the Spark tasks (local mode:
+    the workers write the driver's disk)."""
 
-            out = list(inner(batches))  # the Parquet file is on storage now
-            ctx = TaskContext.get()
-            if out and ctx.partitionId() == 0 and ctx.attemptNumber() == 0:
-                raise RuntimeError("injected failure after the file was written")
-            yield from out
+    def maybe_fail_once(stage, fail_stage):
+        try:
+            real(stage, fail_stage)
+        except RuntimeError:
+            with open(log_path, "a") as f:
+                f.write(stage + "\n")
+            raise
 
-        return write_partition
-
-    return wrapped
+    return maybe_fail_once
 
 
 def run(spark, cfg, path, wh, group):
@@ -71,11 +78,29 @@ def runs(spark, tmp_path_factory):
     catalog.to_parquet(path, index=False)
     out: dict = {"catalog": catalog}
     wh = str(root / "wh")
-    cfg = config()
+    # the text model, lexical and pHash signals all run (the embed failure needs the text model);
+    # the candidates table is no part of these checks (tests/test_job.py and test_rerank.py read it)
+    cfg = config(NO_CANDIDATES)
     out["s1"] = run(spark, cfg, path, wh, "clean")
     out["snap1"], out["v1"] = snapshot(wh, DATE), versions(wh)
-    out["s2"] = run(spark, cfg, path, wh, "rerun")
+    files1 = data_files(wh)
+    # the rerun, with a task of each of embed, search and write failing on its first attempt
+    log_path = str(root / "injected.log")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for module in (encoder, indexer, files):  # where the stages call it
+                mp.setattr(module, "maybe_fail_once", recording(faults.maybe_fail_once, log_path))
+            out["s2"] = run(spark, config(NO_CANDIDATES, f"testing.fail_once_stage={FAULTS}"), path, wh, "rerun_faults")
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     out["snap2"], out["v2"] = snapshot(wh, DATE), versions(wh)
+    out["runs2"] = read_table(wh, "runs", DATE)
+    out["failed_faults"] = failed_tasks(spark, "rerun_faults")
+    out["failed_clean"] = failed_tasks(spark, "clean")
+    out["injected"] = Path(log_path).read_text().split() if Path(log_path).exists() else []
+    # the files the rerun wrote that its commits do not reference
+    out["fault_orphans"] = (data_files(wh) - files1) - live_files(wh)
 
     # 1 % of the listings change: the smallest member of one group and another member of a
     # second group get titles unlike anything else
@@ -94,29 +119,12 @@ def runs(spark, tmp_path_factory):
     out["snap3"] = snapshot(wh, DATE)
     out["wh"] = wh
 
-    for stage in ("embed", "search"):
-        whs = str(root / f"wh_{stage}")
-        group = f"fail_once_{stage}"
-        out[f"s_{stage}"] = run(spark, config(f"testing.fail_once_stage={stage}"), path, whs, group)
-        out[f"snap_{stage}"] = snapshot(whs, DATE)
-        out[f"failed_{stage}"] = failed_tasks(spark, group)
-    out["failed_clean"] = failed_tasks(spark, "clean")
-
-    whw = str(root / "wh_write")
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(files, "file_writer", fail_once_after_writing(files.file_writer))
-            out["s_write"] = run(spark, cfg, path, whw, "fail_once_write")
-    finally:
-        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    out["snap_write"] = snapshot(whw, DATE)
-    out["failed_write"] = failed_tasks(spark, "fail_once_write")
-    out["write_orphans"] = data_files(whw) - live_files(whw)
     return out
 
 
 def test_rerun_same_date_same_content_new_version(runs):
+    """(The rerun is also the run with injected task failures: its output must equal the clean run's
+    either way.)"""
     s1, s2 = runs["s1"], runs["s2"]
     assert s1.n_groups >= 30  # the catalog has real groups, so the comparison means something
     for t in ("matches", "clusters", "rejects"):
@@ -125,16 +133,20 @@ def test_rerun_same_date_same_content_new_version(runs):
         assert runs["v2"][t] == runs["v1"][t] + 1  # a new Delta version replaced the partition
     assert len(runs["snap2"]["clusters"]) == s1.rows_kept == s2.rows_kept
     assert s1.rows_rejected == 5 and len(runs["snap2"]["rejects"]) == 5
+    assert runs["runs2"]["status"].tolist() == ["succeeded", "succeeded"]  # the audit log keeps both attempts
 
 
 def test_injected_task_failures_are_retried_and_change_nothing(runs):
     assert runs["failed_clean"] == 0
-    for stage in ("embed", "search", "write"):
-        assert runs[f"failed_{stage}"] >= 1, f"no task of {stage} failed: the injection did not fire"
-        for t in ("matches", "clusters", "rejects"):
-            pd.testing.assert_frame_equal(runs[f"snap_{stage}"][t], runs["snap1"][t])
+    # each stage's injection fired (seen from the tasks), and Spark saw the failed attempts
+    assert set(runs["injected"]) == set(FAULTS.split(",")), runs["injected"]
+    assert runs["failed_faults"] >= len(FAULTS.split(","))
+    for t in ("matches", "clusters", "rejects"):
+        pd.testing.assert_frame_equal(runs["snap2"][t], runs["snap1"][t])
     # the failed write attempts left their files behind, uncommitted (vacuum's work)
-    assert runs["write_orphans"] and all("/part-00000-" in f for f in runs["write_orphans"])
+    orphans = runs["fault_orphans"]
+    assert orphans and all("/part-00000-" in f for f in orphans)
+    assert {"matches", "clusters"} <= {f.split("/")[0] for f in orphans}
 
 
 def test_group_ids_are_stable_when_membership_is(runs):
