@@ -16,6 +16,8 @@ from listing_dedup.sink.verify import verify_run
 SETS = [
     "match.threshold=0.8",
     "match.min2_threshold=0.8",
+    "match.relative=false",  # the threshold rule alone
+    "match.mutual_rank=0",
     "inb.thresholds=[]",
     "index.n_shards=2",
     "input.partitions=2",

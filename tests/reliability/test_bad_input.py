@@ -68,6 +68,7 @@ def matrix_run(spark, tmp_path_factory):
     return rc, err, summary, wh, folder
 
 
+@pytest.mark.slow
 def test_every_bad_row_is_accounted_for(matrix_run):
     rc, err, s, wh, _ = matrix_run
     assert rc == 0, err
@@ -138,6 +139,7 @@ def _unusable_inputs(folder) -> dict[str, tuple[str, str]]:
     }
 
 
+@pytest.mark.slow
 def test_unusable_inputs_exit_2_and_leave_tables_untouched(spark, matrix_run):
     _, _, _, wh, folder = matrix_run
     before_versions, before_files = versions(wh), data_files(wh)

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 from _rel import REPO
 from conftest import skip_or_fail
 
 
+@pytest.mark.slow
 def test_py_files_zip_runs_the_job_entry_point(tmp_path):
     if shutil.which("make") is None or shutil.which("zip") is None:
         skip_or_fail("`make package-code` needs make and zip on PATH")
