@@ -102,6 +102,7 @@ def parsed(tmp_path_factory):
     return defaults, with_vars
 
 
+@pytest.mark.slow
 def test_dag_parses_without_errors_or_heavy_imports(parsed):
     p, _ = parsed
     assert p["import_errors"] == {}
@@ -109,6 +110,7 @@ def test_dag_parses_without_errors_or_heavy_imports(parsed):
     assert p["heavy_modules"] == []  # the DAG file imports only Airflow
 
 
+@pytest.mark.slow
 def test_task_order_schedule_and_retries(parsed):
     p, _ = parsed
     assert p["tasks"] == {"dedup": ["verify"], "verify": []}
@@ -118,6 +120,7 @@ def test_task_order_schedule_and_retries(parsed):
     assert p["backoff"] == {"dedup": True, "verify": True}
 
 
+@pytest.mark.slow
 def test_rendered_arguments_hold_the_date_and_the_warehouse(parsed):
     p, _ = parsed
     dedup = p["rendered"]["dedup"]
@@ -151,6 +154,7 @@ def test_rendered_arguments_hold_the_date_and_the_warehouse(parsed):
     assert "spark.executor.resource.gpu.amount" not in verify["conf"]
 
 
+@pytest.mark.slow
 def test_variables_override_defaults_and_reach_spark_submit(parsed):
     _, p = parsed
     cmd = p["rendered"]["dedup"]["command"]

@@ -130,6 +130,7 @@ def test_export_cli_exit_codes(tmp_path, capsys):
 TEXTS = ["tas kertas", "paper bag 500ml", "Paper  bag\tkertas", "\x01tas \uff21", "q z 10", "kertas  "]
 
 
+@pytest.mark.slow
 def test_export_matches_the_engine(tmp_path):
     """Tokens and sentence embeddings of the export equal the C engine's on the same image
     (the engine quantises activations to int8, hence a cosine slightly under 1)."""

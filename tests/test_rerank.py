@@ -220,6 +220,7 @@ def trained(tmp_path_factory):
     return cfg, res, out, overlay
 
 
+@pytest.mark.slow
 def test_trained_reranker_beats_the_threshold_rule_on_a_held_out_catalog(trained):
     cfg, res, out, _ = trained
     # out of fold, on the training catalog's parts
@@ -242,6 +243,7 @@ def test_trained_reranker_beats_the_threshold_rule_on_a_held_out_catalog(trained
     assert rr[0] > best_rule + 0.03, (rr, base, best_rule)
 
 
+@pytest.mark.slow
 def test_model_directory_round_trip_overlay_and_checks(trained, tmp_path):
     cfg, res, out, overlay = trained
     assert {p.name for p in out.iterdir()} >= {
@@ -299,6 +301,7 @@ def test_rerank_config_is_validated():
     assert cfg.edge_match() == cfg.match  # off by default: the threshold rule
 
 
+@pytest.mark.slow
 def test_job_with_the_reranker_matches_the_one_machine_path(spark, trained, tmp_path):
     """The job's rerank stage gives the pairs that the training path's rules give on the same catalog."""
     from listing_dedup.pipeline import run_dedup

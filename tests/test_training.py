@@ -285,6 +285,7 @@ def tiny_st_dir(tmp_path_factory):
     return str(out / "st")
 
 
+@pytest.mark.slow
 def test_model_dir_round_trips_and_the_dedup_job_uses_it(spark, tmp_path, tiny_st_dir):
     from listing_dedup.pipeline import run_dedup
     from listing_dedup.sink.delta import read_table
@@ -350,6 +351,7 @@ def test_model_dir_round_trips_and_the_dedup_job_uses_it(spark, tmp_path, tiny_s
     assert json.loads(read_table(wh, "runs")["config_json"].iloc[0])["embed"]["text"]["model"] == str(out.resolve())
 
 
+@pytest.mark.slow
 def test_full_mode_fine_tunes_the_encoder_and_round_trips(tmp_path, tiny_st_dir):
     from sentence_transformers import SentenceTransformer
 
