@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import QUICK_JVM
 from listing_dedup.cli import dedup as dedup_cli
 from listing_dedup.cli import evaluate as evaluate_cli
 from listing_dedup.sink.delta import read_table
@@ -57,6 +58,7 @@ SETS = [
     "index.n_shards=2",
     "input.partitions=2",
     "spark.conf.spark.sql.shuffle.partitions=2",
+    f"spark.conf.spark.driver.extraJavaOptions={QUICK_JVM}",
 ]
 
 

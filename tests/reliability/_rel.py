@@ -136,8 +136,11 @@ def spawn(mode: str, *args: str):
     import subprocess
     import sys
 
+    from conftest import QUICK_JVM
+
+    jvm = ["--set", f"spark.conf.spark.driver.extraJavaOptions={QUICK_JVM}"]
     return subprocess.Popen(
-        [sys.executable, "-c", HARNESS, mode, *args],
+        [sys.executable, "-c", HARNESS, mode, *args, *jvm],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
