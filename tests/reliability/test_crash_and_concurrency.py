@@ -1,16 +1,21 @@
 """A driver killed between staging and committing leaves every table at its previous
 version (the next run succeeds, vacuum removes the orphans); two dates committed by two
-processes at the same moment both land. The commit path is under test, not the signals: every
-run here (in-process and child) uses the lexical signal alone (``LEXICAL``)."""
+processes (a child and the test's own) at the same moment both land. The commit path is under
+test, not the signals: every run here (in-process and child) uses the lexical signal alone
+(``LEXICAL``)."""
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
+import threading
+import time
 
 import pandas as pd
 import pytest
 from _rel import LEXICAL, cli_args, config, data_files, groups, job, live_files, snapshot, spawn, versions
+from listing_dedup.sink import delta
 from listing_dedup.sink.delta import read_table, vacuum
 from listing_dedup.sink.verify import verify_run
 
@@ -68,15 +73,39 @@ def test_killed_driver_before_commit_leaves_previous_version(spark, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_dates_committed_concurrently_by_two_processes(tmp_path):
+def test_two_dates_committed_concurrently_by_two_processes(spark, tmp_path, caplog):
+    """A child process (jobs/dedup_listings.py) and this one (the test session's driver) each run
+    one date into the same fresh warehouse; both hold at their first commit until the other is
+    there too, so their commits (and the tables' creation) really race."""
     wh = str(tmp_path / "wh")  # fresh: both processes also race to create every table
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     dates = {"2026-06-02": catalog(tmp_path / "d1.parquet", V1), "2026-06-03": catalog(tmp_path / "d2.parquet", V2)}
-    procs = {d: spawn(f"barrier:{barrier}:2", *cli_args(path, d, wh, *LEXICAL)) for d, path in dates.items()}
-    outs = {d: p.communicate(timeout=900) for d, p in procs.items()}
-    for d, p in procs.items():
-        assert p.returncode == 0, outs[d][1][-3000:]
+    (child_date, child_path), (here_date, here_path) = dates.items()
+    p = spawn(f"barrier:{barrier}:2", *cli_args(child_path, child_date, wh, *LEXICAL))
+    child_out: dict = {}
+    reader = threading.Thread(target=lambda: child_out.update(zip(("out", "err"), p.communicate(timeout=900))))
+    reader.start()  # drain the child's pipes while this process runs its own date
+
+    real_commit = delta.DeltaSink.commit
+    first = [True]
+
+    def commit(self, staged, **kw):  # the child's barrier, on this side
+        if first[0]:
+            first[0] = False
+            (barrier / "this_process").touch()
+            deadline = time.time() + 600
+            while len(list(barrier.iterdir())) < 2 and p.poll() is None and time.time() < deadline:
+                time.sleep(0.01)
+        return real_commit(self, staged, **kw)
+
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.INFO, logger="listing_dedup"):
+        mp.setattr(delta.DeltaSink, "commit", commit)
+        rc, err, _ = job(spark, config(*LEXICAL), here_path, here_date, wh)
+    reader.join()
+    assert p.returncode == 0, child_out["err"][-3000:]
+    assert rc == 0, err
+    assert len(list(barrier.iterdir())) == 2  # both had staged their files before either committed
 
     clusters = read_table(wh, "clusters")
     got = {d: groups(clusters[clusters["run_date"] == d]) for d in dates}
@@ -87,11 +116,10 @@ def test_two_dates_committed_concurrently_by_two_processes(tmp_path):
     for d in dates:
         verify_run(wh, d)
     # each commit got its own version: one process created each table, the other committed after it
+    logs = [child_out["err"], "\n".join(caplog.messages)]
     for t in ("matches", "clusters", "rejects", "runs"):
         found = sorted(
-            int(m)
-            for _, err in outs.values()
-            for m in re.findall(rf"committed {t} run_date=\S+ mode=\S+: version (\d+)", err)
+            int(m) for text in logs for m in re.findall(rf"committed {t} run_date=\S+ mode=\S+: version (\d+)", text)
         )
         assert found == [0, 1], (t, found)
     runs = read_table(wh, "runs")
