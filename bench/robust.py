@@ -43,7 +43,7 @@ from listing_dedup.config import DedupConfig, MatchConf, load_config  # noqa: E4
 from listing_dedup.embed.lexical import document_frequencies, hashed_counts, idf_vector, lexical_vectors  # noqa: E402
 from listing_dedup.quality import robust as R  # noqa: E402
 from listing_dedup.quality.tune import PairScorer, Part, fused_vectors  # noqa: E402
-from listing_dedup.quality.tuning import knn  # noqa: E402
+from listing_dedup.quality.tuning import knn, top_k_sorted  # noqa: E402
 from listing_dedup.search.blender import blend_numpy  # noqa: E402
 from listing_dedup.search.phash_match import phash_pairs_pandas  # noqa: E402
 
@@ -175,12 +175,7 @@ class Catalog:
             src, dst, sc = np.concatenate(src), np.concatenate(dst), np.concatenate(sc).astype(np.float32)
             ok = np.isfinite(sc)
             src, dst, sc = src[ok], dst[ok], sc[ok]
-            o = np.lexsort((dst, -sc.astype(np.float64), src))
-            src, dst, sc = src[o], dst[o], sc[o]
-            first = np.r_[True, src[1:] != src[:-1]]
-            rank = np.arange(len(src)) - np.maximum.accumulate(np.where(first, np.arange(len(src)), 0))
-            keep = rank < k
-            self._tfidf = (src[keep], dst[keep], sc[keep])
+            self._tfidf = top_k_sorted(src, dst, sc, k)
         return self._tfidf
 
 

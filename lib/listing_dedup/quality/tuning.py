@@ -31,7 +31,11 @@ def knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dst, sc = i.reshape(-1), s.reshape(-1)
     ok = (dst >= 0) & (dst != src)
     src, dst, sc = src[ok], dst[ok], sc[ok]
-    # stable order: src asc, score desc, dst asc (the job's min2 tie rule)
+    return top_k_sorted(src, dst, sc, k)
+
+
+def top_k_sorted(src: np.ndarray, dst: np.ndarray, sc: np.ndarray, k: int):
+    """The pairs ordered src asc, score desc, dst asc (the job's min2 tie rule), at most ``k`` a src."""
     o = np.lexsort((dst, -sc.astype(np.float64), src))
     src, dst, sc = src[o], dst[o], sc[o]
     first = np.r_[True, src[1:] != src[:-1]]
