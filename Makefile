@@ -11,6 +11,10 @@ SAMPLE ?= data/sample
 WAREHOUSE ?= warehouse
 RUN_DATE ?= 2026-01-01
 PYTEST_ARGS ?=
+# test processes (pytest-xdist, one file per process at a time so module fixtures run once):
+# most tests wait on a JVM, a child process or a commit, so 2 overlap well on 2 cores
+PYTEST_WORKERS ?= 2
+PYTEST_PAR := $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 DIST ?= dist
 PACK_VENV ?= build/pack-venv
 PACK_EXTRAS ?=
@@ -78,11 +82,11 @@ package-env: $(EXTRAS_STAMP) ## dist/listing_dedup_env.tar.gz: a fresh venv with
 		--compress-level $(PACK_COMPRESS) --force --quiet
 	chmod 644 $(DIST)/listing_dedup_env.tar.gz && ls -l $(DIST)/listing_dedup_env.tar.gz
 
-test: setup airflow ## run the whole test suite (CPU, local Spark; prints its wall time and the 15 slowest)
-	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) tests
+test: setup airflow ## run the whole test suite (CPU, local Spark, PYTEST_WORKERS=2 processes; prints its wall time and the 15 slowest)
+	$(PY) -m pytest -q $(PYTEST_PAR) --durations=15 $(PYTEST_ARGS) tests
 
 test-fast: setup airflow ## the suite without the tests marked slow (job runs, child processes): the edit loop
-	$(PY) -m pytest -q -m "not slow" --durations=10 $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q $(PYTEST_PAR) -m "not slow" --durations=10 $(PYTEST_ARGS) tests
 
 lint: setup ## ruff
 	$(PY) -m ruff check lib jobs tests bench airflow_dags

@@ -183,7 +183,14 @@ def run_dedup(
             if "lexical" in layout_weights:
                 params = cfg.embed.lexical.params()
                 idf = fit_idf(kept.where(F.length("title") > 0), "title", params)
-                sig = embed_lexical(sig, "title", "v_lexical", params, spark.sparkContext.broadcast(idf))
+                sig = embed_lexical(
+                    sig,
+                    "title",
+                    "v_lexical",
+                    params,
+                    spark.sparkContext.broadcast(idf),
+                    fail_stage=cfg.testing.fail_once_stage,
+                )
             sig = sig.drop("title")
             if "image" in layout_weights:
                 from listing_dedup.embed.image import ImageEncoderBuilder, embed_images

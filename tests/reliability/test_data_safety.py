@@ -3,7 +3,8 @@ commit, the runs row after the data commits, one-line config errors, storage err
 reading the input. (Vacuum retention and the concurrent-commit overlap: tests/test_writer.py.)
 
 One job run makes the baseline warehouse (a 6-row catalog committed for DATE); each test works
-on its own copy of it."""
+on its own copy of it. The commit path is under test, not the signals: every run here uses the
+lexical signal alone (``LEXICAL``: no text model, no pHash stage, no candidates table)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _rel import CONF, DATA_TABLES, cli_args, config, data_files, job, snapshot, versions
+from _rel import CONF, DATA_TABLES, LEXICAL, cli_args, config, data_files, job, snapshot, versions
 from listing_dedup.cli import dedup as dedup_cli
 from listing_dedup.config import InputConf
 from listing_dedup.errors import InputError, SinkError, StorageError
@@ -41,7 +42,7 @@ def baseline(spark, tmp_path_factory):
     path = root / "listings.parquet"
     pd.DataFrame(CATALOG, columns=["posting_id", "title"]).to_parquet(path, index=False)
     wh = root / "wh"
-    rc, err, s = job(spark, config(), str(path), DATE, str(wh))
+    rc, err, s = job(spark, config(*LEXICAL), str(path), DATE, str(wh))
     assert rc == 0, err
     assert s.rows_in == len(CATALOG)
     return str(path), wh
@@ -76,7 +77,7 @@ def test_incompatible_table_fails_the_run_before_any_table_moves(spark, baseline
     DeltaSink(wh).write(odd, "clusters", DATE)
     before, before_versions, before_files = snapshot(wh, DATE), versions(wh), data_files(wh)
 
-    rc, err, _ = job(spark, config(), path, DATE, wh)
+    rc, err, _ = job(spark, config(*LEXICAL), path, DATE, wh)
     assert rc == SinkError.exit_code == 1
     line = one_line(err)
     assert line.startswith("error: table 'clusters' has a different schema than this write"), line
@@ -109,14 +110,13 @@ def test_runs_row_failure_after_the_data_commits_is_not_recorded_as_failed(spark
         return real_commit(self, staged, **kwargs)
 
     monkeypatch.setattr(DeltaSink, "commit", commit)
-    rc, err, _ = job(spark, config(), path, DATE, wh)
+    rc, err, _ = job(spark, config(*LEXICAL), path, DATE, wh)
     monkeypatch.undo()
 
     assert rc == 1 and len(refused) == 1
     after = versions(wh)
     assert {t: after[t] for t in DATA_TABLES} == {t: before[t] + 1 for t in DATA_TABLES}  # the data committed
-    tables = (*DATA_TABLES, "candidates")  # conf/local.yaml writes the candidates table too
-    committed = ", ".join(f"{t} version {table_version(wh, t)}" for t in tables)
+    committed = ", ".join(f"{t} version {table_version(wh, t)}" for t in DATA_TABLES)
     assert one_line(err) == (
         f"error: the data tables were committed ({committed}) but the runs row was not recorded: committing "
         "table 'runs' (2026-04-01) failed: the object store said 503; rerun 2026-04-01 to record it (the rerun "
@@ -176,15 +176,15 @@ def test_last_succeeded_run_is_the_latest_by_finished_at_whatever_its_date(spark
     assert got.describe() == "run r-backfill for 2026-03-01, finished 2026-04-05 03:00 UTC"
 
 
-def test_empty_input_is_refused_unless_allowed(spark, baseline, tmp_path, monkeypatch, capsys):
+def test_empty_input_is_refused_unless_allowed(cli_spark, baseline, tmp_path, monkeypatch, capsys):
     wh = copy_of(baseline, tmp_path)
     # pandas writes an empty object column with no type (Parquet null, read by Spark as int)
     empty = tmp_path / "empty.parquet"
     pd.DataFrame({"posting_id": pd.Series([], dtype=object), "title": pd.Series([], dtype=object)}).to_parquet(empty)
-    monkeypatch.setattr(dedup_cli, "build_spark", lambda _conf: spark)  # the test session, not a new one
+    monkeypatch.setattr(dedup_cli, "build_spark", lambda _conf: cli_spark)  # the test session, not a new one
     before, before_versions, before_files = snapshot(wh, DATE), versions(wh), data_files(wh)
 
-    rc = dedup_cli.main(cli_args(str(empty), DATE, wh))
+    rc = dedup_cli.main(cli_args(str(empty), DATE, wh, *LEXICAL))
     out = capsys.readouterr()
     assert rc == 2
     line = one_line(out.err)
@@ -200,7 +200,7 @@ def test_empty_input_is_refused_unless_allowed(spark, baseline, tmp_path, monkey
     assert runs["status"].tolist() == ["succeeded", "failed"]  # recorded like other unusable inputs
     assert runs["rows_in"].tolist() == [6, 0]
 
-    rc = dedup_cli.main([*cli_args(str(empty), DATE, wh), "--allow-empty"])
+    rc = dedup_cli.main([*cli_args(str(empty), DATE, wh, *LEXICAL), "--allow-empty"])
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "rows in        0" in out.out
@@ -222,7 +222,7 @@ def test_shrunken_input_is_refused_unless_the_shrink_limit_allows_it(spark, base
     ).to_parquet(nulls)
     before = versions(wh)
     # another date: the previous succeeded run of any date is the baseline
-    rc, err, _ = job(spark, config(), str(nulls), DATE2, wh)
+    rc, err, _ = job(spark, config(*LEXICAL), str(nulls), DATE2, wh)
     assert rc == 2
     line = one_line(err)
     assert line.startswith(
@@ -233,7 +233,7 @@ def test_shrunken_input_is_refused_unless_the_shrink_limit_allows_it(spark, base
     assert read_table(wh, "clusters", DATE2).empty
 
     # a conf'd limit that allows the drop; all-null optional columns are accepted (read as string)
-    rc, err, s = job(spark, config("input.max_shrink=0.8"), str(nulls), DATE2, wh)
+    rc, err, s = job(spark, config(*LEXICAL, "input.max_shrink=0.8"), str(nulls), DATE2, wh)
     assert rc == 0, err
     assert (s.rows_in, s.rows_kept, s.rejects_by_reason) == (2, 1, {"no_title_no_image": 1})
     assert verify_run(wh, DATE2).ok

@@ -1,5 +1,5 @@
 """Rerun of a date (same content, new Delta version, no duplicates), Spark task failures
-injected through conf in the embed, search and write stages (retried; output equals a clean run),
+injected through conf in the embed (lexical UDF), search and write stages (retried; output equals a clean run),
 and group ids that stay stable when 1 % of the catalog changes. One ~190-listing generated
 catalog with known groups; three in-process runs share it (module scope): a clean run, its rerun
 with a task of each of embed, search and write failing on its first attempt, and a run of the
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from _rel import config, data_files, groups, job, live_files, snapshot, versions
 from listing_dedup import faults
-from listing_dedup.embed import encoder
+from listing_dedup.embed import lexical
 from listing_dedup.quality.sample import generate_catalog
 from listing_dedup.search import indexer
 from listing_dedup.sink import files
@@ -22,7 +22,7 @@ from listing_dedup.sink.delta import read_table
 from listing_dedup.sink.verify import verify_run
 from pyspark import cloudpickle
 
-pytestmark = pytest.mark.slow  # three in-process job runs with the text model
+pytestmark = pytest.mark.slow  # three in-process job runs
 
 DATE = "2026-05-01"
 NEW_TITLES = ["Obeng set presisi 25 in 1 zzqx", "Tenda camping dome 4 orang qqvv"]
@@ -40,7 +40,7 @@ def failed_tasks(spark, group: str) -> int:
     return total
 
 
-NO_CANDIDATES = "output.candidates=false"
+SIGNALS = ("embed.text.enabled=false", "output.candidates=false")
 FAULTS = "embed,search,write"  # testing.fail_once_stage: each of these stages fails once, in one run
 
 
@@ -78,9 +78,10 @@ def runs(spark, tmp_path_factory):
     catalog.to_parquet(path, index=False)
     out: dict = {"catalog": catalog}
     wh = str(root / "wh")
-    # the text model, lexical and pHash signals all run (the embed failure needs the text model);
-    # the candidates table is no part of these checks (tests/test_job.py and test_rerank.py read it)
-    cfg = config(NO_CANDIDATES)
+    # the lexical and pHash signals run (retries and reruns are under test, not the text model,
+    # whose Spark UDF tests/test_embedder.py checks); the candidates table is no part of these
+    # checks (tests/test_job.py and test_rerank.py read it)
+    cfg = config(*SIGNALS)
     out["s1"] = run(spark, cfg, path, wh, "clean")
     out["snap1"], out["v1"] = snapshot(wh, DATE), versions(wh)
     files1 = data_files(wh)
@@ -89,9 +90,9 @@ def runs(spark, tmp_path_factory):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests
     try:
         with pytest.MonkeyPatch.context() as mp:
-            for module in (encoder, indexer, files):  # where the stages call it
+            for module in (lexical, indexer, files):  # where the stages call it
                 mp.setattr(module, "maybe_fail_once", recording(faults.maybe_fail_once, log_path))
-            out["s2"] = run(spark, config(NO_CANDIDATES, f"testing.fail_once_stage={FAULTS}"), path, wh, "rerun_faults")
+            out["s2"] = run(spark, config(*SIGNALS, f"testing.fail_once_stage={FAULTS}"), path, wh, "rerun_faults")
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     out["snap2"], out["v2"] = snapshot(wh, DATE), versions(wh)

@@ -104,9 +104,7 @@ def candidate_scores(pairs, fused, layout: Layout, phash_pairs=None, rerank_scor
     else:
         joined = joined.withColumn("_ph", F.lit(None).cast("float"))
     if rerank_scores is not None:
-        joined = joined.join(
-            rerank_scores.select("src", "dst", F.col("score").alias("_rr")), ["src", "dst"], "left"
-        )
+        joined = joined.join(rerank_scores.select("src", "dst", F.col("score").alias("_rr")), ["src", "dst"], "left")
     else:
         joined = joined.withColumn("_rr", F.lit(None).cast("float"))
 

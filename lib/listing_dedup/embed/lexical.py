@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from listing_dedup.faults import maybe_fail_once
 from listing_dedup.ingest.titles import lexical_form
 
 
@@ -130,13 +131,15 @@ def fit_idf(df, title_col: str, params: LexicalParams) -> np.ndarray:
     return idf_vector(real["feature"].to_numpy(), real["df"].to_numpy(), n_docs, params.n_features)
 
 
-def embed_lexical(df, title_col: str, out_col: str, params: LexicalParams, idf_broadcast):
-    """Add ``out_col`` (array<float>, ``params.dim`` long) computed on executors."""
+def embed_lexical(df, title_col: str, out_col: str, params: LexicalParams, idf_broadcast, *, fail_stage: str = ""):
+    """Add ``out_col`` (array<float>, ``params.dim`` long) computed on executors (``fail_stage``:
+    ``testing.fail_once_stage``; this is part of the embed stage)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
     def _vec(titles: pd.Series) -> pd.Series:
+        maybe_fail_once("embed", fail_stage)
         v = lexical_vectors(titles, idf_broadcast.value, params)
         return pd.Series(list(v))
 
