@@ -316,7 +316,9 @@ def run_dedup(
                 "clusters": sink.stage(
                     groups.select("posting_id", "group_id", "group_size"), "clusters", run_date, fail_stage=fail
                 ),
-                "rejects": sink.stage(rejects.select("posting_id", "reason", "raw"), "rejects", run_date),
+                "rejects": sink.stage(
+                    rejects.select("posting_id", "reason", "raw"), "rejects", run_date, fail_stage=fail
+                ),
             }
             if cfg.output.candidates and nbrs is not None:
                 cand = candidate_scores(
@@ -326,7 +328,7 @@ def run_dedup(
                     ph_pairs,
                     rerank_scores=scored,
                 )
-                staged["candidates"] = sink.stage(cand, "candidates", run_date)
+                staged["candidates"] = sink.stage(cand, "candidates", run_date, fail_stage=fail)
             # every table (and the runs row to come) must fit before the first one moves
             sink.check(staged.values())
             check_runs_table(spark, sink)
