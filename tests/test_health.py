@@ -7,12 +7,17 @@ import pandas as pd
 import pytest
 from listing_dedup.quality.health import (
     QUANTILES,
+    HealthInputs,
     HealthReference,
     Limits,
+    decide,
     health_check,
+    inputs_from_frames,
     ks_to_reference,
+    read_reference,
     reference_from,
     size_histogram,
+    write_reference,
 )
 
 IDS = [f"p{i}" for i in range(10)]
@@ -137,3 +142,98 @@ def test_reference_round_trip_and_from_a_run():
         {"text": 1.0, "phash": 0.9},
         reference=ref,
     ).ok
+
+
+# --------------------------------------------------------------------------------------
+# the decision on aggregates (what the job computes in Spark)
+
+
+def _inputs(**over) -> HealthInputs:
+    base = dict(
+        n_listings=100,
+        n_matched=40,
+        n_edges=30,
+        max_matches=4,
+        matches_p99=3.0,
+        size_histogram={"1": 60, "2": 20, "3-5": 20, "6-10": 0, "11-50": 0, ">50": 0},
+        largest_groups=[{"group_id": "g1", "size": 5, "titles": ["a", "b"]}],
+        n_top1=90,
+        top1_quantiles=tuple(0.5 + 0.01 * i for i in range(len(QUANTILES))),
+        top1_cdf=tuple(QUANTILES),  # the catalog's CDF sits at each reference level: KS 0
+        n_guard_cut=0,
+        signals={"text": 1.0, "phash": 1.0},
+    )
+    base.update(over)
+    return HealthInputs(**base)
+
+
+def test_decide_on_aggregates_by_hand():
+    ref = _ref(mpl=0.5)
+    h = decide(_inputs(), reference=ref)
+    assert h.ok and h.top1_ks == pytest.approx(0.0) and h.notes == []
+    assert h.share_matched == pytest.approx(0.4) and h.matches_per_listing == pytest.approx(0.6)  # 2 x 30 / 100
+    assert h.reference == ref.source and h.size_histogram["1"] == 60
+    # every CDF value 0.3 above its level (capped at 1): KS 0.3; 20 of the 30 edges cut; pHash on 1 %
+    shifted = tuple(min(1.0, q + 0.3) for q in QUANTILES)
+    h = decide(_inputs(top1_cdf=shifted, n_guard_cut=20, signals={"text": 1.0, "phash": 0.01}), reference=ref)
+    assert h.top1_ks == pytest.approx(0.3)
+    assert h.guard_cut_share == pytest.approx(20 / 30)
+    assert h.warning_codes == ["signal_missing", "top1_shift", "guard_cut"]
+    # 2 x 80 / 100 = 1.6 matches a listing: over 3 x the reference's 0.5, under the absolute 10
+    assert decide(_inputs(n_edges=80), reference=ref).warning_codes == ["matches_exploding"]
+    assert decide(_inputs(n_edges=70), reference=ref).ok  # 1.4 <= 1.5
+
+
+def test_without_a_reference_the_absolute_rules_decide():
+    h = decide(_inputs(n_edges=80, top1_cdf=None), reference_note="settings differ")
+    assert h.ok and h.top1_ks is None and h.reference == ""
+    assert len(h.notes) == 1 and "no health reference" in h.notes[0] and "settings differ" in h.notes[0]
+    # over 10 matches a listing warns with or without a reference
+    assert decide(_inputs(n_edges=501)).warning_codes == ["matches_exploding"]
+    assert decide(_inputs(n_edges=500)).ok
+    # signals are expected only when someone says so
+    assert decide(_inputs(signals={"text": 1.0, "phash": 0.0})).ok
+    assert decide(_inputs(signals={"text": 0.0}), expected_signals=["text"]).warning_codes == ["signal_missing"]
+    text = "\n".join(decide(_inputs(n_edges=501)).as_lines())
+    assert "reference  none (absolute rules)" in text and "WARNING matches_exploding: 10.02 matches" in text
+
+
+def test_frame_aggregates_by_hand():
+    # p0-p1, p1-p2 (a chain the guard cut between p1 and p2), p3-p4; p5..p9 alone
+    e = _edges([("p0", "p1"), ("p1", "p0"), ("p1", "p2"), ("p3", "p4")])
+    g = _groups({"p0": "p0", "p1": "p0", "p2": "p2", "p3": "p3", "p4": "p3"})
+    top1 = {"p0": 0.9, "p1": 0.9, "p2": 0.6, "p3": 0.8, "p4": 0.8, "p5": 0.2, "nope": 0.99}
+    x = inputs_from_frames(IDS, e, g, top1, {"text": 1.0}, ref_quantiles=[0.5, 0.85])
+    assert (x.n_listings, x.n_matched, x.n_edges, x.max_matches, x.n_guard_cut) == (10, 5, 3, 2, 1)
+    assert x.n_top1 == 6  # "nope" is not a listing of the run
+    assert x.top1_cdf == pytest.approx((1 / 6, 4 / 6))  # 0.2 <= 0.5; 0.2, 0.6, 0.8, 0.8 <= 0.85
+    assert x.size_histogram["1"] == 6 and x.size_histogram["2"] == 4
+    h = decide(x)
+    assert h.guard_cut_share == pytest.approx(1 / 3) and h.ok
+
+
+def test_reference_file_round_trip(tmp_path):
+    assert read_reference(tmp_path) is None
+    ref = _ref()
+    path = write_reference(tmp_path, ref)
+    assert path.name == "health_reference.json" and read_reference(tmp_path) == ref
+
+
+def test_shipped_reference_of_the_defaults_applies_to_the_defaults_only():
+    from listing_dedup.config import load_config
+    from listing_dedup.quality.health_defaults import reference
+    from listing_dedup.quality.run_health import choose_reference, limits_of
+
+    ref = reference()
+    assert "folds 2+3+4" in ref.source and ref.score == "fused"
+    assert set(ref.signals) == {"text", "lexical", "phash"}
+    q = np.asarray(ref.top1_quantiles)
+    assert len(q) == len(QUANTILES) and (np.diff(q) >= 0).all() and 0 < q[0] and q[-1] <= 1.0 + 1e-6
+    assert 1.0 < ref.matches_per_listing < 10.0 and 0.5 < ref.share_matched <= 1.0  # every Shopee listing has a twin
+    for profile in ("conf/local.yaml", "conf/cluster.yaml"):  # same signals and edge rules
+        got, note = choose_reference(load_config([profile]))
+        assert got == ref and note == ""
+    got, note = choose_reference(load_config(["conf/local.yaml"], ["match.threshold=0.8", "phash.enabled=false"]))
+    assert got is None and "match.threshold" in note and "phash.enabled" in note
+    cfg = load_config(["conf/local.yaml"], ["health.max_top1_ks=0.4"])
+    assert limits_of(cfg.health) == Limits(max_top1_ks=0.4)

@@ -239,6 +239,31 @@ class OutputConf:
 
 
 @dataclass(frozen=True)
+class HealthConf:
+    """The unsupervised health check (docs/quality.md): the summary's health section and the
+    ``runs`` table's ``health_json`` / ``health_warnings``. A warning never fails the run:
+    alert on ``health_warnings`` (comma-joined codes, empty when none). The limits say when a
+    figure becomes a warning (``listing_dedup.quality.health.Limits``)."""
+
+    largest_groups: int = 5  # groups listed, largest first
+    sample_titles: int = 5  # titles shown of each (smallest posting_ids)
+    min_signal_coverage: float = 0.05  # signal_missing: an expected signal on fewer listings than this
+    max_top1_ks: float = 0.25  # top1_shift: KS distance of the top-1 scores from the reference
+    max_matches_ratio: float = 3.0  # matches_exploding: mean matches a listing over this x the reference's ...
+    max_matches_per_listing: float = 10.0  # ... or over this, with or without a reference
+    max_guard_cut: float = 0.5  # guard_cut: share of match edges whose ends the guard put in different groups
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.largest_groups <= 100, "health.largest_groups", "must be in [0, 100]")
+        _check(0 <= self.sample_titles <= 100, "health.sample_titles", "must be in [0, 100]")
+        _check(0.0 <= self.min_signal_coverage <= 1.0, "health.min_signal_coverage", "must be in [0, 1]")
+        _check(0.0 < self.max_top1_ks <= 1.0, "health.max_top1_ks", "must be in (0, 1]")
+        _check(self.max_matches_ratio > 0, "health.max_matches_ratio", "must be > 0")
+        _check(self.max_matches_per_listing > 0, "health.max_matches_per_listing", "must be > 0")
+        _check(0.0 < self.max_guard_cut <= 1.0, "health.max_guard_cut", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
 class IndexConf:
     n_shards: int = 4  # index shards (each a set of IVF lists), built on executors
     nlist: int = 0  # IVF lists; 0 = auto (about 4*sqrt(n), at least 39 training points per list)
@@ -441,6 +466,7 @@ class DedupConfig:
     guard: GuardConf = field(default_factory=GuardConf)
     output: OutputConf = field(default_factory=OutputConf)
     rerank: RerankConf = field(default_factory=RerankConf)
+    health: HealthConf = field(default_factory=HealthConf)
     testing: TestingConf = field(default_factory=TestingConf)
 
     def edge_match(self) -> MatchConf:

@@ -1,0 +1,245 @@
+"""The job's health check: which reference applies to a run, and the run's aggregates in Spark.
+
+:func:`choose_reference` picks the :class:`~listing_dedup.quality.health.HealthReference` the
+run is judged against: the re-ranker's (``health_reference.json`` in its model directory,
+written by ``jobs/train_reranker.py``) when the re-ranker is on, else the conf defaults'
+(:mod:`listing_dedup.quality.health_defaults`) when the run's threshold-rule settings are the
+defaults it was computed for; otherwise none, and the check falls back to its absolute rules.
+
+:func:`health_inputs_spark` computes the decision's inputs as Spark aggregates: a handful of
+rows reach the driver (counts, a group-size histogram, approximate top-1 quantiles and the
+exact share of top-1 scores under each reference quantile, signal coverage, the few largest
+groups with their first titles), never a frame that grows with the catalog.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from listing_dedup.errors import ConfigError
+from listing_dedup.graph.rerank import pipeline_fingerprint
+from listing_dedup.quality.health import (
+    BIN_NAMES,
+    QUANTILES,
+    REFERENCE_FILE,
+    SIZE_BINS,
+    HealthInputs,
+    HealthReference,
+    Limits,
+    read_reference,
+)
+
+QUANTILE_ACCURACY = 10_000  # percentile_approx: rank error about 1/accuracy of the rows
+
+
+def _plain(d: Any) -> Any:
+    return json.loads(json.dumps(d))
+
+
+def threshold_settings(cfg) -> dict[str, Any]:
+    """What the threshold rule's figures depend on: the searched vector (signals, fusion, INB,
+    k, text model, lexical settings), the edge rules and the pHash union."""
+    fp = pipeline_fingerprint(cfg)
+    fp.pop("features", None)  # the re-ranker's feature constants
+    return _plain(
+        {
+            "pipeline": fp,
+            "match": dataclasses.asdict(cfg.match),
+            "phash": {"enabled": bool(cfg.phash.enabled), "max_bits": int(cfg.phash.max_bits)},
+        }
+    )
+
+
+def rerank_settings(cfg) -> dict[str, Any]:
+    """What a re-ranker's reference was recorded under (the model's pipeline, its edge rules, pHash)."""
+    return _plain(
+        {
+            "pipeline": pipeline_fingerprint(cfg),
+            "rerank": dataclasses.asdict(cfg.rerank.match()),
+            "phash": {"enabled": bool(cfg.phash.enabled), "max_bits": int(cfg.phash.max_bits)},
+        }
+    )
+
+
+def _differences(want: Mapping, have: Mapping) -> list[str]:
+    out = []
+    for k in sorted(set(want) | set(have)):
+        a, b = want.get(k), have.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += [f"{k}.{s}" for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s)]
+        elif a != b:
+            out.append(k)
+    return out
+
+
+def choose_reference(cfg) -> tuple[HealthReference | None, str]:
+    """(reference, why there is none)."""
+    if cfg.rerank.enabled:
+        try:
+            ref = read_reference(cfg.rerank.model)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"config key 'rerank.model': cannot read {REFERENCE_FILE} in {cfg.rerank.model}: {e}"
+            ) from None
+        if ref is None:
+            return None, (
+                f"the re-ranker model directory {cfg.rerank.model} has no {REFERENCE_FILE} (written by "
+                "jobs/train_reranker.py since the health check; retrain to get one)"
+            )
+        return ref, ""
+    from listing_dedup.quality.health_defaults import reference as defaults_reference
+
+    ref = defaults_reference()
+    diffs = _differences(ref.settings, threshold_settings(cfg))
+    if diffs:
+        shown = ", ".join(diffs[:6]) + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        return None, f"the shipped reference is for the conf defaults' threshold rule; this run's {shown} differ"
+    return ref, ""
+
+
+def limits_of(health_conf) -> Limits:
+    return Limits(**{f.name: getattr(health_conf, f.name) for f in dataclasses.fields(Limits)})
+
+
+def signal_coverage(listings, cfg, dense_signals: Sequence[str], *, has_image: bool, reranker: bool) -> dict:
+    """Share of ``listings`` carrying each signal the run uses (one aggregate). pHash counts when
+    the pHash union is on or the re-ranker reads it (its ``phash_bits`` feature); 0 otherwise."""
+    from pyspark.sql import functions as F
+
+    aggs = [
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.when(F.length("title") > 0, 1).otherwise(0)).alias("titled"),
+        F.sum(F.when(F.col("image_phash").isNotNull(), 1).otherwise(0)).alias("phash"),
+    ]
+    if has_image:
+        ok = F.col("image").isNotNull() & F.col("image_error").isNull()
+        aggs.append(F.sum(F.when(ok, 1).otherwise(0)).alias("image"))
+    row = listings.agg(*aggs).first()
+    n = int(row["n"] or 0)
+
+    def share(c: str) -> float:
+        return float(row[c] or 0) / n if n else 0.0
+
+    out = {s: share("image") if s == "image" else share("titled") for s in dense_signals}
+    out["phash"] = share("phash") if (cfg.phash.enabled or reranker) else 0.0
+    return out
+
+
+def _bin_of(size):
+    from pyspark.sql import functions as F
+
+    expr = None
+    for (lo, hi), name in zip(SIZE_BINS, BIN_NAMES, strict=True):
+        cond = (size >= lo) & (size <= hi) if hi is not None else (size >= lo)
+        expr = F.when(cond, name) if expr is None else expr.when(cond, name)
+    return expr
+
+
+def health_inputs_spark(
+    listings,
+    edges,
+    groups,
+    pairs,
+    signals: Mapping[str, float],
+    *,
+    ref_quantiles: Sequence[float] | None = None,
+    n_largest: int = 5,
+    n_titles: int = 5,
+    guard_cut: bool = True,
+    accuracy: int = QUANTILE_ACCURACY,
+) -> HealthInputs:
+    """The health inputs of a run, as Spark aggregates.
+
+    ``listings``: ``posting_id, title`` of the kept listings; ``edges``: the match edges
+    ``src, dst``, both directions, each once (the job's edge stage output); ``groups``:
+    ``posting_id, group_id, group_size`` of every listing after the guard; ``pairs``: the scored
+    candidates ``src, dst, score`` whose per-listing maximum is the top-1 score (the final search,
+    or the re-ranker's probabilities), or None; ``ref_quantiles``: the reference's top-1
+    quantiles. ``guard_cut=False`` when no guard ran (the groups are the components of the edges:
+    no edge is cut)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    e = edges.select("src", "dst")
+    deg = e.groupBy(F.col("src").alias("posting_id")).agg(F.count(F.lit(1)).alias("deg"))
+    g = groups.select("posting_id", "group_id", "group_size").join(deg, "posting_id", "left")
+    g = g.withColumn("deg", F.coalesce("deg", F.lit(0))).withColumn("bin", _bin_of(F.col("group_size")))
+    row = g.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.when(F.col("deg") > 0, 1).otherwise(0)).alias("matched"),
+        F.sum("deg").alias("deg_sum"),
+        F.max("deg").alias("max_deg"),
+        F.percentile_approx("deg", 0.99, accuracy).alias("p99"),
+        *[F.sum(F.when(F.col("bin") == name, 1).otherwise(0)).alias(f"bin{i}") for i, name in enumerate(BIN_NAMES)],
+    ).first()
+    n = int(row["n"] or 0)
+    hist = {name: int(row[f"bin{i}"] or 0) for i, name in enumerate(BIN_NAMES)}
+
+    n_cut = 0
+    if guard_cut:
+        ga = groups.select(F.col("posting_id").alias("src"), F.col("group_id").alias("ga"))
+        gb = groups.select(F.col("posting_id").alias("dst"), F.col("group_id").alias("gb"))
+        n_cut = e.where(F.col("src") < F.col("dst")).join(ga, "src").join(gb, "dst").where("ga != gb").count()
+
+    n_top1, quant, cdf = 0, (), None
+    if pairs is not None:
+        t = pairs.groupBy("src").agg(F.max("score").cast("double").alias("t")).where(~F.isnan("t"))
+        refs = list(ref_quantiles) if ref_quantiles is not None else []
+        trow = t.agg(
+            F.count(F.lit(1)).alias("n"),
+            F.percentile_approx("t", list(QUANTILES), accuracy).alias("q"),
+            *[F.sum(F.when(F.col("t") <= F.lit(float(q)), 1).otherwise(0)).alias(f"c{i}") for i, q in enumerate(refs)],
+        ).first()
+        n_top1 = int(trow["n"] or 0)
+        if n_top1:
+            quant = tuple(float(v) for v in trow["q"])
+            if ref_quantiles is not None:
+                cdf = tuple(float(trow[f"c{i}"] or 0) / n_top1 for i in range(len(refs)))
+
+    largest = []
+    if n_largest > 0:
+        top = (
+            groups.where(F.col("group_size") > 1)
+            .select("group_id", "group_size")
+            .distinct()
+            .orderBy(F.col("group_size").desc(), F.col("group_id"))
+            .limit(n_largest)
+            .collect()
+        )
+        titles: dict[str, list[str]] = {r["group_id"]: [] for r in top}
+        if top and n_titles > 0:
+            spark = groups.sparkSession
+            ids = spark.createDataFrame([(r["group_id"],) for r in top], "group_id string")
+            members = groups.select("posting_id", "group_id").join(F.broadcast(ids), "group_id")
+            w = Window.partitionBy("group_id").orderBy("posting_id")
+            first = (
+                members.withColumn("rn", F.row_number().over(w))
+                .where(F.col("rn") <= n_titles)
+                .join(listings.select("posting_id", "title"), "posting_id", "left")
+                .where(F.col("title").isNotNull())
+                .select("group_id", "posting_id", "title")
+                .collect()
+            )
+            for r in sorted(first, key=lambda r: (r["group_id"], r["posting_id"])):
+                titles[r["group_id"]].append(str(r["title"]))
+        largest = [
+            {"group_id": r["group_id"], "size": int(r["group_size"]), "titles": titles[r["group_id"]]} for r in top
+        ]
+
+    return HealthInputs(
+        n_listings=n,
+        n_matched=int(row["matched"] or 0),
+        n_edges=int(row["deg_sum"] or 0) // 2,
+        max_matches=int(row["max_deg"] or 0),
+        matches_p99=float(row["p99"] or 0),
+        size_histogram=hist,
+        largest_groups=largest,
+        n_top1=n_top1,
+        top1_quantiles=quant,
+        top1_cdf=cdf,
+        n_guard_cut=int(n_cut),
+        signals={str(k): float(v) for k, v in signals.items()},
+    )
