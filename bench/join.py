@@ -1,6 +1,7 @@
 """The search stage against its peers on synthetic clustered vectors, in one run.
 
     python bench/join.py --n 1000000 --dim 384 [--peers] [--nprobe 32] [--storage flat|sq8]
+        [--scan blas|faiss] [--train-sample 100000]
 
 Data: unit vectors over a background with low-rank structure (a few hundred directions) plus
 groups of 2-5 near-duplicates (cos ~0.9 to their group's seed). Written to Parquet in chunks
@@ -8,8 +9,10 @@ and read by Spark, as the job reads its embeddings.
 
 Measured side by side:
 - the project's index + search stage (lib/listing_dedup/search/indexer.py) on local Spark,
-- the same FAISS index (same quantizer, nprobe, storage) in one plain process: the floor here,
-- exact ``IndexFlatIP``: the recall truth (all queries up to 200k rows, else a random sample of
+- the same FAISS index (same quantizer, nprobe, storage) in one plain process,
+- with ``--scan blas`` (flat storage), the project's BLAS list scan (``scan_lists``) in one
+  plain process: the same kernel without Spark, the floor here (``overhead_vs_bare``);
+- exact ``IndexFlatIP``: the recall truth (all queries up to 100k rows, else a random sample of
   ``--truth-queries`` >= 10,000 queries searched exactly against all N vectors),
 - with ``--peers``: Spark MLlib ``BucketedRandomProjectionLSH.approxSimilarityJoin`` at the
   same cosine threshold (cos >= 0.5 <=> euclidean <= 1 on unit vectors), at ``--lsh-n`` rows
@@ -17,7 +20,7 @@ Measured side by side:
 
 recall10: among each query's true top-10 neighbours with cos >= 0.5, the share the method's
 top 10 holds. Final line:
-``join n=<N> seconds=<s> recall10=<r> speedup_vs_lsh=<x> lsh_n=<n> overhead_vs_bare=<y>``.
+``join n=<N> seconds=<s> recall10=<r> speedup_vs_lsh=<x> lsh_n=<n> overhead_vs_bare=<y> vs_bare_faiss=<z>``.
 """
 
 from __future__ import annotations
@@ -142,14 +145,36 @@ def bare(x: np.ndarray, centroids: np.ndarray, nprobe: int, storage: str, querie
     return time.perf_counter() - t0, found
 
 
-def project(spark, path: Path, n: int, nprobe: int, storage: str, queries: np.ndarray, n_shards: int):
+def bare_blas(x: np.ndarray, centroids: np.ndarray, nprobe: int, queries: np.ndarray):
+    """The project's BLAS list scan (``index.scan: blas``) in one process on every core:
+    (seconds, {query row: rows found})."""
+    from listing_dedup.search.indexer import assign_lists, list_layout, probe_lists, scan_lists
+
+    t0 = time.perf_counter()
+    order, offsets = list_layout(assign_lists(x, centroids), len(centroids))
+    v = x[order]
+    found: dict[int, set[int]] = {}
+    want = set(queries.tolist())
+    for s in range(0, len(x), 50_000):
+        q = x[s : s + 50_000]
+        dist, idx = scan_lists(q, probe_lists(q, centroids, nprobe), v, offsets, K + 1)
+        rows = np.where(idx >= 0, order[np.maximum(idx, 0)], -1)
+        for r in range(len(rows)):
+            if s + r in want:
+                best = [(int(j), d) for j, d in zip(rows[r], dist[r]) if j >= 0 and j != s + r][:K]
+                found[s + r] = {j for j, d in best if d >= THRESHOLD}
+    return time.perf_counter() - t0, found
+
+
+def project(spark, path: Path, n: int, nprobe: int, storage: str, queries: np.ndarray, n_shards: int,
+            train_sample: int = 100_000, scan: str = "blas"):  # fmt: skip
     """The job's index + search stage: (seconds, centroids, {query row: rows found})."""
     from listing_dedup.config import IndexConf
     from listing_dedup.search.indexer import build_index, search
     from pyspark.sql import functions as F
 
-    cfg = IndexConf(n_shards=n_shards, nprobe=nprobe, k=K, storage=storage, shard_by="proximity",
-                    train_sample=100_000)  # fmt: skip
+    cfg = IndexConf(n_shards=n_shards, nprobe=nprobe, k=K, storage=storage, shard_by="proximity", scan=scan,
+                    train_sample=train_sample, train_bytes=max(256 * 2**20, train_sample * 4 * 1536))  # fmt: skip
     t0 = time.perf_counter()
     df = spark.read.parquet(str(path)).repartition(max(4, n // 100_000 * 2))
     handle = build_index(df, cfg, n_rows=n)
@@ -197,6 +222,8 @@ def main() -> int:
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--storage", default="flat", choices=["flat", "sq8"])
     p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--train-sample", type=int, default=100_000, help="the quantizer's training sample (rows)")
+    p.add_argument("--scan", default="blas", choices=["blas", "faiss"], help="index.scan (flat storage)")
     p.add_argument("--peers", action="store_true", help="also run Spark MLlib LSH at --lsh-n rows")
     p.add_argument("--lsh-n", type=int, default=5000)
     p.add_argument("--truth-queries", type=int, default=10_000)
@@ -213,7 +240,7 @@ def main() -> int:
     x = write_parquet(path, args.n, args.dim, args.seed)
     print(f"data: {args.n} x {args.dim} written in {time.perf_counter() - t0:.1f}s", flush=True)
     rng = np.random.default_rng(1)
-    queries = np.arange(args.n) if args.n <= 200_000 else np.sort(rng.choice(args.n, args.truth_queries, replace=False))
+    queries = np.arange(args.n) if args.n <= 100_000 else np.sort(rng.choice(args.n, args.truth_queries, replace=False))
     t0 = time.perf_counter()
     true = truth(x, queries)
     print(f"exact IndexFlatIP truth for {len(queries)} queries: {time.perf_counter() - t0:.1f}s", flush=True)
@@ -228,12 +255,18 @@ def main() -> int:
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
-    sec, centroids, found = project(spark, path, args.n, args.nprobe, args.storage, queries, args.shards)
+    sec, centroids, found = project(spark, path, args.n, args.nprobe, args.storage, queries, args.shards,
+                                    args.train_sample, args.scan)  # fmt: skip
     r = recall(found, queries, true)
     print(f"project: {sec:.1f}s recall10={r:.4f} (nprobe {args.nprobe}, {len(centroids)} lists, {args.storage})",
           flush=True)  # fmt: skip
     bare_s, bare_found = bare(x, centroids, args.nprobe, args.storage, queries)
     print(f"bare FAISS, one process: {bare_s:.1f}s recall10={recall(bare_found, queries, true):.4f}", flush=True)
+    faiss_s = bare_s
+    if args.storage == "flat" and args.scan == "blas":  # the same kernel in one process: the floor
+        bare_s, blas_found = bare_blas(x, centroids, args.nprobe, queries)
+        print(f"bare BLAS list scan, one process: {bare_s:.1f}s recall10={recall(blas_found, queries, true):.4f}",
+              flush=True)  # fmt: skip
     speedup, lsh_n = float("nan"), 0
     if args.peers:
         lsh_n = min(args.lsh_n, args.n)
@@ -241,7 +274,8 @@ def main() -> int:
         xs = write_parquet(small, lsh_n, args.dim, args.seed)
         del xs
         lsh_s = lsh(spark, small, lsh_n)
-        proj_small, _, _ = project(spark, small, lsh_n, args.nprobe, args.storage, np.arange(0), args.shards)
+        proj_small, _, _ = project(spark, small, lsh_n, args.nprobe, args.storage, np.arange(0), args.shards,
+                                   args.train_sample, args.scan)  # fmt: skip
         speedup = lsh_s / proj_small
         print(f"Spark MLlib LSH at n={lsh_n}: {lsh_s:.1f}s; project at the same n: {proj_small:.1f}s", flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -249,7 +283,7 @@ def main() -> int:
     spark.stop()
     print(
         f"join n={args.n} seconds={sec:.1f} recall10={r:.4f} speedup_vs_lsh={speedup:.1f} lsh_n={lsh_n} "
-        f"overhead_vs_bare={sec / bare_s:.2f}"
+        f"overhead_vs_bare={sec / bare_s:.2f} vs_bare_faiss={sec / faiss_s:.2f}"
     )
     return 0
 

@@ -12,7 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from listing_dedup.config import IndexConf
-from listing_dedup.search.indexer import build_index, probe_lists, search, shard_of_lists, train, train_quantizer
+from listing_dedup.search.indexer import (
+    build_index,
+    list_layout,
+    probe_lists,
+    scan_lists,
+    search,
+    shard_of_lists,
+    train,
+    train_quantizer,
+)
 
 D, N = 32, 3000
 
@@ -81,28 +90,69 @@ def test_proximity_shards_are_balanced_and_a_query_visits_fewer_shards(data):
     assert visits["proximity"] < visits["modulo"], visits
 
 
-def test_quantizer_is_reused_and_shard_files_are_removed(spark, emb_df):
-    cfg = IndexConf(n_shards=3, nlist=16, nprobe=4, k=5, seed=2)
+@pytest.mark.parametrize(
+    ("scan", "files"),
+    [
+        ("blas", ["shard-00000.f32", "shard-00000.ids", "shard-00000.lists"]),
+        ("faiss", ["shard-00000.faiss", "shard-00000.ids"]),
+    ],
+)
+def test_quantizer_is_reused_and_shard_files_are_removed(spark, emb_df, scan, files):
+    cfg = IndexConf(n_shards=3, nlist=16, nprobe=4, k=5, seed=2, scan=scan)
     q = train(emb_df, cfg)
     assert q.nlist == 16 and q.d == D
     handle = build_index(emb_df, cfg, quantizer=q)
     assert handle.quantizer is q
     folder = handle.folder
-    assert sorted(os.listdir(folder))[:2] == ["shard-00000.faiss", "shard-00000.ids"]
+    assert sorted(f for f in os.listdir(folder) if f.startswith("shard-00000.")) == files
     handle.unpersist()
     assert not os.path.exists(folder)
 
 
-def test_query_chunks_give_the_same_neighbours(spark, emb_df):
-    one = IndexConf(n_shards=3, nlist=16, nprobe=4, k=8, seed=5)
-    many = IndexConf(n_shards=3, nlist=16, nprobe=4, k=8, seed=5, query_chunk_rows=100)
+def _same_pairs(a: dict, b: dict) -> None:
+    """Same neighbours, scores equal to float32 rounding (BLAS may sum in another order when
+    the query matrices have other shapes)."""
+    assert {s: set(v) for s, v in a.items()} == {s: set(v) for s, v in b.items()}
+    for s, v in a.items():
+        for dst, score in v.items():
+            assert abs(score - b[s][dst]) <= 1e-6, (s, dst, score, b[s][dst])
+
+
+@pytest.mark.parametrize("scan", ["blas", "faiss"])
+def test_query_chunks_give_the_same_neighbours(spark, emb_df, scan):
+    one = IndexConf(n_shards=3, nlist=16, nprobe=4, k=8, seed=5, scan=scan)
+    many = IndexConf(n_shards=3, nlist=16, nprobe=4, k=8, seed=5, query_chunk_rows=100, scan=scan)
     q = train(emb_df, one)
     h1, h2 = build_index(emb_df, one, quantizer=q), build_index(emb_df, many, quantizer=q)
     try:
-        assert _pairs(search(h1, emb_df)) == _pairs(search(h2, emb_df))
+        _same_pairs(_pairs(search(h1, emb_df)), _pairs(search(h2, emb_df)))
     finally:
         h1.unpersist()
         h2.unpersist()
+
+
+@pytest.mark.parametrize("k", [1, 7, 40])
+def test_scan_lists_equals_brute_force_over_the_probed_lists(k):
+    rng = np.random.default_rng(k)
+    d, nlist = 24, 12
+    sizes = np.array([0, 1, 3, 40, 0, 7, 25, 2, 60, 0, 9, 30])  # empty lists, lists smaller than k
+    lists = rng.permutation(np.repeat(np.arange(nlist), sizes))
+    v = rng.standard_normal((len(lists), d)).astype(np.float32)
+    x = rng.standard_normal((50, d)).astype(np.float32)
+    probe = np.stack([rng.choice(nlist, 4, replace=False) for _ in range(len(x))])
+    order, offsets = list_layout(lists, nlist)
+    assert (np.diff(offsets) == sizes).all()
+    got_s, got_i = scan_lists(x, probe, v[order], offsets, k)
+    assert got_s.shape == got_i.shape == (len(x), k)
+    for q in range(len(x)):
+        rows = np.flatnonzero(np.isin(lists, probe[q]))  # brute force, float64, over the probed lists
+        exact = x[q].astype(np.float64) @ v[rows].astype(np.float64).T
+        best = rows[np.argsort(-exact, kind="stable")[:k]]
+        n_found = min(k, len(rows))
+        assert set(order[got_i[q, :n_found]].tolist()) == set(best.tolist()), q
+        np.testing.assert_allclose(got_s[q, :n_found], np.sort(exact)[::-1][:n_found], rtol=0, atol=1e-5)
+        assert (np.diff(got_s[q, :n_found]) <= 0).all()  # best first
+        assert (got_i[q, n_found:] == -1).all() and np.isneginf(got_s[q, n_found:]).all()  # missing results
 
 
 def test_sq8_codes_rescored_exactly_keep_recall(spark, emb_df, data):
