@@ -34,6 +34,7 @@ from listing_dedup.config import DedupConfig, load_config  # noqa: E402
 from listing_dedup.quality import robust as R  # noqa: E402
 from listing_dedup.quality.health import (  # noqa: E402
     HealthReference,
+    Limits,
     decide,
     inputs_from_frames,
     reference_from,
@@ -92,7 +93,8 @@ def run_catalog(cat: Catalog, cfg: DedupConfig, prefix: str):
 
 def check(name: str, run, ref: HealthReference, titles: pd.Series) -> None:
     ids, edges, top1, groups, cov = run
-    x = inputs_from_frames(ids, edges, groups, top1, cov, ref_quantiles=ref.top1_quantiles, titles=titles)
+    slack = Limits().top1_slack
+    x = inputs_from_frames(ids, edges, groups, top1, cov, ref_quantiles=ref.top1_quantiles, slack=slack, titles=titles)
     h = decide(x, reference=ref)
     q = dict(zip((0.05, 0.5, 0.95), (h.top1_quantiles[0], h.top1_quantiles[9], h.top1_quantiles[18]), strict=True))
     print(

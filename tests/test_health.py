@@ -179,6 +179,13 @@ def test_decide_on_aggregates_by_hand():
     assert h.top1_ks == pytest.approx(0.3)
     assert h.guard_cut_share == pytest.approx(20 / 30)
     assert h.warning_codes == ["signal_missing", "top1_shift", "guard_cut"]
+    # a slack: each level only has to lie between the CDF below and above the reference quantile
+    low = tuple(max(0.0, q - 0.2) for q in QUANTILES)
+    high = tuple(min(1.0, q + 0.1) for q in QUANTILES)
+    assert decide(_inputs(top1_cdf=low, top1_cdf_high=high), reference=ref).top1_ks == pytest.approx(0.0)
+    above = tuple(min(1.0, q + 0.3) for q in QUANTILES)  # even the CDF below sits 0.3 over the level
+    h = decide(_inputs(top1_cdf=above, top1_cdf_high=tuple(1.0 for _ in QUANTILES)), reference=ref)
+    assert h.top1_ks == pytest.approx(0.3) and h.warning_codes == ["top1_shift"]
     # 2 x 80 / 100 = 1.6 matches a listing: over 3 x the reference's 0.5, under the absolute 10
     assert decide(_inputs(n_edges=80), reference=ref).warning_codes == ["matches_exploding"]
     assert decide(_inputs(n_edges=70), reference=ref).ok  # 1.4 <= 1.5

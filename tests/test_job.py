@@ -109,6 +109,26 @@ def test_cli_job_finds_groups_and_writes_tables(cli_run):
 
 
 @pytest.mark.slow
+def test_cli_job_records_its_health(cli_run):
+    """A normal run: health in the printed summary and the runs row, no warning; its settings are
+    not the defaults' (lexical only, other thresholds), so the absolute rules decide."""
+    r, wh, _ = cli_run
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "  health\n" in r.stdout and "    warnings  none" in r.stdout
+    assert "reference  none (absolute rules)" in r.stdout and "shipped reference is for the conf defaults" in r.stdout
+    runs = read_table(wh, "runs")
+    assert runs["health_warnings"].tolist() == [""]
+    h = json.loads(runs["health_json"].iloc[0])
+    sizes = pd.Series(EXPECTED_GROUPS).value_counts()
+    grouped = int(sizes[sizes > 1].sum())  # every listing of a group has a match (no guard cut)
+    assert h["n_listings"] == len(EXPECTED_GROUPS) and h["share_matched"] == pytest.approx(grouped / 9)
+    assert h["size_histogram"] == {"1": 2, "2": 4, "3-5": 3, "6-10": 0, "11-50": 0, ">50": 0}
+    titles = dict(ROWS)
+    assert h["largest_groups"][0] == {"group_id": "a1", "size": 3, "titles": [titles[p] for p in ("a1", "a2", "a3")]}
+    assert h["warnings"] == [] and h["reference"] == "" and h["top1_ks"] is None
+
+
+@pytest.mark.slow
 def test_evaluate_cli_scores_the_run(cli_run):
     r, wh, folder = cli_run
     assert r.returncode == 0, r.stderr[-3000:]

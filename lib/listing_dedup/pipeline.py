@@ -36,6 +36,16 @@ from listing_dedup.graph.guard import split_large
 from listing_dedup.graph.rerank import candidate_frame_spark, check_fingerprint, load_reranker, rerank_spark
 from listing_dedup.ingest.images import image_root_for
 from listing_dedup.ingest.reader import check_row_count, read_listings
+from listing_dedup.quality.health import Health, HealthReference, decide
+from listing_dedup.quality.run_health import (
+    choose_reference,
+    edge_counts,
+    group_counts,
+    health_inputs_spark,
+    limits_of,
+    listing_counts,
+    signal_coverage,
+)
 from listing_dedup.search.blender import blend
 from listing_dedup.search.indexer import Quantizer, build_index, search, train
 from listing_dedup.search.phash_match import phash_found, split_found
@@ -107,6 +117,50 @@ def _union_edges(spark: SparkSession, parts: list[DataFrame]) -> DataFrame:
     return out.groupBy("src", "dst").agg(F.max("score").cast("float").alias("score"))
 
 
+def run_health(
+    cfg: DedupConfig,
+    *,
+    kept: DataFrame,
+    edges: DataFrame,
+    groups: DataFrame,
+    pairs: DataFrame | None,
+    signals: dict[str, float],
+    dense_signals: list[str],
+    counts: dict,
+    guard_cut: bool,
+    reference: HealthReference | None,
+    reference_note: str,
+) -> Health:
+    """The unsupervised health check of the run (quality/health.py): Spark aggregates of the
+    listings, the match edges, the groups and the final search (``pairs``: each listing's best
+    fused score is its top-1), judged against ``reference``. Without one, the signals the run
+    fuses are the expected ones. ``counts``: the edge and group counts the earlier stages took
+    (quality/run_health), ``guard_cut``: whether the guard re-cut any group."""
+    x = health_inputs_spark(
+        kept.select("posting_id", "title"),
+        edges,
+        groups,
+        pairs,
+        signals,
+        ref_quantiles=reference.top1_quantiles if reference is not None else None,
+        slack=cfg.health.top1_slack,
+        n_largest=cfg.health.largest_groups,
+        n_titles=cfg.health.sample_titles,
+        guard_cut=guard_cut,
+        **counts,
+    )
+    health = decide(
+        x,
+        reference=reference,
+        expected_signals=() if reference is not None else dense_signals,
+        limits=limits_of(cfg.health),
+        reference_note=reference_note,
+    )
+    for w in health.warnings:
+        log.warning("health %s: %s", w.code, w.message)
+    return health
+
+
 def _versions(table_versions: dict[str, int]) -> str:
     return ", ".join(f"{t} version {v}" for t, v in table_versions.items())
 
@@ -143,6 +197,7 @@ def run_dedup(
         if cfg.rerank.enabled:  # fail fast on a bad model directory or a pipeline it was not trained for
             reranker = load_reranker(cfg.rerank.model)
             check_fingerprint(reranker.meta, cfg, cfg.rerank.model)
+        health_ref, health_note = choose_reference(cfg)  # the re-ranker's, the defaults' or none
 
         with timer.stage("ingest") as c:
             ing = read_listings(spark, input_path, cfg.input)
@@ -158,9 +213,10 @@ def run_dedup(
             )
             kept = keep(ing.kept)
             rejects = keep(ing.rejects)
-            summary.rows_kept = kept.count()
+            kept_counts = listing_counts(kept, has_image=ing.has_image_column)  # also the health's signals
+            summary.rows_kept = kept_counts["n"]
             if ing.has_image_column:
-                summary.images_unreadable = kept.where(F.col("image_error").isNotNull()).count()
+                summary.images_unreadable = kept_counts["image_error"]
             by_reason = {r["reason"]: r["count"] for r in rejects.groupBy("reason").count().collect()}
             summary.rejects_by_reason = by_reason
             summary.rows_rejected = sum(by_reason.values())
@@ -273,7 +329,8 @@ def run_dedup(
                     parts.append(select_edges(s_nbrs, mc))
             edges = _union_edges(spark, parts)
             edges = keep(edges)
-            summary.n_edges = edges.count() // 2  # both directions are stored
+            edge_stats = edge_counts(edges)  # matches a listing too, for the health check
+            summary.n_edges = edge_stats["directed"] // 2  # both directions are stored
             c["edges"] = summary.n_edges
 
         with timer.stage("components") as c:
@@ -294,17 +351,28 @@ def run_dedup(
                 )
                 groups = keep(groups)
                 summary.signal_counts["guard_levels"] = levels
-            stats = groups.agg(
-                F.countDistinct(F.when(F.col("group_size") > 1, F.col("group_id"))).alias("groups"),
-                F.sum(F.when(F.col("group_size") > 1, 1).otherwise(0)).alias("grouped"),
-                F.sum(F.when(F.col("group_size") == 1, 1).otherwise(0)).alias("singletons"),
-                F.max("group_size").alias("largest"),
-            ).first()
-            summary.n_groups = int(stats["groups"] or 0)
-            summary.n_grouped = int(stats["grouped"] or 0)
-            summary.n_singletons = int(stats["singletons"] or 0)
-            summary.largest_group = int(stats["largest"] or 0)
+            group_stats = group_counts(groups)  # with the group-size histogram of the health check
+            summary.n_groups = group_stats["groups"]
+            summary.n_grouped = group_stats["grouped"]
+            summary.n_singletons = group_stats["singletons"]
+            summary.largest_group = group_stats["largest"]
             c.update(groups=summary.n_groups, singletons=summary.n_singletons)
+
+        with timer.stage("health") as c:
+            summary.health = run_health(
+                cfg,
+                kept=kept,
+                edges=edges,
+                groups=groups,
+                pairs=nbrs,
+                signals=signal_coverage(kept_counts, cfg, list(layout_weights), reranker=reranker is not None),
+                dense_signals=list(layout_weights),
+                counts={"edge_stats": edge_stats, "group_stats": group_stats},
+                guard_cut=summary.signal_counts.get("guard_levels", 0) > 0,
+                reference=health_ref,
+                reference_note=health_note,
+            )
+            c["health_warnings"] = len(summary.health.warnings)
 
         with timer.stage("write") as c:
             fail = cfg.testing.fail_once_stage

@@ -248,7 +248,8 @@ class HealthConf:
     largest_groups: int = 5  # groups listed, largest first
     sample_titles: int = 5  # titles shown of each (smallest posting_ids)
     min_signal_coverage: float = 0.05  # signal_missing: an expected signal on fewer listings than this
-    max_top1_ks: float = 0.25  # top1_shift: KS distance of the top-1 scores from the reference
+    max_top1_ks: float = 0.25  # top1_shift: KS distance of the top-1 scores from the reference ...
+    top1_slack: float = 0.01  # ... once each catalog quantile may sit this far (score) from the reference's
     max_matches_ratio: float = 3.0  # matches_exploding: mean matches a listing over this x the reference's ...
     max_matches_per_listing: float = 10.0  # ... or over this, with or without a reference
     max_guard_cut: float = 0.5  # guard_cut: share of match edges whose ends the guard put in different groups
@@ -258,6 +259,7 @@ class HealthConf:
         _check(0 <= self.sample_titles <= 100, "health.sample_titles", "must be in [0, 100]")
         _check(0.0 <= self.min_signal_coverage <= 1.0, "health.min_signal_coverage", "must be in [0, 1]")
         _check(0.0 < self.max_top1_ks <= 1.0, "health.max_top1_ks", "must be in (0, 1]")
+        _check(0.0 <= self.top1_slack <= 0.5, "health.top1_slack", "must be in [0, 0.5]")
         _check(self.max_matches_ratio > 0, "health.max_matches_ratio", "must be > 0")
         _check(self.max_matches_per_listing > 0, "health.max_matches_per_listing", "must be > 0")
         _check(0.0 < self.max_guard_cut <= 1.0, "health.max_guard_cut", "must be in (0, 1]")

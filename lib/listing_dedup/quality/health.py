@@ -13,8 +13,9 @@ the group-size histogram, the largest groups, and warnings when the catalog look
 one the thresholds (or the re-ranker) were tuned on:
 
 - ``signal_missing``: a signal the settings were tuned with (e.g. pHash) is on almost no listing;
-- ``top1_shift``: the top-1 score distribution is far from the one recorded at tuning time
-  (Kolmogorov-Smirnov distance read at the reference's quantiles);
+- ``top1_shift``: the distribution of each listing's top-1 neighbour score (the fused score
+  of the final search) is far from the one recorded at tuning time (Kolmogorov-Smirnov
+  distance read at the reference's quantiles, with a slack of 0.01 on the score axis);
 - ``matches_exploding``: far more matches per listing than at tuning time (or than any
   duplicate catalog has: the absolute limit applies with or without a reference);
 - ``guard_cut``: the group guard cut most of the match graph (the matches say one thing,
@@ -46,11 +47,11 @@ WARNING_CODES = ("signal_missing", "top1_shift", "matches_exploding", "guard_cut
 
 @dataclass(frozen=True)
 class HealthReference:
-    """What the settings were tuned on: top-1 score quantiles (at :data:`QUANTILES`) of the
-    score the edge rules threshold (``score``: ``fused`` for the threshold rule, ``rerank`` for
-    the re-ranker's probability), mean matches per listing, share of listings matched, the
-    signals with their coverage, and the ``settings`` it holds for (what a run compares with
-    its own before using it)."""
+    """What the settings were tuned on: quantiles (at :data:`QUANTILES`) of each listing's
+    top-1 neighbour score (``score``: ``fused``, the final search's fused score, for the
+    threshold rule and the re-ranker alike: the catalog's shape as the pipeline sees it, before
+    any model), mean matches per listing, share of listings matched, the signals with their
+    coverage, and the ``settings`` it was recorded under."""
 
     top1_quantiles: tuple[float, ...]
     matches_per_listing: float
@@ -116,7 +117,8 @@ class Limits:
     """When a figure becomes a warning."""
 
     min_signal_coverage: float = 0.05  # an expected signal on fewer listings than this is missing
-    max_top1_ks: float = 0.25  # KS distance of the top-1 scores from the reference
+    max_top1_ks: float = 0.25  # KS distance of the top-1 scores from the reference ...
+    top1_slack: float = 0.01  # ... once each catalog quantile may sit this far from the reference's
     max_matches_ratio: float = 3.0  # mean matches per listing over the reference's ...
     max_matches_per_listing: float = 10.0  # ... or over this, whatever the reference
     max_guard_cut: float = 0.5  # share of match edges whose ends the guard put in different groups
@@ -130,8 +132,10 @@ class Warning_:
 
 @dataclass(frozen=True)
 class HealthInputs:
-    """A run's aggregates: all the decision reads. ``top1_cdf`` is the share of the top-1
-    scores at or below each quantile of the reference (None without a reference)."""
+    """A run's aggregates: all the decision reads. ``top1_cdf`` / ``top1_cdf_high``: the share
+    of the top-1 scores at or below each quantile of the reference minus / plus the slack
+    (None without a reference; ``top1_cdf_high`` None: no slack, the same as ``top1_cdf``).
+    ``matches_p99``: 99th percentile of the match counts of the listings that have one."""
 
     n_listings: int
     n_matched: int  # listings with at least one match
@@ -145,6 +149,7 @@ class HealthInputs:
     top1_cdf: tuple[float, ...] | None
     n_guard_cut: int  # match edges whose ends are in different groups
     signals: dict[str, float]  # share of listings carrying each signal
+    top1_cdf_high: tuple[float, ...] | None = None
 
     @property
     def share_matched(self) -> float:
@@ -249,12 +254,19 @@ def cdf_at(top1: Sequence[float], points: Sequence[float]) -> tuple[float, ...] 
     return tuple(float(x) for x in np.searchsorted(t, np.asarray(points, dtype=np.float64), side="right") / len(t))
 
 
-def ks_from_cdf(cdf: Sequence[float] | None) -> float | None:
+def ks_from_cdf(cdf: Sequence[float] | None, cdf_high: Sequence[float] | None = None) -> float | None:
     """Largest gap between the catalog's CDF at each reference quantile and that quantile's
-    level (a Kolmogorov-Smirnov distance read at the reference's quantiles)."""
+    level (a Kolmogorov-Smirnov distance read at the reference's quantiles). With
+    ``cdf_high`` (the CDF at each quantile plus a slack, ``cdf`` then at the quantile minus
+    it) a level between the two is no gap: a catalog quantile within the slack of the
+    reference's counts as equal (a Levy-style tolerance; without it a plateau of equal scores,
+    common in a model's probabilities, turns a shift of 0.001 into a large distance)."""
     if cdf is None or len(cdf) != len(QUANTILES):
         return None
-    return float(np.max(np.abs(np.asarray(cdf, dtype=np.float64) - np.asarray(QUANTILES))))
+    lo = np.asarray(cdf, dtype=np.float64)
+    hi = lo if cdf_high is None else np.asarray(cdf_high, dtype=np.float64)
+    lv = np.asarray(QUANTILES)
+    return float(np.max(np.maximum.reduce([lo - lv, lv - hi, np.zeros_like(lv)])))
 
 
 def ks_to_reference(top1: Sequence[float], ref_quantiles: Sequence[float]) -> float | None:
@@ -279,6 +291,7 @@ def inputs_from_frames(
     signals: Mapping[str, float],
     *,
     ref_quantiles: Sequence[float] | None = None,
+    slack: float = 0.0,
     titles: Mapping[str, str] | pd.Series | None = None,
     n_largest: int = 5,
     n_titles: int = 5,
@@ -290,7 +303,7 @@ def inputs_from_frames(
     group_id`` after the guard. ``top1``: each listing's best neighbour score (listings
     without a neighbour may be left out). ``signals``: share of listings carrying each signal
     (``{"phash": 0.0, "text": 1.0}``). ``ref_quantiles``: the reference's top-1 quantiles
-    (for ``top1_cdf``)."""
+    (for ``top1_cdf``, read ``slack`` below and above them)."""
     ids = pd.Index(pd.Series(list(ids), dtype=str).unique())
     n = len(ids)
     und = _undirected(edges)
@@ -312,20 +325,23 @@ def inputs_from_frames(
 
     t1 = pd.Series(top1, dtype=np.float64) if not isinstance(top1, pd.Series) else top1.astype(np.float64)
     t1 = t1[t1.index.astype(str).isin(ids)]
-    t1 = t1[np.isfinite(t1.to_numpy())]
+    t1 = t1[np.isfinite(t1.to_numpy())].to_numpy()
+    rq = np.asarray(ref_quantiles, dtype=np.float64) if ref_quantiles is not None else None
+    matched = deg[deg > 0]
     return HealthInputs(
         n_listings=n,
         n_matched=int((deg > 0).sum()),
         n_edges=len(und),
         max_matches=int(deg.max()) if n else 0,
-        matches_p99=float(np.quantile(deg, 0.99)) if n else 0.0,
+        matches_p99=float(np.quantile(matched, 0.99)) if len(matched) else 0.0,
         size_histogram=hist,
         largest_groups=largest,
         n_top1=len(t1),
-        top1_quantiles=top1_quantiles(t1.to_numpy()),
-        top1_cdf=cdf_at(t1.to_numpy(), ref_quantiles) if ref_quantiles is not None else None,
+        top1_quantiles=top1_quantiles(t1),
+        top1_cdf=cdf_at(t1, rq - slack) if rq is not None else None,
         n_guard_cut=cut,
         signals={str(k): float(v) for k, v in signals.items()},
+        top1_cdf_high=cdf_at(t1, rq + slack) if rq is not None and slack else None,
     )
 
 
@@ -346,7 +362,7 @@ def decide(
     quant = tuple(x.top1_quantiles)
     ks = None
     if reference is not None and x.top1_cdf is not None:
-        ks = ks_from_cdf(x.top1_cdf)
+        ks = ks_from_cdf(x.top1_cdf, x.top1_cdf_high)
     notes: list[str] = []
     if reference is None:
         why = f" ({reference_note})" if reference_note else ""
@@ -441,6 +457,7 @@ def health_check(
         top1,
         signals,
         ref_quantiles=reference.top1_quantiles if reference is not None else None,
+        slack=limits.top1_slack,
         titles=titles,
         n_largest=n_largest,
         n_titles=n_titles,

@@ -104,9 +104,10 @@ def limits_of(health_conf) -> Limits:
     return Limits(**{f.name: getattr(health_conf, f.name) for f in dataclasses.fields(Limits)})
 
 
-def signal_coverage(listings, cfg, dense_signals: Sequence[str], *, has_image: bool, reranker: bool) -> dict:
-    """Share of ``listings`` carrying each signal the run uses (one aggregate). pHash counts when
-    the pHash union is on or the re-ranker reads it (its ``phash_bits`` feature); 0 otherwise."""
+def listing_counts(listings, *, has_image: bool) -> dict[str, int]:
+    """One aggregate over the kept listings: ``n``, ``titled`` (a non-empty title), ``phash``,
+    and with an image column ``image_ok`` (decoded) and ``image_error`` (missing or undecodable).
+    The job's ingest stage counts its kept rows with it."""
     from pyspark.sql import functions as F
 
     aggs = [
@@ -115,16 +116,63 @@ def signal_coverage(listings, cfg, dense_signals: Sequence[str], *, has_image: b
         F.sum(F.when(F.col("image_phash").isNotNull(), 1).otherwise(0)).alias("phash"),
     ]
     if has_image:
+        aggs.append(F.sum(F.when(F.col("image_error").isNotNull(), 1).otherwise(0)).alias("image_error"))
         ok = F.col("image").isNotNull() & F.col("image_error").isNull()
-        aggs.append(F.sum(F.when(ok, 1).otherwise(0)).alias("image"))
-    row = listings.agg(*aggs).first()
-    n = int(row["n"] or 0)
+        aggs.append(F.sum(F.when(ok, 1).otherwise(0)).alias("image_ok"))
+    row = listings.agg(*aggs).first().asDict()
+    return {k: int(v or 0) for k, v in row.items()}
+
+
+def signal_coverage(counts: Mapping[str, int], cfg, dense_signals: Sequence[str], *, reranker: bool) -> dict:
+    """Share of the listings carrying each signal the run uses, from :func:`listing_counts`.
+    pHash counts when the pHash union is on or the re-ranker reads it (its ``phash_bits``
+    feature); 0 otherwise."""
+    n = counts.get("n", 0)
 
     def share(c: str) -> float:
-        return float(row[c] or 0) / n if n else 0.0
+        return counts.get(c, 0) / n if n else 0.0
 
-    out = {s: share("image") if s == "image" else share("titled") for s in dense_signals}
+    out = {s: share("image_ok") if s == "image" else share("titled") for s in dense_signals}
     out["phash"] = share("phash") if (cfg.phash.enabled or reranker) else 0.0
+    return out
+
+
+def edge_counts(edges, accuracy: int = QUANTILE_ACCURACY) -> dict[str, float]:
+    """One aggregate over the match edges (``src, dst``, both directions, each once):
+    ``directed`` rows, ``matched`` listings, ``max`` and ``p99`` matches of a matched listing.
+    The job's edge stage counts its edges with it."""
+    from pyspark.sql import functions as F
+
+    deg = edges.groupBy("src").agg(F.count(F.lit(1)).alias("deg"))
+    row = deg.agg(
+        F.sum("deg").alias("directed"),
+        F.count(F.lit(1)).alias("matched"),
+        F.max("deg").alias("max"),
+        F.percentile_approx("deg", 0.99, accuracy).alias("p99"),
+    ).first()
+    return {k: (float(row[k]) if k == "p99" else int(row[k])) if row[k] is not None else 0 for k in row.asDict()}
+
+
+def group_counts(groups) -> dict[str, Any]:
+    """One aggregate over the groups (``posting_id, group_id, group_size`` of every listing,
+    ``group_id`` the posting_id of one member, as the job's components and guard give):
+    listings ``n``, ``groups`` of 2+ (their ``grouped`` listings), ``singletons``, ``largest``,
+    and the ``histogram`` of listings per group-size bin. The job's components stage counts
+    its groups with it."""
+    from pyspark.sql import functions as F
+
+    size = F.col("group_size")
+    b = _bin_of(size)
+    row = groups.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.when((F.col("posting_id") == F.col("group_id")) & (size > 1), 1).otherwise(0)).alias("groups"),
+        F.sum(F.when(size > 1, 1).otherwise(0)).alias("grouped"),
+        F.max(size).alias("largest"),
+        *[F.sum(F.when(b == name, 1).otherwise(0)).alias(f"bin{i}") for i, name in enumerate(BIN_NAMES)],
+    ).first()
+    out: dict[str, Any] = {k: int(row[k] or 0) for k in ("n", "groups", "grouped", "largest")}
+    out["singletons"] = out["n"] - out["grouped"]
+    out["histogram"] = {name: int(row[f"bin{i}"] or 0) for i, name in enumerate(BIN_NAMES)}
     return out
 
 
@@ -146,37 +194,32 @@ def health_inputs_spark(
     signals: Mapping[str, float],
     *,
     ref_quantiles: Sequence[float] | None = None,
+    slack: float = 0.0,
     n_largest: int = 5,
     n_titles: int = 5,
     guard_cut: bool = True,
     accuracy: int = QUANTILE_ACCURACY,
+    edge_stats: Mapping | None = None,
+    group_stats: Mapping | None = None,
 ) -> HealthInputs:
-    """The health inputs of a run, as Spark aggregates.
+    """The health inputs of a run, as Spark aggregates (a few small jobs; only their result rows
+    reach the driver).
 
     ``listings``: ``posting_id, title`` of the kept listings; ``edges``: the match edges
     ``src, dst``, both directions, each once (the job's edge stage output); ``groups``:
-    ``posting_id, group_id, group_size`` of every listing after the guard; ``pairs``: the scored
-    candidates ``src, dst, score`` whose per-listing maximum is the top-1 score (the final search,
-    or the re-ranker's probabilities), or None; ``ref_quantiles``: the reference's top-1
-    quantiles. ``guard_cut=False`` when no guard ran (the groups are the components of the edges:
-    no edge is cut)."""
+    ``posting_id, group_id, group_size`` of every listing after the guard, ``group_id`` the
+    posting_id of one member (the job's: the smallest); ``pairs``: the final search ``src,
+    dst, score`` (each listing's best score is its top-1), or None; ``ref_quantiles``: the
+    reference's top-1 quantiles, read ``slack`` below and above. ``guard_cut=False`` when no
+    guard re-cut a group (the groups are the components of the edges: no edge is cut).
+    ``edge_stats`` / ``group_stats``: :func:`edge_counts` / :func:`group_counts` when the caller has them."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     e = edges.select("src", "dst")
-    deg = e.groupBy(F.col("src").alias("posting_id")).agg(F.count(F.lit(1)).alias("deg"))
-    g = groups.select("posting_id", "group_id", "group_size").join(deg, "posting_id", "left")
-    g = g.withColumn("deg", F.coalesce("deg", F.lit(0))).withColumn("bin", _bin_of(F.col("group_size")))
-    row = g.agg(
-        F.count(F.lit(1)).alias("n"),
-        F.sum(F.when(F.col("deg") > 0, 1).otherwise(0)).alias("matched"),
-        F.sum("deg").alias("deg_sum"),
-        F.max("deg").alias("max_deg"),
-        F.percentile_approx("deg", 0.99, accuracy).alias("p99"),
-        *[F.sum(F.when(F.col("bin") == name, 1).otherwise(0)).alias(f"bin{i}") for i, name in enumerate(BIN_NAMES)],
-    ).first()
-    n = int(row["n"] or 0)
-    hist = {name: int(row[f"bin{i}"] or 0) for i, name in enumerate(BIN_NAMES)}
+    ec = edge_stats if edge_stats is not None else edge_counts(e, accuracy)
+    gc = group_stats if group_stats is not None else group_counts(groups)
+    n = gc["n"]
 
     n_cut = 0
     if guard_cut:
@@ -184,39 +227,42 @@ def health_inputs_spark(
         gb = groups.select(F.col("posting_id").alias("dst"), F.col("group_id").alias("gb"))
         n_cut = e.where(F.col("src") < F.col("dst")).join(ga, "src").join(gb, "dst").where("ga != gb").count()
 
-    n_top1, quant, cdf = 0, (), None
+    n_top1, quant, cdf, cdf_high = 0, (), None, None
     if pairs is not None:
         t = pairs.groupBy("src").agg(F.max("score").cast("double").alias("t")).where(~F.isnan("t"))
-        refs = list(ref_quantiles) if ref_quantiles is not None else []
+        rq = [float(q) for q in ref_quantiles] if ref_quantiles is not None else []
+        lo = [q - slack for q in rq]
+        hi = [q + slack for q in rq] if slack else []
         trow = t.agg(
             F.count(F.lit(1)).alias("n"),
             F.percentile_approx("t", list(QUANTILES), accuracy).alias("q"),
-            *[F.sum(F.when(F.col("t") <= F.lit(float(q)), 1).otherwise(0)).alias(f"c{i}") for i, q in enumerate(refs)],
+            *[F.sum(F.when(F.col("t") <= F.lit(q), 1).otherwise(0)).alias(f"lo{i}") for i, q in enumerate(lo)],
+            *[F.sum(F.when(F.col("t") <= F.lit(q), 1).otherwise(0)).alias(f"hi{i}") for i, q in enumerate(hi)],
         ).first()
         n_top1 = int(trow["n"] or 0)
         if n_top1:
             quant = tuple(float(v) for v in trow["q"])
             if ref_quantiles is not None:
-                cdf = tuple(float(trow[f"c{i}"] or 0) / n_top1 for i in range(len(refs)))
+                cdf = tuple(float(trow[f"lo{i}"] or 0) / n_top1 for i in range(len(lo)))
+                cdf_high = tuple(float(trow[f"hi{i}"] or 0) / n_top1 for i in range(len(hi))) if hi else None
 
     largest = []
     if n_largest > 0:
+        # one row a group (its id is one of its members): the largest without a shuffle
         top = (
-            groups.where(F.col("group_size") > 1)
+            groups.where((F.col("posting_id") == F.col("group_id")) & (F.col("group_size") > 1))
             .select("group_id", "group_size")
-            .distinct()
             .orderBy(F.col("group_size").desc(), F.col("group_id"))
             .limit(n_largest)
             .collect()
         )
         titles: dict[str, list[str]] = {r["group_id"]: [] for r in top}
         if top and n_titles > 0:
-            spark = groups.sparkSession
-            ids = spark.createDataFrame([(r["group_id"],) for r in top], "group_id string")
-            members = groups.select("posting_id", "group_id").join(F.broadcast(ids), "group_id")
             w = Window.partitionBy("group_id").orderBy("posting_id")
             first = (
-                members.withColumn("rn", F.row_number().over(w))
+                groups.where(F.col("group_id").isin(list(titles)))
+                .select("posting_id", "group_id")
+                .withColumn("rn", F.row_number().over(w))
                 .where(F.col("rn") <= n_titles)
                 .join(listings.select("posting_id", "title"), "posting_id", "left")
                 .where(F.col("title").isNotNull())
@@ -231,15 +277,16 @@ def health_inputs_spark(
 
     return HealthInputs(
         n_listings=n,
-        n_matched=int(row["matched"] or 0),
-        n_edges=int(row["deg_sum"] or 0) // 2,
-        max_matches=int(row["max_deg"] or 0),
-        matches_p99=float(row["p99"] or 0),
-        size_histogram=hist,
+        n_matched=int(ec["matched"]),
+        n_edges=int(ec["directed"]) // 2,
+        max_matches=int(ec["max"]),
+        matches_p99=float(ec["p99"]),
+        size_histogram=dict(gc["histogram"]),
         largest_groups=largest,
         n_top1=n_top1,
         top1_quantiles=quant,
         top1_cdf=cdf,
         n_guard_cut=int(n_cut),
         signals={str(k): float(v) for k, v in signals.items()},
+        top1_cdf_high=cdf_high,
     )

@@ -182,6 +182,41 @@ class DeltaSink:
             raise SinkError(f"cannot open table '{table}' at {uri} to check its schema: {first_line(e)}") from e
         _check_compatible(table, dt, delta_schema(data_schema))
 
+    def add_columns(self, table: str, data_schema: pa.Schema, columns: Sequence[str]) -> int | None:
+        """Add ``columns`` (their types from ``data_schema``, nullable) to the existing ``table``
+        where it lacks them: one metadata-only commit, no file is rewritten and every existing
+        row reads null there. Returns the version that added them, None when the table does not
+        exist or already has them all (a concurrent writer may have added them first: the
+        attempt is retried on a fresh snapshot)."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+
+        uri = self.table_uri(table)
+        if not DeltaTable.is_deltatable(uri, self.storage_options):
+            return None
+        for n in range(1, self.max_attempts + 1):
+            dt = DeltaTable(uri, storage_options=self.storage_options)
+            have = {f.name for f in dt.schema().fields}
+            missing = [c for c in columns if c not in have]
+            if not missing:
+                return None
+            fields = [f for f in delta_schema(data_schema).fields if f.name in missing]
+            try:
+                dt.alter.add_columns(fields)
+            except DeltaError as e:
+                if not _is_retryable(e) or n == self.max_attempts:
+                    have = {f.name for f in DeltaTable(uri, storage_options=self.storage_options).schema().fields}
+                    if set(missing) <= have:  # a concurrent writer added them
+                        return None
+                    raise SinkError(f"adding column(s) {missing} to table '{table}' failed: {first_line(e)}") from e
+                log.info("adding columns to %s conflicted (attempt %d), retrying: %s", table, n, first_line(e))
+                time.sleep(min(2.0, self.backoff_s * 2 ** (n - 1)) * (0.5 + random.random()))
+                continue
+            dt.update_incremental()
+            log.info("table %s gained column(s) %s (version %d)", table, ", ".join(missing), dt.version())
+            return dt.version()
+        return None
+
     def commit(
         self, staged: StagedWrite, *, mode: str = "overwrite_partition", crash_before_commit: bool = False
     ) -> CommitResult:

@@ -3,7 +3,13 @@
 
 The job reads it too: :func:`last_succeeded_run` is the baseline of the input-size guard
 (``input.allow_empty``, ``input.max_shrink``), and :func:`check_runs_table` checks, before the
-data tables are committed, that the row this version writes fits the existing table."""
+data tables are committed, that the row this version writes fits the existing table.
+
+A ``runs`` table written by an earlier version lacks this version's newer columns (the health
+check's ``health_json`` and ``health_warnings``, counters). A succeeded run adds them to it
+(nullable, a metadata-only commit: the earlier rows read null there), so an alert on
+``health_warnings`` works on an old warehouse from the first run of this version on; a failed
+attempt leaves the table's schema as it is and records the columns it has."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import datetime as dt
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from listing_dedup import __version__
 from listing_dedup.errors import SinkError, first_line
@@ -41,6 +48,12 @@ class RunSummary:
     largest_group: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     table_versions: dict[str, int] = field(default_factory=dict)
+    health: Any = None  # listing_dedup.quality.health.Health of a run that got that far
+
+    @property
+    def health_warnings(self) -> str:
+        """The health warnings' codes, comma-joined ("" when none or no health was computed)."""
+        return ",".join(self.health.warning_codes) if self.health is not None else ""
 
     def as_text(self) -> str:
         lines = [
@@ -63,6 +76,7 @@ class RunSummary:
             ),
             f"  groups found   {self.n_groups} groups of 2+ listings ({self.n_grouped} listings; largest "
             f"{self.largest_group}), {self.n_singletons} singletons",
+            *(["  health"] + [f"    {line}" for line in self.health.as_lines()] if self.health is not None else []),
             "  seconds per stage: "
             + ", ".join(f"{k} {v:.1f}" for k, v in self.stage_seconds.items())
             + f" (total {sum(self.stage_seconds.values()):.1f})",
@@ -80,7 +94,8 @@ RUNS_SCHEMA = (
     "run_id string, status string, error string, started_at timestamp, finished_at timestamp, "
     "input_path string, config_json string, version string, rows_in long, rows_kept long, rows_rejected long, "
     "rejects_by_reason string, rows_embedded long, n_edges long, n_groups long, n_grouped long, "
-    "n_singletons long, largest_group long, stage_seconds string, images_unreadable long, signal_counts string"
+    "n_singletons long, largest_group long, stage_seconds string, images_unreadable long, signal_counts string, "
+    "health_json string, health_warnings string"
 )
 
 
@@ -108,12 +123,20 @@ def write_run_row(spark, sink, summary: RunSummary, cfg, input_path, started, *,
         json.dumps(summary.stage_seconds),
         summary.images_unreadable,
         json.dumps(summary.signal_counts, sort_keys=True),
+        json.dumps(summary.health.to_dict(), sort_keys=True) if summary.health is not None else None,
+        summary.health_warnings if summary.health is not None else None,
     )
     df = spark.createDataFrame([row], RUNS_SCHEMA).coalesce(1)
     older = _columns_missing_from(sink, "runs", df.columns)
-    if older:  # a runs table created by an earlier version: keep its schema, leave the new counters out
-        log.warning("the runs table predates column(s) %s: not recorded there (move it aside to get them)", older)
+    if older and status == "succeeded":  # a runs table created by an earlier version gains the columns
+        sink.add_columns("runs", spark_to_arrow_schema(df.schema), older)
+        older = _columns_missing_from(sink, "runs", df.columns)
+    if older:  # a failed attempt records what the earlier table has room for
+        log.warning("the runs table predates column(s) %s: not recorded in this failed attempt's row", older)
         df = df.drop(*older)
+    have = _table_columns(sink, "runs")
+    if have:  # the table's column order (columns added later come last)
+        df = df.select(*[c for c in have if c in df.columns])
     return sink.write(df, "runs", summary.run_date, mode="append").version
 
 
@@ -121,13 +144,16 @@ def check_runs_table(spark, sink: DeltaSink) -> None:
     """Raise :class:`SinkError` when the row :func:`write_run_row` would append does not fit the
     existing ``runs`` table (other types, columns this version does not know, other
     partitioning). Called before the data tables are committed, so such a table fails the run
-    while every table is still at its previous version."""
+    while every table is still at its previous version. Columns the table lacks are not
+    checked: the row adds them (succeeded) or leaves them out (failed)."""
     from pyspark.sql import types as T
 
     schema = spark.createDataFrame([], RUNS_SCHEMA).schema
-    older = set(_columns_missing_from(sink, "runs", schema.fieldNames()))
-    fields = T.StructType([f for f in schema.fields if f.name not in older])
-    sink.check_schema("runs", spark_to_arrow_schema(fields))
+    have = _table_columns(sink, "runs")
+    if have:  # the columns the table has, in its order
+        by_name = {f.name: f for f in schema.fields}
+        schema = T.StructType([by_name[c] for c in have if c in by_name])
+    sink.check_schema("runs", spark_to_arrow_schema(schema))
 
 
 @dataclass(frozen=True)
@@ -176,12 +202,17 @@ def last_succeeded_run(sink: DeltaSink) -> PreviousRun | None:
     )
 
 
-def _columns_missing_from(sink: DeltaSink, table: str, columns: list[str]) -> list[str]:
-    """``columns`` the existing ``table`` does not have (none when the table does not exist yet)."""
+def _table_columns(sink: DeltaSink, table: str) -> list[str]:
+    """The existing ``table``'s columns in order ([] when it does not exist yet)."""
     from deltalake import DeltaTable
 
     uri = sink.table_uri(table)
     if not DeltaTable.is_deltatable(uri, sink.storage_options):
         return []
-    have = {f.name for f in DeltaTable(uri, storage_options=sink.storage_options).schema().fields}
-    return [c for c in columns if c not in have]
+    return [f.name for f in DeltaTable(uri, storage_options=sink.storage_options).schema().fields]
+
+
+def _columns_missing_from(sink: DeltaSink, table: str, columns: list[str]) -> list[str]:
+    """``columns`` the existing ``table`` does not have (none when the table does not exist yet)."""
+    have = _table_columns(sink, table)
+    return [c for c in columns if c not in have] if have else []
