@@ -252,7 +252,13 @@ def test_model_directory_round_trip_overlay_and_checks(trained, tmp_path):
         "metrics.json",
         "overlay.yaml",
         "importance.png",
+        "health_reference.json",
     }
+    from listing_dedup.quality.health import read_reference
+
+    ref = read_reference(out)  # what the job's health check compares a catalog with
+    assert ref == res.health_reference and ref.score == "fused" and "out-of-fold" in ref.source
+    assert ref.settings["rerank"]["threshold"] == res.threshold and len(ref.top1_quantiles) == 19
     meta = json.loads((out / "reranker.json").read_text())
     assert meta["features"] == list(FEATURES) and meta["threshold"] == res.threshold
     metrics = json.loads((out / "metrics.json").read_text())

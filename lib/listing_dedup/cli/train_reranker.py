@@ -45,6 +45,15 @@ def main(argv: list[str] | None = None) -> int:
         for r in res.rounds:
             what = "pair model" if r["round"] == 0 else f"graph round {r['round']}"
             print(f"  {what}: out-of-fold mean F1 {r['f1']:.4f} at threshold {r['threshold']}")
+        ref = res.health_reference
+        if ref is not None:
+            mid = ref.top1_quantiles[len(ref.top1_quantiles) // 2] if ref.top1_quantiles else float("nan")
+            print(
+                f"  health reference (health_reference.json, read by the job's health check): "
+                f"{ref.matches_per_listing:.2f} matches a listing, {ref.share_matched:.1%} matched, "
+                f"top-1 probability median {mid:.3f}, signals "
+                + ", ".join(f"{s} {v:.0%}" for s, v in sorted(ref.signals.items()))
+            )
         m2 = "off" if res.min2_threshold is None else f"{res.min2_threshold}"
         print(
             f"  chosen: threshold {res.threshold}, min2 {m2}: mean F1 {b['f1']:.4f} "

@@ -48,6 +48,7 @@ from listing_dedup.graph.rerank import (
     pair_features,
     pipeline_fingerprint,
 )
+from listing_dedup.quality.health import REFERENCE_FILE, HealthReference, reference_from, write_reference
 from listing_dedup.quality.tune import (
     Grid,
     Part,
@@ -77,6 +78,7 @@ class PartCandidates:
     X: np.ndarray
     y: np.ndarray
     groups: np.ndarray  # label code of src (for the group-aware folds)
+    signals: dict[str, float] = field(default_factory=dict)  # share of the part's listings carrying each
 
 
 @dataclass
@@ -89,6 +91,7 @@ class RerankResult:
     importance: dict[str, float]  # of the last round's model
     rounds: list[dict[str, Any]] = field(default_factory=list)  # best out-of-fold setting after each round
     seconds: dict[str, float] = field(default_factory=dict)
+    health_reference: HealthReference | None = None  # what the job's health check compares a catalog with
 
     @property
     def best(self) -> dict[str, float]:
@@ -130,7 +133,11 @@ def part_candidates(name: str, df: pd.DataFrame, cfg: DedupConfig, text: np.ndar
     frame = candidate_frame(base, final, df["title"].tolist(), phashes, cfg.index.k, cfg.rerank.min_score)
     src, dst = frame["src"].to_numpy(), frame["dst"].to_numpy()
     y = (part.scorer.lab[src] == part.scorer.lab[dst]).astype(np.int8)
-    return PartCandidates(part, frame, pair_features(frame), y, part.scorer.lab[src])
+    # as the job counts them (quality/run_health.signal_coverage): the re-ranker always reads pHash
+    titled = float((df["title"].fillna("").str.len() > 0).mean()) if len(df) else 0.0
+    signals = {s: titled for s in cfg.fusion.weights(list(cfg.dense_signals()))}
+    signals["phash"] = float(pd.Series(phashes).notna().mean()) if len(df) else 0.0
+    return PartCandidates(part, frame, pair_features(frame), y, part.scorer.lab[src], signals)
 
 
 def rule_pairs(pc: PartCandidates, score: np.ndarray, threshold: float, min2: float | None, phash_bits: int | None):
@@ -291,7 +298,45 @@ def train_reranker(df: pd.DataFrame, cfg: DedupConfig, *, cache_dir: str | None 
     gain = booster.feature_importance("gain")
     names = feature_names(cfg.rerank.train.graph_rounds)
     importance = {f: float(v / max(gain.sum(), 1e-12)) for f, v in zip(names, gain, strict=True)}
-    return RerankResult(tuple(texts), t, m, parts, ranked, importance, rounds, seconds)
+    ref = health_reference(pcs, probs, t, m, bits, cfg)
+    return RerankResult(tuple(texts), t, m, parts, ranked, importance, rounds, seconds, ref)
+
+
+def health_reference(
+    pcs: list[PartCandidates], probs: list[np.ndarray], threshold: float, min2: float | None, bits: int | None, cfg
+) -> HealthReference:
+    """The health reference of the chosen re-ranker: over every part's listings, the top-1 fused
+    score of the final search (the job's health check reads the same), the matches of the
+    chosen rule on the out-of-fold probabilities (what a catalog the model never saw gets;
+    pHash union included) and the signals' coverage."""
+    ids, src_ids, dst_ids, top1 = [], [], [], []
+    n = sum(p.part.scorer.n for p in pcs)
+    for p, pr in zip(pcs, probs, strict=True):
+        pid = np.array([f"{p.part.name}:{x}" for x in p.part.ids], dtype=object)
+        a, b = rule_pairs(p, pr, threshold, min2, bits)
+        ids.append(pid)
+        src_ids.append(pid[np.asarray(a, dtype=np.int64)])
+        dst_ids.append(pid[np.asarray(b, dtype=np.int64)])
+        best = p.frame["score"].astype(np.float64).groupby(p.frame["src"].to_numpy()).max()
+        top1.append(pd.Series(best.to_numpy(), index=pid[best.index.to_numpy()]))
+    signals = {
+        s: sum(p.signals.get(s, 0.0) * p.part.scorer.n for p in pcs) / max(n, 1)
+        for s in sorted({s for p in pcs for s in p.signals})
+    }
+    settings = {
+        "pipeline": pipeline_fingerprint(cfg),
+        "rerank": {"threshold": threshold, "min2": min2 is not None, "min2_threshold": min2},
+        "phash": {"enabled": bool(cfg.phash.enabled), "max_bits": int(cfg.phash.max_bits)},
+    }
+    return reference_from(
+        np.concatenate(ids) if ids else np.array([], dtype=object),
+        pd.DataFrame({"src": np.concatenate(src_ids), "dst": np.concatenate(dst_ids)}),
+        pd.concat(top1) if top1 else pd.Series(dtype=np.float64),
+        signals,
+        source=f"re-ranker training parts {'+'.join(p.part.name for p in pcs)} ({n} listings, out-of-fold)",
+        score="fused",
+        settings=json.loads(json.dumps(settings)),
+    )
 
 
 def _plain(v: Any) -> Any:
@@ -349,6 +394,10 @@ def write_reranker_dir(out: str | Path, res: RerankResult, cfg: DedupConfig, *, 
         "hardware": hardware(),
     }
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if res.health_reference is not None:
+        write_reference(d, res.health_reference)
+    else:  # never a stale reference of an earlier model in the same directory
+        (d / REFERENCE_FILE).unlink(missing_ok=True)
     _plot_importance(res.importance, d / "importance.png")
     overlay = reranker_overlay(d, res, cfg)
     header = (
