@@ -5,7 +5,7 @@ matches/clusters/rejects/runs tables.
         --warehouse DIR [--set key=value ...]
     python jobs/dedup_listings.py --conf conf/local.yaml --input ROOT --from-date D1 --to-date D2 \
         --warehouse DIR                      # backfill: ROOT/run_date=<date> (or a {run_date} template)
-    python jobs/dedup_listings.py --verify-only --run-date YYYY-MM-DD --warehouse DIR
+    python jobs/dedup_listings.py --verify-only --run-date YYYY-MM-DD --warehouse DIR [--conf ...]
 
 Runs with plain ``python`` (local Spark from the conf profile) or under ``spark-submit``
 (same arguments). Exit codes: 0 ok, 2 bad arguments/config/input, 1 runtime failure.
@@ -22,7 +22,7 @@ from listing_dedup.backfill import date_range, run_backfill
 from listing_dedup.config import load_config
 from listing_dedup.dates import check_run_date
 from listing_dedup.pipeline import run_dedup
-from listing_dedup.runtime import CliParser, add_conf_args, build_spark, configure_logging, run_cli, under_spark_submit
+from listing_dedup.runtime import CliParser, add_conf_args, build_spark, configure_logging, run_cli
 from listing_dedup.sink.verify import verify_run
 
 ALLOW_EMPTY_SETS = ("input.allow_empty=true", "input.max_shrink=1.0")
@@ -70,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def _verify() -> int:
         run_date = check_run_date(args.run_date)
-        if under_spark_submit():  # YARN cluster mode expects the application to start a SparkContext
-            build_spark(load_config(args.conf or [], args.overrides).spark)
-        res = verify_run(args.warehouse, run_date)
+        # the checks are Spark aggregates over the committed files (never whole tables on the
+        # driver): the session of the conf profile (the defaults' local[2] without --conf);
+        # under spark-submit the submitted one, which YARN cluster mode expects the job to start
+        spark = build_spark(load_config(args.conf or [], args.overrides).spark)
+        res = verify_run(args.warehouse, run_date, spark)
         print(
             f"verified {run_date}: {res.rows_in} rows in, {res.rows_kept} kept, {res.rows_rejected} rejected, "
             f"{res.n_groups} groups",
