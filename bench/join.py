@@ -109,8 +109,10 @@ def recall(found: dict[int, set[int]], queries: np.ndarray, true: list[set[int]]
     return hit / tot if tot else 1.0
 
 
-def bare(x: np.ndarray, centroids: np.ndarray, nprobe: int, storage: str, queries: np.ndarray):
-    """The same IVF index in one process: (seconds, {query row: top-10 rows})."""
+def bare(x: np.ndarray, centroids: np.ndarray, nprobe: int, storage: str, queries: np.ndarray, searched: int = 0):
+    """The same IVF index in one process: (seconds, {query row: top-10 rows}). ``searched``
+    (> 0): only the recall queries plus the first rows up to that many queries are searched and
+    the search time is scaled to all rows (FAISS's search is per query: linear in queries)."""
     import faiss
 
     t0 = time.perf_counter()
@@ -129,20 +131,26 @@ def bare(x: np.ndarray, centroids: np.ndarray, nprobe: int, storage: str, querie
     kk = (K + 1) * (2 if storage == "sq8" else 1)
     found: dict[int, set[int]] = {}
     want = set(queries.tolist())
-    for s in range(0, len(x), 50_000):
-        dist, idx = index.search(x[s : s + 50_000], kk)
+    t_built = time.perf_counter()
+    rows_all = np.arange(len(x))
+    if 0 < searched < len(x):
+        rows_all = np.union1d(queries, np.arange(searched - min(searched, len(queries))))
+    for s in range(0, len(rows_all), 50_000):
+        sel = rows_all[s : s + 50_000]
+        dist, idx = index.search(x[sel], kk)
         if storage == "sq8":  # exact re-score, as the project does
             safe = np.where(idx >= 0, idx, 0)
-            dist = np.einsum("qd,qkd->qk", x[s : s + 50_000], x[safe])
+            dist = np.einsum("qd,qkd->qk", x[sel], x[safe])
             dist = np.where(idx >= 0, dist, -np.inf)
             order = np.argsort(-dist, axis=1)
             dist, idx = np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1)
         for r in range(len(idx)):
-            row = s + r
+            row = int(sel[r])
             if row in want:
                 best = [(int(j), v) for j, v in zip(idx[r], dist[r]) if j >= 0 and j != row][:K]
                 found[row] = {j for j, v in best if v >= THRESHOLD}
-    return time.perf_counter() - t0, found
+    search_s = (time.perf_counter() - t_built) * len(x) / len(rows_all)
+    return t_built - t0 + search_s, found
 
 
 def bare_blas(x: np.ndarray, centroids: np.ndarray, nprobe: int, queries: np.ndarray):
@@ -167,13 +175,14 @@ def bare_blas(x: np.ndarray, centroids: np.ndarray, nprobe: int, queries: np.nda
 
 
 def project(spark, path: Path, n: int, nprobe: int, storage: str, queries: np.ndarray, n_shards: int,
-            train_sample: int = 100_000, scan: str = "blas"):  # fmt: skip
+            train_sample: int = 100_000, scan: str = "blas", kmeans_iters: int = 20):  # fmt: skip
     """The job's index + search stage: (seconds, centroids, {query row: rows found})."""
     from listing_dedup.config import IndexConf
     from listing_dedup.search.indexer import build_index, search
     from pyspark.sql import functions as F
 
     cfg = IndexConf(n_shards=n_shards, nprobe=nprobe, k=K, storage=storage, shard_by="proximity", scan=scan,
+                    kmeans_iters=kmeans_iters,
                     train_sample=train_sample, train_bytes=max(256 * 2**20, train_sample * 4 * 1536))  # fmt: skip
     t0 = time.perf_counter()
     df = spark.read.parquet(str(path)).repartition(max(4, n // 100_000 * 2))
@@ -224,6 +233,9 @@ def main() -> int:
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--train-sample", type=int, default=100_000, help="the quantizer's training sample (rows)")
     p.add_argument("--scan", default="blas", choices=["blas", "faiss"], help="index.scan (flat storage)")
+    p.add_argument("--kmeans-iters", type=int, default=20, help="index.kmeans_iters")
+    p.add_argument("--bare-faiss-queries", type=int, default=0,
+                   help="time the bare FAISS peer on this many queries and scale to n (0: all)")  # fmt: skip
     p.add_argument("--peers", action="store_true", help="also run Spark MLlib LSH at --lsh-n rows")
     p.add_argument("--lsh-n", type=int, default=5000)
     p.add_argument("--truth-queries", type=int, default=10_000)
@@ -256,12 +268,14 @@ def main() -> int:
     )
     spark.sparkContext.setLogLevel("ERROR")
     sec, centroids, found = project(spark, path, args.n, args.nprobe, args.storage, queries, args.shards,
-                                    args.train_sample, args.scan)  # fmt: skip
+                                    args.train_sample, args.scan, args.kmeans_iters)  # fmt: skip
     r = recall(found, queries, true)
     print(f"project: {sec:.1f}s recall10={r:.4f} (nprobe {args.nprobe}, {len(centroids)} lists, {args.storage})",
           flush=True)  # fmt: skip
-    bare_s, bare_found = bare(x, centroids, args.nprobe, args.storage, queries)
-    print(f"bare FAISS, one process: {bare_s:.1f}s recall10={recall(bare_found, queries, true):.4f}", flush=True)
+    bare_s, bare_found = bare(x, centroids, args.nprobe, args.storage, queries, args.bare_faiss_queries)
+    scaled = f" (search timed on {args.bare_faiss_queries} queries, scaled to n)" if args.bare_faiss_queries else ""
+    print(f"bare FAISS, one process: {bare_s:.1f}s{scaled} recall10={recall(bare_found, queries, true):.4f}",
+          flush=True)  # fmt: skip
     faiss_s = bare_s
     if args.storage == "flat" and args.scan == "blas":  # the same kernel in one process: the floor
         bare_s, blas_found = bare_blas(x, centroids, args.nprobe, queries)
@@ -275,7 +289,7 @@ def main() -> int:
         del xs
         lsh_s = lsh(spark, small, lsh_n)
         proj_small, _, _ = project(spark, small, lsh_n, args.nprobe, args.storage, np.arange(0), args.shards,
-                                   args.train_sample, args.scan)  # fmt: skip
+                                   args.train_sample, args.scan, args.kmeans_iters)  # fmt: skip
         speedup = lsh_s / proj_small
         print(f"Spark MLlib LSH at n={lsh_n}: {lsh_s:.1f}s; project at the same n: {proj_small:.1f}s", flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

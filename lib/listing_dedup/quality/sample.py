@@ -98,15 +98,30 @@ def _line_name(rng: random.Random) -> str:
     return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
 
 
-def _canonical(rng: random.Random) -> tuple[str, str, str, str]:
+def _canonical(rng: random.Random, lines: int = 1) -> tuple[str, str, str, str]:
     brand = rng.choice(BRANDS)
     kind, variants, sizes = rng.choice(KINDS)
-    # one product line per brand and kind: products differing only in variant or size stay hard negatives
-    line = _LINES.setdefault((brand, kind), _line_name(rng))
+    # few product lines per brand and kind: products differing only in variant or size stay hard negatives
+    if lines == 1:
+        line = _LINES.setdefault((brand, kind), _line_name(rng))
+    else:
+        key = (brand, kind, rng.randrange(lines))
+        line = _LINES.get(key)
+        if line is None:
+            taken = _LINE_NAMES.setdefault((brand, kind), set())
+            line = _line_name(rng)
+            while line in taken:  # another line of the same brand and kind: another name
+                line = _line_name(rng) + (f" {rng.randint(2, 99)}" if len(taken) > 2000 else "")
+            taken.add(line)
+            _LINES[key] = line
     return f"{brand} {line}", kind, rng.choice(variants), rng.choice(sizes)
 
 
-_LINES: dict[tuple[str, str], str] = {}
+_LINES: dict[tuple, str] = {}
+_LINE_NAMES: dict[tuple[str, str], set[str]] = {}
+# about 4,500 distinct products fit one line per brand and kind (38 brands x 20 kinds x their
+# variants and sizes); a larger catalog gets more lines per brand and kind, this many products each
+PRODUCTS_PER_LINE_SET = 3000
 
 
 def _unit_variant(size: str, rng: random.Random) -> str:
@@ -164,24 +179,29 @@ def _flip_bits(h: int, n_bits: int, rng: random.Random) -> int:
 def generate_catalog(
     n_products: int = 300, *, seed: int = 7, min_size: int = 1, max_size: int = 5, with_bad_rows: bool = True
 ) -> Sample:
-    """``n_products`` products, each listed ``min_size..max_size`` times (singletons when 1)."""
+    """``n_products`` products, each listed ``min_size..max_size`` times (singletons when 1).
+    Past :data:`PRODUCTS_PER_LINE_SET` products each brand and kind gets more product lines
+    (made-up names, as real catalogs have), so any size can be generated (``bench/scale.py``);
+    smaller catalogs are the same as ever for a seed."""
     rng = random.Random(seed)
     _LINES.clear()
+    _LINE_NAMES.clear()
+    lines = max(1, -(-n_products // PRODUCTS_PER_LINE_SET))
     seen: set[tuple[str, str, str, str]] = set()
     rows: list[dict] = []
     truth: list[dict] = []
     pid = 0
     for g in range(n_products):
-        parts = _canonical(rng)
+        parts = _canonical(rng, lines)
         while parts in seen:
-            parts = _canonical(rng)
+            parts = _canonical(rng, lines)
         seen.add(parts)
         base_hash = rng.getrandbits(64)
         code = f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXZ')}{rng.choice('ABCDEFGHJKLMNPRSTUVWXZ')}-{rng.randint(100, 9999)}"
         size = rng.randint(min_size, max_size)
         for _ in range(size):
             pid += 1
-            posting_id = f"s{seed}_{pid:06d}"
+            posting_id = f"s{seed}_{pid:06d}" if pid < 1_000_000 else f"s{seed}_{pid}"
             rows.append(
                 {
                     "posting_id": posting_id,

@@ -1,0 +1,36 @@
+"""The generated sample catalog grows past the ~4,500 products one line per brand and kind
+allows (bench/scale.py makes 100k-1M listings with it) without changing the small catalogs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from listing_dedup.quality import sample as sample_mod
+from listing_dedup.quality.sample import BRANDS, KINDS, PRODUCTS_PER_LINE_SET, generate_catalog
+
+
+def test_small_catalog_has_one_product_line_per_brand_and_kind():
+    s = generate_catalog(300, seed=5)
+    assert all(len(key) == 2 for key in sample_mod._LINES)  # (brand, kind) -> its one line
+    assert s.truth["label_group"].nunique() == 300 + 1  # and the escaped-title bad row's own group
+    # same seed, same catalog
+    again = generate_catalog(300, seed=5)
+    assert again.listings.equals(s.listings)
+
+
+def test_large_catalog_gets_more_lines_and_every_product_is_distinct():
+    n = 2 * PRODUCTS_PER_LINE_SET + 500  # more than the ~4,500 products of one line per brand and kind
+    s = generate_catalog(n, seed=9, with_bad_rows=False)
+    assert s.truth["label_group"].nunique() == n
+    sizes = s.truth["label_group"].value_counts()
+    assert sizes.min() >= 1 and sizes.max() <= 5
+    assert len(s.listings) == len(s.truth) and s.listings["posting_id"].is_unique
+    keys = list(sample_mod._LINES)
+    assert all(len(k) == 3 for k in keys)  # (brand, kind, line index)
+    per_pair = Counter((b, k) for b, k, _ in keys)
+    assert max(per_pair.values()) > 1 and len(per_pair) <= len(BRANDS) * len(KINDS)
+    # the lines of one brand and kind carry different names (else they would be one product line)
+    names: dict[tuple, set] = {}
+    for (b, k, _i), name in sample_mod._LINES.items():
+        names.setdefault((b, k), set()).add(name)
+    assert all(len(names[p]) == c for p, c in per_pair.items())
