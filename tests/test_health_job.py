@@ -79,10 +79,13 @@ def test_spark_aggregates_by_hand(spark):
         {"group_id": "p3", "size": 2, "titles": ["t p3"]},
     ]
     # with a slack of 0.05: the shares at or below 0.45 / 0.81 and at or below 0.55 / 0.91
-    z = health_inputs_spark(listings, edges, groups, pairs, cov, ref_quantiles=[0.5, 0.86], slack=0.05, n_largest=0)
+    # (the stages' counts passed in, as the job does: only the top-1 aggregate runs)
+    known = {"edge_stats": edge_counts(edges), "group_stats": gc, "guard_cut": False, "n_largest": 0}
+    z = health_inputs_spark(listings, edges, groups, pairs, cov, ref_quantiles=[0.5, 0.86], slack=0.05, **known)
     assert z.top1_cdf == pytest.approx((1 / 6, 4 / 6)) and z.top1_cdf_high == pytest.approx((1 / 6, 1.0))
-    # no guard ran: nothing is counted as cut; no scored pairs: no top-1 figures
-    y = health_inputs_spark(listings, edges, groups, None, cov, guard_cut=False, n_largest=0)
+    assert (z.n_listings, z.n_edges, z.size_histogram) == (x.n_listings, x.n_edges, x.size_histogram)
+    # no guard re-cut: nothing is counted as cut; no scored pairs: no top-1 figures
+    y = health_inputs_spark(listings, edges, groups, None, cov, **known)
     assert y.n_guard_cut == 0 and y.n_top1 == 0 and y.top1_quantiles == () and y.largest_groups == []
 
 
