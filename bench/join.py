@@ -243,8 +243,12 @@ def main() -> int:
     p.add_argument("--work", default=None, help="folder for the Parquet data (default: a temp dir)")
     args = p.parse_args()
 
+    import logging
+
     from pyspark.sql import SparkSession
 
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("listing_dedup").setLevel(logging.INFO)  # train / build / search seconds
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-join-"))
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"vectors-{args.n}-{args.dim}.parquet"
