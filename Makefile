@@ -12,7 +12,7 @@ WAREHOUSE ?= warehouse
 RUN_DATE ?= 2026-01-01
 PYTEST_ARGS ?=
 # test processes (pytest-xdist, one file per process at a time so module fixtures run once):
-# most tests wait on a JVM, a child process or a commit, so 2 overlap well on 2 cores
+# most tests wait on a JVM start, a child process or a commit, so 2 overlap well on 2 cores
 PYTEST_WORKERS ?= 2
 PYTEST_PAR := $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 DIST ?= dist
