@@ -468,7 +468,7 @@ class IndexHandle:
     n_rows: int
     storage: str = "flat"
     rescore_factor: int = 1
-    scan: str = "faiss"
+    scan: str = "blas"  # IndexConf.scan
     query_chunk_rows: int = 50_000
     shard_sizes: dict[int, int] = field(default_factory=dict)  # non-empty shards only
     list_shard: np.ndarray | None = None
@@ -582,7 +582,7 @@ def _build_fn(bc: Any, d: int, folder: str, storage: str, scan: str) -> Any:
     return build
 
 
-def _search_fn(folder: str, d: int, k: int, storage: str, rescore_factor: int, scan: str = "faiss") -> Any:
+def _search_fn(folder: str, d: int, k: int, storage: str, rescore_factor: int, scan: str = "blas") -> Any:
     blas = storage == "flat" and scan == "blas"
 
     def search_group(queries: pd.DataFrame) -> pd.DataFrame:
