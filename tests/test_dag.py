@@ -28,6 +28,7 @@ DAG_FILE = REPO / "airflow_dags" / "listing_dedup_nightly.py"
 PROBE = r"""
 import copy, json, os, sys
 from airflow.dag_processing.dagbag import DagBag
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk.execution_time.context import VariableAccessor
 
 bag = DagBag(dag_folder=sys.argv[1])
@@ -42,32 +43,48 @@ if dag is not None:
     out["max_active_runs"] = dag.max_active_runs
     out["retries"] = {t.task_id: t.retries for t in dag.tasks}
     out["backoff"] = {t.task_id: t.retry_exponential_backoff for t in dag.tasks}
-    out["operators"] = {t.task_id: type(t).__name__ for t in dag.tasks}
-    ctx = {"ds": sys.argv[2], "var": {"value": VariableAccessor(False), "json": VariableAccessor(True)}, "params": {}}
-    out["rendered"] = {}
-    for t in dag.tasks:
-        r = copy.deepcopy(t)
-        r.render_template_fields(ctx)
-        out["rendered"][t.task_id] = {
-            "application": r.application, "application_args": r.application_args, "conf": r.conf,
-            "py_files": r.py_files, "files": r.files, "name": r.name,
-            "command": r._get_hook()._build_spark_submit_command(r.application),
-        }
+    out["operators"] = {t.task_id: isinstance(t, SparkSubmitOperator) for t in dag.tasks}
+    out["cases"] = []
+    for ds, variables in json.loads(sys.argv[2]):
+        # the env secrets backend reads os.environ on every lookup: one case's Variables at a time
+        for k in [k for k in os.environ if k.startswith("AIRFLOW_VAR_")]:
+            del os.environ[k]
+        os.environ.update({"AIRFLOW_VAR_" + k.upper(): v for k, v in variables.items()})
+        ctx = {"ds": ds, "var": {"value": VariableAccessor(False), "json": VariableAccessor(True)}, "params": {}}
+        case = {}
+        for t in dag.tasks:
+            r = copy.deepcopy(t)
+            try:
+                r.render_template_fields(ctx)
+            except ValueError as e:
+                case[t.task_id] = {"error": str(e)}
+                continue
+            case[t.task_id] = {
+                "application": r.application, "application_args": r.application_args, "conf": r.conf,
+                "py_files": r.py_files, "files": r.files, "name": r.name,
+                "conn_id": r._conn_id, "deploy_mode": r._deploy_mode,
+            }
+            try:  # the provider's hook needs apache-airflow-providers-cncf-kubernetes for a k8s:// master
+                case[t.task_id]["command"] = r._get_hook()._build_spark_submit_command(r.application)
+            except (RuntimeError, NameError) as e:  # NameError: provider 6.3's hook without that package
+                case[t.task_id]["command_error"] = repr(e)
+        out["cases"].append(case)
 print("PROBE " + json.dumps(out))
 """
 
 
-def probe(dags_folder: Path, home: Path, ds: str, variables: dict[str, str]) -> dict:
+def probe(dags_folder: Path, home: Path, cases: list[tuple[str, dict[str, str]]], connections: dict) -> dict:
+    """Parse the DAG once and render both tasks for each (ds, Variables) case; ``connections``:
+    conn_id -> Airflow connection (JSON form, as AIRFLOW_CONN_<ID>)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_VAR_", "AIRFLOW_CONN_"))}
     env.pop("PYTHONPATH", None)
     env.update(
         AIRFLOW_HOME=str(home),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW_CONN_SPARK_DEFAULT=json.dumps({"conn_type": "spark", "host": "yarn"}),
-        **{f"AIRFLOW_VAR_{k.upper()}": v for k, v in variables.items()},
+        **{f"AIRFLOW_CONN_{k.upper()}": json.dumps(c) for k, c in connections.items()},
     )
     r = subprocess.run(
-        [sys.executable, "-c", PROBE, str(dags_folder), ds],
+        [sys.executable, "-c", PROBE, str(dags_folder), json.dumps(cases)],
         cwd=home,
         env=env,
         capture_output=True,
@@ -79,32 +96,80 @@ def probe(dags_folder: Path, home: Path, ds: str, variables: dict[str, str]) -> 
     return json.loads(line[len("PROBE ") :])
 
 
+CONNECTIONS = {
+    "spark_default": {"conn_type": "spark", "host": "yarn"},
+    "spark_k8s": {"conn_type": "spark", "host": "k8s://https://k8s.example:6443"},
+    "spark_standalone": {"conn_type": "spark", "host": "spark://10.0.0.5", "port": 7077},
+}
+# the README's three recipes (Variables as README.md "Airflow" sets them)
+K8S = {
+    "listing_dedup_conn_id": "spark_k8s",
+    "listing_dedup_python_env": "preinstalled",
+    "listing_dedup_python": "/opt/venv/bin/python",
+    "listing_dedup_k8s_image": "registry.example/listing-dedup:1.4",
+    "listing_dedup_k8s_namespace": "dedup",
+    "listing_dedup_k8s_service_account": "spark",
+    "listing_dedup_artifacts": "local:///opt/listing_dedup",
+    "listing_dedup_input_root": "s3a://lake/listings",
+    "listing_dedup_warehouse": "s3a://lake/dedup-wh",
+}
+STANDALONE = {
+    "listing_dedup_conn_id": "spark_standalone",
+    "listing_dedup_deploy_mode": "client",
+    "listing_dedup_python_env": "preinstalled",
+    "listing_dedup_python": "/srv/listing-dedup/.venv/bin/python",
+    "listing_dedup_artifacts": "/srv/listing-dedup/dist",
+    "listing_dedup_conf": "/srv/listing-dedup/dist/local.yaml",
+    "listing_dedup_input_root": "/data/listings",
+    "listing_dedup_warehouse": "/data/warehouse",
+    "listing_dedup_executor_cores": "2",
+    "listing_dedup_executor_memory": "3g",
+    "listing_dedup_executor_gpus": "0",
+    "listing_dedup_task_gpus": "0",
+    "listing_dedup_spark_conf": '{"spark.cores.max": "4"}',
+}
+
+
 @pytest.fixture(scope="module")
 def parsed(tmp_path_factory):
-    """The DAG file copied alone into a fresh dags/ folder, as a new user would."""
+    """The DAG file copied alone into a fresh dags/ folder, as a new user would; rendered for the
+    defaults (YARN), Variables overriding them, the Kubernetes and standalone recipes, and bad
+    Variables."""
     home = tmp_path_factory.mktemp("airflow_home")
     dags = home / "dags"
     dags.mkdir()
     shutil.copy(DAG_FILE, dags / DAG_FILE.name)
-    defaults = probe(dags, home, "2026-02-03", {})
-    with_vars = probe(
-        dags,
-        home,
-        "2026-02-04",
-        {
-            "listing_dedup_warehouse": "s3://lake/dedup-wh",
-            "listing_dedup_input_root": "s3://lake/listings",
-            "listing_dedup_executor_gpus": "2",
-            "listing_dedup_conf": "s3://lake/conf/prod.yaml",
-            "listing_dedup_model_archives": "s3://lake/models/e5_full.tgz#text_model,s3://lake/models/rr.tgz#rr",
-        },
-    )
-    return defaults, with_vars
+    with_vars = {
+        "listing_dedup_warehouse": "s3://lake/dedup-wh",
+        "listing_dedup_input_root": "s3://lake/listings",
+        "listing_dedup_executor_gpus": "2",
+        "listing_dedup_conf": "s3://lake/conf/prod.yaml",
+        "listing_dedup_model_archives": "s3://lake/models/e5_full.tgz#text_model,s3://lake/models/rr.tgz#rr",
+    }
+    bad = [
+        {"listing_dedup_deploy_mode": "local"},
+        {"listing_dedup_python_env": "conda"},
+        {"listing_dedup_executor_gpus": "one"},
+        {"listing_dedup_spark_conf": "spark.cores.max=4"},
+    ]
+    cases = [("2026-02-03", {}), ("2026-02-04", with_vars), ("2026-02-05", K8S), ("2026-02-06", STANDALONE)]
+    p = probe(dags, home, cases + [("2026-02-07", b) for b in bad], CONNECTIONS)
+    p["defaults"], p["with_vars"], p["k8s"], p["standalone"], *p["bad"] = p.pop("cases")
+    return p
+
+
+def submit_args(cmd: list[str], flag: str) -> list[str]:
+    """Every value given to ``flag`` in a spark-submit command line."""
+    return [cmd[i + 1] for i, x in enumerate(cmd) if x == flag]
+
+
+def spark_conf(cmd: list[str]) -> dict[str, str]:
+    return dict(c.split("=", 1) for c in submit_args(cmd, "--conf") if "=" in c and c.startswith("spark."))
 
 
 @pytest.mark.slow
 def test_dag_parses_without_errors_or_heavy_imports(parsed):
-    p, _ = parsed
+    p = parsed
     assert p["import_errors"] == {}
     assert p["dag_ids"] == ["listing_dedup_nightly"]
     assert p["heavy_modules"] == []  # the DAG file imports only Airflow
@@ -112,9 +177,9 @@ def test_dag_parses_without_errors_or_heavy_imports(parsed):
 
 @pytest.mark.slow
 def test_task_order_schedule_and_retries(parsed):
-    p, _ = parsed
+    p = parsed
     assert p["tasks"] == {"dedup": ["verify"], "verify": []}
-    assert p["operators"] == {"dedup": "SparkSubmitOperator", "verify": "SparkSubmitOperator"}
+    assert p["operators"] == {"dedup": True, "verify": True}  # SparkSubmitOperators
     assert (p["catchup"], p["schedule"], p["max_active_runs"]) == (True, "@daily", 1)
     assert p["retries"] == {"dedup": 2, "verify": 1}
     assert p["backoff"] == {"dedup": True, "verify": True}
@@ -122,8 +187,8 @@ def test_task_order_schedule_and_retries(parsed):
 
 @pytest.mark.slow
 def test_rendered_arguments_hold_the_date_and_the_warehouse(parsed):
-    p, _ = parsed
-    dedup = p["rendered"]["dedup"]
+    """The defaults: YARN, cluster mode, the packed virtualenv, one GPU per executor and task."""
+    dedup = parsed["defaults"]["dedup"]
     assert dedup["application_args"] == [
         "--conf",
         "profile.yaml",
@@ -140,8 +205,17 @@ def test_rendered_arguments_hold_the_date_and_the_warehouse(parsed):
     conf = dedup["conf"]
     assert conf["spark.archives"] == "hdfs:///apps/listing_dedup/listing_dedup_env.tar.gz#environment"
     assert conf["spark.pyspark.python"] == "./environment/bin/python"
+    assert conf["spark.pyspark.driver.python"] == "./environment/bin/python"
+    assert conf["spark.yarn.appMasterEnv.PYSPARK_PYTHON"] == "./environment/bin/python"
     assert (conf["spark.executor.resource.gpu.amount"], conf["spark.task.resource.gpu.amount"]) == ("1", "1")
-    verify = p["rendered"]["verify"]
+    assert conf["spark.executor.resource.gpu.discoveryScript"].endswith("getGpusResources.sh")
+    assert (conf["spark.executor.instances"], conf["spark.executor.cores"], conf["spark.task.cpus"]) == ("4", "8", "8")
+    assert not [k for k in conf if k.startswith("spark.kubernetes.") and "driverEnv" not in k]  # no image: not sent
+    cmd = dedup["command"]
+    assert cmd[:5] == ["spark-submit", "--master", "yarn", "--conf", cmd[4]]
+    assert submit_args(cmd, "--deploy-mode") == ["cluster"]
+    assert "" not in spark_conf(cmd).values()  # an empty setting is left out, never sent empty
+    verify = parsed["defaults"]["verify"]
     assert verify["application_args"] == [
         "--verify-only",
         "--conf",
@@ -152,12 +226,13 @@ def test_rendered_arguments_hold_the_date_and_the_warehouse(parsed):
         "hdfs:///warehouse/listing_dedup",
     ]
     assert "spark.executor.resource.gpu.amount" not in verify["conf"]
+    assert verify["conf"]["spark.archives"] == conf["spark.archives"]
 
 
 @pytest.mark.slow
 def test_variables_override_defaults_and_reach_spark_submit(parsed):
-    _, p = parsed
-    cmd = p["rendered"]["dedup"]["command"]
+    p = parsed["with_vars"]
+    cmd = p["dedup"]["command"]
     assert cmd[:3] == ["spark-submit", "--master", "yarn"]
     assert cmd[cmd.index("--deploy-mode") + 1] == "cluster"
     assert "spark.executor.resource.gpu.amount=2" in cmd
@@ -167,7 +242,7 @@ def test_variables_override_defaults_and_reach_spark_submit(parsed):
         "spark.archives=hdfs:///apps/listing_dedup/listing_dedup_env.tar.gz#environment,"
         "s3://lake/models/e5_full.tgz#text_model,s3://lake/models/rr.tgz#rr"
     ) in cmd
-    assert p["rendered"]["verify"]["conf"]["spark.archives"] == p["rendered"]["dedup"]["conf"]["spark.archives"]
+    assert p["verify"]["conf"]["spark.archives"] == p["dedup"]["conf"]["spark.archives"]
     app = cmd.index("hdfs:///apps/listing_dedup/dedup_listings.py")
     assert cmd[app + 1 :] == [
         "--conf",
@@ -179,4 +254,67 @@ def test_variables_override_defaults_and_reach_spark_submit(parsed):
         "--warehouse",
         "s3://lake/dedup-wh",
     ]
-    assert p["rendered"]["dedup"]["name"] == "listing-dedup-2026-02-04"
+    assert p["dedup"]["name"] == "listing-dedup-2026-02-04"
+
+
+@pytest.mark.slow
+def test_kubernetes_recipe_runs_an_image_without_archives(parsed):
+    """Rendered fields, not the spark-submit line: the provider's hook builds a k8s:// command only
+    where apache-airflow-providers-cncf-kubernetes is installed (not in this project's extra)."""
+    for task in ("dedup", "verify"):
+        t = parsed["k8s"][task]
+        assert (t["conn_id"], t["deploy_mode"]) == ("spark_k8s", "cluster")
+        conf = t["conf"]
+        assert conf["spark.kubernetes.container.image"] == "registry.example/listing-dedup:1.4"
+        assert conf["spark.kubernetes.namespace"] == "dedup"
+        assert conf["spark.kubernetes.authenticate.driver.serviceAccountName"] == "spark"
+        assert conf["spark.pyspark.python"] == conf["spark.pyspark.driver.python"] == "/opt/venv/bin/python"
+        assert "spark.archives" not in conf  # the image holds the environment
+        assert "" not in conf.values()
+        assert t["py_files"] == "local:///opt/listing_dedup/listing_dedup_jobs.zip"
+        assert t["application"] == "local:///opt/listing_dedup/dedup_listings.py"
+        assert t["files"] == "local:///opt/listing_dedup/cluster.yaml#profile.yaml"
+    dedup = parsed["k8s"]["dedup"]
+    assert dedup["conf"]["spark.executor.resource.gpu.amount"] == "1"
+    assert dedup["application_args"][:4] == [
+        "--conf",
+        "profile.yaml",
+        "--input",
+        "s3a://lake/listings/run_date=2026-02-05",
+    ]
+
+
+@pytest.mark.slow
+def test_standalone_recipe_is_client_mode_without_gpus(parsed):
+    cmd = parsed["standalone"]["dedup"]["command"]
+    assert cmd[:3] == ["spark-submit", "--master", "spark://10.0.0.5:7077"]
+    assert submit_args(cmd, "--deploy-mode") == ["client"]
+    conf = spark_conf(cmd)
+    assert not [k for k in conf if ".resource.gpu." in k]  # 0 GPUs: no resource requested at all
+    assert "spark.archives" not in conf and "spark.kubernetes.container.image" not in conf
+    assert conf["spark.pyspark.python"] == "/srv/listing-dedup/.venv/bin/python"
+    assert (conf["spark.executor.cores"], conf["spark.task.cpus"], conf["spark.executor.memory"]) == ("2", "2", "3g")
+    assert conf["spark.cores.max"] == "4"  # listing_dedup_spark_conf, on both tasks
+    assert spark_conf(parsed["standalone"]["verify"]["command"])["spark.cores.max"] == "4"
+    # client mode: the driver runs here and reads the profile itself (nothing shipped with --files)
+    assert "--files" not in cmd
+    app = cmd.index("/srv/listing-dedup/dist/dedup_listings.py")
+    assert cmd[app + 1 :] == [
+        "--conf",
+        "/srv/listing-dedup/dist/local.yaml",
+        "--input",
+        "/data/listings/run_date=2026-02-06",
+        "--run-date",
+        "2026-02-06",
+        "--warehouse",
+        "/data/warehouse",
+    ]
+
+
+@pytest.mark.slow
+def test_bad_variables_fail_before_spark_submit_naming_the_variable(parsed):
+    names = ["deploy_mode", "python_env", "executor_gpus", "spark_conf"]
+    for name, case in zip(names, parsed["bad"], strict=True):
+        for task in ("dedup", "verify"):
+            err = case[task]["error"]
+            assert err.startswith(f"Airflow Variable listing_dedup_{name}="), err
