@@ -75,9 +75,9 @@ def build_spark(cfg: SparkConf):
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(cfg.app_name)
-    if not under_spark_submit():
-        builder = builder.master(cfg.master)
+    builder = SparkSession.builder
+    if not under_spark_submit():  # spark-submit's --name (e.g. the DAG's listing-dedup-<ds>) wins
+        builder = builder.master(cfg.master).appName(cfg.app_name)
     builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
     for k, v in cfg.conf.items():
         builder = builder.config(k, v)
