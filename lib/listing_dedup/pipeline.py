@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 
 from listing_dedup.config import DedupConfig, MatchConf
 from listing_dedup.dates import check_run_date
+from listing_dedup.embed.cache import EmbeddingCache, content_digest_column, image_digest_column
 from listing_dedup.embed.encoder import Encoder, TextEncoderBuilder, embed_texts
 from listing_dedup.embed.fusion import Layout, candidate_scores, fuse
 from listing_dedup.embed.lexical import embed_lexical, fit_idf
@@ -161,6 +162,28 @@ def run_health(
     return health
 
 
+def _by_posting_id(df: DataFrame, parts: int) -> DataFrame:
+    """``df`` hash-partitioned by ``posting_id`` into ``parts`` partitions, sorted within each:
+    a layout that depends on the rows alone, so the index's sample (and its quantizer) is the
+    same whether the text vectors came from the embeddings cache (a join) or the encoder."""
+    return df.repartition(parts, "posting_id").sortWithinPartitions("posting_id")
+
+
+def _embeddings_cache(cfg: DedupConfig, warehouse: str, run_id: str, text_builder) -> EmbeddingCache | None:
+    """The run's embeddings cache (None with ``cache.enabled`` off), with the fingerprint of each
+    cached signal's encoder; a text encoder builder without ``fingerprint()`` (one a caller passed
+    in) is not cached."""
+    if not cfg.cache.enabled:
+        return None
+    cache = EmbeddingCache(cfg.cache.root(warehouse), run_id=run_id)
+    fingerprint = getattr(text_builder, "fingerprint", None)
+    if cfg.embed.text.enabled and callable(fingerprint):
+        cache.fingerprints["text"] = fingerprint()
+    elif cfg.embed.text.enabled:
+        log.info("the text encoder %r has no fingerprint(): its vectors are not cached", text_builder)
+    return cache
+
+
 def _versions(table_versions: dict[str, int]) -> str:
     return ", ".join(f"{t} version {v}" for t, v in table_versions.items())
 
@@ -232,10 +255,29 @@ def run_dedup(
         signals = _run_signals(cfg, ing.has_image_column)
         image_root = image_root_for(input_path, cfg.input.image_root)
         layout_weights = cfg.fusion.weights(signals)
+        cache = _embeddings_cache(cfg, warehouse, summary.run_id, builder)
         with timer.stage("embed") as c:
             sig = kept.where(F.length("title") > 0).select("posting_id", "title")
             if "text" in layout_weights:
-                sig = embed_texts(sig, "title", "v_text", builder, fail_stage=cfg.testing.fail_once_stage)
+
+                def text_fn(df: DataFrame) -> DataFrame:
+                    return embed_texts(df, "title", "v_text", builder, fail_stage=cfg.testing.fail_once_stage)
+
+                parts = sig.rdd.getNumPartitions()
+                if cache is not None and "text" in cache.fingerprints:
+                    sig = cache.embed(
+                        spark,
+                        sig,
+                        signal="text",
+                        fingerprint=cache.fingerprints["text"],
+                        digest=content_digest_column(F.col("title")),
+                        out_col="v_text",
+                        embed_fn=text_fn,
+                        keep=keep,
+                    )
+                    sig = _by_posting_id(sig, parts)
+                else:
+                    sig = text_fn(_by_posting_id(sig, parts))
             if "lexical" in layout_weights:
                 params = cfg.embed.lexical.params()
                 idf = fit_idf(kept.where(F.length("title") > 0), "title", params)
@@ -252,13 +294,27 @@ def run_dedup(
                 from listing_dedup.embed.image import ImageEncoderBuilder, embed_images
 
                 img = kept.where(F.col("image").isNotNull() & F.col("image_error").isNull())
-                img = embed_images(
-                    img.select("posting_id", "image"),
-                    "image",
-                    "v_image",
-                    ImageEncoderBuilder.from_conf(cfg.embed.image),
-                    image_root,
-                ).select("posting_id", "v_image")
+                img_builder = ImageEncoderBuilder.from_conf(cfg.embed.image)
+
+                def image_fn(df: DataFrame) -> DataFrame:
+                    return embed_images(df, "image", "v_image", img_builder, image_root)
+
+                img = img.select("posting_id", "image")
+                if cache is not None:
+                    img = cache.embed(
+                        spark,
+                        img,
+                        signal="image",
+                        fingerprint=img_builder.fingerprint(),
+                        digest=image_digest_column(F.col("image"), image_root),
+                        out_col="v_image",
+                        embed_fn=image_fn,
+                        keep=keep,
+                        digest_nullable=True,
+                    )
+                else:
+                    img = image_fn(img)
+                img = img.select("posting_id", "v_image")
                 sig = sig.join(img, "posting_id", "full")
             sig = keep(sig)
             summary.rows_embedded = sig.count()
@@ -267,6 +323,9 @@ def run_dedup(
             emb = keep(fuse(sig, {s: f"v_{s}" for s in layout.signals}, layout).select("posting_id", "emb"))
             emb.count()
             c.update(embedded=summary.rows_embedded, signals=",".join(layout.signals), dim=layout.dim)
+            if cache is not None:
+                summary.cache = {s: {"reused": u.reused, "computed": u.computed} for s, u in cache.uses.items()}
+                c.update(vectors_reused=cache.reused, vectors_computed=cache.computed)
         fused_raw = emb
 
         n_emb = summary.rows_embedded
@@ -397,8 +456,11 @@ def run_dedup(
                     rerank_scores=scored,
                 )
                 staged["candidates"] = sink.stage(cand, "candidates", run_date, fail_stage=fail)
+            cache_staged = cache.stage(run_date, fail_stage=fail) if cache is not None else []
             # every table (and the runs row to come) must fit before the first one moves
             sink.check(staged.values())
+            if cache is not None:
+                cache.check(cache_staged)
             check_runs_table(spark, sink)
             for name in staged:
                 try:
@@ -412,6 +474,12 @@ def run_dedup(
                     ) from e
                 summary.table_versions[name] = res.version
             c["tables"] = len(staged)
+            if cache_staged:  # after the data: a cache that failed to land costs the next run time, no data
+                try:
+                    summary.table_versions.update(cache.commit(cache_staged))
+                except Exception as e:  # noqa: BLE001
+                    summary.cache_error = first_line(e)
+                    log.warning("the embeddings cache was not committed (the next run recomputes): %s", e)
 
         summary.stage_seconds = {k: round(v, 3) for k, v in timer.seconds.items()}
         try:

@@ -4,6 +4,7 @@ and the YAML/``--set`` loader both use (:mod:`.loader`). Each stage takes its ow
 
 from listing_dedup.config.job import (
     DENSE_SIGNALS,
+    CacheConf,
     DedupConfig,
     EmbedConf,
     FusionConf,
@@ -40,6 +41,7 @@ from listing_dedup.config.train import (
 
 __all__ = [
     "DENSE_SIGNALS",
+    "CacheConf",
     "DedupConfig",
     "EmbedConf",
     "FusionConf",

@@ -239,6 +239,25 @@ class OutputConf:
 
 
 @dataclass(frozen=True)
+class CacheConf:
+    """The embeddings cache (lib/listing_dedup/embed/cache.py): a run embeds only the titles and
+    images whose vectors the ``embeddings`` table under ``path`` lacks for the signal's model
+    fingerprint, and appends the new ones with its other tables. Lexical vectors are always
+    recomputed (their idf is the run's catalog's). ``keep_runs``: ``listing-dedup compact-cache``
+    drops the vectors that none of the last ``keep_runs`` run dates used."""
+
+    enabled: bool = True
+    path: str = ""  # folder (or URI) holding the cache's Delta tables; "" = the job's warehouse
+    keep_runs: int = 7
+
+    def __post_init__(self) -> None:
+        _check(self.keep_runs >= 1, "cache.keep_runs", "must be >= 1")
+
+    def root(self, warehouse: str) -> str:
+        return self.path or warehouse
+
+
+@dataclass(frozen=True)
 class HealthConf:
     """The unsupervised health check (docs/quality.md): the summary's health section and the
     ``runs`` table's ``health_json`` / ``health_warnings``. A warning never fails the run:
@@ -473,6 +492,7 @@ class DedupConfig:
     output: OutputConf = field(default_factory=OutputConf)
     rerank: RerankConf = field(default_factory=RerankConf)
     health: HealthConf = field(default_factory=HealthConf)
+    cache: CacheConf = field(default_factory=CacheConf)
     testing: TestingConf = field(default_factory=TestingConf)
 
     def edge_match(self) -> MatchConf:

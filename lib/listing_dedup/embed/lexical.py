@@ -82,14 +82,52 @@ def idf_vector(features: np.ndarray, df: np.ndarray, n_docs: int, n_features: in
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def projection_matrix(n_features: int, dim: int, seed: int):
-    """The fixed sparse random projection (CSC, n_features x dim), same on every worker."""
+def _build_projection(n_features: int, dim: int, seed: int):
     from sklearn.random_projection import SparseRandomProjection
 
     rp = SparseRandomProjection(n_components=dim, random_state=seed, dense_output=True)
     rp.fit(np.zeros((1, n_features), dtype=np.float32))  # only the shape is used
     return rp.components_.T.tocsc().astype(np.float32)
+
+
+def _projection_file(n_features: int, dim: int, seed: int) -> str:
+    import os
+    import tempfile
+
+    import sklearn
+
+    root = os.environ.get("LISTING_DEDUP_LOCAL_CACHE") or os.path.join(tempfile.gettempdir(), "listing_dedup")
+    versions = f"sklearn{sklearn.__version__}_numpy{np.__version__}"
+    return os.path.join(root, f"projection_{n_features}_{dim}_{seed}_{versions}.npz")
+
+
+@functools.lru_cache(maxsize=4)
+def projection_matrix(n_features: int, dim: int, seed: int):
+    """The fixed sparse random projection (CSC, n_features x dim), same on every worker.
+
+    Building it takes seconds (scikit-learn draws 2^20 x 1024 at density 1/1024), so each machine
+    keeps the built matrix in a file (``$LISTING_DEDUP_LOCAL_CACHE`` or the temp folder, named by
+    the parameters and the scikit-learn and numpy versions) that later processes load in milliseconds; the file
+    holds exactly the matrix built (a worker that cannot read or write it builds its own)."""
+    import os
+
+    import scipy.sparse as sp
+
+    path = _projection_file(n_features, dim, seed)
+    try:
+        with np.load(path) as z:
+            return sp.csc_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
+    except (OSError, KeyError, ValueError):
+        pass
+    m = _build_projection(n_features, dim, seed)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape))
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the whole file or none
+    except OSError:
+        pass
+    return m
 
 
 def lexical_vectors(titles: pd.Series | list, idf: np.ndarray, params: LexicalParams) -> np.ndarray:

@@ -105,3 +105,31 @@ def write_overlay(model_dir: Path, tuned: dict | None) -> dict:
     )
     (model_dir / "overlay.yaml").write_text(header + yaml.safe_dump(overlay, sort_keys=False))
     return overlay
+
+
+# a model's digest, once per process and state of its files (a job hashes its model once)
+_DIGESTS: dict[tuple, str] = {}
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 (hex) of a model file, or of a directory's files (relative names, sizes and bytes,
+    in name order): what the embeddings cache keys a model's vectors by, so a model whose weights,
+    tokenizer or config changed in place never reuses the old vectors. Memoised per process by
+    each file's size and mtime."""
+    import hashlib
+
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    state = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    got = _DIGESTS.get(state)
+    if got is not None:
+        return got
+    h = hashlib.sha256()
+    for p in files:
+        rel = p.name if p == root else p.relative_to(root).as_posix()
+        h.update(f"{rel}\0{p.stat().st_size}\0".encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    _DIGESTS[state] = h.hexdigest()
+    return _DIGESTS[state]

@@ -6,7 +6,8 @@ The job reads it too: :func:`last_succeeded_run` is the baseline of the input-si
 data tables are committed, that the row this version writes fits the existing table.
 
 A ``runs`` table written by an earlier version lacks this version's newer columns (the health
-check's ``health_json`` and ``health_warnings``, counters). A succeeded run adds them to it
+check's ``health_json`` and ``health_warnings``, the embeddings cache's ``vectors_reused`` and
+``vectors_computed``, counters). A succeeded run adds them to it
 (nullable, a metadata-only commit: the earlier rows read null there), so an alert on
 ``health_warnings`` works on an old warehouse from the first run of this version on; a failed
 attempt leaves the table's schema as it is and records the columns it has."""
@@ -49,6 +50,17 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     table_versions: dict[str, int] = field(default_factory=dict)
     health: Any = None  # listing_dedup.quality.health.Health of a run that got that far
+    # embeddings cache: signal -> {"reused": distinct contents whose vector was cached, "computed": embedded}
+    cache: dict[str, dict[str, int]] = field(default_factory=dict)
+    cache_error: str = ""  # the cache's commit failed after the data tables committed (the data is fine)
+
+    @property
+    def vectors_reused(self) -> int:
+        return sum(c["reused"] for c in self.cache.values())
+
+    @property
+    def vectors_computed(self) -> int:
+        return sum(c["computed"] for c in self.cache.values())
 
     @property
     def health_warnings(self) -> str:
@@ -68,6 +80,15 @@ class RunSummary:
             ),
             f"  bad images     {self.images_unreadable} (kept listings whose image is missing or does not decode)",
             f"  embedded       {self.rows_embedded}",
+            "  vectors        "
+            + (
+                f"{self.vectors_reused} reused from the embeddings cache, {self.vectors_computed} computed ("
+                + ", ".join(f"{s} {c['reused']}/{c['computed']}" for s, c in sorted(self.cache.items()))
+                + " reused/computed)"
+                + (f"; NOT cached: {self.cache_error}" if self.cache_error else "")
+                if self.cache
+                else "embeddings cache off (or no cached signal)"
+            ),
             f"  match edges    {self.n_edges}"
             + (
                 f"  ({', '.join(f'{k} {v}' for k, v in sorted(self.signal_counts.items()))})"
@@ -95,7 +116,7 @@ RUNS_SCHEMA = (
     "input_path string, config_json string, version string, rows_in long, rows_kept long, rows_rejected long, "
     "rejects_by_reason string, rows_embedded long, n_edges long, n_groups long, n_grouped long, "
     "n_singletons long, largest_group long, stage_seconds string, images_unreadable long, signal_counts string, "
-    "health_json string, health_warnings string"
+    "health_json string, health_warnings string, vectors_reused long, vectors_computed long"
 )
 
 
@@ -125,6 +146,8 @@ def write_run_row(spark, sink, summary: RunSummary, cfg, input_path, started, *,
         json.dumps(summary.signal_counts, sort_keys=True),
         json.dumps(summary.health.to_dict(), sort_keys=True) if summary.health is not None else None,
         summary.health_warnings if summary.health is not None else None,
+        summary.vectors_reused if summary.cache else None,
+        summary.vectors_computed if summary.cache else None,
     )
     df = spark.createDataFrame([row], RUNS_SCHEMA).coalesce(1)
     older = _columns_missing_from(sink, "runs", df.columns)

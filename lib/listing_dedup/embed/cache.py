@@ -1,0 +1,405 @@
+"""The embeddings cache: a nightly run embeds only the content it has not embedded before.
+
+Two Delta tables under ``cache.path`` (default: the warehouse), written like the job's other
+tables (executors write Parquet files, the driver commits them with ``deltalake``):
+
+``embeddings`` (appended, partitioned by the ``run_date`` that computed the vectors)
+    ``key, signal, fingerprint, vector, run_id``. ``key`` is the first 128 bits (hex) of
+    sha256(fingerprint id, NUL, content digest): the content is what the signal's encoder reads
+    (the cleaned title for ``text``; sha256 of the image bytes for ``image``) and the
+    fingerprint id hashes everything that decides the vectors (encoder kind, model name, the
+    digest of the model's files, ``max_seq_length``, device preference and fp16, the code's
+    vector version: ``TextEncoderBuilder.fingerprint``, ``ImageEncoderBuilder.fingerprint``).
+    So a changed model, tokenizer length or fine-tuned directory (even one rewritten in place)
+    gives other keys and never reuses old vectors.
+``embeddings_used`` (one partition per ``run_date``, replaced by a rerun)
+    ``key, signal``: the keys each run used, whether reused or computed. The retention rule
+    reads it: :func:`compact` drops vectors that none of the last ``keep_runs`` run dates used.
+
+A run (:meth:`EmbeddingCache.embed`): the distinct keys of the run's content are joined with the
+cached vectors of the signal's fingerprint (one Delta snapshot, pinned for the run); only the
+keys without a vector are embedded (when none are missing the model is not even loaded); the
+listing frame gets the reused or new vector of its key. The new vectors and the used keys are
+staged with the job's other tables and committed after the data tables (``embeddings_used``
+first, then ``embeddings``: a vector visible in the cache always has its use recorded). A run
+that crashes before its commits leaves both tables as they were; its staged files are orphans
+that :func:`listing_dedup.sink.delta.vacuum` removes. A failed cache commit after the data
+tables landed does not fail the run (the data is right; the next run recomputes those vectors).
+
+Lexical vectors are not cached: their idf is fitted on each run's catalog, so yesterday's
+vectors are not today's, and recomputing them costs a small part of what the text encoder does
+(docs/benchmarks.md, "Incremental runs").
+
+Concurrent runs (other dates) append to other partitions: their commits do not conflict, and a
+key both computed is stored twice (reads keep one; :func:`compact` drops the copy).
+:func:`compact` rewrites the table in one Delta commit that removes only the files of the
+snapshot it read, so vectors appended meanwhile by a running job stay, and a job reading an
+older snapshot keeps its files until ``vacuum`` (a week by default) deletes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from listing_dedup.errors import InputError, SinkError, first_line
+from listing_dedup.sink.delta import DeltaSink, StagedWrite
+from listing_dedup.sink.schemas import PARTITION_COLUMN
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS, USED = "embeddings", "embeddings_used"
+VECTORS_SCHEMA = "key string, signal string, fingerprint string, vector array<float>, run_id string"
+USED_SCHEMA = "key string, signal string"
+KEY = "_cache_key"
+
+
+def fingerprint_id(fingerprint: Mapping[str, Any]) -> str:
+    """A short stable id (64 bits, hex) of a signal's fingerprint dict."""
+    return hashlib.sha256(json.dumps(dict(fingerprint), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def key_of(fp_id: str, content_digest_hex: str) -> str:
+    """The cache key of one piece of content (pure form of :func:`key_column`)."""
+    return hashlib.sha256(f"{fp_id}\0{content_digest_hex}".encode()).hexdigest()[:32]
+
+
+def content_digest_column(col: Any) -> Any:
+    """sha256 hex of a string column (Spark's own, no Python UDF)."""
+    from pyspark.sql import functions as F
+
+    return F.sha2(col, 256)
+
+
+def key_column(fp_id: str, digest_col: Any) -> Any:
+    """:func:`key_of` as a Spark column over a column of content digests."""
+    from pyspark.sql import functions as F
+
+    return F.substring(F.sha2(F.concat(F.lit(fp_id + "\0"), digest_col), 256), 1, 32)
+
+
+def image_digests(values: pd.Series, root: str = "") -> pd.Series:
+    """sha256 hex of each image's bytes (raw bytes, or the file a path names under ``root``);
+    None where they cannot be read (those images are embedded, never cached)."""
+    from listing_dedup.ingest.images import _read_bytes, resolve_image_path
+
+    out: list[str | None] = []
+    for v in values:
+        try:
+            if isinstance(v, (bytes, bytearray, memoryview)):
+                data = bytes(v)
+            elif isinstance(v, str) and v.strip():
+                data = _read_bytes(resolve_image_path(v, root))
+            else:
+                data = b""
+        except OSError:
+            data = b""
+        out.append(hashlib.sha256(data).hexdigest() if data else None)
+    return pd.Series(out, index=values.index, dtype=object)
+
+
+def image_digest_column(col: Any, root: str = "") -> Any:
+    """:func:`image_digests` as a Spark column (a pandas UDF on the executors)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    @F.pandas_udf(T.StringType())
+    def _digest(values: pd.Series) -> pd.Series:
+        return image_digests(values, root)
+
+    return _digest(col)
+
+
+@dataclass
+class SignalUse:
+    """One signal's vectors in a run: ``reused`` + ``computed`` distinct keys."""
+
+    signal: str
+    fingerprint: str
+    keys: int = 0
+    reused: int = 0
+    computed: int = 0
+
+
+@dataclass
+class EmbeddingCache:
+    """The cache at ``root`` for one run (``run_id``); :meth:`embed` per signal, then
+    :meth:`stage` / :meth:`commit` with the job's tables."""
+
+    root: str
+    run_id: str = ""
+    storage_options: dict[str, str] | None = None
+    fingerprints: dict[str, dict] = field(default_factory=dict)  # signal -> its encoder's fingerprint
+    uses: dict[str, SignalUse] = field(default_factory=dict)
+    _new: list[Any] = field(default_factory=list)
+    _used: list[Any] = field(default_factory=list)
+    _paths: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.sink = DeltaSink(self.root, storage_options=self.storage_options)
+
+    @property
+    def reused(self) -> int:
+        return sum(u.reused for u in self.uses.values())
+
+    @property
+    def computed(self) -> int:
+        return sum(u.computed for u in self.uses.values())
+
+    # -- reading --------------------------------------------------------------------
+
+    def _snapshot_paths(self) -> list[str]:
+        """The files of the ``embeddings`` table's snapshot, read once per run (every signal of
+        the run sees the same version)."""
+        if self._paths is None:
+            from deltalake import DeltaTable
+
+            from listing_dedup.sink.verify import _spark_path
+
+            uri = self.sink.table_uri(EMBEDDINGS)
+            try:
+                if not DeltaTable.is_deltatable(uri, self.storage_options):
+                    self._paths = []
+                else:
+                    dt = DeltaTable(uri, storage_options=self.storage_options)
+                    self._paths = [_spark_path(u) for u in dt.file_uris()]
+                    log.info("embeddings cache %s: version %d, %d files", uri, dt.version(), len(self._paths))
+            except Exception as e:  # noqa: BLE001 - storage or credentials: the commit would fail too
+                raise SinkError(f"cannot read the embeddings cache at {uri}: {first_line(e)}") from e
+        return self._paths
+
+    def vectors(self, spark: Any, fp_id: str) -> Any:
+        """``(_cache_key, _cache_vec)`` of the cached vectors of one fingerprint (a key stored
+        twice by concurrent runs appears twice)."""
+        from pyspark.sql import functions as F
+
+        schema = spark.createDataFrame([], VECTORS_SCHEMA).schema
+        paths = self._snapshot_paths()
+        df = spark.read.schema(schema).parquet(*paths) if paths else spark.createDataFrame([], schema)
+        return df.where(F.col("fingerprint") == F.lit(fp_id)).select(
+            F.col("key").alias(KEY), F.col("vector").alias("_cache_vec")
+        )
+
+    # -- one signal -----------------------------------------------------------------
+
+    def embed(
+        self,
+        spark: Any,
+        df: Any,
+        *,
+        signal: str,
+        fingerprint: Mapping[str, Any],
+        digest: Any,
+        out_col: str,
+        embed_fn: Callable[[Any], Any],
+        keep: Callable[[Any], Any],
+        digest_nullable: bool = False,
+    ) -> Any:
+        """``df`` with ``out_col``: the cached vector of each row's content where there is one,
+        else the one ``embed_fn`` computes. ``digest`` is the Spark column of the content's
+        digest (with ``digest_nullable``, a null digest means not cacheable: embedded every
+        time); ``embed_fn(frame)`` adds ``out_col`` to a frame of ``df``'s columns (one row per
+        distinct content), ``keep`` persists a frame for the rest of the run. Counts go to
+        :attr:`uses`, the new vectors and used keys to :meth:`stage`."""
+        from pyspark.sql import functions as F
+
+        fp_id = fingerprint_id(fingerprint)
+        t0 = time.monotonic()
+        keyed = df.withColumn(KEY, F.when(digest.isNotNull(), key_column(fp_id, digest)))
+        cacheable = keyed.where(F.col(KEY).isNotNull())
+        need = cacheable.dropDuplicates([KEY])  # one row per distinct content
+        have = keep(need.join(self.vectors(spark, fp_id), KEY, "left").dropDuplicates([KEY]))
+        counts = have.agg(F.count(F.lit(1)).alias("keys"), F.count("_cache_vec").alias("hit")).first()
+        use = SignalUse(signal, fp_id, keys=int(counts["keys"]), reused=int(counts["hit"]))
+        hits = have.where(F.col("_cache_vec").isNotNull()).select(KEY, F.col("_cache_vec").alias(out_col))
+        parts = [hits]
+        if use.keys > use.reused:  # else the model is not even loaded
+            missing = have.where(F.col("_cache_vec").isNull()).drop("_cache_vec")
+            new = keep(embed_fn(missing).select(KEY, out_col))
+            use.computed = new.where(F.col(out_col).isNotNull()).count()
+            parts.append(new)
+            self._new.append(
+                new.where(F.col(out_col).isNotNull()).select(
+                    F.col(KEY).alias("key"),
+                    F.lit(signal).alias("signal"),
+                    F.lit(fp_id).alias("fingerprint"),
+                    F.col(out_col).cast("array<float>").alias("vector"),
+                    F.lit(self.run_id).alias("run_id"),
+                )
+            )
+        self._used.append(have.select(F.col(KEY).alias("key"), F.lit(signal).alias("signal")))
+        vecs = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+        out = cacheable.drop(out_col).join(vecs, KEY, "left")
+        if digest_nullable:
+            uncacheable = keyed.where(F.col(KEY).isNull()).drop(out_col)
+            out = out.unionByName(embed_fn(uncacheable).select(*out.columns))
+        self.uses[signal] = use
+        log.info(
+            "embeddings cache %s (%s): %d distinct keys, %d reused, %d computed in %.1fs",
+            signal,
+            fp_id,
+            use.keys,
+            use.reused,
+            use.computed,
+            time.monotonic() - t0,
+        )
+        return out.drop(KEY)
+
+    # -- writing --------------------------------------------------------------------
+
+    def stage(self, run_date: str, *, fail_stage: str = "") -> list[StagedWrite]:
+        """Write the run's used keys and new vectors as files (executors); nothing is visible yet.
+        Tables with nothing to add are left out."""
+        staged = []
+        if self._used:
+            staged.append(self.sink.stage(_union(self._used), USED, run_date, fail_stage=fail_stage))
+        if self._new:
+            s = self.sink.stage(_union(self._new), EMBEDDINGS, run_date, fail_stage=fail_stage)
+            if s.files:
+                staged.append(s)
+        return staged
+
+    def check(self, staged: list[StagedWrite]) -> None:
+        self.sink.check(staged)
+
+    def commit(self, staged: list[StagedWrite]) -> dict[str, int]:
+        """Commit ``embeddings_used`` (its ``run_date`` partition replaced) then ``embeddings``
+        (appended); returns the versions committed."""
+        out = {}
+        for s in staged:
+            mode = "overwrite_partition" if s.table == USED else "append"
+            out[s.table] = self.sink.commit(s, mode=mode).version
+        return out
+
+
+def _union(frames: list[Any]) -> Any:
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.unionByName(f)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# retention
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    dates: tuple[str, ...]  # the run dates whose used keys were kept
+    rows_before: int
+    rows_after: int
+    version: int | None  # the embeddings version written; None when nothing changed
+
+    @property
+    def dropped(self) -> int:
+        return self.rows_before - self.rows_after
+
+
+def _adds(dt: Any) -> pd.DataFrame:
+    """``path, run_date, mtime_ms`` of each file of ``dt``'s snapshot."""
+    import pyarrow as pa
+
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pandas()  # delta-rs gives an arro3 table
+    col = f"partition.{PARTITION_COLUMN}" if f"partition.{PARTITION_COLUMN}" in actions else PARTITION_COLUMN
+    mtime = actions["modification_time"]
+    if not pd.api.types.is_integer_dtype(mtime):  # a timestamp in other delta-rs versions
+        mtime = pd.to_datetime(mtime, utc=True).astype("int64") // 1_000_000
+    return pd.DataFrame({"path": actions["path"], "run_date": actions[col], "mtime_ms": mtime.astype("int64")})
+
+
+def compact(
+    spark: Any, root: str, keep_runs: int, *, storage_options: dict[str, str] | None = None, max_attempts: int = 5
+) -> CompactResult:
+    """Drop the cached vectors that none of the last ``keep_runs`` run dates used (by when each
+    date's ``embeddings_used`` partition was last written), and the second copies of keys that
+    concurrent runs both stored. One Delta commit rewrites ``embeddings``: it removes only the
+    files of the snapshot it read, so vectors a running job appends meanwhile stay, and that
+    job's reads of the older snapshot find their files until ``vacuum`` deletes them (a week).
+    A vector a running job reused but whose use it has not committed yet may be dropped: that
+    job's next run computes it again (cost only; vectors never change for a key)."""
+    from deltalake import DeltaTable
+    from deltalake.transaction import AddAction, CommitProperties
+    from pyspark.sql import functions as F
+
+    from listing_dedup.sink.verify import _spark_path
+
+    if keep_runs < 1:
+        raise InputError("cache.keep_runs must be >= 1")
+    sink = DeltaSink(root, storage_options=storage_options)
+    used_uri, emb_uri = sink.table_uri(USED), sink.table_uri(EMBEDDINGS)
+    for uri in (used_uri, emb_uri):
+        if not DeltaTable.is_deltatable(uri, storage_options):
+            raise InputError(f"no embeddings cache at {root}: {uri} is not a Delta table")
+    for attempt in range(1, max_attempts + 1):
+        used = DeltaTable(used_uri, storage_options=storage_options)  # first: every vector's use is in it
+        emb = DeltaTable(emb_uri, storage_options=storage_options)
+        used_files = _adds(used)
+        latest = used_files.groupby("run_date")["mtime_ms"].max().sort_values(ascending=False)
+        dates = tuple(sorted(latest.index[:keep_runs]))
+        keep_paths = [
+            _spark_path(f"{used_uri.rstrip('/')}/{p}")
+            for p in used_files.loc[used_files["run_date"].isin(dates), "path"]
+        ]
+        emb_files = _adds(emb)
+        if emb_files.empty:
+            return CompactResult(dates, 0, 0, None)
+        schema = spark.createDataFrame([], VECTORS_SCHEMA).schema
+        by_date = [
+            spark.read.schema(schema)
+            .parquet(*[_spark_path(f"{emb_uri.rstrip('/')}/{p}") for p in g["path"]])
+            .withColumn("_date", F.lit(d))
+            for d, g in emb_files.groupby("run_date")
+        ]
+        rows = _union(by_date).persist()
+        keys = (
+            spark.read.schema(spark.createDataFrame([], USED_SCHEMA).schema).parquet(*keep_paths).select("key")
+            if keep_paths
+            else spark.createDataFrame([], "key string")
+        )
+        kept = rows.join(keys.distinct(), "key", "left_semi").dropDuplicates(["key"]).persist()
+        try:
+            before, after = rows.count(), kept.count()
+            if after == before:
+                log.info("compact %s: nothing to drop (%d vectors, dates %s)", emb_uri, before, ", ".join(dates))
+                return CompactResult(dates, before, after, None)
+            adds = []
+            for d in sorted({r["_date"] for r in kept.select("_date").distinct().collect()}):
+                s = sink.stage(kept.where(F.col("_date") == d).drop("_date"), EMBEDDINGS, d)
+                adds += [
+                    AddAction(
+                        path=f.path,
+                        size=f.size,
+                        partition_values={PARTITION_COLUMN: d},
+                        modification_time=f.mtime_ms,
+                        data_change=True,
+                        stats=f.stats,
+                    )
+                    for f in s.files
+                ]
+            try:
+                emb.create_write_transaction(
+                    adds,
+                    mode="overwrite",
+                    schema=emb.schema(),
+                    partition_by=[PARTITION_COLUMN],
+                    commit_properties=CommitProperties(custom_metadata={"listing_dedup.operation": "compact"}),
+                )
+            except Exception as e:  # noqa: BLE001 - a concurrent compaction: read again
+                if attempt == max_attempts:
+                    raise SinkError(f"compacting {emb_uri} failed after {attempt} attempts: {first_line(e)}") from e
+                log.info("compact %s conflicted (attempt %d), again: %s", emb_uri, attempt, first_line(e))
+                continue
+        finally:
+            kept.unpersist()
+            rows.unpersist()
+        emb.update_incremental()
+        log.info("compact %s: %d -> %d vectors (version %d)", emb_uri, before, after, emb.version())
+        return CompactResult(dates, before, after, emb.version())
+    raise SinkError(f"compacting {emb_uri} failed")  # not reached
