@@ -9,6 +9,7 @@ missing requirement is a broken set-up, not a reason to test less. Use :func:`sk
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -81,13 +82,27 @@ def spark():
     session.stop()
 
 
+@contextlib.contextmanager
+def restored_conf(spark):
+    """Put back the session's settings and log level as they were on entry (see cli_spark)."""
+    before = {k: v for k, v in spark.sql("SET").collect()}
+    try:
+        yield spark
+    finally:
+        _restore(spark, before)
+
+
 @pytest.fixture()
 def cli_spark(spark):
     """The test session, for a command run in-process through its ``main(argv)``: the command's
     ``build_spark`` gets this session and applies the profile's ``spark.conf`` and log level to
-    it; they are put back afterwards, so later tests see the session as the fixture made it."""
-    before = {k: v for k, v in spark.sql("SET").collect()}
-    yield spark
+    it; they are put back afterwards, so later tests see the session as the fixture made it.
+    (A module-scoped run uses :func:`restored_conf` the same way.)"""
+    with restored_conf(spark):
+        yield spark
+
+
+def _restore(spark, before: dict[str, str]) -> None:
     now = {k: v for k, v in spark.sql("SET").collect()}
     for k, v in now.items():
         if before.get(k) == v:
