@@ -1,19 +1,22 @@
-"""The whole job on a tiny catalog with known groups: one run of jobs/dedup_listings.py in a
-child process (the entry point's smoke test) whose tables are checked, scored by jobs/evaluate.py
-in a child process (that entry point's smoke test); the argument errors of both commands run
-in-process through their ``main(argv)``.
+"""The whole job on a tiny catalog with known groups: one run of the dedup command in-process
+(``listing_dedup.cli.dedup.main(argv)``, what jobs/dedup_listings.py runs) whose printed summary
+and tables are checked, scored by the evaluate command in-process; the argument errors of both
+commands run in-process through their ``main(argv)`` too.
 
-The rerun of a date (same content, a new Delta version, both attempts in ``runs``) is checked by
-tests/reliability/test_rerun_retry_stable.py on a larger catalog."""
+The child-process smoke tests of both entry points are in tests/test_dag_run.py: Airflow runs
+jobs/dedup_listings.py through spark-submit on a loopback standalone cluster, and
+jobs/evaluate.py scores that run in a child process. The rerun of a date (same content, a new
+Delta version, both attempts in ``runs``) is checked by tests/reliability/test_rerun_retry_stable.py
+on a larger catalog and by tests/test_dag_run.py through Airflow."""
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import QUICK_JVM
+from conftest import restored_conf
 from listing_dedup.cli import dedup as dedup_cli
 from listing_dedup.cli import evaluate as evaluate_cli
 from listing_dedup.sink.delta import read_table
@@ -42,10 +45,9 @@ EXPECTED_GROUPS = {
     "e1": "e1",
 }
 DATE = "2026-03-02"
-CONF = ["conf/local.yaml"]
-# The cheapest conf that still runs every stage of the job in the child: the lexical signal alone
-# (the text model's load is a child's largest fixed cost after Spark's start-up), one exact list,
-# no INB round, 2 partitions everywhere.
+CONF = [str(REPO / "conf" / "local.yaml")]
+# The cheapest conf that still runs every stage of the job: the lexical signal alone (no text model
+# to load), one exact list, no INB round, 2 partitions everywhere.
 SETS = [
     "embed.text.enabled=false",
     "match.threshold=0.6",
@@ -58,7 +60,6 @@ SETS = [
     "index.n_shards=2",
     "input.partitions=2",
     "spark.conf.spark.sql.shuffle.partitions=2",
-    f"spark.conf.spark.driver.extraJavaOptions={QUICK_JVM}",
 ]
 
 
@@ -70,28 +71,33 @@ def write_catalog(path: Path) -> str:
     return str(path)
 
 
-def child(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run_command(main, argv: list[str]) -> tuple[int, str, str]:
+    """A command's ``main(argv)`` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
-    """One run of jobs/dedup_listings.py in a child process: (result, warehouse, folder)."""
+def cli_run(spark, tmp_path_factory):
+    """One run of the dedup command in-process on the test session (its settings put back after):
+    (exit code, stdout, stderr), warehouse, folder."""
     folder = tmp_path_factory.mktemp("cli_job")
     catalog = write_catalog(folder / "listings.parquet")
     wh = str(folder / "wh")
     sets = [x for s in SETS for x in ("--set", s)]
-    r = child(
-        "jobs/dedup_listings.py", "--conf", *CONF, "--input", catalog, "--run-date", DATE, "--warehouse", wh, *sets
-    )
+    argv = ["--conf", *CONF, "--input", catalog, "--run-date", DATE, "--warehouse", wh, *sets]
+    with restored_conf(spark):
+        r = run_command(dedup_cli.main, argv)
     return r, wh, folder
 
 
 @pytest.mark.slow
 def test_cli_job_finds_groups_and_writes_tables(cli_run):
-    r, wh, _ = cli_run
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "rows rejected  2" in r.stdout and "groups found   3 groups" in r.stdout
+    (rc, stdout, stderr), wh, _ = cli_run
+    assert rc == 0, stderr[-3000:]
+    assert "rows rejected  2" in stdout and "groups found   3 groups" in stdout
 
     clusters = read_table(wh, "clusters", DATE).set_index("posting_id")
     assert clusters["group_id"].to_dict() == EXPECTED_GROUPS
@@ -112,10 +118,10 @@ def test_cli_job_finds_groups_and_writes_tables(cli_run):
 def test_cli_job_records_its_health(cli_run):
     """A normal run: health in the printed summary and the runs row, no warning; its settings are
     not the defaults' (lexical only, other thresholds), so the absolute rules decide."""
-    r, wh, _ = cli_run
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "  health\n" in r.stdout and "    warnings  none" in r.stdout
-    assert "reference  none (absolute rules)" in r.stdout and "shipped reference is for the conf defaults" in r.stdout
+    (rc, stdout, stderr), wh, _ = cli_run
+    assert rc == 0, stderr[-3000:]
+    assert "  health\n" in stdout and "    warnings  none" in stdout
+    assert "reference  none (absolute rules)" in stdout and "shipped reference is for the conf defaults" in stdout
     runs = read_table(wh, "runs")
     assert runs["health_warnings"].tolist() == [""]
     h = json.loads(runs["health_json"].iloc[0])
@@ -130,16 +136,18 @@ def test_cli_job_records_its_health(cli_run):
 
 @pytest.mark.slow
 def test_evaluate_cli_scores_the_run(cli_run):
-    r, wh, folder = cli_run
-    assert r.returncode == 0, r.stderr[-3000:]
+    (rc, _, stderr), wh, folder = cli_run
+    assert rc == 0, stderr[-3000:]
     truth = folder / "truth.csv"
     pd.DataFrame({"posting_id": list(EXPECTED_GROUPS), "label_group": list(EXPECTED_GROUPS.values())}).to_csv(
         truth, index=False
     )
     out = folder / "score.json"
-    r = child("jobs/evaluate.py", "--warehouse", wh, "--run-date", DATE, "--truth", str(truth), "--json-out", str(out))
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
+    rc, stdout, stderr = run_command(
+        evaluate_cli.main, ["--warehouse", wh, "--run-date", DATE, "--truth", str(truth), "--json-out", str(out)]
+    )
+    assert rc == 0, stderr
+    lines = stdout.strip().splitlines()
     assert len(lines) == 1
     res = json.loads(lines[0])
     assert res == {
