@@ -29,7 +29,7 @@ export PYTHONUNBUFFERED := 1
 # pip prints one warning per package about an empty local index on this kind of machine
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup sample run test test-fast lint bench clean airflow package package-code package-env dag-check train train-reranker export-e5
+.PHONY: help setup sample run test test-fast lint bench clean airflow package package-code package-env dag-check cluster-up cluster-down train train-reranker export-e5
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-15s %s\n", $$1, $$2}'
@@ -82,6 +82,19 @@ package-env: $(EXTRAS_STAMP) ## dist/listing_dedup_env.tar.gz: a fresh venv with
 		--compress-level $(PACK_COMPRESS) --force --quiet
 	chmod 644 $(DIST)/listing_dedup_env.tar.gz && ls -l $(DIST)/listing_dedup_env.tar.gz
 
+CLUSTER_STATE ?= build/spark-cluster
+CLUSTER_PORT ?= 7077
+CLUSTER_WEBUI_PORT ?= 8080
+CLUSTER_WORKERS ?= 2
+CLUSTER_CORES ?= 1
+CLUSTER_MEMORY ?= 3g
+cluster-up: setup ## a standalone Spark cluster on 127.0.0.1:CLUSTER_PORT (master + CLUSTER_WORKERS workers; pids, logs in CLUSTER_STATE)
+	$(PY) bin/spark_cluster.py up --state-dir $(CLUSTER_STATE) --port $(CLUSTER_PORT) --webui-port $(CLUSTER_WEBUI_PORT) \
+		--workers $(CLUSTER_WORKERS) --cores $(CLUSTER_CORES) --memory $(CLUSTER_MEMORY)
+
+cluster-down: ## stop the cluster of make cluster-up (by the pids it recorded)
+	$(PY) bin/spark_cluster.py down --state-dir $(CLUSTER_STATE)
+
 test: setup airflow ## run the whole test suite (CPU, local Spark, PYTEST_WORKERS=2 processes; prints its wall time and the 15 slowest)
 	$(PY) -m pytest -q $(PYTEST_PAR) --durations=15 $(PYTEST_ARGS) tests
 
@@ -89,7 +102,7 @@ test-fast: setup airflow ## the suite without the tests marked slow (job runs, c
 	$(PY) -m pytest -q $(PYTEST_PAR) -m "not slow" --durations=10 $(PYTEST_ARGS) tests
 
 lint: setup ## ruff
-	$(PY) -m ruff check lib jobs tests bench airflow_dags
+	$(PY) -m ruff check lib jobs tests bench airflow_dags bin
 
 bench: setup sample ## stage timings on the sample (see docs/benchmarks.md), then the robustness suite
 	$(PY) bench/bench_stages.py --input $(SAMPLE)/listings.parquet --truth $(SAMPLE)/truth.csv
@@ -98,7 +111,8 @@ bench: setup sample ## stage timings on the sample (see docs/benchmarks.md), the
 bench-robust: setup ## robustness suite: defaults vs the old defaults vs a TF-IDF baseline on other-shaped catalogs (docs/quality.md)
 	$(PY) bench/robust.py --cache-dir data/cache
 
-clean: ## remove generated data and outputs (keeps .venv)
+clean: ## remove generated data and outputs (keeps .venv; stops a make cluster-up cluster first)
+	@if [ -f $(CLUSTER_STATE)/cluster.json ]; then $(PY) bin/spark_cluster.py down --state-dir $(CLUSTER_STATE); fi
 	rm -rf $(WAREHOUSE) $(SAMPLE) spark-warehouse .pytest_cache build $(DIST)
 
 TRAIN_INPUT ?= data/shopee_train_labelled/listings.parquet
