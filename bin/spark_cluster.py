@@ -93,7 +93,7 @@ def start(
 ) -> Cluster:
     """Start the master and ``workers`` workers (port 0: a free one); return when all are ALIVE.
     On any failure the daemons already started are stopped before the error is raised."""
-    state = Path(state_dir)
+    state = Path(state_dir).resolve()  # the daemons run in it: their paths must not be relative
     state.mkdir(parents=True, exist_ok=True)
     if (state / STATE_FILE).exists():
         raise ValueError(f"a cluster is already recorded in {state / STATE_FILE}: stop it first (down)")
