@@ -80,7 +80,7 @@ def _catalog(path: Path, rows: list[tuple[str, str]]) -> None:
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
     """jobs/dedup_listings.py in-process through ``main(argv)``: (exit code, stdout, stderr).
-    (The entry point's child-process smoke test is tests/test_job.py.)"""
+    (The entry point's child-process smoke test is tests/test_dag_run.py: spark-submit via Airflow.)"""
     try:
         rc = dedup_cli.main(list(args))
     except SystemExit as e:  # argparse errors

@@ -1,8 +1,8 @@
 """The command line's dispatcher (``listing-dedup COMMAND`` / ``python -m listing_dedup``) in-process,
 and one child-process smoke test for each entry point that no other test runs as a child:
 jobs/make_sample.py, jobs/export_e5.py and ``python -m listing_dedup``. (The others' smoke tests:
-dedup_listings.py and evaluate.py in tests/test_job.py, tune.py in test_tune.py, train_embedder.py
-in test_training.py, train_reranker.py in test_rerank.py.)"""
+dedup_listings.py (spark-submit, run by Airflow) and evaluate.py in tests/test_dag_run.py, tune.py
+in test_tune.py, train_embedder.py in test_training.py, train_reranker.py in test_rerank.py.)"""
 
 from __future__ import annotations
 
