@@ -17,6 +17,7 @@ COMMANDS = {
     "train-reranker": ("train_reranker", "train the learned pair re-ranker"),
     "make-sample": ("make_sample", "write the generated sample catalog"),
     "export-e5": ("export_e5", "export the packaged e5-small to a trainable sentence-transformers dir"),
+    "compact-cache": ("compact_cache", "drop the embeddings cache's vectors that no recent run used"),
 }
 
 

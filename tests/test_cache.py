@@ -1,0 +1,247 @@
+"""The embeddings cache (lib/listing_dedup/embed/cache.py) on small frames in the session's Spark:
+keys, reuse of only what is cached, fingerprints that change with the model, staged writes that a
+crash leaves uncommitted, the retention command and its safety against a concurrent run.
+(Through the job: tests/reliability, the rerun, crash and concurrent-dates runs.)"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from deltalake import DeltaTable
+from listing_dedup.cli import main as cli_main
+from listing_dedup.embed import cache as cache_mod
+from listing_dedup.embed.cache import (
+    EMBEDDINGS,
+    USED,
+    EmbeddingCache,
+    compact,
+    content_digest_column,
+    fingerprint_id,
+    image_digests,
+)
+from listing_dedup.embed.encoder import TextEncoderBuilder
+from listing_dedup.embed.image import ImageEncoderBuilder
+from listing_dedup.embed.model_dir import write_model_json
+from listing_dedup.sink.delta import DeltaSink, read_table
+from pyspark.sql import functions as F
+
+REPO = Path(__file__).resolve().parents[1]
+FP = {"signal": "text", "model": "toy", "max_seq_length": 64}
+
+
+def frame(spark, rows):
+    return spark.createDataFrame(rows, "posting_id string, title string")
+
+
+def marked(run: float):
+    """An embed_fn whose vectors say which run computed them: [len(title), run]."""
+
+    def fn(df):
+        return df.withColumn("v", F.array(F.length("title").cast("float"), F.lit(run).cast("float")))
+
+    return fn
+
+
+def expected_key(fp: dict, title: str) -> str:
+    """The documented key, computed here with hashlib: sha256(fingerprint id, NUL, sha256(title))[:32],
+    the fingerprint id being sha256 of the sorted-key JSON, first 16 hex digits."""
+    fp_id = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(title.encode()).hexdigest()
+    return hashlib.sha256(f"{fp_id}\0{digest}".encode()).hexdigest()[:32]
+
+
+def one_run(spark, root, rows, run_date, run: float, fp=FP, commit=True):
+    c = EmbeddingCache(str(root), run_id=f"run{run}")
+    out = c.embed(
+        spark,
+        frame(spark, rows),
+        signal="text",
+        fingerprint=fp,
+        digest=content_digest_column(F.col("title")),
+        out_col="v",
+        embed_fn=marked(run),
+        keep=lambda df: df.persist(),
+    )
+    got = {r.posting_id: list(r.v) for r in out.collect()}
+    staged = c.stage(run_date)
+    c.check(staged)
+    if commit:
+        c.commit(staged)
+    return c, got, staged
+
+
+A = [("a1", "rice cooker"), ("a2", "rice cooker"), ("b1", "mouse wireless")]
+B = [("a1", "rice cooker"), ("b1", "mouse wireless"), ("c1", "hijab voal"), ("c2", "hijab voal motif")]
+
+
+def test_reuses_cached_vectors_and_embeds_only_new_content(spark, tmp_path):
+    c1, got1, _ = one_run(spark, tmp_path, A, "2026-01-01", 1)
+    assert got1 == {"a1": [11.0, 1.0], "a2": [11.0, 1.0], "b1": [14.0, 1.0]}
+    assert (c1.uses["text"].keys, c1.uses["text"].reused, c1.uses["text"].computed) == (2, 0, 2)  # 2 distinct titles
+    emb = read_table(str(tmp_path), EMBEDDINGS)
+    assert sorted(emb["key"]) == sorted(expected_key(FP, t) for t in ("rice cooker", "mouse wireless"))
+    assert set(emb["signal"]) == {"text"} and set(emb["run_date"]) == {"2026-01-01"}
+
+    c2, got2, _ = one_run(spark, tmp_path, B, "2026-01-02", 2)
+    # the two cached titles keep run 1's vectors; only the two new ones were computed by run 2
+    assert got2 == {"a1": [11.0, 1.0], "b1": [14.0, 1.0], "c1": [10.0, 2.0], "c2": [16.0, 2.0]}
+    assert (c2.reused, c2.computed) == (2, 2)
+    emb = read_table(str(tmp_path), EMBEDDINGS)
+    assert len(emb) == 4 and not emb["key"].duplicated().any()
+    used = read_table(str(tmp_path), USED)
+    assert sorted(used.loc[used["run_date"] == "2026-01-02", "key"]) == sorted(
+        expected_key(FP, t) for t in ("rice cooker", "mouse wireless", "hijab voal", "hijab voal motif")
+    )
+
+    # a rerun of a date: everything reused, nothing appended, its used keys replaced (not doubled)
+    v = DeltaTable(str(tmp_path / EMBEDDINGS)).version()
+    c3, got3, staged3 = one_run(spark, tmp_path, B, "2026-01-02", 3)
+    assert got3 == got2 and (c3.reused, c3.computed) == (4, 0)
+    assert [s.table for s in staged3] == [USED]
+    assert DeltaTable(str(tmp_path / EMBEDDINGS)).version() == v
+    assert (read_table(str(tmp_path), USED)["run_date"] == "2026-01-02").sum() == 4
+
+
+def test_a_changed_fingerprint_never_reuses_vectors(spark, tmp_path):
+    one_run(spark, tmp_path, A, "2026-01-01", 1)
+    c, got, _ = one_run(spark, tmp_path, A, "2026-01-02", 2, fp={**FP, "max_seq_length": 128})
+    assert (c.reused, c.computed) == (0, 2)
+    assert all(v[1] == 2.0 for v in got.values())
+
+
+def test_uncommitted_run_leaves_the_cache_as_it_was(spark, tmp_path):
+    one_run(spark, tmp_path, A, "2026-01-01", 1)
+    before = DeltaTable(str(tmp_path / EMBEDDINGS)).version(), DeltaTable(str(tmp_path / USED)).version()
+    _, _, staged = one_run(spark, tmp_path, B, "2026-01-02", 2, commit=False)  # crashed before its commits
+    assert {s.table for s in staged} == {EMBEDDINGS, USED} and all(s.files for s in staged)
+    assert (DeltaTable(str(tmp_path / EMBEDDINGS)).version(), DeltaTable(str(tmp_path / USED)).version()) == before
+    c, got, _ = one_run(spark, tmp_path, B, "2026-01-02", 3)  # the rerun computes them itself
+    assert (c.reused, c.computed) == (2, 2) and got["c1"] == [10.0, 3.0]
+
+
+def test_fingerprints_follow_the_model(tmp_path):
+    st = tmp_path / "st"
+    st.mkdir()
+    (st / "config.json").write_text('{"hidden_size": 32}')
+    (st / "model.safetensors").write_bytes(b"\0" * 64)
+    b = TextEncoderBuilder(path=str(st), kind="sentence-transformers", max_seq_length=64)
+    same = TextEncoderBuilder(path=str(st), kind="sentence-transformers", max_seq_length=64, batch_size=7)
+    assert fingerprint_id(b.fingerprint()) == fingerprint_id(same.fingerprint())  # batch size: same vectors
+    longer = TextEncoderBuilder(path=str(st), kind="sentence-transformers", max_seq_length=128)
+    assert fingerprint_id(longer.fingerprint()) != fingerprint_id(b.fingerprint())
+    gpu_half = TextEncoderBuilder(path=str(st), kind="sentence-transformers", device="cuda", fp16=True)
+    assert fingerprint_id(gpu_half.fingerprint()) != fingerprint_id(b.fingerprint())
+    before = fingerprint_id(b.fingerprint())
+    (st / "model.safetensors").write_bytes(b"\1" * 64)  # weights rewritten in place, same name and size
+    assert fingerprint_id(b.fingerprint()) != before
+
+    # a fine-tuned model directory: its own files and its base encoder's decide
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    head = {"kind": "linear", "dim": 8}
+    meta = {"base_dim": 32, "head_spec": head, "max_seq_length": 48, "mode": "head", "training": {}}
+    write_model_json(tuned, base_model=str(st), **meta)
+    (tuned / "model.safetensors").write_bytes(b"\2" * 16)
+    t = TextEncoderBuilder(path=str(tuned), kind="listing-dedup", max_seq_length=64)
+    fp = t.fingerprint()
+    assert fp["max_seq_length"] == 48  # the directory's own length wins
+    tuned2 = tmp_path / "tuned2"
+    shutil.copytree(tuned, tuned2)
+    (tuned2 / "model.safetensors").write_bytes(b"\3" * 16)  # another fine-tuning run
+    t2 = TextEncoderBuilder(path=str(tuned2), kind="listing-dedup", max_seq_length=64)
+    assert fingerprint_id(t2.fingerprint()) != fingerprint_id(fp)
+    (st / "model.safetensors").write_bytes(b"\4" * 64)  # its base encoder changed
+    assert fingerprint_id(t.fingerprint()) != fingerprint_id(fp)
+
+    w = tmp_path / "w.pth"
+    w.write_bytes(b"weights")
+    i1 = ImageEncoderBuilder(weights_path=str(w)).fingerprint()
+    w.write_bytes(b"other weights")
+    assert fingerprint_id(ImageEncoderBuilder(weights_path=str(w)).fingerprint()) != fingerprint_id(i1)
+
+
+def test_image_digests_hash_the_bytes(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"jpeg-a")
+    values = pd.Series([b"jpeg-a", "a.jpg", str(tmp_path / "a.jpg"), "missing.jpg", None, b""])
+    got = image_digests(values, str(tmp_path)).tolist()
+    h = hashlib.sha256(b"jpeg-a").hexdigest()
+    assert got == [h, h, h, None, None, None]
+
+
+def test_compact_drops_vectors_no_recent_date_used_and_keeps_a_concurrent_append(spark, tmp_path, monkeypatch):
+    root = str(tmp_path)
+    one_run(spark, tmp_path, [("x1", "old only")], "2026-01-01", 1)
+    one_run(spark, tmp_path, A, "2026-01-02", 2)
+    # a concurrent run (another date) stored "rice cooker" a second time, and used it
+    other = EmbeddingCache(root, run_id="other")
+    dup = spark.createDataFrame(
+        [(expected_key(FP, "rice cooker"), "text", fingerprint_id(FP), [11.0, 9.0], "other")],
+        "key string, signal string, fingerprint string, vector array<float>, run_id string",
+    )
+    other.sink.commit(other.sink.stage(dup, EMBEDDINGS, "2026-01-03"), mode="append")
+    one_run(spark, tmp_path, B, "2026-01-04", 4)
+    assert len(read_table(root, EMBEDDINGS)) == 1 + 2 + 1 + 2
+
+    # while compaction rewrites the table, a running job appends a new vector
+    real_stage, late = DeltaSink.stage, {"done": False}
+
+    def stage(self, df, table, run_date, **kw):
+        if table == EMBEDDINGS and not late["done"]:
+            late["done"] = True
+            new = spark.createDataFrame(
+                [(expected_key(FP, "late"), "text", fingerprint_id(FP), [4.0, 5.0], "late")], dup.schema
+            )
+            real = real_stage(self, new, EMBEDDINGS, "2026-01-05")
+            DeltaSink(root).commit(real, mode="append")
+        return real_stage(self, df, table, run_date, **kw)
+
+    monkeypatch.setattr(DeltaSink, "stage", stage)
+    res = compact(spark, root, keep_runs=2)  # the dates 2026-01-04 and 2026-01-02 used keys
+    monkeypatch.undo()
+    assert res.dates == ("2026-01-02", "2026-01-04") and res.version is not None
+    emb = read_table(root, EMBEDDINGS)
+    keys = {expected_key(FP, t) for t in ("rice cooker", "mouse wireless", "hijab voal", "hijab voal motif", "late")}
+    assert set(emb["key"]) == keys  # "old only" dropped, the late append kept
+    assert not emb["key"].duplicated().any()  # one copy of "rice cooker"
+    assert (res.rows_before, res.rows_after) == (6, 4)
+    # a run after compaction still reuses what was kept
+    c, _, _ = one_run(spark, tmp_path, B, "2026-01-06", 6)
+    assert (c.reused, c.computed) == (4, 0)
+
+
+def test_compact_cache_command(cli_spark, tmp_path, capsys):
+    wh = str(tmp_path / "wh")
+    assert cli_main(["compact-cache", "--warehouse", wh]) == 2
+    assert "no embeddings cache" in capsys.readouterr().err
+    one_run(cli_spark, tmp_path / "wh", A, "2026-01-01", 1)
+    one_run(cli_spark, tmp_path / "wh", [("z", "zz")], "2026-01-02", 2)
+    rc = cli_main(["compact-cache", "--warehouse", wh, "--keep-runs", "1", "--conf", str(REPO / "conf/local.yaml")])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.startswith(f"compacted {wh}: 3 -> 1 vectors (2 dropped), kept the keys of 1 run dates")
+    assert read_table(wh, EMBEDDINGS)["key"].tolist() == [expected_key(FP, "zz")]
+
+
+def test_compact_cache_entry_point_bad_arguments():
+    r = subprocess.run(
+        [sys.executable, "jobs/compact_cache.py", "--warehouse", "w", "--keep-runs", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and r.stderr.strip() == "error: --keep-runs must be >= 1 (see --help)"
+
+
+def test_vectors_column_roundtrip_keeps_float32(spark, tmp_path):
+    rows = [("p1", "kaos polos")]
+    c, got, _ = one_run(spark, tmp_path, rows, "2026-01-01", 0.1)
+    stored = read_table(str(tmp_path), EMBEDDINGS)["vector"].iloc[0]
+    np.testing.assert_array_equal(np.asarray(stored, dtype=np.float32), np.float32([10.0, 0.1]))
+    assert cache_mod.KEY not in {f for f in read_table(str(tmp_path), EMBEDDINGS).columns}
