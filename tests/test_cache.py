@@ -1,4 +1,4 @@
-"""The embeddings cache (lib/listing_dedup/embed/cache.py) on small frames in the session's Spark:
+"""The embeddings cache (lib/listing_dedup/sink/cache.py) on small frames in the session's Spark:
 keys, reuse of only what is cached, fingerprints that change with the model, staged writes that a
 crash leaves uncommitted, the retention command and its safety against a concurrent run.
 (Through the job: tests/reliability, the rerun, crash and concurrent-dates runs.)"""
@@ -16,8 +16,11 @@ import numpy as np
 import pandas as pd
 from deltalake import DeltaTable
 from listing_dedup.cli import main as cli_main
-from listing_dedup.embed import cache as cache_mod
-from listing_dedup.embed.cache import (
+from listing_dedup.embed.encoder import TextEncoderBuilder
+from listing_dedup.embed.image import ImageEncoderBuilder
+from listing_dedup.embed.model_dir import write_model_json
+from listing_dedup.sink import cache as cache_mod
+from listing_dedup.sink.cache import (
     EMBEDDINGS,
     USED,
     EmbeddingCache,
@@ -26,9 +29,6 @@ from listing_dedup.embed.cache import (
     fingerprint_id,
     image_digests,
 )
-from listing_dedup.embed.encoder import TextEncoderBuilder
-from listing_dedup.embed.image import ImageEncoderBuilder
-from listing_dedup.embed.model_dir import write_model_json
 from listing_dedup.sink.delta import DeltaSink, read_table
 from pyspark.sql import functions as F
 

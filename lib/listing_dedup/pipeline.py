@@ -25,7 +25,6 @@ from pyspark.sql import functions as F
 
 from listing_dedup.config import DedupConfig, MatchConf
 from listing_dedup.dates import check_run_date
-from listing_dedup.embed.cache import EmbeddingCache, content_digest_column, image_digest_column
 from listing_dedup.embed.encoder import Encoder, TextEncoderBuilder, embed_texts
 from listing_dedup.embed.fusion import Layout, candidate_scores, fuse
 from listing_dedup.embed.lexical import embed_lexical, fit_idf
@@ -50,6 +49,7 @@ from listing_dedup.quality.run_health import (
 from listing_dedup.search.blender import blend
 from listing_dedup.search.indexer import Quantizer, build_index, search, train
 from listing_dedup.search.phash_match import phash_found, split_found
+from listing_dedup.sink.cache import EmbeddingCache, content_digest_column, image_digest_column
 from listing_dedup.sink.delta import DeltaSink
 from listing_dedup.sink.runs import RunSummary, check_runs_table, last_succeeded_run, write_run_row
 from listing_dedup.timing import StageTimer

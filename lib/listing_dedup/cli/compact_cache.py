@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
 
     def _run() -> int:
-        from listing_dedup.embed.cache import compact
+        from listing_dedup.sink.cache import compact
 
         cfg = load_config(args.conf or [], args.overrides)
         root = args.cache_path or cfg.cache.root(args.warehouse)

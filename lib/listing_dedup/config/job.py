@@ -240,7 +240,7 @@ class OutputConf:
 
 @dataclass(frozen=True)
 class CacheConf:
-    """The embeddings cache (lib/listing_dedup/embed/cache.py): a run embeds only the titles and
+    """The embeddings cache (lib/listing_dedup/sink/cache.py): a run embeds only the titles and
     images whose vectors the ``embeddings`` table under ``path`` lacks for the signal's model
     fingerprint, and appends the new ones with its other tables. Lexical vectors are always
     recomputed (their idf is the run's catalog's). ``keep_runs``: ``listing-dedup compact-cache``

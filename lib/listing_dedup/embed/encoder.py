@@ -267,7 +267,7 @@ class TextEncoderBuilder:
 
     def fingerprint(self) -> dict:
         """Everything that decides this encoder's vectors, for the embeddings cache
-        (embed/cache.py): the kind, the model's name and the digest of its files (weights,
+        (sink/cache.py): the kind, the model's name and the digest of its files (weights,
         tokenizer, config; a model directory's base encoder too), ``max_seq_length`` (a model
         directory's own, which it was trained with, wins), and the device preference and fp16
         (CUDA fp16 vectors differ from CPU float32 ones). Not the batch size or threads."""

@@ -175,7 +175,7 @@ class ImageEncoderBuilder:
         )
 
     def fingerprint(self) -> dict:
-        """What decides this encoder's vectors, for the embeddings cache (embed/cache.py): the
+        """What decides this encoder's vectors, for the embeddings cache (sink/cache.py): the
         model, the digest of its weights file, the preprocessing version, device and fp16."""
         from listing_dedup.embed.model_dir import content_digest
 
