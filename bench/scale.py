@@ -92,6 +92,32 @@ class TreeSampler(threading.Thread):
             self.done.wait(self.every)
 
 
+# The index and task sizes of conf/cluster.yaml's rule on this 2-core machine: lists of about 256
+# rows (nlist follows the catalog, so a query's scan and its recall stay the same as it grows),
+# shards of at most 25k rows (a build task holds one), a 160k-row quantizer sample, 24 lists probed
+# (bench/join.py at 1M: recall@10 0.98). Tasks are sized by rows, not by the catalog: input
+# partitions of <= 25k listings and shuffle partitions of <= 12.5k rows.
+SCALE_SETS = [
+    "index.list_rows=256",
+    "index.nprobe=24",
+    "index.train_sample=160000",
+    "index.train_bytes=1073741824",
+    "index.kmeans_iters=10",
+    "index.shard_rows=25000",
+    "index.query_chunk_rows=50000",
+    "index.shard_by=proximity",
+    "spark.conf.spark.driver.memory=10g",
+]
+
+
+def sized_sets(n: int) -> list[str]:
+    return [
+        *SCALE_SETS,
+        f"input.partitions={max(4, -(-n // 25_000))}",
+        f"spark.conf.spark.sql.shuffle.partitions={max(8, -(-n // 12_500))}",
+    ]
+
+
 def run_size(n: int, work: Path, text: bool, sets: list[str]) -> dict:
     from listing_dedup.quality.evaluate import evaluate_run
     from listing_dedup.quality.sample import generate_catalog
@@ -111,7 +137,7 @@ def run_size(n: int, work: Path, text: bool, sets: list[str]) -> dict:
             "--set", "input.max_shrink=1.0", "--set", "output.candidates=false"]  # fmt: skip
     if not text:
         args += ["--set", "embed.text.enabled=false"]
-    for s in sets:
+    for s in [*sized_sets(n), *sets]:
         args += ["--set", s]
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
     t0 = time.perf_counter()
@@ -144,13 +170,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="100000,300000,1000000", help="listings per catalog, comma-separated")
     p.add_argument("--text", action="store_true", help="also run the text encoder (MiniLM)")
-    p.add_argument("--set", action="append", default=[], dest="sets", help="more --set for the job")
+    p.add_argument("--set", action="append", default=[], dest="sets", help="more --set for the job (after SCALE_SETS)")
     p.add_argument("--work", default=None, help="folder for the catalogs and warehouses (default: a temp dir)")
     p.add_argument("--png", default=None, help="write the growth curve here")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-scale-"))
     sizes = [int(s) for s in args.sizes.split(",") if s]
     results = []
+    print("job settings (after conf/local.yaml):", " ".join(sized_sets(sizes[-1]) + args.sets), flush=True)
     for n in sizes:
         r = run_size(n, work, args.text, args.sets)
         results.append(r)

@@ -100,6 +100,15 @@ def test_lists_for_exact_and_fixed():
     assert IndexConf(nlist=64).lists_for(1000) == 25  # 1000 // 39
 
 
+def test_lists_for_list_rows():
+    # about list_rows rows a list: 100k / 256 = 390.6 -> 391; 1M -> 3907 (4*sqrt would give 4000)
+    assert IndexConf(list_rows=256).lists_for(100_000) == 391
+    assert IndexConf(list_rows=256, train_sample=160_000).lists_for(1_000_000, 160_000) == 3907
+    # still capped by the sample: 100k sample rows / 39 = 2564 lists at most
+    assert IndexConf(list_rows=256).lists_for(1_000_000, 100_000) == 2564
+    assert IndexConf(list_rows=256, nlist=64).lists_for(100_000) == 64  # an explicit nlist wins
+
+
 @pytest.mark.parametrize(
     "value, stages",
     [

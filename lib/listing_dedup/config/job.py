@@ -287,7 +287,10 @@ class HealthConf:
 @dataclass(frozen=True)
 class IndexConf:
     n_shards: int = 4  # index shards (each a set of IVF lists), built on executors
-    nlist: int = 0  # IVF lists; 0 = auto (about 4*sqrt(n), at least 39 training points per list)
+    nlist: int = 0  # IVF lists; 0 = auto (about 4*sqrt(n), or n / list_rows; at least 39 training points per list)
+    # auto nlist by list size: about this many rows a list, so a query's scan (nprobe x list_rows
+    # vectors) and its recall stay the same as the catalog grows; 0 = about 4*sqrt(n) lists
+    list_rows: int = 0
     nprobe: int = 16  # lists probed per query
     k: int = 50  # neighbours kept per listing before thresholds
     train_sample: int = 100_000  # rows sampled to the driver to train the coarse quantizer (at most)
@@ -309,6 +312,7 @@ class IndexConf:
     def __post_init__(self) -> None:
         _check(1 <= self.n_shards <= 4096, "index.n_shards", "must be in [1, 4096]")
         _check(self.nlist >= 0, "index.nlist", "must be >= 0 (0 = auto)")
+        _check(self.list_rows >= 0, "index.list_rows", "must be >= 0 (0 = about 4*sqrt(n) lists)")
         _check(self.nprobe >= 1, "index.nprobe", "must be >= 1")
         _check(1 <= self.k <= 2048, "index.k", "must be in [1, 2048]")
         _check(self.train_sample >= 1, "index.train_sample", "must be >= 1")
@@ -329,11 +333,14 @@ class IndexConf:
 
     def lists_for(self, n_rows: int, sample_rows: int | None = None) -> int:
         """The number of IVF lists for ``n_rows`` vectors trained on ``sample_rows`` (the one place
-        it is derived): ``nlist`` or about 4*sqrt(n), at most ``sample_rows // points_per_list``."""
+        it is derived): ``nlist``, or ``ceil(n / list_rows)`` with ``list_rows`` set, or about
+        4*sqrt(n); at most ``sample_rows // points_per_list``."""
         if n_rows <= 0 or n_rows < self.exact_below:
             return 1
         if self.nlist:
             wanted = self.nlist
+        elif self.list_rows:
+            wanted = -(-n_rows // self.list_rows)
         else:
             wanted = int(round(4 * math.sqrt(n_rows)))
         sample_rows = n_rows if sample_rows is None else min(n_rows, sample_rows)
