@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -73,11 +74,54 @@ def package_code(dist: Path) -> None:
     shutil.copy(REPO / "jobs" / "dedup_listings.py", dist)
 
 
+LATEST_RUN = "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1"
+
+
 def task_states(home: Path) -> dict[str, str]:
-    """task_id -> state of the DAG's task instances in the Airflow database."""
-    with sqlite3.connect(home / "airflow.db") as db:
-        rows = db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ?", (DAG_ID,)).fetchall()
-    return dict(rows)
+    """task_id -> state of the task instances of the DAG's latest run in the Airflow database,
+    plus ``dag_run``: that run's state."""
+    for _ in range(20):
+        try:
+            with sqlite3.connect(home / "airflow.db", timeout=10) as db:
+                rows = db.execute(
+                    f"SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ({LATEST_RUN})",
+                    (DAG_ID, DAG_ID),
+                ).fetchall()
+                run = db.execute(f"SELECT state FROM dag_run WHERE run_id = ({LATEST_RUN})", (DAG_ID,)).fetchall()
+            return {t: s for t, s in rows} | ({"dag_run": run[0][0]} if run else {})
+        except sqlite3.OperationalError:  # airflow holds the write lock for a moment
+            time.sleep(0.5)
+    raise AssertionError(f"cannot read {home / 'airflow.db'}")
+
+
+def run_airflow(args: list[str], *, env: dict, cwd: Path, timeout: float, home: Path | None = None) -> tuple[int, str]:
+    """The airflow command in its own process group: (exit code, stdout + stderr). With ``home``,
+    the DAG's task states are watched while it runs: a task that failed or waits for a retry (10
+    minutes later) stops the run at once, as does the timeout; the group (airflow and the
+    spark-submit it started) is killed by its id."""
+    with open(cwd / "airflow-output.log", "w+") as log:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "airflow"), *args],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline, why = time.monotonic() + timeout, ""
+        try:
+            while proc.poll() is None:
+                time.sleep(2)
+                bad = {t: s for t, s in task_states(home).items() if s in ("failed", "up_for_retry")} if home else {}
+                if bad or time.monotonic() > deadline:
+                    why = f"stopped: tasks {bad}" if bad else f"stopped: timeout {timeout:.0f} s"
+                    break
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.seek(0)
+        return (proc.returncode if not why else -9), log.read() + (f"\n{why}" if why else "")
 
 
 def clusters_of(warehouse: str) -> dict[str, str]:
@@ -148,23 +192,17 @@ def dag_runs(cluster, tmp_path_factory):
         **{f"AIRFLOW_VAR_LISTING_DEDUP_{k.upper()}": v for k, v in variables.items()},
     )
 
-    def airflow(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(VENV_BIN / "airflow"), *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout
-        )
-
-    r = airflow("db", "migrate", timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rc, out = run_airflow(["db", "migrate"], env=env, cwd=tmp, timeout=300)
+    assert rc == 0, out[-5000:]
     runs = []
     for i in range(2):
         t0 = time.monotonic()
-        r = airflow("dags", "test", DAG_ID, DATE)
+        rc, out = run_airflow(["dags", "test", DAG_ID, DATE], env=env, cwd=tmp, timeout=900, home=home)
         seconds = time.monotonic() - t0
-        out = r.stdout + r.stderr
-        (tmp / f"dags-test-{i + 1}.log").write_text(f"{seconds:.1f} s, exit {r.returncode}\n{out}")
+        (tmp / f"dags-test-{i + 1}.log").write_text(f"{seconds:.1f} s, exit {rc}\n{out}")
         states = task_states(home)
-        assert states == {"dedup": "success", "verify": "success"}, out[-6000:]
-        runs.append({"rc": r.returncode, "out": out, "states": states, "seconds": seconds, "clusters": clusters_of(wh)})
+        assert states == {"dedup": "success", "verify": "success", "dag_run": "success"}, out[-6000:]
+        runs.append({"rc": rc, "out": out, "states": states, "seconds": seconds, "clusters": clusters_of(wh)})
     return {"runs": runs, "warehouse": wh, "sample": sample, "tmp": tmp}
 
 
@@ -172,7 +210,7 @@ def dag_runs(cluster, tmp_path_factory):
 def test_airflow_runs_both_tasks_through_spark_submit_on_the_cluster(dag_runs, cluster):
     for run in dag_runs["runs"]:
         assert run["rc"] == 0, run["out"][-4000:]
-        assert run["states"] == {"dedup": "success", "verify": "success"}
+        assert run["states"] == {"dedup": "success", "verify": "success", "dag_run": "success"}
         out = run["out"]
         # both applications were submitted to the standalone master, in client mode
         assert out.count(f"spark-submit --master {cluster.master_url}") >= 2, out[-4000:]
@@ -239,4 +277,5 @@ def test_evaluate_job_scores_the_dag_run(dag_runs):
     res = json.loads(lines[0])
     assert json.loads(out.read_text()) == res
     assert res["run_date"] == DATE and res["n"] == len(dag_runs["sample"].listings) - dag_runs["sample"].n_bad_rows
-    assert res["matches"]["f1"] > 0.8 and res["clusters"]["f1"] > 0.6, res
+    # 0.927 / 0.976 here (the same in local mode: bench/cluster_vs_local.py)
+    assert res["matches"]["f1"] > 0.85 and res["clusters"]["f1"] > 0.9, res
