@@ -245,3 +245,41 @@ def test_vectors_column_roundtrip_keeps_float32(spark, tmp_path):
     stored = read_table(str(tmp_path), EMBEDDINGS)["vector"].iloc[0]
     np.testing.assert_array_equal(np.asarray(stored, dtype=np.float32), np.float32([10.0, 0.1]))
     assert cache_mod.KEY not in {f for f in read_table(str(tmp_path), EMBEDDINGS).columns}
+
+
+def test_lexical_counts_give_the_same_idf_and_vectors_as_the_titles(spark):
+    """The lexical signal's cached form (hashed counts, packed) gives bit-identical idf and vectors
+    to hashing the titles, so a night that reuses counts scores exactly as a cold one."""
+    from listing_dedup.embed.lexical import (
+        LexicalParams,
+        embed_lexical,
+        embed_lexical_counts,
+        fit_idf,
+        fit_idf_counts,
+        hashed_counts,
+        lexical_counts,
+        pack_counts,
+        unpack_counts,
+    )
+
+    p = LexicalParams(n_features=2**16, dim=64)
+    titles = ["Rice cooker digital Miyako 1.8 liter", "MIYAKO rice cooker 1.8L", "", "hijab voal", "aaa aaa aaa"]
+    counts = hashed_counts(titles, p)
+    packed = pack_counts(counts)
+    assert [len(x) for x in packed] == [2 * n for n in np.diff(counts.tocsr().indptr)]
+    back = unpack_counts(packed, p.n_features)
+    assert (back != counts.astype(np.float32)).nnz == 0
+
+    df = spark.createDataFrame([(f"p{i}", t) for i, t in enumerate(titles)], "posting_id string, title string")
+    idf = fit_idf(df, "title", p)
+    with_counts = lexical_counts(df.repartition(2), "title", "c", p).persist()
+    np.testing.assert_array_equal(fit_idf_counts(with_counts, "c", p), idf)
+    bc = spark.sparkContext.broadcast(idf)
+    want = {r.posting_id: np.asarray(r.v, np.float32) for r in embed_lexical(df, "title", "v", p, bc).collect()}
+    got = {
+        r.posting_id: np.asarray(r.v, np.float32) for r in embed_lexical_counts(with_counts, "c", "v", p, bc).collect()
+    }
+    assert want.keys() == got.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    with_counts.unpersist()

@@ -27,7 +27,7 @@ from listing_dedup.config import DedupConfig, MatchConf
 from listing_dedup.dates import check_run_date
 from listing_dedup.embed.encoder import Encoder, TextEncoderBuilder, embed_texts
 from listing_dedup.embed.fusion import Layout, candidate_scores, fuse
-from listing_dedup.embed.lexical import embed_lexical, fit_idf
+from listing_dedup.embed.lexical import embed_lexical, embed_lexical_counts, fit_idf, fit_idf_counts, lexical_counts
 from listing_dedup.errors import DedupError, RunRecordError, SinkError, first_line
 from listing_dedup.frames import empty_pairs_spark
 from listing_dedup.graph.components import connected_components, cut_lineage
@@ -258,37 +258,57 @@ def run_dedup(
         cache = _embeddings_cache(cfg, warehouse, summary.run_id, builder)
         with timer.stage("embed") as c:
             sig = kept.where(F.length("title") > 0).select("posting_id", "title")
-            if "text" in layout_weights:
+            fail = cfg.testing.fail_once_stage
+            params = cfg.embed.lexical.params()
+            parts = sig.rdd.getNumPartitions()
 
-                def text_fn(df: DataFrame) -> DataFrame:
-                    return embed_texts(df, "title", "v_text", builder, fail_stage=cfg.testing.fail_once_stage)
+            def text_fn(df: DataFrame) -> DataFrame:
+                return embed_texts(df, "title", "v_text", builder, fail_stage=fail)
 
-                parts = sig.rdd.getNumPartitions()
-                if cache is not None and "text" in cache.fingerprints:
-                    sig = cache.embed(
-                        spark,
-                        sig,
-                        signal="text",
-                        fingerprint=cache.fingerprints["text"],
-                        digest=content_digest_column(F.col("title")),
-                        out_col="v_text",
-                        embed_fn=text_fn,
-                        keep=keep,
-                    )
-                    sig = _by_posting_id(sig, parts)
-                else:
-                    sig = text_fn(_by_posting_id(sig, parts))
-            if "lexical" in layout_weights:
-                params = cfg.embed.lexical.params()
-                idf = fit_idf(kept.where(F.length("title") > 0), "title", params)
-                sig = embed_lexical(
+            def counts_fn(df: DataFrame) -> DataFrame:
+                return lexical_counts(df, "title", "lex_counts", params, fail_stage=fail)
+
+            title_digest = content_digest_column(F.col("title"))
+            cached_text = cache is not None and "text" in layout_weights and "text" in cache.fingerprints
+            cached_lexical = cache is not None and "lexical" in layout_weights
+            if cached_text:
+                sig = cache.embed(
+                    spark,
                     sig,
-                    "title",
-                    "v_lexical",
-                    params,
-                    spark.sparkContext.broadcast(idf),
-                    fail_stage=cfg.testing.fail_once_stage,
+                    signal="text",
+                    fingerprint=cache.fingerprints["text"],
+                    digest=title_digest,
+                    out_col="v_text",
+                    embed_fn=text_fn,
+                    keep=keep,
                 )
+            if cached_lexical:  # the hashed counts: today's idf and projection apply to them below
+                sig = cache.embed(
+                    spark,
+                    sig,
+                    signal="lexical",
+                    fingerprint=params.counts_fingerprint(),
+                    digest=title_digest,
+                    out_col="lex_counts",
+                    embed_fn=counts_fn,
+                    keep=keep,
+                )
+            # one layout whichever way the vectors came (cache joins or encoders): the same index sample
+            sig = _by_posting_id(sig, parts)
+            if "text" in layout_weights and not cached_text:
+                sig = text_fn(sig)
+            if "lexical" in layout_weights:
+                if cached_lexical:
+                    sig = keep(sig)  # read twice: the catalog's idf, then the vectors
+                    idf = fit_idf_counts(sig, "lex_counts", params)
+                    sig = embed_lexical_counts(
+                        sig, "lex_counts", "v_lexical", params, spark.sparkContext.broadcast(idf), fail_stage=fail
+                    ).drop("lex_counts")
+                else:
+                    idf = fit_idf(kept.where(F.length("title") > 0), "title", params)
+                    sig = embed_lexical(
+                        sig, "title", "v_lexical", params, spark.sparkContext.broadcast(idf), fail_stage=fail
+                    )
             sig = sig.drop("title")
             if "image" in layout_weights:
                 from listing_dedup.embed.image import ImageEncoderBuilder, embed_images

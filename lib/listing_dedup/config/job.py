@@ -242,8 +242,9 @@ class OutputConf:
 class CacheConf:
     """The embeddings cache (lib/listing_dedup/sink/cache.py): a run embeds only the titles and
     images whose vectors the ``embeddings`` table under ``path`` lacks for the signal's model
-    fingerprint, and appends the new ones with its other tables. Lexical vectors are always
-    recomputed (their idf is the run's catalog's). ``keep_runs``: ``listing-dedup compact-cache``
+    fingerprint, and appends the new ones with its other tables. For the lexical signal the
+    cache holds the hashed n-gram counts; the run's idf and projection apply to them (the idf is
+    the run's catalog's). ``keep_runs``: ``listing-dedup compact-cache``
     drops the vectors that none of the last ``keep_runs`` run dates used."""
 
     enabled: bool = True

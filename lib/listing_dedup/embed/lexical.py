@@ -42,6 +42,21 @@ class LexicalParams:
     seed: int = 0
     sublinear_tf: bool = True
 
+    def counts_fingerprint(self) -> dict:
+        """What decides the hashed counts (the lexical signal's cached form, embeddings cache):
+        the analyzer, n-gram range, hashing space, the title's lexical form and the hasher's
+        library version. Not the idf, dim or seed: they apply to the counts each run."""
+        import sklearn
+
+        return {
+            "signal": "lexical_counts",
+            "code": 1,
+            "analyzer": self.analyzer,
+            "ngram": [self.ngram_min, self.ngram_max],
+            "n_features": self.n_features,
+            "sklearn": sklearn.__version__,
+        }
+
     def vectorizer(self):
         from sklearn.feature_extraction.text import HashingVectorizer
 
@@ -132,7 +147,44 @@ def projection_matrix(n_features: int, dim: int, seed: int):
 
 def lexical_vectors(titles: pd.Series | list, idf: np.ndarray, params: LexicalParams) -> np.ndarray:
     """float32 (n, dim), rows L2-normalised (a title with no n-gram gives a zero row)."""
-    x = hashed_counts(titles, params).astype(np.float32)
+    return vectors_from_counts(hashed_counts(titles, params), idf, params)
+
+
+def pack_counts(counts) -> list[np.ndarray]:
+    """Each row of a CSR count matrix as one float32 array: its feature indices, then its counts
+    (indices < 2^24 and integer counts are exact in float32): what the embeddings cache stores
+    for the lexical signal."""
+    csr = _canonical(counts)
+    out = []
+    for i in range(csr.shape[0]):
+        a, b = csr.indptr[i], csr.indptr[i + 1]
+        out.append(np.concatenate([csr.indices[a:b].astype(np.float32), csr.data[a:b].astype(np.float32)]))
+    return out
+
+
+def unpack_counts(packed, n_features: int):
+    """The CSR count matrix (float32) of :func:`pack_counts`' arrays (None: an empty row)."""
+    import scipy.sparse as sp
+
+    rows = [np.asarray(p, dtype=np.float32) if p is not None else np.zeros(0, np.float32) for p in packed]
+    lengths = np.array([len(r) // 2 for r in rows], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    indices = np.concatenate([r[: len(r) // 2] for r in rows]) if rows else np.zeros(0, np.float32)
+    data = np.concatenate([r[len(r) // 2 :] for r in rows]) if rows else np.zeros(0, np.float32)
+    return sp.csr_matrix((data, indices.astype(np.int32), indptr), shape=(len(rows), n_features))
+
+
+def _canonical(counts):
+    """float32 CSR, duplicates summed and indices sorted: one form, whichever way the counts came."""
+    x = counts.tocsr().astype(np.float32)
+    x.sum_duplicates()
+    x.sort_indices()
+    return x
+
+
+def vectors_from_counts(counts, idf: np.ndarray, params: LexicalParams) -> np.ndarray:
+    """:func:`lexical_vectors` from the hashed counts (fresh or from the cache: the same floats)."""
+    x = _canonical(counts)
     if params.sublinear_tf and x.nnz:
         x.data = np.log(x.data) + 1.0
     x = x.multiply(idf[np.newaxis, :]).tocsr()
@@ -167,6 +219,58 @@ def fit_idf(df, title_col: str, params: LexicalParams) -> np.ndarray:
     n_docs = int(agg.loc[agg["feature"] == -1, "rows"].sum())
     real = agg[agg["feature"] >= 0]
     return idf_vector(real["feature"].to_numpy(), real["df"].to_numpy(), n_docs, params.n_features)
+
+
+def lexical_counts(df, title_col: str, out_col: str, params: LexicalParams, *, fail_stage: str = ""):
+    """Add ``out_col`` (array<float>): each title's hashed n-gram counts as :func:`pack_counts`
+    packs them (the lexical signal's cached form: no idf, so any night's catalog can use them)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    @F.pandas_udf(T.ArrayType(T.FloatType()))
+    def _counts(titles: pd.Series) -> pd.Series:
+        maybe_fail_once("embed", fail_stage)
+        return pd.Series(pack_counts(hashed_counts(titles, params)), index=titles.index)
+
+    return df.withColumn(out_col, _counts(F.col(title_col)))
+
+
+def fit_idf_counts(df, counts_col: str, params: LexicalParams) -> np.ndarray:
+    """:func:`fit_idf` over packed counts (:func:`lexical_counts`): the same idf, no hashing."""
+    from pyspark.sql import functions as F
+
+    def _partition_df(batches):
+        for pdf in batches:
+            feats, counts = document_frequencies(unpack_counts(pdf[counts_col], params.n_features))
+            yield pd.DataFrame({"feature": feats, "df": counts, "rows": 0}).astype("int64")
+            yield pd.DataFrame({"feature": [-1], "df": [0], "rows": [len(pdf)]}).astype("int64")
+
+    agg = (
+        df.select(counts_col)
+        .mapInPandas(_partition_df, "feature long, df long, rows long")
+        .groupBy("feature")
+        .agg(F.sum("df").alias("df"), F.sum("rows").alias("rows"))
+        .toPandas()
+    )
+    n_docs = int(agg.loc[agg["feature"] == -1, "rows"].sum())
+    real = agg[agg["feature"] >= 0]
+    return idf_vector(real["feature"].to_numpy(), real["df"].to_numpy(), n_docs, params.n_features)
+
+
+def embed_lexical_counts(
+    df, counts_col: str, out_col: str, params: LexicalParams, idf_broadcast, *, fail_stage: str = ""
+):
+    """:func:`embed_lexical` from packed counts: the same vectors, no hashing."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    @F.pandas_udf(T.ArrayType(T.FloatType()))
+    def _vec(packed: pd.Series) -> pd.Series:
+        maybe_fail_once("embed", fail_stage)
+        v = vectors_from_counts(unpack_counts(packed, params.n_features), idf_broadcast.value, params)
+        return pd.Series(list(v), index=packed.index)
+
+    return df.withColumn(out_col, _vec(F.col(counts_col)))
 
 
 def embed_lexical(df, title_col: str, out_col: str, params: LexicalParams, idf_broadcast, *, fail_stage: str = ""):

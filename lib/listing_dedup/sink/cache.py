@@ -6,7 +6,7 @@ tables (executors write Parquet files, the driver commits them with ``deltalake`
 ``embeddings`` (appended, partitioned by the ``run_date`` that computed the vectors)
     ``key, signal, fingerprint, vector, run_id``. ``key`` is the first 128 bits (hex) of
     sha256(fingerprint id, NUL, content digest): the content is what the signal's encoder reads
-    (the cleaned title for ``text``; sha256 of the image bytes for ``image``) and the
+    (the cleaned title for ``text`` and ``lexical``; sha256 of the image bytes for ``image``) and the
     fingerprint id hashes everything that decides the vectors (encoder kind, model name, the
     digest of the model's files, ``max_seq_length``, device preference and fp16, the code's
     vector version: ``TextEncoderBuilder.fingerprint``, ``ImageEncoderBuilder.fingerprint``).
@@ -27,8 +27,11 @@ that :func:`listing_dedup.sink.delta.vacuum` removes. A failed cache commit afte
 tables landed does not fail the run (the data is right; the next run recomputes those vectors).
 
 Lexical vectors are not cached: their idf is fitted on each run's catalog, so yesterday's
-vectors are not today's, and recomputing them costs a small part of what the text encoder does
-(docs/benchmarks.md, "Incremental runs").
+vectors are not today's. Their hashed n-gram counts are (signal ``lexical``: the ``vector``
+holds the feature indices then the counts, ``lexical.pack_counts``; the fingerprint is the
+hashing settings, ``LexicalParams.counts_fingerprint``): each run fits its idf on them and
+projects them, bit-identical to hashing the titles, without hashing the titles it has seen
+(docs/benchmarks.md, "Incremental runs": hashing is most of the lexical signal's cost).
 
 Concurrent runs (other dates) append to other partitions: their commits do not conflict, and a
 key both computed is stored twice (reads keep one; :func:`compact` drops the copy).
