@@ -256,6 +256,7 @@ def run_dedup(
         image_root = image_root_for(input_path, cfg.input.image_root)
         layout_weights = cfg.fusion.weights(signals)
         cache = _embeddings_cache(cfg, warehouse, summary.run_id, builder)
+        cache_staged: list = []  # the cache's staged writes (embed stage), committed after the data tables
         with timer.stage("embed") as c:
             sig = kept.where(F.length("title") > 0).select("posting_id", "title")
             fail = cfg.testing.fail_once_stage
@@ -295,11 +296,15 @@ def run_dedup(
                 )
             # one layout whichever way the vectors came (cache joins or encoders): the same index sample
             sig = _by_posting_id(sig, parts)
+            if cached_text or cached_lexical:
+                # materialised without lineage: each cache join is a diamond in the plan, and every later
+                # stage's plan (INB, edges) would otherwise carry and print them all (a 30k-listing run's
+                # plan string filled the driver's heap)
+                sig = cut_lineage(sig)
             if "text" in layout_weights and not cached_text:
                 sig = text_fn(sig)
             if "lexical" in layout_weights:
-                if cached_lexical:
-                    sig = keep(sig)  # read twice: the catalog's idf, then the vectors
+                if cached_lexical:  # sig is materialised above: read twice (the catalog's idf, the vectors)
                     idf = fit_idf_counts(sig, "lex_counts", params)
                     sig = embed_lexical_counts(
                         sig, "lex_counts", "v_lexical", params, spark.sparkContext.broadcast(idf), fail_stage=fail
@@ -346,6 +351,10 @@ def run_dedup(
             if cache is not None:
                 summary.cache = {s: {"reused": u.reused, "computed": u.computed} for s, u in cache.uses.items()}
                 c.update(vectors_reused=cache.reused, vectors_computed=cache.computed)
+                # the new vectors are written now, while they are in memory (committed after the data
+                # tables); the cache's frames are then released
+                cache_staged = cache.stage(run_date, fail_stage=cfg.testing.fail_once_stage)
+                cache.release()
         fused_raw = emb
 
         n_emb = summary.rows_embedded
@@ -476,7 +485,6 @@ def run_dedup(
                     rerank_scores=scored,
                 )
                 staged["candidates"] = sink.stage(cand, "candidates", run_date, fail_stage=fail)
-            cache_staged = cache.stage(run_date, fail_stage=fail) if cache is not None else []
             # every table (and the runs row to come) must fit before the first one moves
             sink.check(staged.values())
             if cache is not None:

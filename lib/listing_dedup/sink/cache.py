@@ -144,6 +144,7 @@ class EmbeddingCache:
     _new: list[Any] = field(default_factory=list)
     _used: list[Any] = field(default_factory=list)
     _paths: list[str] | None = None
+    _frames: list[Any] = field(default_factory=list)  # persisted by embed(), released after stage()
 
     def __post_init__(self) -> None:
         self.sink = DeltaSink(self.root, storage_options=self.storage_options)
@@ -215,6 +216,13 @@ class EmbeddingCache:
 
         fp_id = fingerprint_id(fingerprint)
         t0 = time.monotonic()
+        caller_keep = keep
+
+        def keep(frame: Any) -> Any:
+            frame = caller_keep(frame)
+            self._frames.append(frame)
+            return frame
+
         keyed = df.withColumn(KEY, F.when(digest.isNotNull(), key_column(fp_id, digest)))
         cacheable = keyed.where(F.col(KEY).isNotNull())
         need = cacheable.dropDuplicates([KEY])  # one row per distinct content
@@ -268,6 +276,13 @@ class EmbeddingCache:
             if s.files:
                 staged.append(s)
         return staged
+
+    def release(self) -> None:
+        """Unpersist the frames :meth:`embed` persisted (call after :meth:`stage`, once the frames
+        built from them are materialised)."""
+        for f in self._frames:
+            f.unpersist()
+        self._frames.clear()
 
     def check(self, staged: list[StagedWrite]) -> None:
         self.sink.check(staged)
