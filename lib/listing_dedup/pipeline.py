@@ -84,7 +84,9 @@ def neighbours_for(
         c["lists"] = index.nlist
     try:
         with timer.stage(f"search{suffix}") as c:
-            nbrs = _persist(search(index, emb, cfg.index.k, fail_stage=cfg.testing.fail_once_stage))
+            # materialised without lineage: the edge rules, the health check and the next INB
+            # round would otherwise re-analyse every stage's plan up to here at each action
+            nbrs = cut_lineage(search(index, emb, cfg.index.k, fail_stage=cfg.testing.fail_once_stage))
             c["neighbour_pairs"] = nbrs.count()
     finally:
         index.unpersist()  # the neighbours are materialised; the shards are no longer needed
@@ -359,7 +361,7 @@ def run_dedup(
 
         n_emb = summary.rows_embedded
         quantizers: dict[str, Quantizer] = {}  # trained once a vector space, reused by the INB rounds
-        nbrs = keep(neighbours_for(emb, cfg, n_emb, timer, quantizers=quantizers)) if n_emb else None
+        nbrs = neighbours_for(emb, cfg, n_emb, timer, quantizers=quantizers) if n_emb else None
         first_nbrs = nbrs  # the pre-INB search (the re-ranker's raw_score)
         for r, threshold in enumerate(cfg.inb.thresholds, start=1):
             if nbrs is None:
@@ -367,7 +369,7 @@ def run_dedup(
             with timer.stage(f"blend{r}") as c:
                 emb = keep(blend(emb, nbrs, threshold))
                 c["blended"] = emb.count()
-            nbrs = keep(neighbours_for(emb, cfg, n_emb, timer, suffix=str(r), quantizers=quantizers))
+            nbrs = neighbours_for(emb, cfg, n_emb, timer, suffix=str(r), quantizers=quantizers)
 
         ph_pairs = None
         if cfg.phash.enabled:
@@ -410,13 +412,10 @@ def run_dedup(
                 u = getattr(cfg.union, s)
                 if u.enabled and n_emb:
                     one = sig.where(F.col(f"v_{s}").isNotNull()).select("posting_id", F.col(f"v_{s}").alias("emb"))
-                    s_nbrs = keep(
-                        neighbours_for(one, cfg, n_emb, timer, suffix=f"_{s}", quantizers=quantizers, space=s)
-                    )
+                    s_nbrs = neighbours_for(one, cfg, n_emb, timer, suffix=f"_{s}", quantizers=quantizers, space=s)
                     mc = MatchConf(threshold=u.threshold, min2=u.min2, min2_threshold=u.min2_threshold)
                     parts.append(select_edges(s_nbrs, mc))
-            edges = _union_edges(spark, parts)
-            edges = keep(edges)
+            edges = cut_lineage(_union_edges(spark, parts))  # components, health and write read it
             edge_stats = edge_counts(edges)  # matches a listing too, for the health check
             summary.n_edges = edge_stats["directed"] // 2  # both directions are stored
             c["edges"] = summary.n_edges
