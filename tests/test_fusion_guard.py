@@ -5,7 +5,7 @@ from listing_dedup.config import FusionConf
 from listing_dedup.embed.fusion import Layout, candidate_scores, fuse, fuse_blocks, signal_scores
 from listing_dedup.errors import ConfigError
 from listing_dedup.graph.components import components_numpy, connected_components
-from listing_dedup.graph.guard import split_large, split_large_numpy
+from listing_dedup.graph.guard import recut_codes, split_large, split_large_numpy
 
 
 def _unit(rng, n, d):
@@ -97,6 +97,31 @@ def test_guard_numpy_splits_only_oversized_components():
     assert {g[x] for x in ("a1", "a2", "a3", "a4")} == {"a1"}
     assert {g[x] for x in ("b1", "b2", "b3", "b4")} == {"b1"}
     assert g["c1"] == g["c2"] == "c1" and g["z"] == "z"  # small components untouched even below 0.85
+
+
+def test_recut_codes_levels_by_hand():
+    # a-b 0.81, b-c 0.86, c-d 0.91 (vertices 0-3), max_group 1, from 0.8 by 0.05: at 0.85 {a} {b,c,d};
+    # at 0.90 {b} {c,d}; at 0.95 every vertex alone; 3 levels
+    g, levels = recut_codes(4, [0, 1, 2], [1, 2, 3], [0.81, 0.86, 0.91], base_threshold=0.8, max_group=1, step=0.05)
+    assert g.tolist() == [0, 1, 2, 3] and levels == 3
+    # max_group 3: only the first level cuts {a,b,c,d} into {a} and {b,c,d}
+    g, levels = recut_codes(4, [0, 1, 2], [1, 2, 3], [0.81, 0.86, 0.91], base_threshold=0.8, max_group=3, step=0.05)
+    assert g.tolist() == [0, 1, 1, 1] and levels == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recut_codes_equals_the_reference(seed):
+    rng = np.random.default_rng(seed)
+    n, m = 300, 700
+    ids = [f"v{i:04d}" for i in range(n)]  # zero-padded: integer order = string order
+    a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+    sc = rng.choice([0.81, 0.84, 0.87, 0.9, 0.93, 0.97], m)
+    ref = split_large_numpy(
+        ids, [ids[i] for i in a], [ids[i] for i in b], sc, base_threshold=0.8, max_group=6, step=0.03
+    )
+    g, levels = recut_codes(n, a, b, sc, base_threshold=0.8, max_group=6, step=0.03)
+    assert [ids[i] for i in g] == list(ref)
+    assert levels >= 1 and np.bincount(g).max() <= 6 or levels == 7  # 0.8 + 7 x 0.03 > 1: some stay large
 
 
 @pytest.mark.parametrize("driver_max", [500_000, 0])  # re-cut on the driver / level by level on Spark

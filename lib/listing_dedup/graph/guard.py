@@ -84,20 +84,24 @@ def split_large(
             if sub_df.count() > driver_max_edges:
                 sub_df = None
         if sub_df is not None:
-            ids = sorted(r["posting_id"] for r in big.collect())
+            ids = np.asarray(sorted(r["posting_id"] for r in big.collect()), dtype=object)
             sub = sub_df.toPandas()
-            gid = split_large_numpy(
-                ids,
-                sub["src"],
-                sub["dst"],
-                sub["score"],
+            # integer vertices in id order (hash lookups, no string comparisons): the smallest
+            # vertex of a piece is its smallest posting_id
+            s = pd.Categorical(sub["src"], categories=ids).codes.astype(np.int64)
+            d = pd.Categorical(sub["dst"], categories=ids).codes.astype(np.int64)
+            known = (s >= 0) & (d >= 0)
+            g, levels = recut_codes(
+                len(ids),
+                s[known],
+                d[known],
+                sub["score"].to_numpy(dtype=np.float64)[known],
                 base_threshold=base_threshold,
                 max_group=max_group,
                 step=step,
             )
-            recut = pd.DataFrame({"posting_id": ids, "group_id": gid})
-            recut["group_size"] = recut.groupby("group_id")["group_id"].transform("size").astype("int64")
-            levels = _levels(sub, ids, base_threshold, max_group, step)
+            recut = pd.DataFrame({"posting_id": ids, "group_id": ids[g]})
+            recut["group_size"] = np.bincount(g, minlength=len(ids))[g].astype("int64")
             recut_df = spark.createDataFrame(recut, "posting_id string, group_id string, group_size long")
             out = groups.join(big, "posting_id", "left_anti").unionByName(
                 recut_df.select(
@@ -112,20 +116,40 @@ def split_large(
     )
 
 
-def _levels(sub: pd.DataFrame, ids: list[str], base_threshold: float, max_group: int, step: float) -> int:
-    """How many re-cut levels :func:`split_large_numpy` ran (for the runs table)."""
+def recut_codes(
+    n: int, src: np.ndarray, dst: np.ndarray, score: np.ndarray, *, base_threshold: float, max_group: int, step: float
+) -> tuple[np.ndarray, int]:
+    """:func:`split_large_numpy` on integer vertices ``0..n-1`` (their order is the ids'
+    order), vectorised: the group of every vertex (the smallest vertex of its piece) and the
+    number of re-cut levels. ``src``/``dst``/``score``: edges (either or both directions).
+    Memory and time O(n + edges) a level; the driver path of :func:`split_large`."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as _cc
+
+    def pieces(members: np.ndarray, s: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Smallest member of the component of each of ``members`` (ascending) over edges s-d."""
+        m = len(members)
+        pos = np.full(n, -1, dtype=np.int64)
+        pos[members] = np.arange(m)
+        graph = coo_matrix((np.ones(len(s), dtype=np.int8), (pos[s], pos[d])), shape=(m, m))
+        _, comp = _cc(graph, directed=False)
+        first = np.full(comp.max() + 1 if m else 0, m, dtype=np.int64)
+        np.minimum.at(first, comp, np.arange(m))
+        return members[first[comp]]
+
+    src = np.asarray(src, dtype=np.int64)
+    dst = np.asarray(dst, dtype=np.int64)
+    score = np.asarray(score, dtype=np.float64)
+    groups = pieces(np.arange(n, dtype=np.int64), src, dst)
     t, levels = base_threshold, 0
-    groups = pd.Series(components_numpy(ids, sub["src"], sub["dst"]), index=ids)
     while True:
-        sizes = groups.map(groups.value_counts())
-        big = sizes[sizes > max_group].index
+        big = np.bincount(groups, minlength=n)[groups] > max_group
         t += step
-        if len(big) == 0 or t > 1.0 + 1e-9:
-            return levels
+        if not big.any() or t > 1.0 + 1e-9:
+            return groups, levels
         levels += 1
-        e = sub[sub["src"].isin(big) & sub["dst"].isin(big) & (sub["score"].astype(float) >= t - 1e-12)]
-        members = sorted(big)
-        groups.loc[members] = components_numpy(members, e["src"], e["dst"])
+        e = big[src] & big[dst] & (score >= t - 1e-12)
+        groups[big] = pieces(np.flatnonzero(big), src[e], dst[e])
 
 
 def _split_large_spark(groups, edges, *, base_threshold: float, max_group: int, step: float, components_fn):
