@@ -67,6 +67,8 @@ listing_dedup_executor_gpus          ``1``     spark.executor.resource.gpu.amoun
                                                resource requested (nor a discovery script)
 listing_dedup_task_gpus              ``1``     spark.task.resource.gpu.amount; ``0``: none
 listing_dedup_gpu_discovery_script   ``/opt/spark/examples/src/main/scripts/getGpusResources.sh``
+listing_dedup_fail_on_health         ``false`` ``true``: the verify task also fails (an alert) when the
+                                               run's health check warned (``--fail-on-health``)
 ===================================  =============================================================
 
 A bad ``deploy_mode``, ``python_env``, GPU amount or ``spark_conf`` fails the task before
@@ -118,6 +120,7 @@ DEFAULTS = {
     "executor_gpus": "1",
     "task_gpus": "1",
     "gpu_discovery_script": "/opt/spark/examples/src/main/scripts/getGpusResources.sh",
+    "fail_on_health": "false",
 }
 DEPLOY_MODES = ("cluster", "client")
 PYTHON_ENVS = ("archive", "preinstalled")
@@ -216,6 +219,9 @@ class ListingDedupSubmit(SparkSubmitOperator):
             raise bad("spark_conf", f"not JSON ({e})") from None
         if not isinstance(extra, dict):
             raise bad("spark_conf", 'must be a JSON object {"spark.key": "value", ...}')
+        if get(PREFIX + "fail_on_health", DEFAULTS["fail_on_health"]).lower() not in ("true", "false"):
+            raise bad("fail_on_health", "must be true or false")
+        self.application_args = [a for a in (self.application_args or []) if a != ""]  # a switch left off
         conf = {**(self.conf or {}), **{str(k): str(val) for k, val in extra.items()}}
         self.conf = {k: val for k, val in conf.items() if val not in ("", None)}
 
@@ -278,6 +284,7 @@ with DAG(
             "{{ ds }}",
             "--warehouse",
             var("warehouse"),
+            "{{ '--fail-on-health' if (" + v("fail_on_health") + ") | lower == 'true' else '' }}",
         ],
         conf={**DEPLOYMENT_CONF, "spark.executor.instances": "1", "spark.dynamicAllocation.enabled": "false"},
         retries=1,

@@ -145,12 +145,14 @@ def parsed(tmp_path_factory):
         "listing_dedup_executor_gpus": "2",
         "listing_dedup_conf": "s3://lake/conf/prod.yaml",
         "listing_dedup_model_archives": "s3://lake/models/e5_full.tgz#text_model,s3://lake/models/rr.tgz#rr",
+        "listing_dedup_fail_on_health": "True",
     }
     bad = [
         {"listing_dedup_deploy_mode": "local"},
         {"listing_dedup_python_env": "conda"},
         {"listing_dedup_executor_gpus": "one"},
         {"listing_dedup_spark_conf": "spark.cores.max=4"},
+        {"listing_dedup_fail_on_health": "maybe"},
     ]
     cases = [("2026-02-03", {}), ("2026-02-04", with_vars), ("2026-02-05", K8S), ("2026-02-06", STANDALONE)]
     p = probe(dags, home, cases + [("2026-02-07", b) for b in bad], CONNECTIONS)
@@ -255,6 +257,9 @@ def test_variables_override_defaults_and_reach_spark_submit(parsed):
         "s3://lake/dedup-wh",
     ]
     assert p["dedup"]["name"] == "listing-dedup-2026-02-04"
+    # the health check's warnings fail the verify task (an alert) when the Variable says so
+    assert p["verify"]["application_args"][-1] == "--fail-on-health"
+    assert "--fail-on-health" not in p["dedup"]["application_args"]
 
 
 @pytest.mark.slow
@@ -313,7 +318,7 @@ def test_standalone_recipe_is_client_mode_without_gpus(parsed):
 
 @pytest.mark.slow
 def test_bad_variables_fail_before_spark_submit_naming_the_variable(parsed):
-    names = ["deploy_mode", "python_env", "executor_gpus", "spark_conf"]
+    names = ["deploy_mode", "python_env", "executor_gpus", "spark_conf", "fail_on_health"]
     for name, case in zip(names, parsed["bad"], strict=True):
         for task in ("dedup", "verify"):
             err = case[task]["error"]

@@ -17,6 +17,7 @@ An input with 0 rows, or far fewer than the previous succeeded run's, is refused
 from __future__ import annotations
 
 import argparse
+import sys
 
 from listing_dedup.backfill import date_range, run_backfill
 from listing_dedup.config import load_config
@@ -48,7 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="compute nothing: check the tables committed for --run-date and exit 1 if they are inconsistent",
     )
+    p.add_argument(
+        "--fail-on-health",
+        action="store_true",
+        help="with --verify-only: also exit 1 when the run's health check warned (runs.health_warnings)",
+    )
     args = p.parse_args(argv)
+    if args.fail_on_health and not args.verify_only:
+        p.error("--fail-on-health goes with --verify-only")
     if args.from_date and not args.to_date:
         p.error("--from-date needs --to-date")
     if args.to_date and not args.from_date:
@@ -77,9 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         res = verify_run(args.warehouse, run_date, spark)
         print(
             f"verified {run_date}: {res.rows_in} rows in, {res.rows_kept} kept, {res.rows_rejected} rejected, "
-            f"{res.n_groups} groups",
+            f"{res.n_groups} groups" + (f"; health warnings: {res.health_warnings}" if res.health_warnings else ""),
             flush=True,
         )
+        if args.fail_on_health and res.health_warnings:
+            print(
+                f"error: the health check of {run_date} warned: {res.health_warnings} (the runs table's "
+                "health_json holds the figures; docs/quality.md says what each warning means)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
         return 0
 
     def _run() -> int:

@@ -84,6 +84,9 @@ class Verified:
     rows_rejected: int = 0
     n_groups: int = 0
     problems: list[str] = field(default_factory=list)
+    # the runs row's health warnings (codes, comma-separated; "" = none or a table from before
+    # the health check): not a problem of the tables, reported for --fail-on-health
+    health_warnings: str = ""
 
     @property
     def ok(self) -> bool:
@@ -109,6 +112,8 @@ def check_run(
     if last["status"] != "succeeded":
         out.problems.append(f"the latest attempt for {run_date} has status {last['status']}: {last['error']}")
         return out
+    hw = last.get("health_warnings")
+    out.health_warnings = hw if isinstance(hw, str) else ""
     out.rows_in, out.rows_kept, out.rows_rejected = (
         int(last["rows_in"]),
         int(last["rows_kept"]),
