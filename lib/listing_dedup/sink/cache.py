@@ -233,6 +233,8 @@ class EmbeddingCache:
         parts = [hits]
         if use.keys > use.reused:  # else the model is not even loaded
             missing = have.where(F.col("_cache_vec").isNull()).drop("_cache_vec")
+            # a few missing keys go to few tasks (each task's worker loads the model)
+            missing = missing.coalesce(_parts(use.keys - use.reused, have.rdd.getNumPartitions()))
             new = keep(embed_fn(missing).select(KEY, out_col))
             use.computed = new.where(F.col(out_col).isNotNull()).count()
             parts.append(new)
@@ -269,10 +271,15 @@ class EmbeddingCache:
         """Write the run's used keys and new vectors as files (executors); nothing is visible yet.
         Tables with nothing to add are left out."""
         staged = []
+        keys = sum(u.keys for u in self.uses.values())
         if self._used:
-            staged.append(self.sink.stage(_union(self._used), USED, run_date, fail_stage=fail_stage))
+            used = _union(self._used)
+            used = used.coalesce(_parts(keys, used.rdd.getNumPartitions(), per_part=1_000_000))
+            staged.append(self.sink.stage(used, USED, run_date, fail_stage=fail_stage))
         if self._new:
-            s = self.sink.stage(_union(self._new), EMBEDDINGS, run_date, fail_stage=fail_stage)
+            new = _union(self._new)
+            new = new.coalesce(_parts(self.computed, new.rdd.getNumPartitions(), per_part=100_000))
+            s = self.sink.stage(new, EMBEDDINGS, run_date, fail_stage=fail_stage)
             if s.files:
                 staged.append(s)
         return staged
@@ -295,6 +302,12 @@ class EmbeddingCache:
             mode = "overwrite_partition" if s.table == USED else "append"
             out[s.table] = self.sink.commit(s, mode=mode).version
         return out
+
+
+def _parts(rows: int, have: int, per_part: int = 2048) -> int:
+    """Partitions for ``rows`` rows: one per ``per_part`` rows, at least 1, at most ``have``
+    (files and tasks of a night's few new rows stay few)."""
+    return max(1, min(have, -(-rows // per_part)))
 
 
 def _union(frames: list[Any]) -> Any:
