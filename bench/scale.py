@@ -81,11 +81,8 @@ class TreeSampler(threading.Thread):
             jvm = sum(_rss(p) for p in tree if "java" in _cmd(p).split(" ", 1)[0])
             # Python workers: "python -m pyspark.daemon" and its forks (the JVM's command line names
             # pyspark too, in its class path and settings: it is not one)
-            workers = [
-                _rss(p)
-                for p in tree
-                if "java" not in _cmd(p).split(" ", 1)[0] and ("pyspark.daemon" in _cmd(p) or "pyspark.worker" in _cmd(p))
-            ]
+            py = [p for p in tree if "java" not in _cmd(p).split(" ", 1)[0]]
+            workers = [_rss(p) for p in py if "pyspark.daemon" in _cmd(p) or "pyspark.worker" in _cmd(p)]
             now = {
                 "driver_python": driver,
                 "jvm": jvm,
