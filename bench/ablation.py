@@ -28,9 +28,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--conf", action="append", required=True)
     p.add_argument("--tuned-csv", required=True)
-    p.add_argument(
-        "--input", required=True, help="held-out labelled Parquet"
-    )
+    p.add_argument("--input", required=True, help="held-out labelled Parquet")
     p.add_argument("--truth")
     p.add_argument("--cache-dir")
     p.add_argument("--markdown", action="store_true")
