@@ -199,18 +199,19 @@ def vectors_from_counts(counts, idf: np.ndarray, params: LexicalParams) -> np.nd
 # Spark layer
 
 
-def fit_idf(df, title_col: str, params: LexicalParams) -> np.ndarray:
-    """Document frequencies of the whole catalog, summed by Spark; returns the idf vector."""
+def _fit_idf(df, col: str, to_counts, params: LexicalParams) -> np.ndarray:
+    """Document frequencies of ``to_counts(column batch)`` (a CSR matrix a batch) over the whole
+    catalog, summed by Spark; returns the idf vector."""
     from pyspark.sql import functions as F
 
     def _partition_df(batches):
         for pdf in batches:
-            feats, counts = document_frequencies(hashed_counts(pdf[title_col], params))
+            feats, counts = document_frequencies(to_counts(pdf[col]))
             yield pd.DataFrame({"feature": feats, "df": counts, "rows": 0}).astype("int64")
             yield pd.DataFrame({"feature": [-1], "df": [0], "rows": [len(pdf)]}).astype("int64")
 
     agg = (
-        df.select(title_col)
+        df.select(col)
         .mapInPandas(_partition_df, "feature long, df long, rows long")
         .groupBy("feature")
         .agg(F.sum("df").alias("df"), F.sum("rows").alias("rows"))
@@ -219,6 +220,11 @@ def fit_idf(df, title_col: str, params: LexicalParams) -> np.ndarray:
     n_docs = int(agg.loc[agg["feature"] == -1, "rows"].sum())
     real = agg[agg["feature"] >= 0]
     return idf_vector(real["feature"].to_numpy(), real["df"].to_numpy(), n_docs, params.n_features)
+
+
+def fit_idf(df, title_col: str, params: LexicalParams) -> np.ndarray:
+    """Document frequencies of the whole catalog, summed by Spark; returns the idf vector."""
+    return _fit_idf(df, title_col, lambda titles: hashed_counts(titles, params), params)
 
 
 def lexical_counts(df, title_col: str, out_col: str, params: LexicalParams, *, fail_stage: str = ""):
@@ -237,24 +243,7 @@ def lexical_counts(df, title_col: str, out_col: str, params: LexicalParams, *, f
 
 def fit_idf_counts(df, counts_col: str, params: LexicalParams) -> np.ndarray:
     """:func:`fit_idf` over packed counts (:func:`lexical_counts`): the same idf, no hashing."""
-    from pyspark.sql import functions as F
-
-    def _partition_df(batches):
-        for pdf in batches:
-            feats, counts = document_frequencies(unpack_counts(pdf[counts_col], params.n_features))
-            yield pd.DataFrame({"feature": feats, "df": counts, "rows": 0}).astype("int64")
-            yield pd.DataFrame({"feature": [-1], "df": [0], "rows": [len(pdf)]}).astype("int64")
-
-    agg = (
-        df.select(counts_col)
-        .mapInPandas(_partition_df, "feature long, df long, rows long")
-        .groupBy("feature")
-        .agg(F.sum("df").alias("df"), F.sum("rows").alias("rows"))
-        .toPandas()
-    )
-    n_docs = int(agg.loc[agg["feature"] == -1, "rows"].sum())
-    real = agg[agg["feature"] >= 0]
-    return idf_vector(real["feature"].to_numpy(), real["df"].to_numpy(), n_docs, params.n_features)
+    return _fit_idf(df, counts_col, lambda packed: unpack_counts(packed, params.n_features), params)
 
 
 def embed_lexical_counts(
