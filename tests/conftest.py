@@ -155,3 +155,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         f"suite wall time {wall:.0f} s ({wall / 60:.1f} min); load average (1, 5, 15 min) "
         f"at start {_STARTED['load']}, at end {_loadavg()}; CI={'set' if in_ci() else 'unset'}"
     )
+
+
+def dedup_main(capsys, *args: str) -> tuple[int, str, str]:
+    """jobs/dedup_listings.py in-process through ``main(argv)``: (exit code, stdout, stderr);
+    argparse errors exit through SystemExit. (The entry point's child-process smoke test is
+    tests/test_dag_run.py: spark-submit via Airflow.)"""
+    from listing_dedup.cli import dedup as dedup_cli
+
+    try:
+        rc = dedup_cli.main(list(args))
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err

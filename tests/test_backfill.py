@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import dedup_main
 from listing_dedup.backfill import date_range, input_for_date, run_backfill
-from listing_dedup.cli import dedup as dedup_cli
 from listing_dedup.errors import DedupError, InputError, SinkError
 from listing_dedup.sink.delta import read_table
 from listing_dedup.sink.verify import verify_run
@@ -78,15 +78,7 @@ def _catalog(path: Path, rows: list[tuple[str, str]]) -> None:
     pd.DataFrame(rows, columns=["posting_id", "title"]).to_parquet(path, index=False)
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """jobs/dedup_listings.py in-process through ``main(argv)``: (exit code, stdout, stderr).
-    (The entry point's child-process smoke test is tests/test_dag_run.py: spark-submit via Airflow.)"""
-    try:
-        rc = dedup_cli.main(list(args))
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+cli = dedup_main
 
 
 DAY1 = [("a1", "Rice cooker digital Miyako 1.8 liter"), ("a2", "MIYAKO RICE COOKER DIGITAL 1.8 LITER"),

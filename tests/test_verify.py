@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import dedup_main
 from listing_dedup.errors import InputError
 from listing_dedup.sink.delta import DeltaSink
 from listing_dedup.sink.runs import RUNS_SCHEMA
@@ -234,31 +235,20 @@ def test_missing_table_is_an_input_error(spark, wh):
 # the DAG's verify task: --verify-only, and --fail-on-health (Airflow Variable listing_dedup_fail_on_health)
 
 
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    from listing_dedup.cli import dedup as dedup_cli
-
-    try:
-        rc = dedup_cli.main(list(args))
-    except SystemExit as e:  # argparse errors
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
 def test_verify_cli_fails_on_health_warnings_only_when_asked(cli_spark, wh, capsys):
     args = ("--verify-only", "--run-date", DATE, "--warehouse", str(wh))
-    rc, out, err = _cli(capsys, *args, "--fail-on-health")
+    rc, out, err = dedup_main(capsys, *args, "--fail-on-health")
     assert (rc, out.strip()) == (0, "verified 2026-03-01: 8 rows in, 6 kept, 2 rejected, 2 groups"), err
     # a later attempt whose health check warned (the tables themselves are consistent)
     warned = list(_runs_row(finished_minute=40))
     warned[-4:-2] = ['{"warnings": []}', "matches_exploding,guard_cut"]  # health_json, health_warnings
     warned = tuple(warned)
     _write_runs(cli_spark, wh, [warned])
-    rc, out, err = _cli(capsys, *args)
+    rc, out, err = dedup_main(capsys, *args)
     assert rc == 0 and out.strip().endswith("2 groups; health warnings: matches_exploding,guard_cut"), err
-    rc, out, err = _cli(capsys, *args, "--fail-on-health")
+    rc, out, err = dedup_main(capsys, *args, "--fail-on-health")
     assert rc == 1
     assert "error: the health check of 2026-03-01 warned: matches_exploding,guard_cut" in err
-    rc, _, err = _cli(capsys, "--conf", "conf/local.yaml", "--input", "x", "--run-date", DATE,
+    rc, _, err = dedup_main(capsys, "--conf", "conf/local.yaml", "--input", "x", "--run-date", DATE,
                       "--warehouse", str(wh), "--fail-on-health")  # fmt: skip
     assert rc == 2 and "--fail-on-health goes with --verify-only" in err
