@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # test processes (pytest-xdist, one file per process at a time so module fixtures run once):
 # most tests wait on a JVM start, a child process or a commit, so 2 overlap well on 2 cores
 PYTEST_WORKERS ?= 2
-PYTEST_PAR := $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
+PYTEST_PAR := $(if $(filter-out 0 1,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 DIST ?= dist
 PACK_VENV ?= build/pack-venv
 PACK_EXTRAS ?=

@@ -124,7 +124,33 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# The files whose job runs and child processes take longest, longest first (the durations of a
+# fresh-clone `make test`, docs/benchmarks.md). They are collected first, and the Makefile runs
+# xdist with --no-loadscope-reorder, so that its per-file scheduler hands them out first: the
+# longest file (the DAG run, mostly waiting on Airflow and spark-submit) no longer starts last,
+# with one process idle while it runs alone.
+LONGEST_FIRST = (
+    "test_dag_run.py",
+    "reliability/test_crash_and_concurrency.py",
+    "reliability/test_data_safety.py",
+    "reliability/test_rerun_retry_stable.py",
+    "test_rerank.py",
+    "test_training.py",
+    "test_health_job.py",
+    "test_components.py",
+    "test_cache.py",
+    "test_backfill.py",
+    "reliability/test_bad_input.py",
+)
+
+
+def _first_rank(item) -> int:
+    rel = Path(str(item.fspath)).resolve().relative_to(REPO / "tests").as_posix()
+    return LONGEST_FIRST.index(rel) if rel in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=_first_rank)  # stable: the tests of a file keep their order
     if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "":
         return
     skip_gpu = pytest.mark.skip(reason="needs a GPU: run with CUDA_VISIBLE_DEVICES set")

@@ -34,41 +34,6 @@ DATA_TABLES = ("matches", "clusters", "rejects")
 LEXICAL = ("embed.text.enabled=false", "phash.enabled=false", "output.candidates=false")
 
 
-def tiny_text_model(root: Path) -> str:
-    """A 1-layer random BERT (MiniLM's vocabulary) saved as a sentence-transformers directory: a
-    text encoder that loads in a moment, for runs that check the embeddings cache through the job
-    (the text vectors are what it caches; tests/test_embedder.py makes the same model)."""
-    import torch
-    from listing_dedup.embed.encoder import resolve_model_path
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer import modules as models
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    hf, st_dir = root / "hf", root / "st"
-    tok = BertTokenizerFast.from_pretrained(resolve_model_path("minilm"))
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(hf)
-    tok.save_pretrained(hf)
-    word = models.Transformer(str(hf), max_seq_length=32)
-    pool = models.Pooling(word.get_embedding_dimension(), pooling_mode="mean")
-    SentenceTransformer(modules=[word, pool], device="cpu").save(str(st_dir))
-    return str(st_dir)
-
-
-def text_sets(model_dir: str) -> tuple[str, ...]:
-    """The text signal on with ``model_dir`` at a small weight (its random vectors barely move the
-    fused scores these tests' groups rest on), so the run uses the embeddings cache."""
-    return (f"embed.text.model={model_dir}", "embed.text.max_seq_length=32", "fusion.text=0.05")
-
-
 def cache_versions(warehouse: str) -> dict[str, int | None]:
     """The cache tables' versions (None: not created yet)."""
     from deltalake import DeltaTable

@@ -1,9 +1,10 @@
 """A driver killed between staging and committing leaves every table at its previous
 version (the next run succeeds, vacuum removes the orphans); two dates committed by two
 processes (a child and the test's own) at the same moment both land. The commit path is under
-test, not the signals: every run here (in-process and child) uses the lexical signal and a tiny
-text model whose vectors go through the embeddings cache (``LEXICAL`` + ``text_sets``), which
-must survive the kill and the race like the data tables."""
+test, not the signals: every run here (in-process and child) uses the lexical signal alone
+(``LEXICAL``: no text model to load in each child and Python worker). Its hashed term counts go
+through the embeddings cache like a text model's vectors (tests/test_cache.py checks both kinds
+of entry), so the cache must survive the kill and the race like the data tables."""
 
 from __future__ import annotations
 
@@ -27,8 +28,6 @@ from _rel import (
     live_files,
     snapshot,
     spawn,
-    text_sets,
-    tiny_text_model,
     versions,
 )
 from listing_dedup.sink import delta
@@ -42,14 +41,7 @@ V2 = [("b1", "Mouse wireless Logitech M331 silent click"), ("b2", "Logitech M331
       ("b3", "Hijab segi empat voal motif bunga"), ("b3", "duplicate")]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def signals(tmp_path_factory) -> tuple[str, ...]:
-    """LEXICAL with the text signal put back on, from a tiny model (created once for the module)."""
-    model = tiny_text_model(tmp_path_factory.mktemp("tiny_text"))
-    return (*LEXICAL, "embed.text.enabled=true", *text_sets(model))
-
-
-NEW3 = {s: {"reused": 0, "computed": 3} for s in ("text", "lexical")}  # a run of 3 titles the cache lacks
+NEW3 = {"lexical": {"reused": 0, "computed": 3}}  # a run of 3 titles the cache lacks
 
 
 def cache_files(warehouse: str) -> set[str]:
@@ -63,17 +55,17 @@ def catalog(path, rows) -> str:
 
 
 @pytest.mark.slow
-def test_killed_driver_before_commit_leaves_previous_version(spark, tmp_path, signals):
+def test_killed_driver_before_commit_leaves_previous_version(spark, tmp_path):
     wh = str(tmp_path / "wh")
     v1, v2 = catalog(tmp_path / "v1.parquet", V1), catalog(tmp_path / "v2.parquet", V2)
-    rc, err, s1 = job(spark, config(*signals), v1, DATE, wh)
+    rc, err, s1 = job(spark, config(*LEXICAL), v1, DATE, wh)
     assert rc == 0, err
     assert s1.cache == NEW3  # 3 distinct titles kept
     before, before_versions, before_files = snapshot(wh, DATE), versions(wh), data_files(wh)
     before_cache, before_cache_files = cache_versions(wh), cache_files(wh)
     before_vectors = read_table(wh, "embeddings")
 
-    p = spawn("kill", *cli_args(v2, DATE, wh, *signals))
+    p = spawn("kill", *cli_args(v2, DATE, wh, *LEXICAL))
     _, err = p.communicate(timeout=900)
     assert p.returncode == -signal.SIGKILL, err[-3000:]
     orphans = data_files(wh) - before_files
@@ -88,11 +80,11 @@ def test_killed_driver_before_commit_leaves_previous_version(spark, tmp_path, si
         pd.testing.assert_frame_equal(df, before[t])
     assert read_table(wh, "runs", DATE)["status"].tolist() == ["succeeded"]  # the killed run left no row
 
-    rc, err, s = job(spark, config(*signals), v2, DATE, wh)  # the next run succeeds
+    rc, err, s = job(spark, config(*LEXICAL), v2, DATE, wh)  # the next run succeeds
     assert rc == 0, err
     # the killed run's vectors never reached the cache: the rerun computes v2's 3 titles itself
     assert s.cache == NEW3
-    assert len(read_table(wh, "embeddings")) == 12
+    assert len(read_table(wh, "embeddings")) == 6
     assert versions(wh)["clusters"] == before_versions["clusters"] + 1
     after = snapshot(wh, DATE)
     assert dict(zip(after["clusters"]["posting_id"], after["clusters"]["group_id"])) == {
@@ -108,14 +100,14 @@ def test_killed_driver_before_commit_leaves_previous_version(spark, tmp_path, si
         removed |= {f"{t}/{f}" for f in vacuum(wh, t, retention_hours=0, allow_in_flight_deletion=True)}
     assert orphans <= removed  # every orphan went (with the files the rerun replaced)
     assert (cache_files(wh) - before_cache_files) - removed  # the rerun's own cache files stay
-    assert len(read_table(wh, "embeddings")) == 12
+    assert len(read_table(wh, "embeddings")) == 6
     assert data_files(wh) == live_files(wh)
     for t, df in snapshot(wh, DATE).items():
         pd.testing.assert_frame_equal(df, after[t])
 
 
 @pytest.mark.slow
-def test_two_dates_committed_concurrently_by_two_processes(spark, tmp_path, caplog, signals):
+def test_two_dates_committed_concurrently_by_two_processes(spark, tmp_path, caplog):
     """A child process (jobs/dedup_listings.py) and this one (the test session's driver) each run
     one date into the same fresh warehouse; both hold at their first commit until the other is
     there too, so their commits (and the tables' creation) really race."""
@@ -124,7 +116,7 @@ def test_two_dates_committed_concurrently_by_two_processes(spark, tmp_path, capl
     barrier.mkdir()
     dates = {"2026-06-02": catalog(tmp_path / "d1.parquet", V1), "2026-06-03": catalog(tmp_path / "d2.parquet", V2)}
     (child_date, child_path), (here_date, here_path) = dates.items()
-    p = spawn(f"barrier:{barrier}:2", *cli_args(child_path, child_date, wh, *signals))
+    p = spawn(f"barrier:{barrier}:2", *cli_args(child_path, child_date, wh, *LEXICAL))
     child_out: dict = {}
     reader = threading.Thread(target=lambda: child_out.update(zip(("out", "err"), p.communicate(timeout=900))))
     reader.start()  # drain the child's pipes while this process runs its own date
@@ -143,7 +135,7 @@ def test_two_dates_committed_concurrently_by_two_processes(spark, tmp_path, capl
 
     with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.INFO, logger="listing_dedup"):
         mp.setattr(delta.DeltaSink, "commit", commit)
-        rc, err, here = job(spark, config(*signals), here_path, here_date, wh)
+        rc, err, here = job(spark, config(*LEXICAL), here_path, here_date, wh)
     reader.join()
     assert p.returncode == 0, child_out["err"][-3000:]
     assert rc == 0, err
@@ -166,12 +158,11 @@ def test_two_dates_committed_concurrently_by_two_processes(spark, tmp_path, capl
         assert found == [0, 1], (t, found)
     runs = read_table(wh, "runs")
     assert sorted(zip(runs["run_date"], runs["status"])) == [("2026-06-02", "succeeded"), ("2026-06-03", "succeeded")]
-    # both dates' vectors and lexical counts landed in the one cache (3 distinct titles each), with
-    # their used keys
+    # both dates' lexical counts landed in the one cache (3 distinct titles each), with their used keys
     emb = read_table(wh, "embeddings")
-    assert sorted(emb.groupby("run_date").size().items()) == [("2026-06-02", 6), ("2026-06-03", 6)]
+    assert sorted(emb.groupby("run_date").size().items()) == [("2026-06-02", 3), ("2026-06-03", 3)]
     assert not emb["key"].duplicated().any()
     assert here.cache == NEW3
-    assert runs["vectors_computed"].tolist() == [6, 6]
+    assert runs["vectors_computed"].tolist() == [3, 3]
     used = read_table(wh, "embeddings_used")
-    assert sorted(used.groupby("run_date").size().items()) == [("2026-06-02", 6), ("2026-06-03", 6)]
+    assert sorted(used.groupby("run_date").size().items()) == [("2026-06-02", 3), ("2026-06-03", 3)]
