@@ -52,6 +52,7 @@ from listing_dedup.search.phash_match import phash_found, split_found
 from listing_dedup.sink.cache import EmbeddingCache, content_digest_column, image_digest_column
 from listing_dedup.sink.delta import DeltaSink
 from listing_dedup.sink.runs import RunSummary, check_runs_table, last_succeeded_run, write_run_row
+from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS
 from listing_dedup.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,17 @@ def _embeddings_cache(cfg: DedupConfig, warehouse: str, run_id: str, text_builde
     return cache
 
 
+def check_output_tables(spark: SparkSession, sink: DeltaSink, cfg: DedupConfig) -> None:
+    """Raise :class:`SinkError` when a table this run will commit (the data tables, the runs row)
+    exists with a schema or partitioning its write would not fit: before any work, so that such
+    a run fails in seconds and not after the embedding and the search. The staged writes are
+    checked again before the first commit (a table changed meanwhile)."""
+    tables = ["matches", "clusters", "rejects"] + (["candidates"] if cfg.output.candidates else [])
+    for t in tables:
+        sink.check_schema(t, OUTPUT_DATA_SCHEMAS[t])
+    check_runs_table(spark, sink)
+
+
 def _versions(table_versions: dict[str, int]) -> str:
     return ", ".join(f"{t} version {v}" for t, v in table_versions.items())
 
@@ -223,6 +235,7 @@ def run_dedup(
             reranker = load_reranker(cfg.rerank.model)
             check_fingerprint(reranker.meta, cfg, cfg.rerank.model)
         health_ref, health_note = choose_reference(cfg)  # the re-ranker's, the defaults' or none
+        check_output_tables(spark, sink, cfg)  # fail fast on a table another writer changed
 
         with timer.stage("ingest") as c:
             ing = read_listings(spark, input_path, cfg.input)

@@ -1,5 +1,5 @@
 """Data safety around the commit: empty or shrunken inputs, schema checks before the first
-commit, the runs row after the data commits, one-line config errors, storage errors while
+commit (and before any work), the runs row after the data commits, one-line config errors, storage errors while
 reading the input. (Vacuum retention and the concurrent-commit overlap: tests/test_writer.py.)
 
 One job run makes the baseline warehouse (a 6-row catalog committed for DATE); each test works
@@ -17,12 +17,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from _rel import CONF, DATA_TABLES, LEXICAL, cli_args, config, data_files, job, snapshot, versions
+from deltalake import DeltaTable
+from listing_dedup import pipeline
 from listing_dedup.cli import dedup as dedup_cli
 from listing_dedup.config import InputConf
 from listing_dedup.errors import InputError, SinkError, StorageError
 from listing_dedup.ingest import reader
 from listing_dedup.sink.delta import DeltaSink, read_table, table_version
 from listing_dedup.sink.runs import last_succeeded_run
+from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS
 from listing_dedup.sink.verify import verify_run
 
 DATE, DATE2 = "2026-04-01", "2026-04-02"
@@ -68,28 +71,77 @@ def statuses(wh: str) -> list[str]:
 # 1. every table is checked before the first commit
 
 
-def test_incompatible_table_fails_the_run_before_any_table_moves(spark, baseline, tmp_path):
-    path, _ = baseline
-    wh = copy_of(baseline, tmp_path)
-    # `clusters` as another writer left it: group_size is a string there
+def odd_clusters(spark, wh: str) -> None:
+    """``clusters`` as another writer left it: group_size is a string there."""
     shutil.rmtree(Path(wh) / "clusters")
     odd = spark.createDataFrame([("a1", "a1", "2")], "posting_id string, group_id string, group_size string")
     DeltaSink(wh).write(odd, "clusters", DATE)
-    before, before_versions, before_files = snapshot(wh, DATE), versions(wh), data_files(wh)
 
-    rc, err, _ = job(spark, config(*LEXICAL), path, DATE, wh)
-    assert rc == SinkError.exit_code == 1
+
+def assert_failed_on_clusters(wh, err, before, before_versions) -> None:
     line = one_line(err)
     assert line.startswith("error: table 'clusters' has a different schema than this write"), line
     assert "column 'group_size' is string in the table, integer in this write" in line, line
     after = versions(wh)
-    # `matches` (committed first before) keeps its previous version, like every data table
+    # `matches` (committed first) keeps its previous version, like every data table
     assert {t: after[t] for t in DATA_TABLES} == {t: before_versions[t] for t in DATA_TABLES}
     for t, df in snapshot(wh, DATE).items():
         pd.testing.assert_frame_equal(df, before[t])
-    assert data_files(wh) > before_files  # the staged files stay uncommitted (orphans for vacuum)
     assert statuses(wh) == ["succeeded", "failed"]
     assert after["runs"] == before_versions["runs"] + 1
+
+
+def test_the_job_checks_every_output_schema_it_declares(baseline):
+    """OUTPUT_DATA_SCHEMAS (what the job checks the tables against before any work) is exactly
+    what a run commits: the check of the baseline's own tables passes (it compares the whole
+    Delta schema), and each declared schema names the committed columns in order."""
+    sink = DeltaSink(baseline[1])
+    for t in DATA_TABLES:
+        sink.check_schema(t, OUTPUT_DATA_SCHEMAS[t])
+        assert [f.name for f in DeltaTable(sink.table_uri(t)).schema().fields] == [
+            *OUTPUT_DATA_SCHEMAS[t].names,
+            "run_date",
+        ]
+
+
+def test_incompatible_table_fails_the_run_before_any_work(spark, baseline, tmp_path):
+    path, _ = baseline
+    wh = copy_of(baseline, tmp_path)
+    odd_clusters(spark, wh)
+    before, before_versions, before_files = snapshot(wh, DATE), versions(wh), data_files(wh)
+
+    rc, err, _ = job(spark, config(*LEXICAL), path, DATE, wh)
+    assert rc == SinkError.exit_code == 1
+    assert_failed_on_clusters(wh, err, before, before_versions)
+    assert data_files(wh) == before_files  # nothing was even staged
+    failed = read_table(wh, "runs").sort_values("started_at").iloc[-1]
+    assert json.loads(failed["stage_seconds"]) == {}  # no stage ran: not even the input was read
+
+
+def test_table_changed_during_the_run_fails_it_before_any_table_moves(spark, baseline, tmp_path, monkeypatch):
+    """Another writer changes `clusters` after the run's first check (while it embeds): the
+    staged writes are checked again, all of them before the first commit."""
+    path, _ = baseline
+    wh = copy_of(baseline, tmp_path)
+    before, before_versions, before_files = snapshot(wh, DATE), versions(wh), data_files(wh)
+    real = pipeline.check_output_tables
+
+    def check_then_change(spark_, sink, cfg):
+        real(spark_, sink, cfg)
+        odd_clusters(spark, wh)
+
+    monkeypatch.setattr(pipeline, "check_output_tables", check_then_change)
+    rc, err, _ = job(spark, config(*LEXICAL), path, DATE, wh)
+    assert rc == SinkError.exit_code == 1
+    # `clusters` is what the other writer left (its one row, its new version); the rest as before
+    changed = snapshot(wh, DATE)["clusters"]
+    assert changed["group_size"].tolist() == ["2"]
+    assert_failed_on_clusters(
+        wh, err, {**before, "clusters": changed}, {**before_versions, "clusters": versions(wh)["clusters"]}
+    )
+    new_files = data_files(wh) - before_files
+    # matches was staged (the catalog has no rejects to stage), never committed: orphans for vacuum
+    assert "matches" in {f.split("/")[0] for f in new_files}
 
 
 # --------------------------------------------------------------------------------------

@@ -29,6 +29,30 @@ _STAT_STRING_CHARS = 32  # like Delta Spark: string min/max stats are prefixes o
 # schemas
 
 
+# The data columns (no ``run_date``) that the job writes to each output table, as the files
+# hold them: what the job checks the existing tables against before any work, so that a table
+# another writer changed fails the run in its first seconds instead of after the embedding and
+# the search (the check is repeated on the staged writes before the first commit, for a table
+# changed meanwhile). tests/reliability/test_data_safety.py and tests/test_job.py check them
+# against what a run commits.
+_F32 = pa.float32()
+OUTPUT_DATA_SCHEMAS: dict[str, pa.Schema] = {
+    "matches": pa.schema(
+        [("posting_id", pa.string()), ("match_ids", pa.list_(pa.string())), ("scores", pa.list_(_F32))]
+    ),
+    "clusters": pa.schema([("posting_id", pa.string()), ("group_id", pa.string()), ("group_size", pa.int32())]),
+    "rejects": pa.schema([("posting_id", pa.string()), ("reason", pa.string()), ("raw", pa.string())]),
+    "candidates": pa.schema(
+        [
+            ("posting_id", pa.string()),
+            ("candidate_id", pa.string()),
+            ("score", _F32),
+            ("signal_scores", pa.map_(pa.string(), _F32)),
+        ]
+    ),
+}
+
+
 def _relax_type(t: pa.DataType) -> pa.DataType:
     """``t`` with every nested field nullable (map keys excepted) and no field metadata."""
     if pa.types.is_map(t):
