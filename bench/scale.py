@@ -99,8 +99,12 @@ class TreeSampler(threading.Thread):
 # rows (nlist follows the catalog, so a query's scan and its recall stay the same as it grows),
 # shards of at most 25k rows (a build task holds one), a 160k-row quantizer sample, 24 lists probed
 # (bench/join.py at 1M: recall@10 0.98). Tasks are sized by rows, not by the catalog: input
-# partitions of <= 25k listings and shuffle partitions of <= 12.5k rows.
+# partitions of <= 25k listings and shuffle partitions of <= 12.5k rows. The components stage takes
+# the distributed large/small-star rounds at every size (the job's default labels graphs of up to
+# 500k listings on the driver: components.driver_max_vertices), so that the sizes compare like
+# with like and the path a 10M catalog takes is the one measured.
 SCALE_SETS = [
+    "components.driver_max_vertices=0",
     "index.list_rows=256",
     "index.nprobe=24",
     "index.train_sample=160000",

@@ -15,7 +15,7 @@ import networkx as nx
 import numpy as np
 import pytest
 from listing_dedup.errors import InputError
-from listing_dedup.graph.components import components_numpy, connected_components
+from listing_dedup.graph.components import components_numpy, components_on_driver, connected_components
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_cc
 
@@ -144,12 +144,14 @@ def zoo_graph(seed: int = 7):
 # --------------------------------------------------------------------------- Spark helpers
 
 
-def run_spark(spark, ids, src, dst, **kwargs) -> dict[str, tuple[str, int]]:
+def run_spark(spark, ids, src, dst, where="spark", **kwargs) -> dict[str, tuple[str, int]]:
+    """The Spark rounds (``where="spark"``) or the driver path the job takes for small graphs
+    (``"driver"``: components_on_driver), on DataFrames of ``ids`` and the edges."""
     from pyspark.sql.types import IntegerType, StringType
 
     vertices = spark.createDataFrame([(v,) for v in ids], "posting_id string")
     edges = spark.createDataFrame(list(zip(src, dst)), "src string, dst string")
-    out = connected_components(vertices, edges, **kwargs)
+    out = connected_components(vertices, edges, **kwargs) if where == "spark" else components_on_driver(vertices, edges)
     types = {f.name: f.dataType for f in out.schema.fields}
     assert list(types) == ["posting_id", "group_id", "group_size"]
     assert isinstance(types["posting_id"], StringType)
@@ -255,6 +257,30 @@ def test_spark_random_graphs(spark, caplog, seed, n, m, checkpoint_every):
         got = run_spark(spark, ids, src, dst, checkpoint_every=checkpoint_every)
     assert got == want
     assert iterations_logged(caplog) <= 20
+
+
+@pytest.mark.parametrize("seed, n, m", [(4, 300, 280), (5, 200, 600)])
+def test_driver_path_random_graphs(spark, seed, n, m):
+    rng = random.Random(seed)
+    ids, src, dst = random_graph(rng, n, m, "x")
+    assert run_spark(spark, ids, src, dst, where="driver") == expected_nx(ids, src, dst)
+
+
+def test_driver_path_zoo_and_edge_rules(spark):
+    ids, src, dst = zoo_graph()
+    assert run_spark(spark, ids, src, dst, where="driver") == expected_nx(ids, src, dst)
+    # the same rules as the Spark rounds: unknown endpoints, null edges, loops, repeated ids
+    ids = ["a", "b", "c", "d", "b", "a"]
+    src = ["a", "b", "zz", "c", None, "d"]
+    dst = ["b", "yy", "c", None, "d", "d"]
+    assert run_spark(spark, ids, src, dst, where="driver") == {
+        "a": ("a", 2),
+        "b": ("a", 2),
+        "c": ("c", 1),
+        "d": ("d", 1),
+    }
+    assert run_spark(spark, [], ["a"], ["b"], where="driver") == {}
+    assert run_spark(spark, ["v1", "v0"], [], [], where="driver") == {"v0": ("v0", 1), "v1": ("v1", 1)}
 
 
 def test_spark_no_edges_all_singletons(spark, caplog):

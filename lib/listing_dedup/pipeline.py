@@ -30,7 +30,7 @@ from listing_dedup.embed.fusion import Layout, candidate_scores, fuse
 from listing_dedup.embed.lexical import embed_lexical, embed_lexical_counts, fit_idf, fit_idf_counts, lexical_counts
 from listing_dedup.errors import DedupError, RunRecordError, SinkError, first_line
 from listing_dedup.frames import empty_pairs_spark
-from listing_dedup.graph.components import connected_components, cut_lineage
+from listing_dedup.graph.components import components_on_driver, connected_components, cut_lineage
 from listing_dedup.graph.edges import match_sets, select_edges
 from listing_dedup.graph.guard import split_large
 from listing_dedup.graph.rerank import candidate_frame_spark, check_fingerprint, load_reranker, rerank_spark
@@ -434,7 +434,12 @@ def run_dedup(
             c["edges"] = summary.n_edges
 
         with timer.stage("components") as c:
-            groups = keep(connected_components(vertices, edges.select("src", "dst")))
+            if cfg.components.on_driver(summary.rows_kept, 2 * summary.n_edges):
+                groups = keep(components_on_driver(vertices, edges.select("src", "dst")))
+                c["where"] = "driver"
+            else:
+                groups = keep(connected_components(vertices, edges.select("src", "dst")))
+                c["where"] = "spark"
             if cfg.guard.mode == "split":
                 groups, levels = split_large(
                     spark,

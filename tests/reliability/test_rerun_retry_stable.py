@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from _rel import config, data_files, groups, job, live_files, snapshot, versions
-from listing_dedup import faults
+from listing_dedup import faults, pipeline
 from listing_dedup.embed import lexical
 from listing_dedup.quality.sample import generate_catalog
 from listing_dedup.search import indexer
@@ -40,7 +40,9 @@ def failed_tasks(spark, group: str) -> int:
     return total
 
 
-SIGNALS = ("embed.text.enabled=false", "output.candidates=false")
+# lexical only; the components through the distributed rounds (the job's default labels a graph
+# this small on the driver): the one job-level run of that path
+SIGNALS = ("embed.text.enabled=false", "output.candidates=false", "components.driver_max_vertices=0")
 FAULTS = "embed,search,write"  # testing.fail_once_stage: each of these stages fails once, in one run
 
 
@@ -82,7 +84,13 @@ def runs(spark, tmp_path_factory):
     # whose Spark UDF tests/test_embedder.py checks); the candidates table is no part of these
     # checks (tests/test_job.py and test_rerank.py read it)
     cfg = config(*SIGNALS)
-    out["s1"] = run(spark, cfg, path, wh, "clean")
+    paths: list[str] = []  # which components path the clean run took
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("connected_components", "components_on_driver"):
+            real = getattr(pipeline, name)
+            mp.setattr(pipeline, name, lambda *a, _real=real, _name=name, **k: paths.append(_name) or _real(*a, **k))
+        out["s1"] = run(spark, cfg, path, wh, "clean")
+    out["components_paths"] = paths
     out["snap1"], out["v1"] = snapshot(wh, DATE), versions(wh)
     files1 = data_files(wh)
     # the rerun, with a task of each of embed, search and write failing on its first attempt
@@ -128,6 +136,7 @@ def test_rerun_same_date_same_content_new_version(runs):
     either way.)"""
     s1, s2 = runs["s1"], runs["s2"]
     assert s1.n_groups >= 30  # the catalog has real groups, so the comparison means something
+    assert runs["components_paths"] == ["connected_components"]  # the distributed rounds (SIGNALS)
     for t in ("matches", "clusters", "rejects"):
         pd.testing.assert_frame_equal(runs["snap2"][t], runs["snap1"][t])
         assert not runs["snap2"][t].duplicated(subset=["posting_id", "raw"] if t == "rejects" else ["posting_id"]).any()

@@ -5,6 +5,7 @@ and the YAML/``--set`` loader both use (:mod:`.loader`). Each stage takes its ow
 from listing_dedup.config.job import (
     DENSE_SIGNALS,
     CacheConf,
+    ComponentsConf,
     DedupConfig,
     EmbedConf,
     FusionConf,
@@ -45,6 +46,7 @@ __all__ = [
     "DedupConfig",
     "EmbedConf",
     "FusionConf",
+    "ComponentsConf",
     "GuardConf",
     "HealthConf",
     "ImageEmbedConf",

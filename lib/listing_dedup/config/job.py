@@ -206,6 +206,26 @@ class UnionConf:
 
 
 @dataclass(frozen=True)
+class ComponentsConf:
+    """Where the connected components are computed. A graph of at most ``driver_max_vertices``
+    listings AND ``driver_max_edges`` match edges (both directions) is collected to the driver and
+    labelled there with scipy (a few Spark jobs instead of about 30 for the large/small-star
+    rounds; the driver then holds the edges in pandas, about 150 bytes per edge); larger graphs
+    go through the distributed rounds. Both give the same groups (tests/test_components.py).
+    0 and 0: always the distributed rounds."""
+
+    driver_max_vertices: int = 500_000
+    driver_max_edges: int = 5_000_000
+
+    def __post_init__(self) -> None:
+        _check(self.driver_max_vertices >= 0, "components.driver_max_vertices", "must be >= 0")
+        _check(self.driver_max_edges >= 0, "components.driver_max_edges", "must be >= 0")
+
+    def on_driver(self, n_vertices: int, n_edges: int) -> bool:
+        return n_vertices <= self.driver_max_vertices and n_edges <= self.driver_max_edges
+
+
+@dataclass(frozen=True)
 class GuardConf:
     """Group emission guard against chaining: ``split`` re-cuts every component larger than
     ``max_group`` with a threshold raised by ``step`` (repeatedly) until it fits."""
@@ -496,6 +516,7 @@ class DedupConfig:
     fusion: FusionConf = field(default_factory=FusionConf)
     phash: PhashConf = field(default_factory=PhashConf)
     union: UnionConf = field(default_factory=UnionConf)
+    components: ComponentsConf = field(default_factory=ComponentsConf)
     guard: GuardConf = field(default_factory=GuardConf)
     output: OutputConf = field(default_factory=OutputConf)
     rerank: RerankConf = field(default_factory=RerankConf)

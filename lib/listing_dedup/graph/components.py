@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["components_numpy", "connected_components"]
+__all__ = ["components_numpy", "components_on_driver", "connected_components"]
 
 
 # --------------------------------------------------------------------------- pure core
@@ -67,9 +67,6 @@ def components_numpy(ids: Sequence[str], src: Sequence[str], dst: Sequence[str])
     must be strings and may repeat; the result is aligned with ``ids`` (an object array of
     ``str``, same length).
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components as _cc
-
     ids_arr = np.asarray(list(ids), dtype=object)
     src_arr = np.asarray(list(src), dtype=object)
     dst_arr = np.asarray(list(dst), dtype=object)
@@ -96,12 +93,23 @@ def components_numpy(ids: Sequence[str], src: Sequence[str], dst: Sequence[str])
     keep = s_ok & d_ok
     s, d = s[keep], d[keep]
 
-    graph = coo_matrix((np.ones(s.size, dtype=np.int8), (s, d)), shape=(n, n))
+    return uniq[component_codes(n, s, d)][inverse.reshape(-1)]
+
+
+def component_codes(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Component label of vertices ``0..n-1`` under the undirected integer edges ``src``-``dst``:
+    the smallest vertex of its component (so, with vertices numbered in id order, the smallest
+    id). Duplicate edges, both directions and self-loops are fine."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as _cc
+
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
     _, comp = _cc(graph, directed=False)
-    # Smallest member index of each component.
     comp_min = np.full(comp.max() + 1, n, dtype=np.int64)
     np.minimum.at(comp_min, comp, np.arange(n))
-    return uniq[comp_min[comp]][inverse.reshape(-1)]
+    return comp_min[comp]
 
 
 # --------------------------------------------------------------------------- Spark
@@ -296,3 +304,35 @@ def connected_components(
         "posting_id", F.coalesce("centre", "posting_id").alias("group_id")
     )
     return labelled.withColumn("group_size", F.count(F.lit(1)).over(Window.partitionBy("group_id")).cast("int"))
+
+
+def components_on_driver(vertices: DataFrame, edges: DataFrame) -> DataFrame:
+    """:func:`connected_components` for a graph small enough to hold on the driver (the caller
+    decides: ``ComponentsConf.on_driver``): the vertices' ids and the edges are collected
+    (Arrow), labelled with scipy on integer vertices numbered in id order, and the result comes
+    back as a local DataFrame with the same rows and columns (``posting_id``, ``group_id`` = the
+    smallest posting_id of the component, ``group_size`` int). The same edge rules: null ids and
+    edges with an endpoint that is not a vertex are dropped."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    _require_string_columns(vertices, ["posting_id"], "vertices")
+    _require_string_columns(edges, ["src", "dst"], "edges")
+    spark = vertices.sparkSession
+    ids_pd = vertices.select("posting_id").where(F.col("posting_id").isNotNull()).distinct().toPandas()
+    # Python's string order is Spark's: UTF-8 bytes sort as code points
+    ids = np.asarray(sorted(ids_pd["posting_id"]), dtype=object)
+    e = edges.select("src", "dst").where(F.col("src").isNotNull() & F.col("dst").isNotNull()).toPandas()
+    s = pd.Categorical(e["src"], categories=ids).codes.astype(np.int64)
+    d = pd.Categorical(e["dst"], categories=ids).codes.astype(np.int64)
+    known = (s >= 0) & (d >= 0)
+    g = component_codes(len(ids), s[known], d[known])
+    out = pd.DataFrame(
+        {
+            "posting_id": ids,
+            "group_id": ids[g],
+            "group_size": np.bincount(g, minlength=len(ids))[g].astype(np.int32),
+        }
+    )
+    logger.info("connected components on the driver: %d listings, %d edges", len(ids), int(known.sum()))
+    return spark.createDataFrame(out, "posting_id string, group_id string, group_size int")

@@ -123,19 +123,13 @@ def recut_codes(
     order), vectorised: the group of every vertex (the smallest vertex of its piece) and the
     number of re-cut levels. ``src``/``dst``/``score``: edges (either or both directions).
     Memory and time O(n + edges) a level; the driver path of :func:`split_large`."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components as _cc
+    from listing_dedup.graph.components import component_codes
 
     def pieces(members: np.ndarray, s: np.ndarray, d: np.ndarray) -> np.ndarray:
         """Smallest member of the component of each of ``members`` (ascending) over edges s-d."""
-        m = len(members)
         pos = np.full(n, -1, dtype=np.int64)
-        pos[members] = np.arange(m)
-        graph = coo_matrix((np.ones(len(s), dtype=np.int8), (pos[s], pos[d])), shape=(m, m))
-        _, comp = _cc(graph, directed=False)
-        first = np.full(comp.max() + 1 if m else 0, m, dtype=np.int64)
-        np.minimum.at(first, comp, np.arange(m))
-        return members[first[comp]]
+        pos[members] = np.arange(len(members))
+        return members[component_codes(len(members), pos[s], pos[d])]
 
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
