@@ -43,10 +43,10 @@ from listing_dedup.config.train import (
 __all__ = [
     "DENSE_SIGNALS",
     "CacheConf",
+    "ComponentsConf",
     "DedupConfig",
     "EmbedConf",
     "FusionConf",
-    "ComponentsConf",
     "GuardConf",
     "HealthConf",
     "ImageEmbedConf",

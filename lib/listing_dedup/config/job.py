@@ -212,7 +212,7 @@ class ComponentsConf:
     labelled there with scipy (a few Spark jobs instead of about 30 for the large/small-star
     rounds; the driver then holds the edges in pandas, about 150 bytes per edge); larger graphs
     go through the distributed rounds. Both give the same groups (tests/test_components.py).
-    0 and 0: always the distributed rounds."""
+    ``driver_max_vertices: 0``: always the distributed rounds (but for an empty catalog)."""
 
     driver_max_vertices: int = 500_000
     driver_max_edges: int = 5_000_000
