@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -94,6 +94,20 @@ def components_numpy(ids: Sequence[str], src: Sequence[str], dst: Sequence[str])
     s, d = s[keep], d[keep]
 
     return uniq[component_codes(n, s, d)][inverse.reshape(-1)]
+
+
+def edge_codes(ids: np.ndarray, src: Any, dst: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The edges ``src``-``dst`` (posting ids) on integer vertices: each end's position in the
+    sorted ``ids`` (hash lookups, no string comparisons), for the edges whose two ends are in
+    ``ids``; and that mask over the input edges (to align their other columns). With vertices
+    numbered in id order, the smallest vertex of a piece is its smallest posting_id (Python's
+    string order is Spark's: UTF-8 bytes sort as code points)."""
+    import pandas as pd
+
+    s = pd.Categorical(src, categories=ids).codes.astype(np.int64)
+    d = pd.Categorical(dst, categories=ids).codes.astype(np.int64)
+    known = (s >= 0) & (d >= 0)
+    return s[known], d[known], known
 
 
 def component_codes(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -320,13 +334,10 @@ def components_on_driver(vertices: DataFrame, edges: DataFrame) -> DataFrame:
     _require_string_columns(edges, ["src", "dst"], "edges")
     spark = vertices.sparkSession
     ids_pd = vertices.select("posting_id").where(F.col("posting_id").isNotNull()).distinct().toPandas()
-    # Python's string order is Spark's: UTF-8 bytes sort as code points
     ids = np.asarray(sorted(ids_pd["posting_id"]), dtype=object)
     e = edges.select("src", "dst").where(F.col("src").isNotNull() & F.col("dst").isNotNull()).toPandas()
-    s = pd.Categorical(e["src"], categories=ids).codes.astype(np.int64)
-    d = pd.Categorical(e["dst"], categories=ids).codes.astype(np.int64)
-    known = (s >= 0) & (d >= 0)
-    g = component_codes(len(ids), s[known], d[known])
+    s, d, _ = edge_codes(ids, e["src"], e["dst"])
+    g = component_codes(len(ids), s, d)
     out = pd.DataFrame(
         {
             "posting_id": ids,
@@ -334,5 +345,5 @@ def components_on_driver(vertices: DataFrame, edges: DataFrame) -> DataFrame:
             "group_size": np.bincount(g, minlength=len(ids))[g].astype(np.int32),
         }
     )
-    logger.info("connected components on the driver: %d listings, %d edges", len(ids), int(known.sum()))
+    logger.info("connected components on the driver: %d listings, %d edges", len(ids), len(s))
     return spark.createDataFrame(out, "posting_id string, group_id string, group_size int")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from listing_dedup.graph.components import components_numpy, cut_lineage
+from listing_dedup.graph.components import components_numpy, cut_lineage, edge_codes
 
 
 def split_large_numpy(
@@ -86,15 +86,11 @@ def split_large(
         if sub_df is not None:
             ids = np.asarray(sorted(r["posting_id"] for r in big.collect()), dtype=object)
             sub = sub_df.toPandas()
-            # integer vertices in id order (hash lookups, no string comparisons): the smallest
-            # vertex of a piece is its smallest posting_id
-            s = pd.Categorical(sub["src"], categories=ids).codes.astype(np.int64)
-            d = pd.Categorical(sub["dst"], categories=ids).codes.astype(np.int64)
-            known = (s >= 0) & (d >= 0)
+            s, d, known = edge_codes(ids, sub["src"], sub["dst"])
             g, levels = recut_codes(
                 len(ids),
-                s[known],
-                d[known],
+                s,
+                d,
                 sub["score"].to_numpy(dtype=np.float64)[known],
                 base_threshold=base_threshold,
                 max_group=max_group,
