@@ -167,15 +167,11 @@ def compare(inc_wh: str, cold_wh: str, sets: list[str]) -> tuple[bool, list[str]
         notes.append(f"pair {pair}: scores {scores}, nearest threshold {min(near) if near else None} -> "
                      f"{'within' if allowed else 'NOT within'} {EPS}")  # fmt: skip
     if not (pa_ ^ pb_):  # the same matches: the guard's levels cut a group differently
-        ma = read_table(inc_wh, "matches", NIGHT2, columns=["posting_id", "match_ids", "scores"]).set_index(
-            "posting_id"
-        )
-        mb = read_table(cold_wh, "matches", NIGHT2, columns=["posting_id", "match_ids", "scores"]).set_index(
-            "posting_id"
-        )
+        cols = ["posting_id", "match_ids", "scores"]
+        both = [read_table(wh, "matches", NIGHT2, columns=cols).set_index("posting_id") for wh in (inc_wh, cold_wh)]
         for pid in differ:
             pairs = []
-            for m in (ma, mb):
+            for m in both:
                 pairs += [(q, float(x)) for q, x in zip(m.loc[pid, "match_ids"], m.loc[pid, "scores"])]
             near = [(min(abs(x - t) for t in ts), q, x) for q, x in pairs]
             best = min(near) if near else None
