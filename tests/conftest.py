@@ -35,6 +35,17 @@ REPO = Path(__file__).resolve().parents[1]
 # optimising compiler's work on 2 cores costs more than it gives back (about 10 % of the Spark
 # tests' time, 20 % of a child job's). Also passed to the jobs run as child processes.
 QUICK_JVM = "-XX:TieredStopAtLevel=1"
+# Interpreted expressions and no whole-stage code generation: each of a job run's ~100 small,
+# differently shaped queries would otherwise compile its own Java classes (Janino, whose name
+# lookups scan every jar on the classpath, then the JIT); on 2 cores that costs about a quarter of
+# a warm in-process run (a 263-listing lexical run: 26 s against 35 s, docs/benchmarks.md). The
+# results are the same (Spark runs its own tests in both modes); `make run` and the benchmarks keep
+# Spark's defaults. Also passed to the jobs run as child processes (QUICK_SETS).
+QUICK_SQL = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+# the same for a child job: --set assignments of its profile's spark.conf
+QUICK_SETS = [f"spark.conf.spark.driver.extraJavaOptions={QUICK_JVM}"] + [
+    f"spark.conf.{k}={v}" for k, v in QUICK_SQL.items()
+]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
 
@@ -75,6 +86,7 @@ def spark():
         .config("spark.task.maxFailures", "4")
         .config("spark.executorEnv.CUDA_VISIBLE_DEVICES", "")
         .config("spark.driver.extraJavaOptions", QUICK_JVM)
+        .config(map=QUICK_SQL)
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")

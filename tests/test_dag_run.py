@@ -29,7 +29,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import QUICK_JVM, require_module
+from conftest import QUICK_JVM, QUICK_SQL, require_module
 
 require_module("airflow.sdk", "Airflow 3 is not installed (pip install '.[airflow]')")
 require_module("airflow.providers.apache.spark", "the Spark provider is not installed (pip install '.[airflow]')")
@@ -176,6 +176,7 @@ def dag_runs(cluster, tmp_path_factory):
                 "spark.driver.extraJavaOptions": QUICK_JVM,
                 "spark.executor.extraJavaOptions": QUICK_JVM,
                 "spark.ui.enabled": "false",
+                **QUICK_SQL,
             }
         ),
     }

@@ -155,9 +155,9 @@ def spawn(mode: str, *args: str):
     import subprocess
     import sys
 
-    from conftest import QUICK_JVM
+    from conftest import QUICK_SETS
 
-    jvm = ["--set", f"spark.conf.spark.driver.extraJavaOptions={QUICK_JVM}"]
+    jvm = [x for s in QUICK_SETS for x in ("--set", s)]
     return subprocess.Popen(
         [sys.executable, "-c", HARNESS, mode, *args, *jvm],
         cwd=REPO,
