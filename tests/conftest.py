@@ -41,7 +41,13 @@ QUICK_JVM = "-XX:TieredStopAtLevel=1"
 # a warm in-process run (a 263-listing lexical run: 26 s against 35 s, docs/benchmarks.md). The
 # results are the same (Spark runs its own tests in both modes); `make run` and the benchmarks keep
 # Spark's defaults. Also passed to the jobs run as child processes (QUICK_SETS).
-QUICK_SQL = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+QUICK_SQL = {
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+    # and each query planned once: adaptive execution re-plans at every shuffle, which on catalogs
+    # of a few hundred rows has nothing to adapt (about 12 % of a warm run)
+    "spark.sql.adaptive.enabled": "false",
+}
 # the same for a child job: --set assignments of its profile's spark.conf
 QUICK_SETS = [f"spark.conf.spark.driver.extraJavaOptions={QUICK_JVM}"] + [
     f"spark.conf.{k}={v}" for k, v in QUICK_SQL.items()
