@@ -38,7 +38,7 @@ QUICK_JVM = "-XX:TieredStopAtLevel=1"
 # Interpreted expressions and no whole-stage code generation: each of a job run's ~100 small,
 # differently shaped queries would otherwise compile its own Java classes (Janino, whose name
 # lookups scan every jar on the classpath, then the JIT); on 2 cores that costs about a quarter of
-# a warm in-process run (a 263-listing lexical run: 26 s against 35 s, docs/benchmarks.md). The
+# a warm in-process run (a 335-listing lexical run: 26 s against 35 s, docs/benchmarks.md). The
 # results are the same (Spark runs its own tests in both modes); `make run` and the benchmarks keep
 # Spark's defaults. Also passed to the jobs run as child processes (QUICK_SETS).
 QUICK_SQL = {
