@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO / "lib"))
 from listing_dedup.config import load_config  # noqa: E402
 from listing_dedup.pipeline import run_dedup  # noqa: E402
 from listing_dedup.quality.sample import generate_catalog  # noqa: E402
+from listing_dedup.runtime import build_spark  # noqa: E402
 
 DEFAULTS = {
     "spark.sql.codegen.wholeStage": "true",
@@ -73,25 +74,17 @@ def main() -> int:
     if args.rounds < 2:
         ap.error("--rounds must be >= 2 (the first round only warms up)")
 
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
-
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .config("spark.default.parallelism", "2")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1")
-        .getOrCreate()
-    )
+    # the job's own session (conf/local.yaml's, built as the job builds it), with the tests'
+    # JIT tier and 2 default partitions: the same session for both settings
+    sets = ["embed.text.enabled=false", "input.partitions=2", "spark.conf.spark.default.parallelism=2"]
+    sets.append("spark.conf.spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1")
+    cfg = load_config([str(REPO / "conf/local.yaml")], sets)
+    spark = build_spark(cfg.spark)
     spark.sparkContext.setLogLevel("ERROR")
     tmp = Path(tempfile.mkdtemp(prefix="small-runs-"))
     sample = generate_catalog(args.products, seed=3)
     path = str(tmp / "listings.parquet")
     sample.listings.to_parquet(path, index=False)
-    cfg = load_config([str(REPO / "conf/local.yaml")], ["embed.text.enabled=false", "input.partitions=2"])
     print(f"{len(sample.listings)} listings, lexical signal only, local[2], warehouse {tmp / 'wh'}", flush=True)
 
     wall: dict[str, list[float]] = {"default": [], "quick": []}
