@@ -118,7 +118,7 @@ def data():
     return {"x": x, "ids": ids, "planted": planted, "true": lambda a, b: float(sims[pos[a], pos[b]])}
 
 
-CFG = IndexConf(n_shards=3, nlist=16, nprobe=4, k=10, train_sample=5000, seed=11, kmeans_iters=10)
+CFG = IndexConf(n_shards=3, nlist=16, nprobe=4, k=10, train_sample=5000, seed=12, kmeans_iters=10)
 
 
 @pytest.fixture(scope="module")

@@ -203,3 +203,58 @@ def test_blend_streams_listings_across_small_batches(spark):
     assert sorted(got) == ids
     for i in range(n):
         np.testing.assert_allclose(got[ids[i]], want[i], atol=1e-5)
+
+
+def _layouts(spark, ids, x):
+    """The same rows as two frames laid out differently: 3 partitions in one row order, 7 in the
+    reverse order (as a cached and a cold run lay out their vectors)."""
+    pdf = pd.DataFrame({"posting_id": ids, "emb": list(x)})
+    a = spark.createDataFrame(pdf, "posting_id string, emb array<float>").repartition(3)
+    b = spark.createDataFrame(pdf.iloc[::-1], "posting_id string, emb array<float>").repartition(7)
+    return a, b
+
+
+@pytest.mark.parametrize("train_sample", [700, 100_000])  # a sample of some rows; every row
+def test_quantizer_sample_and_centroids_depend_on_the_rows_not_the_layout(spark, data, train_sample):
+    """Issue 16: a cached and a cold run of the same catalog must train the same quantizer. The
+    former sample (Bernoulli per partition, then the first rows) took other rows, or the same
+    rows in another order (k-means draws its initial centroids by position), under another
+    partitioning."""
+    from listing_dedup.search.indexer import _sample_embeddings
+
+    ids, x = data
+    a, b = _layouts(spark, ids, x)
+    n, m = len(ids), min(train_sample, len(ids))
+    sa = _sample_embeddings(a, n, m, seed=4, min_rows=16)
+    sb = _sample_embeddings(b, n, m, seed=4, min_rows=16)
+    assert sa.shape == (m, D) if train_sample >= n else len(sa) <= m
+    assert len(sa) >= 16
+    np.testing.assert_array_equal(sa, sb)  # the same rows, in the same order
+    rows = {v.tobytes() for v in x}
+    assert all(v.tobytes() in rows for v in sa)  # input rows, each once
+    assert len({v.tobytes() for v in sa}) == len(sa)
+    cfg = IndexConf(nlist=24, train_sample=train_sample, seed=4, kmeans_iters=10)
+    qa, qb = train(a, cfg), train(b, cfg)
+    assert qa.sample_rows == qb.sample_rows == len(sa)
+    np.testing.assert_array_equal(qa.centroids, qb.centroids)
+
+
+def test_search_is_the_same_under_another_layout_even_among_exact_ties(spark, data):
+    """Listings with identical vectors (the same title and photo) tie exactly: which of them fill
+    a listing's k places must not depend on how the frame was partitioned. Neighbours and
+    scores are compared bit for bit."""
+    ids, x = data
+    dup = np.repeat(x[:3], 12, axis=0)  # 3 groups of 12 identical vectors: 11 tied neighbours, k = 4
+    ids2 = ids + [f"z{i:03d}" for i in range(len(dup))]
+    x2 = np.concatenate([x, dup])
+    a, b = _layouts(spark, ids2, x2)
+    cfg = IndexConf(n_shards=3, nlist=16, nprobe=4, k=4, seed=6)
+    q = train(a, cfg)
+    ha, hb = build_index(a, cfg, quantizer=q), build_index(b, cfg, quantizer=q)
+    try:
+        pa, pb = _pairs(search(ha, a)), _pairs(search(hb, b))
+    finally:
+        ha.unpersist()
+        hb.unpersist()
+    assert pa == pb
+    assert all(len(pa[f"z{i:03d}"]) == 4 for i in range(len(dup)))

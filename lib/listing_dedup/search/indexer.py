@@ -37,7 +37,10 @@ Design (the scale arithmetic is in docs/scale.md)
 
 Ties: scores are compared exactly; the merge orders by ``score desc, dst asc``. The BLAS
 scan's scores may differ from FAISS's in the last float32 bit (another summation order);
-a chunk's queries are sorted by ``posting_id`` so a rerun computes the same bits. Inside a
+a chunk's queries are sorted by ``posting_id``, and a shard stores each list's rows in
+``posting_id`` order, so a rerun computes the same bits. Nothing depends on the input frame's
+partitioning or row order: the quantizer's sample is chosen by a hash of ``posting_id``
+(:func:`_sample_embeddings`), the chunks by another, and a shard's rows are sorted. Inside a
 shard FAISS keeps, among vectors tied exactly at the k-th score, the one it scanned first,
 so which of several exactly-tied candidates survives at the k-th position is FAISS's
 choice (as for a single global index); every score above the k-th is always returned.
@@ -502,12 +505,33 @@ class IndexHandle:
                 log.warning("could not remove the index folder %s", self.folder)
 
 
+_HASH_SPAN = 2.0**64  # xxhash64 values span [-2^63, 2^63)
+
+
 def _sample_embeddings(df: Any, n: int, m: int, seed: int, min_rows: int) -> np.ndarray:
-    """Up to ``m`` embeddings, sampled on the executors; only they reach the driver."""
+    """Up to ``m`` embeddings, chosen on the executors; only they reach the driver.
+
+    The sample is a function of the rows alone, never of the frame's partitioning or row order
+    (a cached and a cold run lay their vectors out differently): each row's
+    ``h = xxhash64(posting_id, seed)`` decides, the rows whose ``h`` falls under a cutoff that
+    keeps about ``m + 10 sqrt(m) + 50`` of ``n`` are kept, and of those the ``m`` smallest
+    ``(h, posting_id)`` reach the driver in that order (a top-``m`` per partition merged on
+    the driver: it never holds more than the rows under the cutoff, about ``m``). k-means
+    (whose initial centroids are drawn by position) therefore sees the same matrix in the same
+    row order whatever the layout."""
+    from pyspark.sql import functions as F
+
     frac = min(1.0, (m + 10.0 * math.sqrt(m) + 50.0) / max(n, 1))
-    pdf = df.select("emb").sample(False, frac, seed).limit(m).toPandas()
-    if len(pdf) < min_rows:  # a (very) unlucky Bernoulli sample: take the first m rows instead
-        pdf = df.select("emb").limit(m).toPandas()
+    h = F.xxhash64(F.col("posting_id"), F.lit(int(seed)))
+    keyed = df.select("posting_id", "emb", h.alias("_h"))
+    if frac < 1.0:
+        cutoff = int(-(2**63) + frac * _HASH_SPAN)  # h < cutoff for a fraction frac of uniform hashes
+        picked = keyed.where(F.col("_h") < F.lit(cutoff))
+    else:
+        picked = keyed
+    pdf = picked.orderBy("_h", "posting_id").limit(m).select("emb").toPandas()
+    if len(pdf) < min_rows:  # a (very) unlucky cutoff: the m smallest hashes of all rows instead
+        pdf = keyed.orderBy("_h", "posting_id").limit(m).select("emb").toPandas()
     return as_matrix(pdf["emb"])
 
 
@@ -567,6 +591,10 @@ def _probe_udf(bc: Any, shard_bc: Any, d: int, nprobe: int, fail_stage: str = ""
 def _build_fn(bc: Any, d: int, folder: str, storage: str, scan: str) -> Any:
     def build(pdf: pd.DataFrame) -> pd.DataFrame:
         _limit_threads()
+        # rows in posting_id order whatever order the shuffle delivered them in: a list stores its
+        # rows in this order, which decides the scan's float rounding and which of several exactly
+        # tied candidates survives at the k-th place, so the search depends on the rows alone
+        pdf = pdf.sort_values("posting_id", kind="stable")
         shard = int(pdf["shard"].iloc[0])
         x = as_matrix(pdf["emb"], d)
         lists = pdf["list_id"].to_numpy(dtype=np.int64)
