@@ -149,7 +149,8 @@ class SentenceTransformerEncoder:
 
     def token_lengths(self, texts: list[str]) -> np.ndarray:
         """Each text's token count as the model reads it (``max_seq_length`` applied)."""
-        feats = self.model.tokenize(texts)
+        preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize  # tokenize: before 6.x
+        feats = preprocess(texts)
         mask = feats.get("attention_mask")
         if mask is None:
             return np.full(len(texts), int(feats["input_ids"].shape[1]), dtype=np.int64)
