@@ -79,11 +79,18 @@ def run_catalog(cat: Catalog, cfg: DedupConfig, prefix: str):
     top1 = pd.Series(sc[first].astype(np.float64), index=ids[src[first]])
     edges = pd.DataFrame({"src": ids[a], "dst": ids[b]})
     g = cfg.guard
-    if g.mode == "split":
-        base = cfg.match.min2_threshold if cfg.match.min2 else cfg.match.threshold
-        grp = R.guarded_groups(cat.n, a, b, ew, base_threshold=base, max_group=g.max_group, step=g.step)
-    else:
-        grp = R.components(cat.n, a, b)
+    base = cfg.match.min2_threshold if cfg.match.min2 else cfg.match.threshold
+    grp = R.guarded_groups(
+        cat.n,
+        a,
+        b,
+        ew,
+        base_threshold=base,
+        max_group=g.max_group,
+        step=g.step,
+        margin=g.group_margin,
+        split=g.mode == "split",
+    )
     groups = pd.DataFrame({"posting_id": ids, "group_id": [f"g{x}" for x in grp]})
     titled = float((cat.df["title"].str.len() > 0).mean())
     cov = {s: titled for s in signals}

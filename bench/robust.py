@@ -66,6 +66,7 @@ OLD_DEFAULTS = [
     "guard.mode=split",
     "guard.max_group=50",
     "guard.step=0.05",
+    "guard.group_margin=0",
 ]
 JOB_FOLD1 = (0.827, 0.762)  # the old defaults through the job on fold 1 (matches, clusters)
 BASELINE_THRESHOLDS = tuple(np.round(np.arange(0.3, 0.951, 0.025), 3))
@@ -183,9 +184,19 @@ def score_edges(cat: Catalog, nbrs, match: MatchConf, phash, guard) -> dict:
     a, b, w = R.rule_edges(*nbrs, match, phash)
     f1, p, r = cat.scorer.score(a, b)
     out = {"f1": f1, "p": p, "r": r}
-    if guard is not None and guard.mode == "split":
+    if guard is not None:
         base = match.min2_threshold if match.min2 else match.threshold  # as the job's guard stage
-        g = R.guarded_groups(cat.n, a, b, w, base_threshold=base, max_group=guard.max_group, step=guard.step)
+        g = R.guarded_groups(
+            cat.n,
+            a,
+            b,
+            w,
+            base_threshold=base,
+            max_group=guard.max_group,
+            step=guard.step,
+            margin=guard.group_margin,
+            split=guard.mode == "split",
+        )
     else:
         g = R.components(cat.n, a, b)
     out["cf1"], out["cp"], out["cr"] = R.cluster_scores(cat.labels, g)

@@ -58,6 +58,7 @@ def test_set_overrides_and_yaml_values(tmp_path):
         ("embed:\n  text:\n    device: tpu\n", "embed.text.device"),
         ("inb:\n  thresholds: [0.8, 3]\n", "inb.thresholds[1]"),
         ("match: [1, 2]\n", "match"),
+        ("guard:\n  group_margin: -0.1\n", "guard.group_margin"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, key):

@@ -5,7 +5,7 @@ from listing_dedup.config import FusionConf
 from listing_dedup.embed.fusion import Layout, candidate_scores, fuse, fuse_blocks, signal_scores
 from listing_dedup.errors import ConfigError
 from listing_dedup.graph.components import components_numpy, connected_components
-from listing_dedup.graph.guard import recut_codes, split_large, split_large_numpy
+from listing_dedup.graph.guard import margin_cut, margin_keep, recut_codes, split_large, split_large_numpy
 
 
 def _unit(rng, n, d):
@@ -155,3 +155,47 @@ def test_guard_spark_equals_numpy(spark, driver_max):
     assert got["group_id"].tolist() == list(ref)
     assert (got["group_size"] == got.groupby("group_id")["group_id"].transform("size")).all()
     assert levels >= 1
+
+
+def test_margin_keep_by_hand():
+    # a-b 0.95, b-c 0.90, c-d 0.93, e-f 0.80 (vertices 0-5). best: a b 0.95, c d 0.93, e f 0.80.
+    # margin 0.04: b-c needs 0.95 - 0.04 = 0.91 > 0.90, cut; the others are their ends' best
+    a, b, s = [0, 1, 2, 4], [1, 2, 3, 5], [0.95, 0.90, 0.93, 0.80]
+    assert margin_keep(a, b, s, 0.04).tolist() == [True, False, True, True]
+    # margin 0.05: 0.95 - 0.05 = 0.90, kept (on the boundary)
+    assert margin_keep(a, b, s, 0.05).tolist() == [True, True, True, True]
+    assert margin_keep(a, b, s, 0.0).all()
+    # both directions listed: the same answer for each copy
+    assert margin_keep(a + b, b + a, s + s, 0.04).tolist() == [True, False, True, True] * 2
+    # the edge is judged by BOTH ends: c's best is 0.93 but b's best (0.95) rules b-c out
+    assert margin_keep([1, 2], [2, 3], [0.90, 0.93], 0.04).tolist() == [True, True]  # without a-b
+
+
+def test_guarded_groups_with_margin():
+    from listing_dedup.quality import robust as R
+
+    a, b, w = np.array([0, 1, 2, 4]), np.array([1, 2, 3, 5]), np.array([0.95, 0.90, 0.93, 0.80])
+    g = R.guarded_groups(6, a, b, w, base_threshold=0.8, max_group=50, step=0.05, margin=0.04)
+    assert g[0] == g[1] and g[2] == g[3] and g[4] == g[5] and len({g[0], g[2], g[4]}) == 3
+    g = R.guarded_groups(6, a, b, w, base_threshold=0.8, max_group=50, step=0.05, margin=0.0)
+    assert g[0] == g[1] == g[2] == g[3] and g[4] == g[5] != g[0]
+
+
+def test_margin_cut_spark_equals_numpy(spark):
+    rng = np.random.default_rng(5)
+    n, m = 60, 150
+    u, v = rng.integers(0, n, m), rng.integers(0, n, m)
+    ok = u != v
+    u, v = u[ok], v[ok]
+    sc = rng.choice([0.80, 0.84, 0.86, 0.88, 0.9, 0.93, 0.97], len(u)).astype(np.float32)
+    ids = np.array([f"v{i:03d}" for i in range(n)], dtype=object)
+    src, dst, both = np.r_[u, v], np.r_[v, u], np.r_[sc, sc]
+    keep = margin_keep(src, dst, both, 0.04, n)
+    assert 0 < keep.sum() < len(keep)  # the case cuts some edges and keeps others
+    e = spark.createDataFrame(pd.DataFrame({"src": ids[src], "dst": ids[dst], "score": both}))
+    got = margin_cut(e, 0.04).toPandas()
+    want = pd.DataFrame({"src": ids[src][keep], "dst": ids[dst][keep]})
+    key = ["src", "dst"]
+    assert got[key].sort_values(key).values.tolist() == want.sort_values(key).values.tolist()
+    assert list(got.columns) == ["src", "dst", "score"]
+    assert margin_cut(e, 0.0) is e

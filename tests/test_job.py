@@ -112,6 +112,16 @@ def test_cli_job_finds_groups_and_writes_tables(cli_run):
     assert list(runs["status"]) == ["succeeded"]
     assert (runs["rows_in"].tolist(), runs["rows_kept"].tolist(), runs["rows_rejected"].tolist()) == ([11], [9], [2])
     assert json.loads(runs["rejects_by_reason"].iloc[0]) == {"duplicate_posting_id": 1, "null_posting_id": 1}
+    # the group margin (conf/local.yaml 0.04): the match edges more than 0.04 under the best match
+    # of either end are counted as kept out of the groups, computed here from the matches table
+    best = {p: max(sc, default=-1.0) for p, sc in zip(matches.index, matches["scores"], strict=True)}
+    pairs = {
+        tuple(sorted((p, q))): s
+        for p, ms, ss in zip(matches.index, matches["match_ids"], matches["scores"], strict=True)
+        for q, s in zip(ms, ss, strict=True)
+    }
+    cut = sum(s < max(best[p], best[q]) - 0.04 for (p, q), s in pairs.items())
+    assert json.loads(runs["signal_counts"].iloc[0])["margin_cut"] == cut
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from listing_dedup.errors import DedupError, RunRecordError, SinkError, first_li
 from listing_dedup.frames import empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components, cut_lineage
 from listing_dedup.graph.edges import match_sets, select_edges
-from listing_dedup.graph.guard import split_large
+from listing_dedup.graph.guard import margin_cut, split_large
 from listing_dedup.graph.rerank import candidate_frame_spark, check_fingerprint, load_reranker, rerank_spark
 from listing_dedup.ingest.images import image_root_for
 from listing_dedup.ingest.reader import check_row_count, read_listings
@@ -434,17 +434,23 @@ def run_dedup(
             c["edges"] = summary.n_edges
 
         with timer.stage("components") as c:
+            group_edges = edges  # the edges that group listings: the match edges, or those the margin keeps
+            if cfg.guard.group_margin > 0 and summary.n_edges:
+                group_edges = keep(margin_cut(edges, cfg.guard.group_margin))
+                n_margin = summary.n_edges - group_edges.count() // 2
+                summary.signal_counts["margin_cut"] = n_margin
+                c["margin_cut"] = n_margin
             if cfg.components.on_driver(summary.rows_kept, 2 * summary.n_edges):
-                groups = keep(components_on_driver(vertices, edges.select("src", "dst")))
+                groups = keep(components_on_driver(vertices, group_edges.select("src", "dst")))
                 c["where"] = "driver"
             else:
-                groups = keep(connected_components(vertices, edges.select("src", "dst")))
+                groups = keep(connected_components(vertices, group_edges.select("src", "dst")))
                 c["where"] = "spark"
             if cfg.guard.mode == "split":
                 groups, levels = split_large(
                     spark,
                     groups,
-                    edges,
+                    group_edges,
                     base_threshold=cfg.edge_match().min2_threshold
                     if cfg.edge_match().min2
                     else cfg.edge_match().threshold,
@@ -473,7 +479,8 @@ def run_dedup(
                 signals=signal_coverage(kept_counts, cfg, list(layout_weights), reranker=reranker is not None),
                 dense_signals=list(layout_weights),
                 counts={"edge_stats": edge_stats, "group_stats": group_stats},
-                guard_cut=summary.signal_counts.get("guard_levels", 0) > 0,
+                guard_cut=summary.signal_counts.get("guard_levels", 0) > 0
+                or summary.signal_counts.get("margin_cut", 0) > 0,
                 reference=health_ref,
                 reference_note=health_note,
             )

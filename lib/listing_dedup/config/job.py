@@ -228,11 +228,14 @@ class ComponentsConf:
 @dataclass(frozen=True)
 class GuardConf:
     """Group emission guard against chaining: ``split`` re-cuts every component larger than
-    ``max_group`` with a threshold raised by ``step`` (repeatedly) until it fits."""
+    ``max_group`` with a threshold raised by ``step`` (repeatedly) until it fits.
+    ``group_margin`` (> 0, any mode): an edge groups its ends only when its score is within
+    this margin of the best edge of both ends (graph/guard.py); 0 = every match edge groups."""
 
     mode: str = "none"  # none | split
     max_group: int = 50
     step: float = 0.05
+    group_margin: float = 0.0
     # oversized components are re-cut on the driver when they hold at most this many listings
     # AND edges (the driver then holds them in pandas); larger ones are re-cut by Spark levels
     driver_max_vertices: int = 500_000
@@ -242,6 +245,7 @@ class GuardConf:
         _check(self.mode in ("none", "split"), "guard.mode", "must be none or split")
         _check(self.max_group >= 2, "guard.max_group", "must be >= 2")
         _check(0.0 < self.step <= 1.0, "guard.step", "must be in (0, 1]")
+        _check(0.0 <= self.group_margin <= 1.0, "guard.group_margin", "must be in [0, 1] (0 = off)")
         _check(self.driver_max_vertices >= 0, "guard.driver_max_vertices", "must be >= 0")
         _check(self.driver_max_edges >= 0, "guard.driver_max_edges", "must be >= 0")
 

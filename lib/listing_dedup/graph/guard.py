@@ -7,6 +7,14 @@ larger than ``max_group``: its internal edges are filtered with a threshold rais
 threshold passes 1, after which the remaining large pieces are kept as they are). Listings
 in components that already fit are never touched, so their group ids do not move.
 
+Before the components, ``group_margin`` (when > 0) keeps for grouping only the edges that
+are close to the best edge of BOTH their ends: an edge u-v of score s joins u and v only when
+``s >= max(best(u), best(v)) - group_margin``, where ``best(x)`` is the highest score of any
+match edge of x. A listing whose best match is much stronger than this one (its own product)
+does not let a weaker match chain its group into another; mutual near-best matches still
+join. It is the relative rule of issue 15 ("a neighbour is kept when it stands out from that
+listing's own neighbourhood"), applied where over-merging hurts most: the groups.
+
 Matches (each listing's own match set) are not changed by the guard; only the ``clusters``
 table is. The report shows matches-F1 and clusters-F1 side by side so the choice is visible.
 """
@@ -19,6 +27,41 @@ import numpy as np
 import pandas as pd
 
 from listing_dedup.graph.components import components_numpy, cut_lineage, edge_codes
+
+
+def margin_keep(src: np.ndarray, dst: np.ndarray, score: np.ndarray, margin: float, n: int | None = None) -> np.ndarray:
+    """Reference (numpy) of the group margin: which of the edges ``src - dst`` (integer
+    vertices ``0..n-1``; one or both directions) join their ends into a group. ``best`` of a
+    vertex is the highest score of its edges (either direction); an edge is kept when its score
+    is within ``margin`` of the best of both ends (1e-12 slack for float noise). ``margin`` <= 0
+    keeps every edge."""
+    src = np.asarray(src, dtype=np.int64)
+    dst = np.asarray(dst, dtype=np.int64)
+    score = np.asarray(score, dtype=np.float64)
+    if margin <= 0 or len(src) == 0:
+        return np.ones(len(src), dtype=bool)
+    n = int(max(src.max(), dst.max()) + 1) if n is None else int(n)
+    best = np.full(n, -np.inf)
+    np.maximum.at(best, src, score)
+    np.maximum.at(best, dst, score)
+    return score >= np.maximum(best[src], best[dst]) - (margin + 1e-12)  # as margin_cut, op for op
+
+
+def margin_cut(edges, margin: float):
+    """Spark: the edges (src, dst, score; both directions stored, as the job's edge table)
+    that :func:`margin_keep` keeps; the same columns. One aggregation of the edges by ``src``
+    (its size is the vertex count, not the edge count) joined back twice: no driver memory."""
+    from pyspark.sql import functions as F
+
+    if margin <= 0:
+        return edges
+    best = edges.groupBy("src").agg(F.max("score").alias("_best"))
+    return (
+        edges.join(best, "src")
+        .join(best.select(F.col("src").alias("dst"), F.col("_best").alias("_best_dst")), "dst")
+        .where(F.col("score") >= F.greatest("_best", "_best_dst") - F.lit(float(margin) + 1e-12))
+        .select(*edges.columns)
+    )
 
 
 def split_large_numpy(

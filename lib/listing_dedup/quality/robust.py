@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from listing_dedup.graph.guard import split_large_numpy
+from listing_dedup.graph.guard import margin_keep, split_large_numpy
 from listing_dedup.ingest.titles import clean_title
 
 COLUMNS = ["posting_id", "title", "image_phash", "label_group"]
@@ -163,12 +163,26 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def guarded_groups(
-    n: int, a: np.ndarray, b: np.ndarray, score: np.ndarray, *, base_threshold: float, max_group: int, step: float
+    n: int,
+    a: np.ndarray,
+    b: np.ndarray,
+    score: np.ndarray,
+    *,
+    base_threshold: float,
+    max_group: int,
+    step: float,
+    margin: float = 0.0,
+    split: bool = True,
 ) -> np.ndarray:
-    """The job's groups: connected components of the undirected edges ``a - b``, then the
-    ``split`` guard (:func:`listing_dedup.graph.guard.split_large_numpy`) on the components
-    larger than ``max_group`` only."""
+    """The job's groups: the group margin (:func:`listing_dedup.graph.guard.margin_keep`,
+    ``margin`` > 0) on the undirected edges ``a - b``, connected components of the edges it
+    keeps, then (``split``) the guard (:func:`listing_dedup.graph.guard.split_large_numpy`)
+    on the components larger than ``max_group`` only."""
+    kept = margin_keep(a, b, score, margin, n)
+    a, b, score = np.asarray(a)[kept], np.asarray(b)[kept], np.asarray(score)[kept]
     comp = components(n, a, b)
+    if not split:
+        return comp
     sizes = np.bincount(comp, minlength=n)[comp]
     big = np.flatnonzero(sizes > max_group)
     if len(big) == 0:

@@ -40,7 +40,7 @@ class RunSummary:
     rows_rejected: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     images_unreadable: int = 0  # kept listings whose image is missing or does not decode
-    signal_counts: dict[str, int] = field(default_factory=dict)  # pHash pairs/skipped, guard levels
+    signal_counts: dict[str, int] = field(default_factory=dict)  # pHash pairs/skipped, guard levels, margin-cut edges
     rows_embedded: int = 0
     n_edges: int = 0
     n_groups: int = 0  # groups with 2 or more listings
