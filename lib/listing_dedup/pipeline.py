@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Callable
 
@@ -165,11 +166,9 @@ def run_health(
     return health
 
 
-def _by_posting_id(df: DataFrame, parts: int) -> DataFrame:
-    """``df`` hash-partitioned by ``posting_id`` into ``parts`` partitions, sorted within each:
-    a layout that depends on the rows alone, so the index's sample (and its quantizer) is the
-    same whether the text vectors came from the embeddings cache (a join) or the encoder."""
-    return df.repartition(parts, "posting_id").sortWithinPartitions("posting_id")
+def _union_reads(cfg: DedupConfig, signals) -> bool:
+    """Whether a per-signal search (``union.<signal>``) reads the signal vectors after the fusion."""
+    return any(getattr(cfg.union, s).enabled for s in signals)
 
 
 def _embeddings_cache(cfg: DedupConfig, warehouse: str, run_id: str, text_builder) -> EmbeddingCache | None:
@@ -276,7 +275,12 @@ def run_dedup(
             sig = kept.where(F.length("title") > 0).select("posting_id", "title")
             fail = cfg.testing.fail_once_stage
             params = cfg.embed.lexical.params()
-            parts = sig.rdd.getNumPartitions()
+            t_step = [time.perf_counter()]
+
+            def step(name: str) -> None:  # the seconds of the embed stage's steps, in its log line
+                now = time.perf_counter()
+                c[f"{name}_s"] = round(now - t_step[0], 1)
+                t_step[0] = now
 
             def text_fn(df: DataFrame) -> DataFrame:
                 return embed_texts(df, "title", "v_text", builder, fail_stage=fail)
@@ -298,6 +302,7 @@ def run_dedup(
                     embed_fn=text_fn,
                     keep=keep,
                 )
+                step("text_lookup")
             if cached_lexical:  # the hashed counts: today's idf and projection apply to them below
                 sig = cache.embed(
                     spark,
@@ -309,18 +314,20 @@ def run_dedup(
                     embed_fn=counts_fn,
                     keep=keep,
                 )
-            # one layout whichever way the vectors came (cache joins or encoders): the same index sample
-            sig = _by_posting_id(sig, parts)
+                step("lexical_lookup")
+            # no layout step: the index's sample and shards depend on the rows alone (search/indexer.py)
             if cached_text or cached_lexical:
                 # materialised without lineage: each cache join is a diamond in the plan, and every later
                 # stage's plan (INB, edges) would otherwise carry and print them all (a 30k-listing run's
                 # plan string filled the driver's heap)
                 sig = cut_lineage(sig)
+                step("materialise")
             if "text" in layout_weights and not cached_text:
                 sig = text_fn(sig)
             if "lexical" in layout_weights:
                 if cached_lexical:  # sig is materialised above: read twice (the catalog's idf, the vectors)
                     idf = fit_idf_counts(sig, "lex_counts", params)
+                    step("idf")
                     sig = embed_lexical_counts(
                         sig, "lex_counts", "v_lexical", params, spark.sparkContext.broadcast(idf), fail_stage=fail
                     ).drop("lex_counts")
@@ -356,12 +363,21 @@ def run_dedup(
                     img = image_fn(img)
                 img = img.select("posting_id", "v_image")
                 sig = sig.join(img, "posting_id", "full")
-            sig = keep(sig)
+            # sig is kept (computed once) when a later step reads it again: the encoder ran in it (no
+            # cache), it holds images, or a per-signal search (union) reads it. Otherwise its vectors
+            # come from the materialised frame above, the lexical projection is computed once, inside
+            # the fusion's pass below, and only the fused vectors are kept
+            encoded_here = "text" in layout_weights and not cached_text
+            if encoded_here or "image" in layout_weights or _union_reads(cfg, layout_weights):
+                sig = keep(sig)
             summary.rows_embedded = sig.count()
-            dims = _signal_dims(sig, list(layout_weights))
+            # the lexical block's length is the projection's; the others' from one row of the frame
+            dims = _signal_dims(sig, [s for s in layout_weights if s != "lexical"])
+            dims = {s: params.dim if s == "lexical" else dims[s] for s in layout_weights}
             layout = Layout.of(dims, layout_weights)
             emb = keep(fuse(sig, {s: f"v_{s}" for s in layout.signals}, layout).select("posting_id", "emb"))
             emb.count()
+            step("fuse")
             c.update(embedded=summary.rows_embedded, signals=",".join(layout.signals), dim=layout.dim)
             if cache is not None:
                 summary.cache = {s: {"reused": u.reused, "computed": u.computed} for s, u in cache.uses.items()}
@@ -370,6 +386,7 @@ def run_dedup(
                 # tables); the cache's frames are then released
                 cache_staged = cache.stage(run_date, fail_stage=cfg.testing.fail_once_stage)
                 cache.release()
+                step("stage_cache")
         fused_raw = emb
 
         n_emb = summary.rows_embedded
