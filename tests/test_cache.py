@@ -283,3 +283,40 @@ def test_lexical_counts_give_the_same_idf_and_vectors_as_the_titles(spark):
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
     with_counts.unpersist()
+
+
+def test_fusing_cached_counts_in_one_pass_equals_fusing_the_titles_vectors(spark):
+    """With the cache, the job projects the lexical counts inside the fusion's pass
+    (``fuse(transforms=...)``); the fused vectors must be the bits a cold run fuses from the
+    lexical vectors of the titles (``embed_lexical``), text block included."""
+    from listing_dedup.embed.fusion import Layout, fuse
+    from listing_dedup.embed.lexical import (
+        LexicalParams,
+        counts_to_vectors,
+        embed_lexical,
+        fit_idf,
+        lexical_counts,
+    )
+
+    p = LexicalParams(n_features=2**16, dim=64)
+    titles = ["Rice cooker digital Miyako 1.8 liter", "MIYAKO rice cooker 1.8L", "hijab voal", "aaa aaa aaa", "x"]
+    rng = np.random.default_rng(5)
+    text = rng.standard_normal((len(titles), 8)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    rows = [(f"p{i}", t, text[i].tolist()) for i, t in enumerate(titles)]
+    df = spark.createDataFrame(rows, "posting_id string, title string, v_text array<float>")
+    bc = spark.sparkContext.broadcast(fit_idf(df, "title", p))
+    layout = Layout.of({"text": 8, "lexical": p.dim}, {"text": 0.7, "lexical": 0.3})
+    cold = fuse(embed_lexical(df, "title", "v_lexical", p, bc), {"text": "v_text", "lexical": "v_lexical"}, layout)
+    one_pass = fuse(
+        lexical_counts(df.repartition(3), "title", "c", p),
+        {"text": "v_text", "lexical": "c"},
+        layout,
+        transforms={"lexical": counts_to_vectors(p, bc)},
+    )
+    want = {r.posting_id: np.asarray(r.emb, np.float32) for r in cold.collect()}
+    got = {r.posting_id: np.asarray(r.emb, np.float32) for r in one_pass.collect()}
+    assert want.keys() == got.keys() == {f"p{i}" for i in range(len(titles))}
+    for k in want:
+        assert want[k].shape == (8 + p.dim,)
+        np.testing.assert_array_equal(got[k], want[k])

@@ -28,7 +28,7 @@ from listing_dedup.config import DedupConfig, MatchConf
 from listing_dedup.dates import check_run_date
 from listing_dedup.embed.encoder import Encoder, TextEncoderBuilder, embed_texts
 from listing_dedup.embed.fusion import Layout, candidate_scores, fuse
-from listing_dedup.embed.lexical import embed_lexical, embed_lexical_counts, fit_idf, fit_idf_counts, lexical_counts
+from listing_dedup.embed.lexical import counts_to_vectors, embed_lexical, fit_idf, fit_idf_counts, lexical_counts
 from listing_dedup.errors import DedupError, RunRecordError, SinkError, first_line
 from listing_dedup.frames import empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components, cut_lineage
@@ -324,13 +324,22 @@ def run_dedup(
                 step("materialise")
             if "text" in layout_weights and not cached_text:
                 sig = text_fn(sig)
+            encoded_here = "text" in layout_weights and not cached_text
+            # sig is kept (computed once) when a later step reads it again: the encoder ran in it (no
+            # cache), it holds images, or a per-signal search (union) reads it
+            keep_sig = encoded_here or "image" in layout_weights or _union_reads(cfg, layout_weights)
+            columns = {s: f"v_{s}" for s in layout_weights}
+            transforms = {}
             if "lexical" in layout_weights:
                 if cached_lexical:  # sig is materialised above: read twice (the catalog's idf, the vectors)
                     idf = fit_idf_counts(sig, "lex_counts", params)
                     step("idf")
-                    sig = embed_lexical_counts(
-                        sig, "lex_counts", "v_lexical", params, spark.sparkContext.broadcast(idf), fail_stage=fail
-                    ).drop("lex_counts")
+                    to_vectors = counts_to_vectors(params, spark.sparkContext.broadcast(idf), fail_stage=fail)
+                    if keep_sig:
+                        sig = sig.withColumn("v_lexical", F.pandas_udf(to_vectors, "array<float>")("lex_counts"))
+                        sig = sig.drop("lex_counts")
+                    else:  # projected inside the fusion's pass: the vectors never go back to the JVM alone
+                        columns["lexical"], transforms["lexical"] = "lex_counts", to_vectors
                 else:
                     idf = fit_idf(kept.where(F.length("title") > 0), "title", params)
                     sig = embed_lexical(
@@ -363,19 +372,17 @@ def run_dedup(
                     img = image_fn(img)
                 img = img.select("posting_id", "v_image")
                 sig = sig.join(img, "posting_id", "full")
-            # sig is kept (computed once) when a later step reads it again: the encoder ran in it (no
-            # cache), it holds images, or a per-signal search (union) reads it. Otherwise its vectors
-            # come from the materialised frame above, the lexical projection is computed once, inside
-            # the fusion's pass below, and only the fused vectors are kept
-            encoded_here = "text" in layout_weights and not cached_text
-            if encoded_here or "image" in layout_weights or _union_reads(cfg, layout_weights):
+            # otherwise the vectors come from the materialised frame above (the lexical projection
+            # computed once, inside the fusion's pass) and only the fused vectors are kept
+            if keep_sig:
                 sig = keep(sig)
             summary.rows_embedded = sig.count()
             # the lexical block's length is the projection's; the others' from one row of the frame
             dims = _signal_dims(sig, [s for s in layout_weights if s != "lexical"])
             dims = {s: params.dim if s == "lexical" else dims[s] for s in layout_weights}
             layout = Layout.of(dims, layout_weights)
-            emb = keep(fuse(sig, {s: f"v_{s}" for s in layout.signals}, layout).select("posting_id", "emb"))
+            fused = fuse(sig, {s: columns[s] for s in layout.signals}, layout, transforms=transforms)
+            emb = keep(fused.select("posting_id", "emb"))
             emb.count()
             step("fuse")
             c.update(embedded=summary.rows_embedded, signals=",".join(layout.signals), dim=layout.dim)

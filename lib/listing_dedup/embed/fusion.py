@@ -74,16 +74,23 @@ def signal_scores(a: np.ndarray, b: np.ndarray, layout: Layout) -> dict[str, np.
 # Spark layer
 
 
-def fuse(df, columns: Mapping[str, str], layout: Layout, out_col: str = "emb"):
-    """Add ``out_col`` = fused vector of the signal columns (``columns[s]`` per signal)."""
+def fuse(df, columns: Mapping[str, str], layout: Layout, out_col: str = "emb", transforms=None):
+    """Add ``out_col`` = fused vector of the signal columns (``columns[s]`` per signal).
+
+    ``transforms[s]`` (optional) turns the batch of column ``columns[s]`` (a pandas Series) into
+    that signal's vectors inside the same Python pass, e.g. the lexical projection of cached
+    n-gram counts: the vectors are then never sent back to the JVM on their own."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     names = [columns[s] for s in layout.signals]
+    transforms = dict(transforms or {})
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
     def _fuse(*cols: pd.Series) -> pd.Series:
-        blocks = {s: list(c) for s, c in zip(layout.signals, cols, strict=True)}
+        blocks = {
+            s: list(transforms[s](c)) if s in transforms else list(c) for s, c in zip(layout.signals, cols, strict=True)
+        }
         return pd.Series(list(fuse_blocks(blocks, layout)))
 
     return df.withColumn(out_col, _fuse(*[F.col(c) for c in names]))

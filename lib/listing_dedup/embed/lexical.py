@@ -246,6 +246,19 @@ def fit_idf_counts(df, counts_col: str, params: LexicalParams) -> np.ndarray:
     return _fit_idf(df, counts_col, lambda packed: unpack_counts(packed, params.n_features), params)
 
 
+def counts_to_vectors(params: LexicalParams, idf_broadcast, *, fail_stage: str = ""):
+    """A function (run on the executors) from a batch of packed counts to the lexical vectors:
+    what :func:`embed_lexical_counts` applies, for a caller that applies it inside its own pass
+    (the fusion, ``embed.fusion.fuse(transforms=...)``). Rows are null-free (every row has a title)."""
+
+    def to_vectors(packed: pd.Series) -> pd.Series:
+        maybe_fail_once("embed", fail_stage)
+        v = vectors_from_counts(unpack_counts(packed, params.n_features), idf_broadcast.value, params)
+        return pd.Series(list(v), index=packed.index)
+
+    return to_vectors
+
+
 def embed_lexical_counts(
     df, counts_col: str, out_col: str, params: LexicalParams, idf_broadcast, *, fail_stage: str = ""
 ):
@@ -253,12 +266,7 @@ def embed_lexical_counts(
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    @F.pandas_udf(T.ArrayType(T.FloatType()))
-    def _vec(packed: pd.Series) -> pd.Series:
-        maybe_fail_once("embed", fail_stage)
-        v = vectors_from_counts(unpack_counts(packed, params.n_features), idf_broadcast.value, params)
-        return pd.Series(list(v), index=packed.index)
-
+    _vec = F.pandas_udf(counts_to_vectors(params, idf_broadcast, fail_stage=fail_stage), T.ArrayType(T.FloatType()))
     return df.withColumn(out_col, _vec(F.col(counts_col)))
 
 
