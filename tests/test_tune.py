@@ -46,6 +46,16 @@ def test_pair_scorer_equals_row_scores():
     assert (f1, p, r) == pytest.approx((ref.f1, ref.precision, ref.recall), abs=1e-12)
 
 
+def test_pair_scorer_row_f1_by_hand():
+    # groups {0, 1, 2}, {3}; predicted pairs 0-1 (right) and 2-3 (wrong); each row counts itself
+    # row 0: pred {0,1}, true {0,1,2}: 2*2/(3+2) = 0.8; row 1 the same; row 2: pred {2,3},
+    # inter {2}: 2*1/(3+2) = 0.4; row 3: pred {3,2}, true {3}: 2*1/(1+2) = 2/3
+    scorer = PairScorer(["g", "g", "g", "h"])
+    f1 = scorer.row_f1(np.array([0, 2]), np.array([1, 3]))
+    assert f1 == pytest.approx([0.8, 0.8, 0.4, 2 / 3])
+    assert scorer.score(np.array([0, 2]), np.array([1, 3]))[0] == pytest.approx(np.mean([0.8, 0.8, 0.4, 2 / 3]))
+
+
 def test_split_parts_are_group_disjoint_and_cover_everything():
     df = pd.DataFrame({"posting_id": [str(i) for i in range(40)], "label_group": [i // 3 for i in range(40)]})
     parts = split_parts(df, 3)
@@ -88,6 +98,31 @@ def test_tune_finds_a_setting_better_than_the_worst_and_writes_a_loadable_overla
     assert cfg2.match.threshold == best["threshold"] and cfg2.fusion.lexical == 1.0
     assert cfg2.inb.thresholds == (() if best["inb"] is None else (best["inb"],))
     assert cfg2.phash.enabled == (best["phash_bits"] is not None)
+
+
+def test_tune_sweeps_the_confs_relative_and_mutual_rules(tmp_path):
+    """The sweep scores the rule the job will run: the conf's relative and mutual rules with the
+    grid's threshold and min2, and the overlay records them."""
+    df = _labelled_sample()
+    grid = Grid(text_weights=(0.0,), inb=(None,), thresholds=(0.95,), min2=(None,), phash_bits=(None,))
+    plain = load_config(
+        ["conf/local.yaml"], ["embed.text.enabled=false", "match.relative=false", "match.mutual_rank=0"]
+    )
+    rules = load_config(["conf/local.yaml"], ["embed.text.enabled=false", "match.relative=true", "match.mutual_rank=2"])
+    _, r_plain, _, o_plain = tune(df, plain, grid, n_parts=2)
+    _, r_rules, _, o_rules = tune(df, rules, grid, n_parts=2)
+    # at threshold 0.95 the plain rule keeps only near-identical titles; the relative and mutual
+    # rules add each listing's clear twins: more recall on both parts
+    assert (r_rules["recall"].to_numpy() > r_plain["recall"].to_numpy()).all()
+    assert o_plain["match"]["relative"] is False and o_plain["match"]["mutual_rank"] == 0
+    assert o_rules["match"]["relative"] is True and o_rules["match"]["mutual_rank"] == 2
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(o_rules))
+    # stacked on a profile whose rules differ, the overlay still gives the rule that was scored
+    shop = tmp_path / "shop.yaml"
+    shop.write_text("match:\n  relative: false\n  mutual_rank: 0\n")
+    cfg2 = load_config(["conf/local.yaml", str(shop), str(path)])
+    assert (cfg2.match.threshold, cfg2.match.relative, cfg2.match.mutual_rank) == (0.95, True, 2)
 
 
 def test_rank_settings_orders_by_mean_f1():
@@ -145,6 +180,27 @@ def test_tune_cli(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "component ablation" in r.stdout and out.exists()
     load_config(["conf/local.yaml", str(out)])
+    # the health reference of the chosen setting, named by the overlay and used by the job
+    import json
+
+    from listing_dedup.quality.health import QUANTILES
+    from listing_dedup.quality.run_health import choose_reference
+
+    ref_path = tmp_path / "tuned.health.json"
+    assert yaml.safe_load(out.read_text())["health"] == {"reference": str(ref_path)}
+    raw = json.loads(ref_path.read_text())
+    q = raw["top1_quantiles"]
+    assert len(q) == len(QUANTILES) and q == sorted(q) and 0.0 <= q[0] and q[-1] <= 1.0 + 1e-6
+    want = {"lexical": 1.0}
+    if yaml.safe_load(out.read_text())["phash"]["enabled"]:  # the sample's listings with a pHash
+        want["phash"] = pytest.approx(df["image_phash"].notna().mean())
+    assert raw["signals"] == want and 0 < raw["share_matched"] <= 1 and raw["matches_per_listing"] > 0
+    cfg = load_config(["conf/local.yaml", str(out)], ["embed.text.enabled=false"])
+    ref, note = choose_reference(cfg)
+    assert ref is not None and note == "" and list(ref.top1_quantiles) == q
+    other = load_config(["conf/local.yaml", str(out)], ["embed.text.enabled=false", "match.threshold=0.99"])
+    ref, note = choose_reference(other)
+    assert ref is None and "recorded under other settings" in note and "match.threshold" in note
 
 
 def test_tune_cli_missing_input_exit_2(tmp_path, capsys):

@@ -4,14 +4,22 @@ write the best setting as a conf overlay.
     python jobs/tune.py --conf conf/local.yaml --input LISTINGS.parquet --truth TRUTH.csv \
         --out conf/tuned.yaml [--parts 3] [--cache-dir DIR] [--csv FILE] [--set key=value ...]
 
-The overlay is passed as an extra ``--conf`` to jobs/dedup_listings.py. Exit codes: 0 ok,
+The overlay is passed as an extra ``--conf`` to jobs/dedup_listings.py; beside it,
+``<out>.health.json``: the health reference of the chosen setting (its top-1 score
+distribution and matches a listing on the split), which the overlay names in
+``health.reference`` so that the job's health check compares a catalog against the data the
+setting was tuned on. Exit codes: 0 ok,
 2 bad arguments/config/input, 1 failure. See lib/listing_dedup/quality/tune.py for the method.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from listing_dedup.config import load_config
-from listing_dedup.quality.tune import Grid, load_split, tune
+from listing_dedup.quality.run_health import threshold_settings
+from listing_dedup.quality.tune import Grid, load_split, tune, tuned_reference
 from listing_dedup.runtime import CliParser, add_conf_args, configure_logging, run_cli
 
 
@@ -35,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(args.conf, args.overrides)
         df = load_split(args.input, args.truth, cfg.input.max_title_chars)
-        ranked, _, abl, overlay = tune(df, cfg, Grid(), n_parts=args.parts, cache_dir=args.cache_dir)
+        grid, parts = Grid(), []
+        ranked, _, abl, overlay = tune(df, cfg, grid, n_parts=args.parts, cache_dir=args.cache_dir, parts_out=parts)
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print("best settings (mean over parts):")
             print(ranked.head(10).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -47,9 +56,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         with open(args.out, "w") as f:
             f.write(header + yaml.safe_dump(overlay, sort_keys=False))
+        # the health reference of the chosen setting, recorded under the settings the job will
+        # run with this overlay stacked on the same confs (quality/run_health.choose_reference)
+        tuned = load_config([*args.conf, args.out], args.overrides)
+        ref = tuned_reference(
+            parts,
+            ranked.iloc[0],
+            tuned.match,
+            grid.k,
+            source=f"jobs/tune.py on {args.input} ({len(df)} labelled listings)",
+            settings=threshold_settings(tuned),
+        )
+        ref_path = str(Path(args.out).with_suffix("")) + ".health.json"
+        Path(ref_path).write_text(json.dumps(ref.to_dict(), indent=2, sort_keys=True) + "\n")
+        overlay["health"] = {"reference": ref_path}
+        with open(args.out, "w") as f:
+            f.write(header + yaml.safe_dump(overlay, sort_keys=False))
         if args.csv:
             ranked.to_csv(args.csv, index=False)
-        print(f"\nwrote {args.out}")
+        print(f"\nwrote {args.out} and its health reference {ref_path}")
         return 0
 
     return run_cli(_run)

@@ -297,6 +297,9 @@ class HealthConf:
     max_matches_ratio: float = 3.0  # matches_exploding: mean matches a listing over this x the reference's ...
     max_matches_per_listing: float = 10.0  # ... or over this, with or without a reference
     max_guard_cut: float = 0.5  # guard_cut: share of match edges whose ends the guard put in different groups
+    # the reference of a tuned threshold rule: the JSON jobs/tune.py writes beside its overlay (the
+    # overlay sets this key); "" = the reference shipped for the conf defaults
+    reference: str = ""
 
     def __post_init__(self) -> None:
         _check(0 <= self.largest_groups <= 100, "health.largest_groups", "must be in [0, 100]")

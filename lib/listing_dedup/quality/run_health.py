@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from listing_dedup.errors import ConfigError
+from listing_dedup.errors import ConfigError, first_line
 from listing_dedup.graph.rerank import pipeline_fingerprint
 from listing_dedup.quality.health import (
     BIN_NAMES,
@@ -90,13 +91,24 @@ def choose_reference(cfg) -> tuple[HealthReference | None, str]:
                 "jobs/train_reranker.py since the health check; retrain to get one)"
             )
         return ref, ""
-    from listing_dedup.quality.health_defaults import reference as defaults_reference
+    if cfg.health.reference:  # a tuned rule's (jobs/tune.py)
+        path = Path(cfg.health.reference)
+        try:
+            ref = HealthReference.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"config key 'health.reference': cannot read {path}: {first_line(e)}") from None
+        what = f"the reference {path} (jobs/tune.py)"
+    else:
+        from listing_dedup.quality.health_defaults import reference as defaults_reference
 
-    ref = defaults_reference()
+        ref = defaults_reference()
+        what = "the shipped reference is for the conf defaults' threshold rule;"
     diffs = _differences(ref.settings, threshold_settings(cfg))
     if diffs:
         shown = ", ".join(diffs[:6]) + (f" and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-        return None, f"the shipped reference is for the conf defaults' threshold rule; this run's {shown} differ"
+        if cfg.health.reference:
+            return None, f"{what} was recorded under other settings: this run's {shown} differ"
+        return None, f"{what} this run's {shown} differ"
     return ref, ""
 
 

@@ -4,7 +4,10 @@ The same stages as the job, on one machine (a validation split fits in memory; t
 what scales): text vectors from the conf's encoder, lexical vectors with idf fitted on each
 catalog, fused as the job fuses them, exact inner-product kNN (equal to the job's IVF search
 at nprobe = nlist), INB with :func:`listing_dedup.search.blender.blend_numpy`, the job's edge rules
-(:func:`fast_edges` is tested equal to :func:`listing_dedup.graph.edges.select_edges_pandas`), the
+(the conf's ``match`` rule with the grid's threshold and min2: its relative and mutual rules
+apply as the job applies them, through :func:`listing_dedup.quality.robust.rule_edges`, and the
+overlay written records them; :func:`fast_edges`, the threshold + min2 rule alone, and
+``rule_edges`` are tested equal to :func:`listing_dedup.graph.edges.select_edges_pandas`), the
 pHash pairs of :mod:`listing_dedup.search.phash_match`, and the row-wise F1 of
 :mod:`listing_dedup.quality.metrics` (:class:`PairScorer` is tested equal to ``row_scores``).
 
@@ -17,6 +20,7 @@ size of the catalogs you will run.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -30,6 +34,7 @@ from listing_dedup.config import DedupConfig
 from listing_dedup.embed.fusion import Layout, fuse_blocks
 from listing_dedup.embed.lexical import document_frequencies, hashed_counts, idf_vector, lexical_vectors
 from listing_dedup.ingest.titles import clean_title
+from listing_dedup.quality.robust import rule_edges
 from listing_dedup.quality.tuning import knn
 from listing_dedup.search.blender import blend_numpy
 from listing_dedup.search.phash_match import phash_pairs_pandas
@@ -57,13 +62,23 @@ class PairScorer:
         self.n = len(self.lab)
         self.true_size = np.bincount(self.lab)[self.lab].astype(np.float64)
 
-    def score(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    def _counts(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = self.n
         hit = (self.lab[a] == self.lab[b]).astype(np.float64)
         pred = 1.0 + np.bincount(a, minlength=n) + np.bincount(b, minlength=n)
         inter = 1.0 + np.bincount(a, hit, minlength=n) + np.bincount(b, hit, minlength=n)
+        return pred, inter
+
+    def score(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+        pred, inter = self._counts(a, b)
         f1 = 2 * inter / (self.true_size + pred)
         return float(f1.mean()), float((inter / pred).mean()), float((inter / self.true_size).mean())
+
+    def row_f1(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Each row's F1 (its mean is :meth:`score`'s F1): for scoring only the rows whose
+        groups are labelled, when only some groups of a catalog are (bench/label_curve.py)."""
+        pred, inter = self._counts(a, b)
+        return 2 * inter / (self.true_size + pred)
 
 
 def fast_edges(src, dst, sc, threshold: float, min2_threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +108,7 @@ class Part:
     text: np.ndarray | None
     lexical: np.ndarray | None
     phash: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    phash_share: float = 0.0  # listings with a well-formed pHash (the health reference's coverage)
 
 
 def split_parts(df: pd.DataFrame, n_parts: int, seed: int = 0) -> list[pd.DataFrame]:
@@ -118,6 +134,7 @@ def prepare_part(name: str, df: pd.DataFrame, cfg: DedupConfig, text_vectors: np
     if "image_phash" in df.columns:
         pos = pd.Series(np.arange(len(df)), index=ids)
         ok = df["image_phash"].notna() & df["image_phash"].astype(str).str.fullmatch(r"[0-9a-fA-F]{16}")
+        part.phash_share = float(ok.mean()) if len(df) else 0.0
         for bits in [b for b in grid.phash_bits if b is not None]:
             pairs, _ = phash_pairs_pandas(ids[ok.to_numpy()], df.loc[ok, "image_phash"].str.lower(), bits, 1000)
             s, d = pos[pairs["src"]].to_numpy(), pos[pairs["dst"]].to_numpy()
@@ -139,8 +156,80 @@ def fused_vectors(part: Part, w_text: float) -> np.ndarray | None:
     return fuse_blocks(blocks, Layout.of(dims, {s: w / total for s, w in weights.items()}))
 
 
-def sweep_parts(parts: Sequence[Part], grid: Grid) -> pd.DataFrame:
-    """F1/precision/recall of every grid setting on every part (long format)."""
+def final_search(x: np.ndarray, inb: float | None, k: int, base=None):
+    """The neighbour rows (src, dst, score) after one INB round at ``inb`` (None: no round);
+    ``base``: the first search of ``x`` when already done."""
+    base = knn(x, k) if base is None else base
+    if inb is None:
+        return base
+    keep = base[2] >= inb
+    return knn(blend_numpy(x, base[0][keep], base[1][keep], base[2][keep]), k)
+
+
+def tuned_reference(parts: Sequence[Part], best: pd.Series, match, k: int, *, source: str = "", settings=None):
+    """The health reference of the chosen setting (quality/health.py): each part searched with
+    it as the job will search (fused vectors, INB, the conf's edge rules with the chosen
+    threshold and min2, the pHash union), its listings pooled under ``part:posting_id``. The
+    job compares a catalog's top-1 score distribution and matches a listing against it
+    (``health.reference``)."""
+    from listing_dedup.quality.health import reference_from
+
+    w, inb, m, bits = float(best["text_weight"]), best["inb"], best["min2"], best["phash_bits"]
+    mc = dataclasses.replace(
+        match,
+        threshold=float(best["threshold"]),
+        min2=m is not None,
+        min2_threshold=float(m if m is not None else best["threshold"]),
+    )
+    ids_all, edges, top1 = [], [], []
+    cov = {"text": 0.0, "lexical": 0.0, "phash": 0.0}
+    n = 0
+    for part in parts:
+        x = fused_vectors(part, w)
+        if x is None:
+            continue
+        src, dst, sc = final_search(x, None if inb is None else float(inb), k)
+        a, b = rule_edges(src, dst, sc, mc)[:2]
+        if bits is not None and int(bits) in part.phash:
+            a, b = union_pairs((a, b), part.phash[int(bits)])
+        ids = np.array([f"{part.name}:{p}" for p in part.ids], dtype=object)
+        first = np.r_[True, src[1:] != src[:-1]] if len(src) else np.zeros(0, dtype=bool)
+        top1.append(pd.Series(sc[first].astype(np.float64), index=ids[src[first]]))
+        edges.append(pd.DataFrame({"src": ids[a], "dst": ids[b]}))
+        ids_all.append(ids)
+        cov["text"] += len(ids) * float(part.text is not None and w > 0)
+        cov["lexical"] += len(ids) * float(part.lexical is not None and w < 1)
+        cov["phash"] += len(ids) * (part.phash_share if bits is not None else 0.0)
+        n += len(ids)
+    signals = {s: v / max(n, 1) for s, v in cov.items() if v > 0}
+    return reference_from(
+        np.concatenate(ids_all),
+        pd.concat(edges, ignore_index=True),
+        pd.concat(top1),
+        signals,
+        source,
+        score="fused",
+        settings=settings,
+    )
+
+
+def sweep_parts(parts: Sequence[Part], grid: Grid, match=None) -> pd.DataFrame:
+    """F1/precision/recall of every grid setting on every part (long format). ``match`` (a
+    ``MatchConf``): the edge rule the job will run, with the grid's threshold and min2 in place
+    of its own; its relative and mutual rules apply as configured (they are on in the shipped
+    profiles), so the figures are the job's. None: the threshold + min2 rule alone."""
+    import dataclasses
+
+    from listing_dedup.quality.robust import rule_edges
+
+    def edges(src, dst, sc, t, m):
+        if match is None:
+            return fast_edges(src, dst, sc, t, m)
+        mc = dataclasses.replace(
+            match, threshold=float(t), min2=m is not None, min2_threshold=float(m if m is not None else t)
+        )
+        return rule_edges(src, dst, sc, mc)[:2]
+
     rows = []
     for part in parts:
         for w_text in grid.text_weights:
@@ -150,16 +239,11 @@ def sweep_parts(parts: Sequence[Part], grid: Grid) -> pd.DataFrame:
             t0 = time.perf_counter()
             base = knn(x, grid.k)
             for inb_t in grid.inb:
-                if inb_t is None:
-                    src, dst, sc = base
-                else:
-                    keep = base[2] >= inb_t
-                    xb = blend_numpy(x, base[0][keep], base[1][keep], base[2][keep])
-                    src, dst, sc = knn(xb, grid.k)
+                src, dst, sc = final_search(x, inb_t, grid.k, base)
                 for t, m in itertools.product(grid.thresholds, grid.min2):
                     if m is not None and m > t:
                         continue
-                    e = fast_edges(src, dst, sc, t, m)
+                    e = edges(src, dst, sc, t, m)
                     for bits in grid.phash_bits:
                         if bits is not None and bits not in part.phash:
                             continue
@@ -214,8 +298,10 @@ def ablation(ranked: pd.DataFrame) -> pd.DataFrame:
     return best.sort_values(keys, ignore_index=True)[keys + SETTING + ["f1", "precision", "recall"]]
 
 
-def overlay_for(best: pd.Series) -> dict:
-    """The conf overlay (YAML-able dict) of one ranked setting."""
+def overlay_for(best: pd.Series, match=None) -> dict:
+    """The conf overlay (YAML-able dict) of one ranked setting; with ``match`` (the rule the
+    sweep ran) its relative and mutual rules too, so the overlay is the rule that was scored
+    whatever conf it is later stacked on."""
     w = float(best["text_weight"])
     out: dict = {
         "embed": {"text": {"enabled": w > 0}, "lexical": {"enabled": w < 1}},
@@ -230,6 +316,15 @@ def overlay_for(best: pd.Series) -> dict:
     }
     if best["phash_bits"] is not None:
         out["phash"]["max_bits"] = int(best["phash_bits"])
+    if match is not None:
+        out["match"].update(
+            relative=bool(match.relative),
+            relative_rank=int(match.relative_rank),
+            relative_margin=float(match.relative_margin),
+            relative_floor=float(match.relative_floor),
+            mutual_rank=int(match.mutual_rank),
+            mutual_floor=float(match.mutual_floor),
+        )
     return out
 
 
@@ -279,8 +374,17 @@ def text_vectors(df: pd.DataFrame, cfg: DedupConfig, cache_dir: str | None = Non
     return vecs
 
 
-def tune(df: pd.DataFrame, cfg: DedupConfig, grid: Grid, *, n_parts: int = 3, cache_dir: str | None = None):
-    """(ranked settings, per-part results, ablation table, overlay of the best setting)."""
+def tune(
+    df: pd.DataFrame,
+    cfg: DedupConfig,
+    grid: Grid,
+    *,
+    n_parts: int = 3,
+    cache_dir: str | None = None,
+    parts_out: list | None = None,
+):
+    """(ranked settings, per-part results, ablation table, overlay of the best setting).
+    ``parts_out``: a list that receives the prepared parts (for :func:`tuned_reference`)."""
     vecs = text_vectors(df, cfg, cache_dir)
     pos = {p: i for i, p in enumerate(df["posting_id"])}
     parts = []
@@ -292,6 +396,8 @@ def tune(df: pd.DataFrame, cfg: DedupConfig, grid: Grid, *, n_parts: int = 3, ca
         grid = Grid(**{**grid.__dict__, "text_weights": (0.0,)})
     if not cfg.embed.lexical.enabled:
         grid = Grid(**{**grid.__dict__, "text_weights": (1.0,)})
-    results = sweep_parts(parts, grid)
+    if parts_out is not None:
+        parts_out.extend(parts)
+    results = sweep_parts(parts, grid, cfg.match)
     ranked = rank_settings(results)
-    return ranked, results, ablation(ranked), overlay_for(ranked.iloc[0])
+    return ranked, results, ablation(ranked), overlay_for(ranked.iloc[0], cfg.match)
