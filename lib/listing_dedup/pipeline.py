@@ -301,6 +301,7 @@ def run_dedup(
                     out_col="v_text",
                     embed_fn=text_fn,
                     keep=keep,
+                    content_cols=["title"],
                 )
                 step("text_lookup")
             if cached_lexical:  # the hashed counts: today's idf and projection apply to them below
@@ -313,6 +314,7 @@ def run_dedup(
                     out_col="lex_counts",
                     embed_fn=counts_fn,
                     keep=keep,
+                    content_cols=["title"],
                 )
                 step("lexical_lookup")
             # no layout step: the index's sample and shards depend on the rows alone (search/indexer.py)

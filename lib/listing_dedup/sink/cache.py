@@ -205,13 +205,16 @@ class EmbeddingCache:
         embed_fn: Callable[[Any], Any],
         keep: Callable[[Any], Any],
         digest_nullable: bool = False,
+        content_cols: list[str] | None = None,
     ) -> Any:
         """``df`` with ``out_col``: the cached vector of each row's content where there is one,
         else the one ``embed_fn`` computes. ``digest`` is the Spark column of the content's
         digest (with ``digest_nullable``, a null digest means not cacheable: embedded every
         time); ``embed_fn(frame)`` adds ``out_col`` to a frame of ``df``'s columns (one row per
         distinct content), ``keep`` persists a frame for the rest of the run. Counts go to
-        :attr:`uses`, the new vectors and used keys to :meth:`stage`."""
+        :attr:`uses`, the new vectors and used keys to :meth:`stage`. ``content_cols``: the columns
+        ``embed_fn`` reads (default: all of ``df``'s); the distinct contents carry only those, not
+        e.g. the vectors of a signal looked up before."""
         from pyspark.sql import functions as F
 
         fp_id = fingerprint_id(fingerprint)
@@ -225,7 +228,8 @@ class EmbeddingCache:
 
         keyed = df.withColumn(KEY, F.when(digest.isNotNull(), key_column(fp_id, digest)))
         cacheable = keyed.where(F.col(KEY).isNotNull())
-        need = cacheable.dropDuplicates([KEY])  # one row per distinct content
+        need = cacheable if content_cols is None else cacheable.select(KEY, *content_cols)
+        need = need.dropDuplicates([KEY])  # one row per distinct content
         have = keep(need.join(self.vectors(spark, fp_id), KEY, "left").dropDuplicates([KEY]))
         counts = have.agg(F.count(F.lit(1)).alias("keys"), F.count("_cache_vec").alias("hit")).first()
         use = SignalUse(signal, fp_id, keys=int(counts["keys"]), reused=int(counts["hit"]))
