@@ -66,12 +66,15 @@ def blend(emb_df, neighbours_df, threshold: float):
         F.col("src").alias("posting_id"), F.col("dst"), F.col("score").cast("double").alias("w")
     )
     nbr_vecs = pairs.join(emb_df.select(F.col("posting_id").alias("dst"), "emb"), on="dst").select(
-        "posting_id", "w", "emb"
+        "posting_id", "dst", "w", "emb"
     )
-    own = emb_df.select("posting_id", F.lit(1.0).alias("w"), "emb")
+    own = emb_df.select("posting_id", F.col("posting_id").alias("dst"), F.lit(1.0).alias("w"), "emb")
+    # a listing's rows in dst order, not in the order the shuffle delivered them: the float64 sum
+    # (and so, rarely, its float32 rounding) then depends on the rows alone
     return (
         own.unionByName(nbr_vecs)
         .repartition("posting_id")
-        .sortWithinPartitions("posting_id")
+        .sortWithinPartitions("posting_id", "dst")
+        .drop("dst")
         .mapInPandas(_weighted_sums, schema="posting_id string, emb array<float>")
     )
