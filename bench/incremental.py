@@ -18,8 +18,9 @@ Seconds of the embed stage come from each run's ``runs`` row (``stage_seconds``)
 from ``finished_at - started_at`` (the job itself, not the JVM's start; the process's wall time
 is printed too). Night 2's ``clusters`` must equal the cold run's; a listing whose group differs
 is allowed only when a match pair the two runs disagree on has a fused score within 1e-5 of a
-threshold the edge rules or the guard use (the text vectors of a cached title were embedded in
-another batch than the cold run's, which moves scores by ~1e-7); every such difference is listed.
+threshold the edge rules or the guard use; every such difference is listed. (Since stop 23 the
+text encoder batches titles of one token length, unpadded, so a cached title's vector is the cold
+run's bits on the same machine, and the index's sample depends on the rows, not the layout.)
 
 Final line: ``incremental embed_ratio=<night 2 / night 1> job_ratio=<night 2 / night 1>
 same_output=<true|false>``
