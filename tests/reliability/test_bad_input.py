@@ -85,9 +85,15 @@ def test_every_bad_row_is_accounted_for(matrix_run):
     clusters = read_table(wh, "clusters", DATE)
     assert sorted(clusters["posting_id"]) == expected_kept
     g = clusters.set_index("posting_id")["group_id"]
-    assert g["ok2"] == g["ok1"]  # the good rows still match
-    # the image-only listing shows the same picture as ok1: its pHash (computed from the image) joins it
+    matches = read_table(wh, "matches", DATE).set_index("posting_id")
+    m1 = dict(zip(matches.loc["ok1", "match_ids"], matches.loc["ok1", "scores"], strict=True))
+    # the good rows still match: the title twins, and the image-only listing that shows the same
+    # picture as ok1 (its pHash, computed from the image: 0 bits apart, score 1.0)
+    assert set(m1) == {"ok2", "i_only"} and m1["i_only"] == 1.0
     assert g["i_only"] == g["ok1"] == "i_only"
+    # the group margin (0.04): ok1's best match is the identical image (1.0), so its title match
+    # groups it with ok2 only at >= 0.96; the matches keep the pair either way
+    assert (g["ok2"] == g["ok1"]) == (m1["ok2"] >= 1.0 - 0.04)
 
     runs = read_table(wh, "runs", DATE)
     assert runs["status"].tolist() == ["succeeded"]
