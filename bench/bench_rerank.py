@@ -56,7 +56,7 @@ def main() -> int:
     mc = cfg.match
     rows = {
         "threshold rule": pc.part.scorer.score(
-            *rule_pairs(pc, pc.frame["score"].to_numpy(), mc.threshold, mc.min2_threshold if mc.min2 else None, bits)
+            *rule_pairs(pc, pc.frame["score"].to_numpy(), mc.threshold, None, bits, match=mc)
         ),
         "re-ranker": pc.part.scorer.score(
             *rule_pairs(pc, prob, model.meta["threshold"], model.meta["min2_threshold"], bits)

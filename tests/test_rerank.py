@@ -1,6 +1,7 @@
 """The learned pair re-ranker: features by hand, the Spark frame equal to the numpy frame,
 training that beats the threshold rule on a held-out catalog, the model directory, the job."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -232,7 +233,15 @@ def test_trained_reranker_beats_the_threshold_rule_on_a_held_out_catalog(trained
     pc = part_candidates("held", held, cfg, None)
     bits = cfg.phash.max_bits
     mc = cfg.match
-    base = pc.part.scorer.score(*rule_pairs(pc, pc.frame["score"].to_numpy(), mc.threshold, mc.min2_threshold, bits))
+    score = pc.frame["score"].to_numpy()
+    base = pc.part.scorer.score(*rule_pairs(pc, score, mc.threshold, None, bits, match=mc))
+    # the conf's whole rule: without the relative and mutual rules it is threshold + min2 alone;
+    # with them it keeps those pairs and more (each listing's clear twins)
+    plain = dataclasses.replace(mc, relative=False, mutual_rank=0, min2=True, min2_threshold=0.4)
+    pairs = lambda *a, **k: set(zip(*(x.tolist() for x in rule_pairs(pc, score, *a, **k))))  # noqa: E731
+    assert pairs(0.0, None, bits, match=plain) == pairs(mc.threshold, 0.4, bits)
+    rel = dataclasses.replace(mc, threshold=0.9, min2=False, relative=True, relative_rank=2, relative_margin=0.05)
+    assert pairs(0.0, None, bits, match=rel) > pairs(0.9, None, bits)
     best_rule = max(
         pc.part.scorer.score(*rule_pairs(pc, pc.frame["score"].to_numpy(), t, m, bits))[0]
         for t in np.arange(0.4, 0.95, 0.05)

@@ -33,7 +33,7 @@ import pandas as pd
 import yaml
 
 from listing_dedup import __version__
-from listing_dedup.config import DedupConfig
+from listing_dedup.config import DedupConfig, MatchConf
 from listing_dedup.errors import ConfigError, InputError
 from listing_dedup.graph.rerank import (
     FEATURES,
@@ -49,6 +49,7 @@ from listing_dedup.graph.rerank import (
     pipeline_fingerprint,
 )
 from listing_dedup.quality.health import REFERENCE_FILE, HealthReference, reference_from, write_reference
+from listing_dedup.quality.robust import rule_edges
 from listing_dedup.quality.tune import (
     Grid,
     Part,
@@ -140,12 +141,25 @@ def part_candidates(name: str, df: pd.DataFrame, cfg: DedupConfig, text: np.ndar
     return PartCandidates(part, frame, pair_features(frame), y, part.scorer.lab[src], signals)
 
 
-def rule_pairs(pc: PartCandidates, score: np.ndarray, threshold: float, min2: float | None, phash_bits: int | None):
+def rule_pairs(
+    pc: PartCandidates,
+    score: np.ndarray,
+    threshold: float,
+    min2: float | None,
+    phash_bits: int | None,
+    match: MatchConf | None = None,
+):
     """Undirected pairs of the job's edge rules on ``score`` (candidates re-sorted by it, so
-    min2 takes the best-scoring candidate, ties to the smaller dst), plus the pHash pairs."""
+    min2 takes the best-scoring candidate, ties to the smaller dst), plus the pHash pairs.
+    ``match``: the conf's whole threshold rule (its relative and mutual rules too, as the job
+    runs it on the fused score; ``threshold`` and ``min2`` are then ignored); None: threshold
+    and min2 alone (the re-ranker's rule on its probabilities, ``rerank.match()``)."""
     src, dst = pc.frame["src"].to_numpy(), pc.frame["dst"].to_numpy()
     o = np.lexsort((dst, -score, src))
-    e = fast_edges(src[o], dst[o], score[o].astype(np.float64), threshold, min2)
+    if match is not None:
+        e = rule_edges(src[o], dst[o], score[o], match)[:2]
+    else:
+        e = fast_edges(src[o], dst[o], score[o].astype(np.float64), threshold, min2)
     if phash_bits is not None and phash_bits in pc.part.phash:
         e = union_pairs(e, pc.part.phash[phash_bits])
     return e
@@ -283,7 +297,7 @@ def train_reranker(df: pd.DataFrame, cfg: DedupConfig, *, cache_dir: str | None 
     mc = cfg.match
     for p, pr in zip(pcs, probs, strict=True):
         score = p.frame["score"].to_numpy()
-        base = p.part.scorer.score(*rule_pairs(p, score, mc.threshold, mc.min2_threshold if mc.min2 else None, bits))
+        base = p.part.scorer.score(*rule_pairs(p, score, mc.threshold, None, bits, match=mc))
         rr = p.part.scorer.score(*rule_pairs(p, pr, t, m, bits))
         parts.append(
             {
