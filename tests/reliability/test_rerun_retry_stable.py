@@ -92,6 +92,7 @@ def runs(spark, tmp_path_factory):
         out["s1"] = run(spark, cfg, path, wh, "clean")
     out["components_paths"] = paths
     out["snap1"], out["v1"] = snapshot(wh, DATE), versions(wh)
+    out["emb1"] = read_table(wh, "embeddings")
     files1 = data_files(wh)
     # the rerun, with a task of each of embed, search and write failing on its first attempt
     log_path = str(root / "injected.log")
@@ -104,6 +105,7 @@ def runs(spark, tmp_path_factory):
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     out["snap2"], out["v2"] = snapshot(wh, DATE), versions(wh)
+    out["emb2"] = read_table(wh, "embeddings")
     out["runs2"] = read_table(wh, "runs", DATE)
     out["failed_faults"] = failed_tasks(spark, "rerun_faults")
     out["failed_clean"] = failed_tasks(spark, "clean")
@@ -126,6 +128,7 @@ def runs(spark, tmp_path_factory):
     changed.to_parquet(path3, index=False)
     out["s3"] = run(spark, cfg, path3, wh, "changed")
     out["snap3"] = snapshot(wh, DATE)
+    out["emb3"] = read_table(wh, "embeddings")
     out["wh"] = wh
 
     return out
@@ -144,6 +147,19 @@ def test_rerun_same_date_same_content_new_version(runs):
     assert len(runs["snap2"]["clusters"]) == s1.rows_kept == s2.rows_kept
     assert s1.rows_rejected == 5 and len(runs["snap2"]["rejects"]) == 5
     assert runs["runs2"]["status"].tolist() == ["succeeded", "succeeded"]  # the audit log keeps both attempts
+
+
+def test_the_cache_across_the_rerun_and_the_change(runs):
+    """The embeddings cache (lexical counts here): the rerun, whose embed stage failed once and
+    was retried, reuses every vector and adds no row; the changed catalog embeds its 2 new
+    titles only."""
+    s1, s2, s3 = runs["s1"], runs["s2"], runs["s3"]
+    n = s1.cache["lexical"]["computed"]
+    assert n == len(runs["emb1"]) > 0 and s1.cache["lexical"]["reused"] == 0  # a new warehouse
+    assert s2.cache == {"lexical": {"reused": n, "computed": 0}}
+    assert len(runs["emb2"]) == n and not runs["emb2"].duplicated(subset=["key", "signal", "fingerprint"]).any()
+    assert s3.cache["lexical"]["computed"] == 2 and s3.cache["lexical"]["reused"] >= n - 2
+    assert len(runs["emb3"]) == n + 2
 
 
 def test_injected_task_failures_are_retried_and_change_nothing(runs):
