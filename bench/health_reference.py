@@ -78,19 +78,7 @@ def run_catalog(cat: Catalog, cfg: DedupConfig, prefix: str):
     first = np.r_[True, src[1:] != src[:-1]] if len(src) else np.zeros(0, dtype=bool)
     top1 = pd.Series(sc[first].astype(np.float64), index=ids[src[first]])
     edges = pd.DataFrame({"src": ids[a], "dst": ids[b]})
-    g = cfg.guard
-    base = cfg.match.min2_threshold if cfg.match.min2 else cfg.match.threshold
-    grp = R.guarded_groups(
-        cat.n,
-        a,
-        b,
-        ew,
-        base_threshold=base,
-        max_group=g.max_group,
-        step=g.step,
-        margin=g.group_margin,
-        split=g.mode == "split",
-    )
+    grp = R.job_groups(cat.n, a, b, ew, cfg.match, cfg.guard)
     groups = pd.DataFrame({"posting_id": ids, "group_id": [f"g{x}" for x in grp]})
     titled = float((cat.df["title"].str.len() > 0).mean())
     cov = {s: titled for s in signals}

@@ -184,21 +184,7 @@ def score_edges(cat: Catalog, nbrs, match: MatchConf, phash, guard) -> dict:
     a, b, w = R.rule_edges(*nbrs, match, phash)
     f1, p, r = cat.scorer.score(a, b)
     out = {"f1": f1, "p": p, "r": r}
-    if guard is not None:
-        base = match.min2_threshold if match.min2 else match.threshold  # as the job's guard stage
-        g = R.guarded_groups(
-            cat.n,
-            a,
-            b,
-            w,
-            base_threshold=base,
-            max_group=guard.max_group,
-            step=guard.step,
-            margin=guard.group_margin,
-            split=guard.mode == "split",
-        )
-    else:
-        g = R.components(cat.n, a, b)
+    g = R.job_groups(cat.n, a, b, w, match, guard) if guard is not None else R.components(cat.n, a, b)
     out["cf1"], out["cp"], out["cr"] = R.cluster_scores(cat.labels, g)
     out["edges"] = len(a)
     return out

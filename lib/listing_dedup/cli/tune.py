@@ -14,10 +14,10 @@ setting was tuned on. Exit codes: 0 ok,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from listing_dedup.config import load_config
+from listing_dedup.quality.health import write_reference_file
 from listing_dedup.quality.run_health import threshold_settings
 from listing_dedup.quality.tune import Grid, load_split, tune, tuned_reference
 from listing_dedup.runtime import CliParser, add_conf_args, configure_logging, run_cli
@@ -54,10 +54,13 @@ def main(argv: list[str] | None = None) -> int:
             f"# written by jobs/tune.py on {args.input} ({len(df)} labelled listings)\n"
             f"# mean F1 over the split's parts: {ranked.iloc[0]['f1']:.4f}\n"
         )
+        # the overlay names its health reference (written next): the reference is recorded under
+        # the settings the job will run with this overlay stacked on the same confs
+        # (quality/run_health.choose_reference)
+        ref_path = str(Path(args.out).with_suffix("")) + ".health.json"
+        overlay["health"] = {"reference": ref_path}
         with open(args.out, "w") as f:
             f.write(header + yaml.safe_dump(overlay, sort_keys=False))
-        # the health reference of the chosen setting, recorded under the settings the job will
-        # run with this overlay stacked on the same confs (quality/run_health.choose_reference)
         tuned = load_config([*args.conf, args.out], args.overrides)
         ref = tuned_reference(
             parts,
@@ -67,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             source=f"jobs/tune.py on {args.input} ({len(df)} labelled listings)",
             settings=threshold_settings(tuned),
         )
-        ref_path = str(Path(args.out).with_suffix("")) + ".health.json"
-        Path(ref_path).write_text(json.dumps(ref.to_dict(), indent=2, sort_keys=True) + "\n")
-        overlay["health"] = {"reference": ref_path}
-        with open(args.out, "w") as f:
-            f.write(header + yaml.safe_dump(overlay, sort_keys=False))
+        write_reference_file(ref_path, ref)
         if args.csv:
             ranked.to_csv(args.csv, index=False)
         print(f"\nwrote {args.out} and its health reference {ref_path}")

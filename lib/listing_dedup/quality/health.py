@@ -97,10 +97,20 @@ class HealthReference:
         )
 
 
-def write_reference(directory: str | Path, ref: HealthReference) -> Path:
-    path = Path(directory) / REFERENCE_FILE
+def write_reference_file(path: str | Path, ref: HealthReference) -> Path:
+    """``ref`` as JSON at ``path`` (a model directory's :data:`REFERENCE_FILE`, or the file
+    jobs/tune.py writes beside its overlay)."""
+    path = Path(path)
     path.write_text(json.dumps(ref.to_dict(), indent=2, sort_keys=True) + "\n")
     return path
+
+
+def read_reference_file(path: str | Path) -> HealthReference:
+    return HealthReference.from_dict(json.loads(Path(path).read_text()))
+
+
+def write_reference(directory: str | Path, ref: HealthReference) -> Path:
+    return write_reference_file(Path(directory) / REFERENCE_FILE, ref)
 
 
 def read_reference(directory: str | Path) -> HealthReference | None:
@@ -109,7 +119,7 @@ def read_reference(directory: str | Path) -> HealthReference | None:
     path = Path(directory) / REFERENCE_FILE
     if not path.is_file():
         return None
-    return HealthReference.from_dict(json.loads(path.read_text()))
+    return read_reference_file(path)
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,23 @@ def guarded_groups(
     return out
 
 
+def job_groups(n: int, a: np.ndarray, b: np.ndarray, score: np.ndarray, match, guard) -> np.ndarray:
+    """:func:`guarded_groups` as the job's components stage runs it under ``match`` (a
+    ``MatchConf``) and ``guard`` (a ``GuardConf``): the split guard's levels start at the rule's
+    loosest threshold (min2's when on), the group margin from ``guard``."""
+    return guarded_groups(
+        n,
+        a,
+        b,
+        score,
+        base_threshold=match.min2_threshold if match.min2 else match.threshold,
+        max_group=guard.max_group,
+        step=guard.step,
+        margin=guard.group_margin,
+        split=guard.mode == "split",
+    )
+
+
 # --------------------------------------------------------------------------------------
 # the job's edge rules on index arrays (fast path; tested equal to select_edges_pandas)
 

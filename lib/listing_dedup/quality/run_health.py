@@ -31,6 +31,7 @@ from listing_dedup.quality.health import (
     HealthReference,
     Limits,
     read_reference,
+    read_reference_file,
 )
 
 QUANTILE_ACCURACY = 10_000  # percentile_approx: rank error about 1/accuracy of the rows
@@ -94,7 +95,7 @@ def choose_reference(cfg) -> tuple[HealthReference | None, str]:
     if cfg.health.reference:  # a tuned rule's (jobs/tune.py)
         path = Path(cfg.health.reference)
         try:
-            ref = HealthReference.from_dict(json.loads(path.read_text()))
+            ref = read_reference_file(path)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"config key 'health.reference': cannot read {path}: {first_line(e)}") from None
         what = f"the reference {path} (jobs/tune.py)"

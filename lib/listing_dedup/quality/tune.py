@@ -166,6 +166,17 @@ def final_search(x: np.ndarray, inb: float | None, k: int, base=None):
     return knn(blend_numpy(x, base[0][keep], base[1][keep], base[2][keep]), k)
 
 
+def grid_rule(match, threshold: float, min2: float | None):
+    """``match`` (the conf's rule: relative and mutual rules included) with a grid setting's
+    threshold and min2 (None: off) in place of its own."""
+    return dataclasses.replace(
+        match,
+        threshold=float(threshold),
+        min2=min2 is not None,
+        min2_threshold=float(min2 if min2 is not None else threshold),
+    )
+
+
 def tuned_reference(parts: Sequence[Part], best: pd.Series, match, k: int, *, source: str = "", settings=None):
     """The health reference of the chosen setting (quality/health.py): each part searched with
     it as the job will search (fused vectors, INB, the conf's edge rules with the chosen
@@ -174,13 +185,8 @@ def tuned_reference(parts: Sequence[Part], best: pd.Series, match, k: int, *, so
     (``health.reference``)."""
     from listing_dedup.quality.health import reference_from
 
-    w, inb, m, bits = float(best["text_weight"]), best["inb"], best["min2"], best["phash_bits"]
-    mc = dataclasses.replace(
-        match,
-        threshold=float(best["threshold"]),
-        min2=m is not None,
-        min2_threshold=float(m if m is not None else best["threshold"]),
-    )
+    w, inb, bits = float(best["text_weight"]), best["inb"], best["phash_bits"]
+    mc = grid_rule(match, best["threshold"], best["min2"])
     ids_all, edges, top1 = [], [], []
     cov = {"text": 0.0, "lexical": 0.0, "phash": 0.0}
     n = 0
@@ -218,17 +224,11 @@ def sweep_parts(parts: Sequence[Part], grid: Grid, match=None) -> pd.DataFrame:
     ``MatchConf``): the edge rule the job will run, with the grid's threshold and min2 in place
     of its own; its relative and mutual rules apply as configured (they are on in the shipped
     profiles), so the figures are the job's. None: the threshold + min2 rule alone."""
-    import dataclasses
-
-    from listing_dedup.quality.robust import rule_edges
 
     def edges(src, dst, sc, t, m):
         if match is None:
             return fast_edges(src, dst, sc, t, m)
-        mc = dataclasses.replace(
-            match, threshold=float(t), min2=m is not None, min2_threshold=float(m if m is not None else t)
-        )
-        return rule_edges(src, dst, sc, mc)[:2]
+        return rule_edges(src, dst, sc, grid_rule(match, t, m))[:2]
 
     rows = []
     for part in parts:
