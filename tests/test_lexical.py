@@ -77,3 +77,30 @@ def test_spark_idf_and_vectors_equal_single_machine(spark, parts):
     out = embed_lexical(df, "title", "lex", p, spark.sparkContext.broadcast(idf)).toPandas()
     out = out.sort_values("posting_id", key=lambda s: s.astype(int))
     np.testing.assert_allclose(np.stack(out["lex"].to_numpy()), lexical_vectors(TITLES, local, p), atol=1e-6)
+
+
+def test_blockwise_projection_gives_the_bits_of_one_product(monkeypatch):
+    """vectors_from_counts projects and normalises in row blocks (small temporaries); the floats
+    must be those of the plain formula over the whole batch: tf-idf rows L2-normalised, one sparse
+    product with the projection, rows L2-normalised (written out here)."""
+    import listing_dedup.embed.lexical as lex
+
+    p = LexicalParams(n_features=2**16, dim=64)
+    titles = [f"{t} item{i}" for i in range(7) for t in TITLES]
+    counts = hashed_counts(titles, p)
+    from listing_dedup.embed.lexical import projection_matrix, vectors_from_counts
+
+    x = counts.tocsr().astype(np.float32)
+    x.sum_duplicates()
+    x.sort_indices()
+    idf = np.random.default_rng(0).uniform(1, 3, p.n_features).astype(np.float32)
+    x.data = np.log(x.data) + 1.0
+    x = x.multiply(idf[np.newaxis, :]).tocsr()
+    x = x.multiply(1.0 / np.maximum(np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel()), 1e-12)[:, None]).tocsr()
+    z = (x @ projection_matrix(p.n_features, p.dim, p.seed)).toarray().astype(np.float32)
+    want = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    monkeypatch.setattr(lex, "_PROJECT_ROWS", 5)  # blocks of 5 rows, the last one short
+    got = vectors_from_counts(counts, idf, p)
+    assert got.dtype == np.float32 and got.shape == (len(titles), p.dim)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)  # every title has n-grams
