@@ -87,29 +87,86 @@ def test_packaged_minilm_sanity():
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
 
 
-def test_minilm_vector_of_a_title_does_not_depend_on_its_batch():
+TITLES = [
+    "Paper Bag Victoria Secret",
+    "PAPERBAG VICTORIA SECRET ORIGINAL 100% import with a much longer description of the bag",
+    "Rice cooker digital 1.8 liter",
+    "Rice cooker",
+    "Kaos polos cotton combed 30s unisex hitam putih",
+    "Rice cooker digital 1.8 liter",  # a repeat in the same batch
+    "x",
+]
+
+
+@pytest.mark.parametrize("runtime", ["sentence-transformers", "torch-bert"])
+def test_minilm_vector_of_a_title_does_not_depend_on_its_batch(runtime):
     """Issue 16: the embeddings cache embeds a title once, in a batch of a night's new titles; a
     cold run embeds it with other titles. Both must give the same bits (batches of one token
-    length, no padding). Expected: the title encoded alone, by sentence-transformers itself."""
-    enc = get_encoder(TextEncoderBuilder.from_conf(TextEmbedConf()))
-    titles = [
-        "Paper Bag Victoria Secret",
-        "PAPERBAG VICTORIA SECRET ORIGINAL 100% import with a much longer description of the bag",
-        "Rice cooker digital 1.8 liter",
-        "Rice cooker",
-        "Kaos polos cotton combed 30s unisex hitam putih",
-        "Rice cooker digital 1.8 liter",  # a repeat in the same batch
-        "x",
-    ]
-    together = enc.encode(titles)
-    reversed_ = enc.encode(titles[::-1])[::-1]
-    for i, t in enumerate(titles):
-        alone = enc.model.encode([t], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
+    length, no padding). Expected: the title encoded alone (by sentence-transformers itself for
+    its runtime)."""
+    enc = get_encoder(TextEncoderBuilder.from_conf(TextEmbedConf(runtime=runtime)))
+    together = enc.encode(TITLES)
+    reversed_ = enc.encode(TITLES[::-1])[::-1]
+    for i, t in enumerate(TITLES):
+        if runtime == "sentence-transformers":
+            alone = enc.model.encode([t], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)[0]
+        else:
+            alone = enc.encode([t])[0]
         np.testing.assert_array_equal(together[i], alone.astype(np.float32), err_msg=t)
         np.testing.assert_array_equal(reversed_[i], together[i], err_msg=t)
-    # the former way (sentence-transformers' own batches, padded to the longest text) moves the bits
-    padded = enc.model.encode(titles, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    np.testing.assert_allclose(padded, together, atol=1e-5)
+    if runtime == "sentence-transformers":
+        # the former way (sentence-transformers' own batches, padded to the longest text) moves the bits
+        padded = enc.model.encode(TITLES, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        np.testing.assert_allclose(padded, together, atol=1e-5)
+
+
+def test_torch_bert_runtime_agrees_with_sentence_transformers():
+    """embed/bert.py runs the packaged MiniLM without the sentence-transformers import: the same
+    token lengths (stripping, truncation at max_seq_length, special tokens) and vectors within
+    1e-6 of the library's, on titles of every kind."""
+    from listing_dedup.embed.bert import BertEncoder
+    from listing_dedup.embed.encoder import SentenceTransformerEncoder
+
+    titles = [
+        *TITLES,
+        "  leading and trailing spaces  ",
+        "Kaos Polos Cotton Combed 30s " * 20,  # truncated at 64 tokens
+        "ÄÖÜ ñ 日本語 テスト Ḿúltîlíngual",
+        "",
+        "a" * 300,
+    ]
+    fast = get_encoder(TextEncoderBuilder.from_conf(TextEmbedConf(runtime="torch-bert")))
+    ref = get_encoder(TextEncoderBuilder.from_conf(TextEmbedConf(runtime="sentence-transformers")))
+    assert isinstance(fast, BertEncoder) and isinstance(ref, SentenceTransformerEncoder)
+    np.testing.assert_array_equal(fast.token_lengths(titles), ref.token_lengths(titles))
+    assert fast.token_lengths(titles).max() == 64
+    np.testing.assert_allclose(fast.encode(titles), ref.encode(titles), atol=1e-6)
+    assert fast.dim == ref.dim == 384
+
+
+def test_torch_bert_runtime_only_where_it_applies(tmp_path):
+    """Another pooling (or architecture) runs under sentence-transformers; ``runtime: torch-bert``
+    on it is a config error naming why; the runtimes' vectors never share a cache fingerprint."""
+    import json
+    import shutil
+
+    from listing_dedup.embed.encoder import resolve_model_path, st_runtime
+    from listing_dedup.errors import ConfigError
+
+    src = resolve_model_path("minilm")
+    assert st_runtime(src) == "torch-bert" and st_runtime(src, "sentence-transformers") == "sentence-transformers"
+    cls_dir = tmp_path / "cls"
+    shutil.copytree(src, cls_dir)
+    pooling = json.loads((cls_dir / "1_Pooling" / "config.json").read_text())
+    pooling.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    (cls_dir / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    assert st_runtime(str(cls_dir)) == "sentence-transformers"
+    with pytest.raises(ConfigError, match="pooling"):
+        TextEncoderBuilder.from_conf(TextEmbedConf(model=str(cls_dir), runtime="torch-bert"))
+    fps = {r: TextEncoderBuilder.from_conf(TextEmbedConf(runtime=r)).fingerprint() for r in ("auto", "torch-bert")}
+    st_fp = TextEncoderBuilder.from_conf(TextEmbedConf(runtime="sentence-transformers")).fingerprint()
+    assert fps["auto"] == fps["torch-bert"] and fps["auto"]["runtime"] == "torch-bert"
+    assert st_fp["runtime"] == "sentence-transformers" and st_fp != fps["auto"]
 
 
 def test_packaged_e5_small_sanity():

