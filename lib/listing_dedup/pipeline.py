@@ -378,14 +378,13 @@ def run_dedup(
             # computed once, inside the fusion's pass) and only the fused vectors are kept
             if keep_sig:
                 sig = keep(sig)
-            summary.rows_embedded = sig.count()
             # the lexical block's length is the projection's; the others' from one row of the frame
             dims = _signal_dims(sig, [s for s in layout_weights if s != "lexical"])
             dims = {s: params.dim if s == "lexical" else dims[s] for s in layout_weights}
             layout = Layout.of(dims, layout_weights)
             fused = fuse(sig, {s: columns[s] for s in layout.signals}, layout, transforms=transforms)
             emb = keep(fused.select("posting_id", "emb"))
-            emb.count()
+            summary.rows_embedded = emb.count()  # one row a listing of sig: no count of its own
             step("fuse")
             c.update(embedded=summary.rows_embedded, signals=",".join(layout.signals), dim=layout.dim)
             if cache is not None:
