@@ -23,11 +23,13 @@ from listing_dedup.sink import cache as cache_mod
 from listing_dedup.sink.cache import (
     EMBEDDINGS,
     USED,
+    CachedSignal,
     EmbeddingCache,
     compact,
     content_digest_column,
     fingerprint_id,
     image_digests,
+    need_column,
 )
 from listing_dedup.sink.delta import DeltaSink, read_table
 from pyspark.sql import functions as F
@@ -114,6 +116,52 @@ def test_a_changed_fingerprint_never_reuses_vectors(spark, tmp_path):
     c, got, _ = one_run(spark, tmp_path, A, "2026-01-02", 2, fp={**FP, "max_seq_length": 128})
     assert (c.reused, c.computed) == (0, 2)
     assert all(v[1] == 2.0 for v in got.values())
+
+
+FP_LEX = {"signal": "lexical", "n_features": 1024}
+
+
+def test_signals_of_one_content_share_one_pass_and_each_computes_only_what_it_lacks(spark, tmp_path):
+    """Text and lexical read the same title: ``embed_signals`` looks both up and computes the
+    contents either lacks in one ``embed_fn`` pass. A signal's cached vector wins where it has one
+    (whatever ``embed_fn`` returns there), and only the vectors a signal lacked are staged."""
+    one_run(spark, tmp_path, A, "2026-01-01", 1)  # text vectors of "rice cooker" and "mouse wireless"
+    c = EmbeddingCache(str(tmp_path), run_id="run2")
+
+    def both(df):  # text: computed for every row it is given (the cache must keep its own there);
+        # lexical: only where asked, as the job's encoders do with a null title
+        df = df.withColumn("v", F.array(F.length("title").cast("float"), F.lit(2.0).cast("float")))
+        return df.withColumn(
+            "w",
+            F.when(F.col(need_column("lexical")), F.array(F.length("title").cast("float"), F.lit(20.0).cast("float"))),
+        )
+
+    out = c.embed_signals(
+        spark,
+        frame(spark, B),
+        signals=[CachedSignal("text", FP, "v"), CachedSignal("lexical", FP_LEX, "w")],
+        digest=content_digest_column(F.col("title")),
+        embed_fn=both,
+        keep=lambda df: df.persist(),
+        content_cols=["title"],
+    )
+    got = {r.posting_id: (list(r.v), list(r.w)) for r in out.collect()}
+    assert got == {
+        "a1": ([11.0, 1.0], [11.0, 20.0]),  # text from run 1's cache
+        "b1": ([14.0, 1.0], [14.0, 20.0]),
+        "c1": ([10.0, 2.0], [10.0, 20.0]),
+        "c2": ([16.0, 2.0], [16.0, 20.0]),
+    }
+    assert (c.uses["text"].keys, c.uses["text"].reused, c.uses["text"].computed) == (4, 2, 2)
+    assert (c.uses["lexical"].keys, c.uses["lexical"].reused, c.uses["lexical"].computed) == (4, 0, 4)
+    staged = c.stage("2026-01-02")
+    c.commit(staged)
+    emb = read_table(str(tmp_path), EMBEDDINGS)
+    new = emb[emb["run_date"] == "2026-01-02"]
+    want = {expected_key(FP, t) for t in ("hijab voal", "hijab voal motif")}
+    want |= {expected_key(FP_LEX, t) for t in ("rice cooker", "mouse wireless", "hijab voal", "hijab voal motif")}
+    assert set(new["key"]) == want and len(new) == 6
+    assert sorted(new["signal"]) == ["lexical"] * 4 + ["text"] * 2
 
 
 def test_uncommitted_run_leaves_the_cache_as_it_was(spark, tmp_path):
@@ -283,6 +331,11 @@ def test_lexical_counts_give_the_same_idf_and_vectors_as_the_titles(spark):
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
     with_counts.unpersist()
+    # a null title (the cache's "this signal's vector is cached") gets null counts, the others theirs
+    some = lexical_counts(df.withColumn("title", F.when(F.col("posting_id") != "p1", F.col("title"))), "title", "c", p)
+    by_id = {r.posting_id: r.c for r in some.collect()}
+    assert by_id["p1"] is None
+    np.testing.assert_array_equal(np.asarray(by_id["p0"], np.float32), packed[0])
 
 
 def test_fusing_cached_counts_in_one_pass_equals_fusing_the_titles_vectors(spark):

@@ -2,6 +2,7 @@
 sanity check of the packaged MiniLM."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from listing_dedup.config import TextEmbedConf
 from listing_dedup.embed.encoder import (
@@ -78,6 +79,28 @@ def test_spark_udf_equals_local_encoding(spark, tiny_model_dir):
     assert len(got) == len(titles)
     for i in range(len(titles)):
         np.testing.assert_allclose(got[f"p{i}"], expected[i], atol=1e-5)
+
+
+def test_a_null_text_gets_a_null_vector_and_is_not_encoded():
+    """The cache hands the encoder a null title where the text vector is cached (and only the
+    lexical one is missing): the encoder must neither see it nor invent a vector for it."""
+    from listing_dedup.embed.encoder import encode_series
+
+    class Recorder:
+        def __init__(self):
+            self.seen = []
+
+        def encode(self, texts):
+            self.seen.append(list(texts))
+            return np.array([[float(len(t)), 1.0] for t in texts], dtype=np.float32)
+
+    enc = Recorder()
+    out = encode_series(enc, pd.Series(["ab", None, "abcd", None], index=[10, 11, 12, 13]))
+    assert enc.seen == [["ab", "abcd"]]
+    assert list(out.index) == [10, 11, 12, 13] and out[11] is None and out[13] is None
+    assert list(out[10]) == [2.0, 1.0] and list(out[12]) == [4.0, 1.0]
+    nothing = Recorder()
+    assert encode_series(nothing, pd.Series([None, None])).isna().all() and nothing.seen == []
 
 
 def test_packaged_minilm_sanity():

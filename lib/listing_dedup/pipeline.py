@@ -28,7 +28,14 @@ from listing_dedup.config import DedupConfig, MatchConf
 from listing_dedup.dates import check_run_date
 from listing_dedup.embed.encoder import Encoder, TextEncoderBuilder, embed_texts
 from listing_dedup.embed.fusion import Layout, candidate_scores, fuse
-from listing_dedup.embed.lexical import counts_to_vectors, embed_lexical, fit_idf, fit_idf_counts, lexical_counts
+from listing_dedup.embed.lexical import (
+    counts_to_vectors,
+    embed_lexical,
+    embed_lexical_counts,
+    fit_idf,
+    fit_idf_counts,
+    lexical_counts,
+)
 from listing_dedup.errors import DedupError, RunRecordError, SinkError, first_line
 from listing_dedup.frames import empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components, cut_lineage
@@ -50,7 +57,13 @@ from listing_dedup.quality.run_health import (
 from listing_dedup.search.blender import blend
 from listing_dedup.search.indexer import Quantizer, build_index, search, train
 from listing_dedup.search.phash_match import phash_found, split_found
-from listing_dedup.sink.cache import EmbeddingCache, content_digest_column, image_digest_column
+from listing_dedup.sink.cache import (
+    CachedSignal,
+    EmbeddingCache,
+    content_digest_column,
+    image_digest_column,
+    need_column,
+)
 from listing_dedup.sink.delta import DeltaSink
 from listing_dedup.sink.runs import RunSummary, check_runs_table, last_succeeded_run, write_run_row
 from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS
@@ -285,38 +298,36 @@ def run_dedup(
             def text_fn(df: DataFrame) -> DataFrame:
                 return embed_texts(df, "title", "v_text", builder, fail_stage=fail)
 
-            def counts_fn(df: DataFrame) -> DataFrame:
-                return lexical_counts(df, "title", "lex_counts", params, fail_stage=fail)
-
-            title_digest = content_digest_column(F.col("title"))
             cached_text = cache is not None and "text" in layout_weights and "text" in cache.fingerprints
             cached_lexical = cache is not None and "lexical" in layout_weights
+            title_signals = []
             if cached_text:
-                sig = cache.embed(
-                    spark,
-                    sig,
-                    signal="text",
-                    fingerprint=cache.fingerprints["text"],
-                    digest=title_digest,
-                    out_col="v_text",
-                    embed_fn=text_fn,
-                    keep=keep,
-                    content_cols=["title"],
-                )
-                step("text_lookup")
+                title_signals.append(CachedSignal("text", cache.fingerprints["text"], "v_text"))
             if cached_lexical:  # the hashed counts: today's idf and projection apply to them below
-                sig = cache.embed(
+                title_signals.append(CachedSignal("lexical", params.counts_fingerprint(), "lex_counts"))
+
+            def titles_fn(df: DataFrame) -> DataFrame:
+                # each signal reads the title only where its vector is missing (null elsewhere: not
+                # computed), so a changed lexical setting does not re-run the text encoder
+                for t in title_signals:
+                    df = df.withColumn("_title", F.when(F.col(need_column(t.name)), F.col("title")))
+                    if t.name == "text":
+                        df = embed_texts(df, "_title", t.out_col, builder, fail_stage=fail)
+                    else:
+                        df = lexical_counts(df, "_title", t.out_col, params, fail_stage=fail)
+                return df.drop("_title")
+
+            if title_signals:  # one lookup and one computing pass for both signals of the title
+                sig = cache.embed_signals(
                     spark,
                     sig,
-                    signal="lexical",
-                    fingerprint=params.counts_fingerprint(),
-                    digest=title_digest,
-                    out_col="lex_counts",
-                    embed_fn=counts_fn,
+                    signals=title_signals,
+                    digest=content_digest_column(F.col("title")),
+                    embed_fn=titles_fn,
                     keep=keep,
                     content_cols=["title"],
                 )
-                step("lexical_lookup")
+                step("title_cache")
             # no layout step: the index's sample and shards depend on the rows alone (search/indexer.py)
             if cached_text or cached_lexical:
                 # materialised without lineage: each cache join is a diamond in the plan, and every later
@@ -336,12 +347,13 @@ def run_dedup(
                 if cached_lexical:  # sig is materialised above: read twice (the catalog's idf, the vectors)
                     idf = fit_idf_counts(sig, "lex_counts", params)
                     step("idf")
-                    to_vectors = counts_to_vectors(params, spark.sparkContext.broadcast(idf), fail_stage=fail)
+                    idf_bc = spark.sparkContext.broadcast(idf)
                     if keep_sig:
-                        sig = sig.withColumn("v_lexical", F.pandas_udf(to_vectors, "array<float>")("lex_counts"))
+                        sig = embed_lexical_counts(sig, "lex_counts", "v_lexical", params, idf_bc, fail_stage=fail)
                         sig = sig.drop("lex_counts")
                     else:  # projected inside the fusion's pass: the vectors never go back to the JVM alone
-                        columns["lexical"], transforms["lexical"] = "lex_counts", to_vectors
+                        columns["lexical"] = "lex_counts"
+                        transforms["lexical"] = counts_to_vectors(params, idf_bc, fail_stage=fail)
                 else:
                     idf = fit_idf(kept.where(F.length("title") > 0), "title", params)
                     sig = embed_lexical(

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -406,12 +406,19 @@ def get_encoder(builder: Callable[[], Encoder]) -> Encoder:
 
 
 def encode_series(encoder: Encoder, texts: pd.Series) -> pd.Series:
-    vecs = encoder.encode(texts.fillna("").astype(str).tolist())
-    return pd.Series(list(vecs), index=texts.index)
+    """The vectors of ``texts``; a null text gets a null vector (and is not encoded)."""
+    present = texts.notna().to_numpy()
+    out: list[Any] = [None] * len(texts)
+    if present.any():
+        vecs = encoder.encode(texts[present].astype(str).tolist())
+        for i, v in zip(np.flatnonzero(present), vecs, strict=True):
+            out[i] = v
+    return pd.Series(out, index=texts.index, dtype=object)
 
 
 def embed_texts(df, text_col: str, out_col: str, builder: Callable[[], Encoder], *, fail_stage: str = ""):
-    """Add ``out_col`` (array<float>, L2-normalised) embedding ``text_col`` with ``builder``'s model."""
+    """Add ``out_col`` (array<float>, L2-normalised) embedding ``text_col`` with ``builder`'s model
+    (null where the text is null)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 

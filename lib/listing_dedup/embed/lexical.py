@@ -238,14 +238,17 @@ def fit_idf(df, title_col: str, params: LexicalParams) -> np.ndarray:
 
 def lexical_counts(df, title_col: str, out_col: str, params: LexicalParams, *, fail_stage: str = ""):
     """Add ``out_col`` (array<float>): each title's hashed n-gram counts as :func:`pack_counts`
-    packs them (the lexical signal's cached form: no idf, so any night's catalog can use them)."""
+    packs them (the lexical signal's cached form: no idf, so any night's catalog can use them);
+    null where the title is null."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
     def _counts(titles: pd.Series) -> pd.Series:
         maybe_fail_once("embed", fail_stage)
-        return pd.Series(pack_counts(hashed_counts(titles, params)), index=titles.index)
+        present = titles.notna().to_numpy()
+        packed = iter(pack_counts(hashed_counts(titles[present], params)) if present.any() else [])
+        return pd.Series([next(packed) if p else None for p in present], index=titles.index, dtype=object)
 
     return df.withColumn(out_col, _counts(F.col(title_col)))
 

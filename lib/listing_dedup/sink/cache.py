@@ -16,10 +16,12 @@ tables (executors write Parquet files, the driver commits them with ``deltalake`
     ``key, signal``: the keys each run used, whether reused or computed. The retention rule
     reads it: :func:`compact` drops vectors that none of the last ``keep_runs`` run dates used.
 
-A run (:meth:`EmbeddingCache.embed`): the distinct keys of the run's content are joined with the
-cached vectors of the signal's fingerprint (one Delta snapshot, pinned for the run); only the
+A run (:meth:`EmbeddingCache.embed_signals`): the distinct contents of the run are joined with
+the cached vectors of each signal's fingerprint (one Delta snapshot, pinned for the run); only the
 keys without a vector are embedded (when none are missing the model is not even loaded); the
-listing frame gets the reused or new vector of its key. The new vectors and the used keys are
+listing frame gets the reused or new vector of its key. Signals that read the same content (text
+and lexical read the title) share the lookup and one computing pass, in which each signal
+computes only the contents it lacks. The new vectors and the used keys are
 staged with the job's other tables and committed after the data tables (``embeddings_used``
 first, then ``embeddings``: a vector visible in the cache always has its use recorded). A run
 that crashes before its commits leaves both tables as they were; its staged files are orphans
@@ -62,6 +64,31 @@ EMBEDDINGS, USED = "embeddings", "embeddings_used"
 VECTORS_SCHEMA = "key string, signal string, fingerprint string, vector array<float>, run_id string"
 USED_SCHEMA = "key string, signal string"
 KEY = "_cache_key"
+DIGEST = "_cache_digest"
+
+
+@dataclass(frozen=True)
+class CachedSignal:
+    """A signal :meth:`EmbeddingCache.embed_signals` looks up: its name (the ``signal`` column
+    of the tables), its encoder's fingerprint and the column its vectors go to."""
+
+    name: str
+    fingerprint: Mapping[str, Any]
+    out_col: str
+
+
+def need_column(signal: str) -> str:
+    """The boolean column :meth:`EmbeddingCache.embed_signals` hands its ``embed_fn``: true
+    where ``signal``'s vector is missing (and must be computed)."""
+    return f"_cache_need_{signal}"
+
+
+def _key_col(signal: str) -> str:
+    return f"_cache_key_{signal}"
+
+
+def _cached_col(signal: str) -> str:
+    return f"_cache_vec_{signal}"
 
 
 def fingerprint_id(fingerprint: Mapping[str, Any]) -> str:
@@ -191,7 +218,7 @@ class EmbeddingCache:
             F.col("key").alias(KEY), F.col("vector").alias("_cache_vec")
         )
 
-    # -- one signal -----------------------------------------------------------------
+    # -- looking up and embedding ---------------------------------------------------------
 
     def embed(
         self,
@@ -207,17 +234,50 @@ class EmbeddingCache:
         digest_nullable: bool = False,
         content_cols: list[str] | None = None,
     ) -> Any:
-        """``df`` with ``out_col``: the cached vector of each row's content where there is one,
-        else the one ``embed_fn`` computes. ``digest`` is the Spark column of the content's
-        digest (with ``digest_nullable``, a null digest means not cacheable: embedded every
-        time); ``embed_fn(frame)`` adds ``out_col`` to a frame of ``df``'s columns (one row per
-        distinct content), ``keep`` persists a frame for the rest of the run. Counts go to
-        :attr:`uses`, the new vectors and used keys to :meth:`stage`. ``content_cols``: the columns
-        ``embed_fn`` reads (default: all of ``df``'s); the distinct contents carry only those, not
-        e.g. the vectors of a signal looked up before."""
+        """:meth:`embed_signals` for one signal: ``embed_fn(frame)`` gets only contents that
+        lack its vector."""
+        return self.embed_signals(
+            spark,
+            df,
+            signals=[CachedSignal(signal, fingerprint, out_col)],
+            digest=digest,
+            embed_fn=embed_fn,
+            keep=keep,
+            digest_nullable=digest_nullable,
+            content_cols=content_cols,
+        )
+
+    def embed_signals(
+        self,
+        spark: Any,
+        df: Any,
+        *,
+        signals: list[CachedSignal],
+        digest: Any,
+        embed_fn: Callable[[Any], Any],
+        keep: Callable[[Any], Any],
+        digest_nullable: bool = False,
+        content_cols: list[str] | None = None,
+    ) -> Any:
+        """``df`` with each signal's ``out_col``: the cached vector of each row's content where
+        there is one, else the one ``embed_fn`` computes. The signals read the same content
+        (``digest`` is the Spark column of its digest; with ``digest_nullable``, a null digest
+        means not cacheable: embedded every time), so one pass serves them all: the distinct
+        contents are joined with every signal's cached vectors, counted in one action, and the
+        contents that lack any signal's vector go through ``embed_fn`` once.
+
+        ``embed_fn(frame)`` adds every signal's ``out_col`` to a frame of ``df``'s columns (one
+        row per distinct content) that also holds ``need_column(signal)``: true where that
+        signal's vector is missing. Where it is false the cached vector is kept whatever
+        ``embed_fn`` puts there, so it may leave those null (the pipeline passes a null title to
+        an encoder there: a changed lexical setting does not re-run the text encoder). ``keep``
+        persists a frame for the rest of the run. Counts go to :attr:`uses`, the new vectors and
+        used keys to :meth:`stage`. ``content_cols``: the columns ``embed_fn`` reads (default:
+        all of ``df``'s); the distinct contents carry only those."""
+        from functools import reduce
+
         from pyspark.sql import functions as F
 
-        fp_id = fingerprint_id(fingerprint)
         t0 = time.monotonic()
         caller_keep = keep
 
@@ -226,52 +286,93 @@ class EmbeddingCache:
             self._frames.append(frame)
             return frame
 
-        keyed = df.withColumn(KEY, F.when(digest.isNotNull(), key_column(fp_id, digest)))
-        cacheable = keyed.where(F.col(KEY).isNotNull())
-        need = cacheable if content_cols is None else cacheable.select(KEY, *content_cols)
-        need = need.dropDuplicates([KEY])  # one row per distinct content
-        have = keep(need.join(self.vectors(spark, fp_id), KEY, "left").dropDuplicates([KEY]))
-        counts = have.agg(F.count(F.lit(1)).alias("keys"), F.count("_cache_vec").alias("hit")).first()
-        use = SignalUse(signal, fp_id, keys=int(counts["keys"]), reused=int(counts["hit"]))
+        fp_ids = {s.name: fingerprint_id(s.fingerprint) for s in signals}
+        out_cols = [s.out_col for s in signals]
+        keyed = df.withColumn(DIGEST, digest)
+        cacheable = keyed.where(F.col(DIGEST).isNotNull())
+        need = cacheable if content_cols is None else cacheable.select(DIGEST, *content_cols)
+        need = need.drop(*out_cols).dropDuplicates([DIGEST])  # one row per distinct content
+        for s in signals:
+            key, cached = _key_col(s.name), _cached_col(s.name)
+            vecs = self.vectors(spark, fp_ids[s.name]).select(F.col(KEY).alias(key), F.col("_cache_vec").alias(cached))
+            need = need.withColumn(key, key_column(fp_ids[s.name], F.col(DIGEST))).join(vecs, key, "left")
+        have = keep(need.dropDuplicates([DIGEST]))  # a key stored twice (concurrent runs) joins twice
+        lacks = reduce(lambda a, b: a | b, [F.col(_cached_col(s.name)).isNull() for s in signals])
+        counts = have.agg(
+            F.count(F.lit(1)).alias("_keys"),
+            F.count(F.when(lacks, 1)).alias("_lacking"),
+            *[F.count(_cached_col(s.name)).alias(f"_hit_{i}") for i, s in enumerate(signals)],
+        ).first()
+        uses = {
+            s.name: SignalUse(s.name, fp_ids[s.name], keys=int(counts["_keys"]), reused=int(counts[f"_hit_{i}"]))
+            for i, s in enumerate(signals)
+        }
         t_lookup = time.monotonic() - t0
-        hits = have.where(F.col("_cache_vec").isNotNull()).select(KEY, F.col("_cache_vec").alias(out_col))
+        hits = have.where(~lacks).select(DIGEST, *[F.col(_cached_col(s.name)).alias(s.out_col) for s in signals])
         parts = [hits]
-        if use.keys > use.reused:  # else the model is not even loaded
-            missing = have.where(F.col("_cache_vec").isNull()).drop("_cache_vec")
-            # a few missing keys go to few tasks (each task's worker loads the model), but to every
-            # core when there are enough of them (629 new titles on one core: 4 s more on 2 cores)
+        if counts["_lacking"]:  # else no model is even loaded
+            missing = have.where(lacks)
+            for s in signals:
+                missing = missing.withColumn(need_column(s.name), F.col(_cached_col(s.name)).isNull())
+            # a few missing contents go to few tasks (each task's worker loads the model), but to
+            # every core when there are enough of them (629 new titles on one core: 4 s more on 2 cores)
             slots = min(have.rdd.getNumPartitions(), spark.sparkContext.defaultParallelism)
-            missing = missing.coalesce(_parts(use.keys - use.reused, slots, per_part=256))
-            new = keep(embed_fn(missing).select(KEY, out_col))
-            use.computed = new.where(F.col(out_col).isNotNull()).count()
-            parts.append(new)
-            self._new.append(
-                new.where(F.col(out_col).isNotNull()).select(
-                    F.col(KEY).alias("key"),
-                    F.lit(signal).alias("signal"),
-                    F.lit(fp_id).alias("fingerprint"),
-                    F.col(out_col).cast("array<float>").alias("vector"),
-                    F.lit(self.run_id).alias("run_id"),
+            missing = missing.coalesce(_parts(int(counts["_lacking"]), slots, per_part=256))
+            carried = [DIGEST]
+            for s in signals:
+                carried += [need_column(s.name), _key_col(s.name), _cached_col(s.name)]
+            new = keep(embed_fn(missing).select(*carried, *out_cols))
+            fresh = {s.name: F.col(need_column(s.name)) & F.col(s.out_col).isNotNull() for s in signals}
+            made = new.agg(
+                *[F.count(F.when(fresh[s.name], 1)).alias(f"_new_{i}") for i, s in enumerate(signals)]
+            ).first()
+            for i, s in enumerate(signals):
+                uses[s.name].computed = int(made[f"_new_{i}"])
+                if not uses[s.name].computed:
+                    continue
+                self._new.append(
+                    new.where(fresh[s.name]).select(
+                        F.col(_key_col(s.name)).alias("key"),
+                        F.lit(s.name).alias("signal"),
+                        F.lit(fp_ids[s.name]).alias("fingerprint"),
+                        F.col(s.out_col).cast("array<float>").alias("vector"),
+                        F.lit(self.run_id).alias("run_id"),
+                    )
+                )
+            parts.append(
+                new.select(
+                    DIGEST,
+                    *[
+                        F.when(F.col(need_column(s.name)), F.col(s.out_col))
+                        .otherwise(F.col(_cached_col(s.name)))
+                        .alias(s.out_col)
+                        for s in signals
+                    ],
                 )
             )
-        self._used.append(have.select(F.col(KEY).alias("key"), F.lit(signal).alias("signal")))
+        for s in signals:
+            self._used.append(have.select(F.col(_key_col(s.name)).alias("key"), F.lit(s.name).alias("signal")))
         vecs = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
-        out = cacheable.drop(out_col).join(vecs, KEY, "left")
+        out = cacheable.drop(*out_cols).join(vecs, DIGEST, "left")
         if digest_nullable:
-            uncacheable = keyed.where(F.col(KEY).isNull()).drop(out_col)
+            uncacheable = keyed.where(F.col(DIGEST).isNull()).drop(*out_cols)
+            for s in signals:
+                uncacheable = uncacheable.withColumn(need_column(s.name), F.lit(True))
             out = out.unionByName(embed_fn(uncacheable).select(*out.columns))
-        self.uses[signal] = use
-        log.info(
-            "embeddings cache %s (%s): %d distinct keys, %d reused, %d computed in %.1fs (lookup %.1fs)",
-            signal,
-            fp_id,
-            use.keys,
-            use.reused,
-            use.computed,
-            time.monotonic() - t0,
-            t_lookup,
-        )
-        return out.drop(KEY)
+        self.uses.update(uses)
+        for s in signals:
+            use = uses[s.name]
+            log.info(
+                "embeddings cache %s (%s): %d distinct keys, %d reused, %d computed in %.1fs (lookup %.1fs)",
+                s.name,
+                use.fingerprint,
+                use.keys,
+                use.reused,
+                use.computed,
+                time.monotonic() - t0,
+                t_lookup,
+            )
+        return out.drop(DIGEST)
 
     # -- writing --------------------------------------------------------------------
 
