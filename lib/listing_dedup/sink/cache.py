@@ -63,8 +63,7 @@ log = logging.getLogger(__name__)
 EMBEDDINGS, USED = "embeddings", "embeddings_used"
 VECTORS_SCHEMA = "key string, signal string, fingerprint string, vector array<float>, run_id string"
 USED_SCHEMA = "key string, signal string"
-KEY = "_cache_key"
-DIGEST = "_cache_digest"
+DIGEST = "_cache_digest"  # the working columns of a lookup all start with "_cache_"
 
 
 @dataclass(frozen=True)
@@ -206,16 +205,16 @@ class EmbeddingCache:
                 raise SinkError(f"cannot read the embeddings cache at {uri}: {first_line(e)}") from e
         return self._paths
 
-    def vectors(self, spark: Any, fp_id: str) -> Any:
-        """``(_cache_key, _cache_vec)`` of the cached vectors of one fingerprint (a key stored
-        twice by concurrent runs appears twice)."""
+    def vectors(self, spark: Any, signal: str, fp_id: str) -> Any:
+        """``(_key_col(signal), _cached_col(signal))`` of the cached vectors of one fingerprint
+        (a key stored twice by concurrent runs appears twice)."""
         from pyspark.sql import functions as F
 
         schema = spark.createDataFrame([], VECTORS_SCHEMA).schema
         paths = self._snapshot_paths()
         df = spark.read.schema(schema).parquet(*paths) if paths else spark.createDataFrame([], schema)
         return df.where(F.col("fingerprint") == F.lit(fp_id)).select(
-            F.col("key").alias(KEY), F.col("vector").alias("_cache_vec")
+            F.col("key").alias(_key_col(signal)), F.col("vector").alias(_cached_col(signal))
         )
 
     # -- looking up and embedding ---------------------------------------------------------
@@ -293,9 +292,9 @@ class EmbeddingCache:
         need = cacheable if content_cols is None else cacheable.select(DIGEST, *content_cols)
         need = need.drop(*out_cols).dropDuplicates([DIGEST])  # one row per distinct content
         for s in signals:
-            key, cached = _key_col(s.name), _cached_col(s.name)
-            vecs = self.vectors(spark, fp_ids[s.name]).select(F.col(KEY).alias(key), F.col("_cache_vec").alias(cached))
-            need = need.withColumn(key, key_column(fp_ids[s.name], F.col(DIGEST))).join(vecs, key, "left")
+            key = _key_col(s.name)
+            need = need.withColumn(key, key_column(fp_ids[s.name], F.col(DIGEST)))
+            need = need.join(self.vectors(spark, s.name, fp_ids[s.name]), key, "left")
         have = keep(need.dropDuplicates([DIGEST]))  # a key stored twice (concurrent runs) joins twice
         lacks = reduce(lambda a, b: a | b, [F.col(_cached_col(s.name)).isNull() for s in signals])
         counts = have.agg(
