@@ -125,7 +125,7 @@ def sized_sets(n: int) -> list[str]:
     ]
 
 
-def run_size(n: int, work: Path, text: bool, sets: list[str]) -> dict:
+def run_size(n: int, work: Path, text: bool, sets: list[str], growth: str = "categories") -> dict:
     from listing_dedup.quality.evaluate import evaluate_run
     from listing_dedup.quality.sample import generate_catalog
     from listing_dedup.sink.delta import read_table
@@ -134,7 +134,7 @@ def run_size(n: int, work: Path, text: bool, sets: list[str]) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "listings.parquet"
     t0 = time.perf_counter()
-    sample = generate_catalog(max(1, n // 3), seed=11, with_bad_rows=False)
+    sample = generate_catalog(max(1, n // 3), seed=11, with_bad_rows=False, growth=growth)
     sample.listings.to_parquet(path, index=False)
     gen_s = time.perf_counter() - t0
     wh = folder / "wh"
@@ -177,6 +177,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="100000,300000,1000000", help="listings per catalog, comma-separated")
     p.add_argument("--text", action="store_true", help="also run the text encoder (MiniLM)")
+    p.add_argument(
+        "--growth",
+        default="categories",
+        choices=["categories", "lines"],
+        help="how the generator grows past 3,000 products (quality/sample.py; 'lines' = before stop 27)",
+    )
     p.add_argument("--set", action="append", default=[], dest="sets", help="more --set for the job (after SCALE_SETS)")
     p.add_argument("--work", default=None, help="folder for the catalogs and warehouses (default: a temp dir)")
     p.add_argument("--png", default=None, help="write the growth curve here")
@@ -186,7 +192,7 @@ def main() -> int:
     results = []
     print("job settings (after conf/local.yaml):", " ".join(sized_sets(sizes[-1]) + args.sets), flush=True)
     for n in sizes:
-        r = run_size(n, work, args.text, args.sets)
+        r = run_size(n, work, args.text, args.sets, args.growth)
         results.append(r)
         st = ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items())
         f1s = f" matches F1 {r['f1'][0]:.3f}, clusters F1 {r['f1'][1]:.3f}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from listing_dedup.quality import sample as sample_mod
 from listing_dedup.quality.sample import BRANDS, KINDS, PRODUCTS_PER_LINE_SET, generate_catalog
 
@@ -18,9 +19,9 @@ def test_small_catalog_has_one_product_line_per_brand_and_kind():
     assert again.listings.equals(s.listings)
 
 
-def test_large_catalog_gets_more_lines_and_every_product_is_distinct():
+def test_large_catalog_grows_by_lines_and_every_product_is_distinct():
     n = 2 * PRODUCTS_PER_LINE_SET + 500  # more than the ~4,500 products of one line per brand and kind
-    s = generate_catalog(n, seed=9, with_bad_rows=False)
+    s = generate_catalog(n, seed=9, with_bad_rows=False, growth="lines")
     assert s.truth["label_group"].nunique() == n
     sizes = s.truth["label_group"].value_counts()
     assert sizes.min() >= 1 and sizes.max() <= 5
@@ -34,3 +35,28 @@ def test_large_catalog_gets_more_lines_and_every_product_is_distinct():
     for (b, k, _i), name in sample_mod._LINES.items():
         names.setdefault((b, k), set()).add(name)
     assert all(len(names[p]) == c for p, c in per_pair.items())
+
+
+def test_large_catalog_grows_by_category_blocks():
+    n = 2 * PRODUCTS_PER_LINE_SET + 500  # three blocks: the real brands and kinds, and two made up
+    s = generate_catalog(n, seed=9, with_bad_rows=False)
+    assert s.truth["label_group"].nunique() == n
+    assert len(s.listings) == len(s.truth) and s.listings["posting_id"].is_unique
+    made_up = sample_mod._MADE_UP
+    assert {b for b, _ in made_up} == {1, 2}
+    assert len(set(made_up.values())) == len(made_up)  # a made-up name belongs to one block and word
+    real = {b.lower() for b in BRANDS} | {w for kind, _, _ in KINDS for w in kind.split()}
+    assert not {w for name in made_up.values() for w in name.lower().split()} & real
+    # each block's words stand in for real ones consistently: one name per (block, word)
+    brands = {name for (_, word), name in made_up.items() if word in BRANDS}
+    assert len(brands) <= 2 * len(BRANDS) and all(len(name.split()) == 2 for name in brands)
+    titles = s.listings.merge(s.truth, on="posting_id")
+    # about two thirds of the products (blocks 1 and 2) carry a made-up brand in their titles
+    brand_of = titles.assign(made=titles["title"].str.lower().apply(lambda t: any(b.lower() in t for b in brands)))
+    share = brand_of.groupby("label_group")["made"].max().mean()
+    assert 0.55 < share < 0.8
+
+
+def test_growth_is_checked():
+    with pytest.raises(ValueError, match="growth"):
+        generate_catalog(10, growth="sideways")

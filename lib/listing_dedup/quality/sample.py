@@ -98,9 +98,15 @@ def _line_name(rng: random.Random) -> str:
     return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
 
 
-def _canonical(rng: random.Random, lines: int = 1) -> tuple[str, str, str, str]:
+def _canonical(rng: random.Random, lines: int = 1, growth: str = "categories") -> tuple[str, str, str, str]:
     brand = rng.choice(BRANDS)
     kind, variants, sizes = rng.choice(KINDS)
+    if lines > 1 and growth == "categories":
+        block = rng.randrange(lines)
+        if block:  # another category block: brands and product kinds of its own
+            brand = _made_up(rng, block, brand, 2)
+            kind = " ".join(_made_up(rng, block, w, 1).lower() for w in kind.split())
+        lines = 1
     # few product lines per brand and kind: products differing only in variant or size stay hard negatives
     if lines == 1:
         line = _LINES.setdefault((brand, kind), _line_name(rng))
@@ -117,10 +123,31 @@ def _canonical(rng: random.Random, lines: int = 1) -> tuple[str, str, str, str]:
     return f"{brand} {line}", kind, rng.choice(variants), rng.choice(sizes)
 
 
+def _made_up(rng: random.Random, block: int, word: str, n_words: int) -> str:
+    """Block ``block``'s stand-in for ``word`` (a brand, or a word of a product kind): a made-up
+    name of ``n_words`` words, the same throughout the block, used by no other block and never
+    a real brand or kind word."""
+    name = _MADE_UP.get((block, word))
+    if name is None:
+        name = " ".join(_line_name(rng) for _ in range(n_words))
+        while name.lower() in _TAKEN:
+            name = " ".join(_line_name(rng) for _ in range(n_words))
+        _TAKEN.add(name.lower())
+        _MADE_UP[(block, word)] = name
+    return name
+
+
 _LINES: dict[tuple, str] = {}
+_MADE_UP: dict[tuple[int, str], str] = {}
+_TAKEN: set[str] = set()
 _LINE_NAMES: dict[tuple[str, str], set[str]] = {}
 # about 4,500 distinct products fit one line per brand and kind (38 brands x 20 kinds x their
-# variants and sizes); a larger catalog gets more lines per brand and kind, this many products each
+# variants and sizes); a larger catalog is cut in blocks of about this many products. growth
+# "categories" (default): each block past the first is another category universe, its own
+# made-up brands and product-kind words (variants, sizes, promo words and codes stay shared),
+# so a listing's neighbourhood grows slowly with the catalog, as in real data (docs/benchmarks.md
+# "Scale: the whole job"); growth "lines" (before stop 27): each block adds one more product
+# line to every brand and kind, so the look-alikes of a listing grow in proportion to the catalog
 PRODUCTS_PER_LINE_SET = 3000
 
 
@@ -177,24 +204,37 @@ def _flip_bits(h: int, n_bits: int, rng: random.Random) -> int:
 
 
 def generate_catalog(
-    n_products: int = 300, *, seed: int = 7, min_size: int = 1, max_size: int = 5, with_bad_rows: bool = True
+    n_products: int = 300,
+    *,
+    seed: int = 7,
+    min_size: int = 1,
+    max_size: int = 5,
+    with_bad_rows: bool = True,
+    growth: str = "categories",
 ) -> Sample:
     """``n_products`` products, each listed ``min_size..max_size`` times (singletons when 1).
-    Past :data:`PRODUCTS_PER_LINE_SET` products each brand and kind gets more product lines
-    (made-up names, as real catalogs have), so any size can be generated (``bench/scale.py``);
-    smaller catalogs are the same as ever for a seed."""
+    Past :data:`PRODUCTS_PER_LINE_SET` products the catalog grows by ``growth``: ``"categories"``
+    (blocks of made-up brands and product kinds) or ``"lines"`` (more product lines of the same
+    brands and kinds, the generator before stop 27), so any size can be generated
+    (``bench/scale.py``); smaller catalogs are the same as ever for a seed."""
     rng = random.Random(seed)
+    if growth not in ("categories", "lines"):
+        raise ValueError(f"growth must be 'categories' or 'lines', not {growth!r}")
     _LINES.clear()
     _LINE_NAMES.clear()
+    _MADE_UP.clear()
+    _TAKEN.clear()
+    _TAKEN.update(b.lower() for b in BRANDS)  # made-up names never take a real brand or kind word
+    _TAKEN.update(w.lower() for kind, _, _ in KINDS for w in kind.split())
     lines = max(1, -(-n_products // PRODUCTS_PER_LINE_SET))
     seen: set[tuple[str, str, str, str]] = set()
     rows: list[dict] = []
     truth: list[dict] = []
     pid = 0
     for g in range(n_products):
-        parts = _canonical(rng, lines)
+        parts = _canonical(rng, lines, growth)
         while parts in seen:
-            parts = _canonical(rng, lines)
+            parts = _canonical(rng, lines, growth)
         seen.add(parts)
         base_hash = rng.getrandbits(64)
         code = f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXZ')}{rng.choice('ABCDEFGHJKLMNPRSTUVWXZ')}-{rng.randint(100, 9999)}"
