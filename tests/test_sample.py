@@ -60,3 +60,20 @@ def test_large_catalog_grows_by_category_blocks():
 def test_growth_is_checked():
     with pytest.raises(ValueError, match="growth"):
         generate_catalog(10, growth="sideways")
+
+
+def test_made_up_names_never_run_out():
+    """A 1M-listing catalog has ~112 blocks x ~49 kind words: more than the 5,202 one-word names
+    of 2-3 syllables. Once they are all taken a name grows by a syllable (the first 1M run hung)."""
+    import itertools
+    import random
+
+    syl = sample_mod._SYLLABLES
+    every_short = {"".join(p).lower() for n in (2, 3) for p in itertools.product(syl, repeat=n)}
+    sample_mod._MADE_UP.clear()
+    sample_mod._TAKEN.clear()
+    sample_mod._TAKEN.update(every_short)
+    name = sample_mod._made_up(random.Random(0), 1, "lipstick", 1)
+    assert name.lower() not in every_short and len(name.split()) == 1
+    assert sample_mod._made_up(random.Random(1), 1, "lipstick", 1) == name  # one name per (block, word)
+    assert sample_mod._made_up(random.Random(0), 2, "lipstick", 1) != name

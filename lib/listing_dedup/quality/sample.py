@@ -129,9 +129,12 @@ def _made_up(rng: random.Random, block: int, word: str, n_words: int) -> str:
     a real brand or kind word."""
     name = _MADE_UP.get((block, word))
     if name is None:
-        name = " ".join(_line_name(rng) for _ in range(n_words))
-        while name.lower() in _TAKEN:
+        for _ in range(20):
             name = " ".join(_line_name(rng) for _ in range(n_words))
+            if name.lower() not in _TAKEN:
+                break
+        while name.lower() in _TAKEN:  # the short names are running out (5,202 one-word names)
+            name += rng.choice(_SYLLABLES)
         _TAKEN.add(name.lower())
         _MADE_UP[(block, word)] = name
     return name
