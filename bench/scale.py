@@ -4,8 +4,10 @@
         [--work DIR] [--png docs/scale_growth.png]
 
 Each catalog comes from the sample generator (lib/listing_dedup/quality/sample.py, the one
-``make run`` uses, grown with more product lines past ~4,500 products; 1-5 listings a product,
-a perceptual hash each). The job runs as ``jobs/dedup_listings.py --conf conf/local.yaml`` in a
+``make run`` uses, grown past 3,000 products by blocks of made-up brands and product kinds,
+``--growth categories``, or by more product lines of the same brands and kinds, ``--growth lines``,
+the rule before stop 27 whose look-alikes grow in proportion to the catalog; 1-5 listings a
+product, a perceptual hash each). The job runs as ``jobs/dedup_listings.py --conf conf/local.yaml`` in a
 child process (lexical + pHash signals; ``--text`` adds the text encoder) while this script
 samples, every 0.5 s, the resident memory of the process tree: the Python driver, the driver's
 JVM and each Python worker. Seconds per stage come from the job's ``runs`` row; F1 against the
