@@ -191,6 +191,12 @@ def main() -> None:
     ap.add_argument("--change", type=float, default=0.01)
     ap.add_argument("--add", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument(
+        "--growth",
+        default="categories",
+        choices=["categories", "lines"],
+        help="the generator's rule past 3,000 products (quality/sample.py); the figures before stop 27 used 'lines'",
+    )
     ap.add_argument("--work", default="")
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--resume", action="store_true", help="keep night 1 when --work already holds it")
@@ -201,7 +207,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_incremental_"))
     work.mkdir(parents=True, exist_ok=True)
-    cat = generate_catalog(args.products, seed=args.seed).listings
+    cat = generate_catalog(args.products, seed=args.seed, growth=args.growth).listings
     day2, n_changed, n_added = night_two(cat, args.change, args.add, args.seed)
     p1, p2 = str(work / "night1.parquet"), str(work / "night2.parquet")
     cat.to_parquet(p1, index=False)
