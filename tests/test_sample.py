@@ -47,7 +47,7 @@ def test_large_catalog_grows_by_category_blocks():
     assert len(set(made_up.values())) == len(made_up)  # a made-up name belongs to one block and word
     real = {b.lower() for b in BRANDS} | {w for kind, _, _ in KINDS for w in kind.split()}
     assert not {w for name in made_up.values() for w in name.lower().split()} & real
-    # each block's words stand in for real ones consistently: one name per (block, word)
+    # a block's stand-in brands: at most one per (block, real brand), each of two made-up words
     brands = {name for (_, word), name in made_up.items() if word in BRANDS}
     assert len(brands) <= 2 * len(BRANDS) and all(len(name.split()) == 2 for name in brands)
     titles = s.listings.merge(s.truth, on="posting_id")

@@ -106,9 +106,8 @@ def _canonical(rng: random.Random, lines: int = 1, growth: str = "categories") -
         if block:  # another category block: brands and product kinds of its own
             brand = _made_up(rng, block, brand, 2)
             kind = " ".join(_made_up(rng, block, w, 1).lower() for w in kind.split())
-        lines = 1
     # few product lines per brand and kind: products differing only in variant or size stay hard negatives
-    if lines == 1:
+    if lines == 1 or growth == "categories":
         line = _LINES.setdefault((brand, kind), _line_name(rng))
     else:
         key = (brand, kind, rng.randrange(lines))
