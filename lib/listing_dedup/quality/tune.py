@@ -109,6 +109,7 @@ class Part:
     lexical: np.ndarray | None
     phash: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     phash_share: float = 0.0  # listings with a well-formed pHash (the health reference's coverage)
+    phash_score: dict[int, np.ndarray] = field(default_factory=dict)  # each pair's ``1 - bits/64``
 
 
 def split_parts(df: pd.DataFrame, n_parts: int, seed: int = 0) -> list[pd.DataFrame]:
@@ -139,6 +140,7 @@ def prepare_part(name: str, df: pd.DataFrame, cfg: DedupConfig, text_vectors: np
             pairs, _ = phash_pairs_pandas(ids[ok.to_numpy()], df.loc[ok, "image_phash"].str.lower(), bits, 1000)
             s, d = pos[pairs["src"]].to_numpy(), pos[pairs["dst"]].to_numpy()
             part.phash[bits] = (np.minimum(s, d), np.maximum(s, d))
+            part.phash_score[bits] = pairs["score"].to_numpy(dtype=np.float32)
     return part
 
 
@@ -313,6 +315,8 @@ def overlay_for(best: pd.Series, match=None) -> dict:
             "min2_threshold": float(best["min2"]) if best["min2"] is not None else float(best["threshold"]),
         },
         "phash": {"enabled": best["phash_bits"] is not None},
+        # the tuned rule decides: the profiles' built-in re-ranker would otherwise override it
+        "rerank": {"enabled": False},
     }
     if best["phash_bits"] is not None:
         out["phash"]["max_bits"] = int(best["phash_bits"])

@@ -19,6 +19,7 @@ time, and the re-ranker would learn to trust them too much.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -68,6 +69,7 @@ log = logging.getLogger(__name__)
 
 THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.025), 3))
 MIN2 = (None, 0.05, 0.1, 0.2, 0.3)
+MARGINS = (0.0, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3)  # group margins tried on the probabilities
 
 
 @dataclass
@@ -78,7 +80,7 @@ class PartCandidates:
     frame: pd.DataFrame  # src, dst (row indices) + FRAME_COLUMNS
     X: np.ndarray
     y: np.ndarray
-    groups: np.ndarray  # label code of src (for the group-aware folds)
+    groups: np.ndarray  # label of src (for the group-aware folds; the same label in two parts is one group)
     signals: dict[str, float] = field(default_factory=dict)  # share of the part's listings carrying each
 
 
@@ -93,6 +95,8 @@ class RerankResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)  # best out-of-fold setting after each round
     seconds: dict[str, float] = field(default_factory=dict)
     health_reference: HealthReference | None = None  # what the job's health check compares a catalog with
+    group_margin: float | None = None  # chosen out of fold for the probabilities (clusters F1)
+    margins: list[dict[str, float]] = field(default_factory=list)  # every margin's out-of-fold clusters F1
 
     @property
     def best(self) -> dict[str, float]:
@@ -138,7 +142,8 @@ def part_candidates(name: str, df: pd.DataFrame, cfg: DedupConfig, text: np.ndar
     titled = float((df["title"].fillna("").str.len() > 0).mean()) if len(df) else 0.0
     signals = {s: titled for s in cfg.fusion.weights(list(cfg.dense_signals()))}
     signals["phash"] = float(pd.Series(phashes).notna().mean()) if len(df) else 0.0
-    return PartCandidates(part, frame, pair_features(frame), y, part.scorer.lab[src], signals)
+    labels = df["label_group"].astype(str).to_numpy()
+    return PartCandidates(part, frame, pair_features(frame), y, labels[src], signals)
 
 
 def rule_pairs(
@@ -216,9 +221,9 @@ def out_of_fold(
 
     X = np.concatenate(Xs if Xs is not None else [p.X for p in pcs])
     y = np.concatenate([p.y for p in pcs])
-    # group codes are per part; make them global
-    offs = np.cumsum([0] + [int(p.part.scorer.lab.max()) + 1 for p in pcs[:-1]])
-    g = np.concatenate([p.groups + o for p, o in zip(pcs, offs, strict=True)])
+    # by label across the parts: a group that two parts hold (a catalog cut from another) is held
+    # out of both at once, so no part is scored by a model that saw its group in another part
+    g = pd.factorize(np.concatenate([p.groups for p in pcs]))[0]
     n_groups = len(np.unique(g))
     folds = min(cfg.rerank.train.cv_folds, n_groups)
     if folds < 2 or y.min() == y.max():
@@ -254,6 +259,36 @@ def choose_thresholds(pcs: list[PartCandidates], probs: list[np.ndarray], phash_
             )
     out = pd.DataFrame(rows)
     return out.sort_values(["f1", "threshold"], ascending=[False, False], ignore_index=True)
+
+
+def choose_group_margin(
+    pcs: list[PartCandidates], probs: list[np.ndarray], threshold: float, min2: float | None, bits: int | None, cfg
+) -> tuple[float, list[dict[str, float]]]:
+    """The ``guard.group_margin`` for the re-ranker's probabilities: the one of :data:`MARGINS`
+    with the best mean clusters F1 over the parts (the job's groups: the chosen edge rule on the
+    out-of-fold probabilities, pHash union, margin, split guard), the smaller margin on a tie.
+    A probability is not a fused score: the fused-score margin does not carry over."""
+    from listing_dedup.quality.robust import cluster_scores, job_groups
+
+    mc = MatchConf(threshold=threshold, min2=min2 is not None, min2_threshold=min2 if min2 is not None else threshold)
+    edges = []
+    for p, pr in zip(pcs, probs, strict=True):
+        src, dst = p.frame["src"].to_numpy(), p.frame["dst"].to_numpy()
+        o = np.lexsort((dst, -pr, src))
+        ph = None
+        if bits is not None and bits in p.part.phash:
+            ph = (*p.part.phash[bits], p.part.phash_score[bits])
+        edges.append((p, *rule_edges(src[o], dst[o], pr[o], mc, ph)))
+    rows = []
+    for m in MARGINS:
+        guard = dataclasses.replace(cfg.guard, group_margin=float(m))
+        f = [
+            cluster_scores(p.part.scorer.lab, job_groups(p.part.scorer.n, a, b, w, mc, guard))[0]
+            for p, a, b, w in edges
+        ]
+        rows.append({"group_margin": float(m), "clusters_f1": float(np.mean(f)), "clusters_f1_min": float(np.min(f))})
+    best = max(rows, key=lambda r: (round(r["clusters_f1"], 6), -r["group_margin"]))
+    return best["group_margin"], rows
 
 
 def train_reranker(df: pd.DataFrame, cfg: DedupConfig, *, cache_dir: str | None = None) -> RerankResult:
@@ -313,7 +348,9 @@ def train_reranker(df: pd.DataFrame, cfg: DedupConfig, *, cache_dir: str | None 
     names = feature_names(cfg.rerank.train.graph_rounds)
     importance = {f: float(v / max(gain.sum(), 1e-12)) for f, v in zip(names, gain, strict=True)}
     ref = health_reference(pcs, probs, t, m, bits, cfg)
-    return RerankResult(tuple(texts), t, m, parts, ranked, importance, rounds, seconds, ref)
+    margin, margins = choose_group_margin(pcs, probs, t, m, bits, cfg)
+    log.info("re-ranker group margin %s (out-of-fold clusters F1 %s)", margin, margins)
+    return RerankResult(tuple(texts), t, m, parts, ranked, importance, rounds, seconds, ref, margin, margins)
 
 
 def health_reference(
@@ -386,6 +423,7 @@ def write_reranker_dir(out: str | Path, res: RerankResult, cfg: DedupConfig, *, 
         "pipeline": fp,
         "threshold": res.threshold,
         "min2_threshold": res.min2_threshold,
+        "group_margin": res.group_margin,
         "min_score": cfg.rerank.min_score,
         "phash_max_bits": cfg.phash.max_bits if cfg.phash.enabled else None,
         "trained_on": source,
@@ -402,6 +440,7 @@ def write_reranker_dir(out: str | Path, res: RerankResult, cfg: DedupConfig, *, 
         },
         "parts": res.parts,
         "rounds": res.rounds,
+        "group_margins": res.margins,
         "importance": dict(sorted(res.importance.items(), key=lambda kv: -kv[1])),
         "settings": json.loads(res.candidates.head(20).to_json(orient="records")),
         "seconds": {k: round(v, 2) for k, v in res.seconds.items()},
