@@ -34,6 +34,8 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
+    # the shipped re-ranker (rerank.model: builtin): LightGBM text + JSON, read through importlib.resources
+    package_data={"listing_dedup": ["models/reranker/*.json", "models/reranker/*.txt", "models/reranker/*.md"]},
     install_requires=RUNTIME,
     entry_points={"console_scripts": ["listing-dedup = listing_dedup.cli:main"]},
     extras_require={

@@ -14,13 +14,21 @@ Each is searched among itself and scored with the row-wise mean F1 (matches; clu
 the guard) for
   old       the defaults before issue 15 (OLD_DEFAULTS below, over conf/local.yaml)
   baseline  plain char 2-4-gram TF-IDF, exact cosine, one threshold and min2 chosen on folds 2-4
-  new       the conf given (default conf/local.yaml: the current defaults)
+  new       the conf given (default conf/local.yaml: the current defaults): the built-in
+            re-ranker, or the threshold rule where the job would fall back to it (the
+            re-ranker's health check flags the catalog, rerank.fallback: rule)
+  rule      the conf's threshold rule alone (rerank off: what the fallback runs)
 through the job's stages on one machine (exact kNN = the job's search at nprobe = nlist, INB
-blend_numpy, the job's edge rules via quality/robust.rule_edges, pHash pairs, the guard).
+blend_numpy, the candidate frame and the re-ranker's rounds, the job's edge rules via
+quality/robust.rule_edges, pHash pairs, the group margin, the guard, the health check).
 MiniLM title vectors are cached per title under --cache-dir.
 
-The new defaults were chosen on catalogs of the same shapes cut from folds 2-4 and a sample
-of another seed (quality/robust.tuning_suite; docs/quality.md), never on these.
+The threshold rule was chosen on catalogs of the same shapes cut from folds 2-4 and a sample
+of another seed (quality/robust.tuning_suite; docs/quality.md), never on these. The built-in
+re-ranker was trained on fold 3, fold 4 and a sample of seed 11 (bench/rerank_transfer.py): the
+singletons and size_27k catalogs hold some of its training rows (folds 3-4), so its figures there
+are optimistic; bench/rerank_transfer.py scores them on the rows it never saw and adds two
+catalogs without any training row.
 --check-job-figure asserts that the fast path gives the job's documented fold-1 figure for the
 old defaults (matches 0.827, clusters 0.762 through the job, docs/quality.md).
 """
@@ -28,6 +36,7 @@ old defaults (matches 0.827, clusters 0.762 through the job, docs/quality.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import logging
 import sys
@@ -41,7 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from listing_dedup.config import DedupConfig, MatchConf, load_config  # noqa: E402
 from listing_dedup.embed.lexical import document_frequencies, hashed_counts, idf_vector, lexical_vectors  # noqa: E402
+from listing_dedup.graph.rerank import candidate_frame, group_margin_of, reranker_for  # noqa: E402
 from listing_dedup.quality import robust as R  # noqa: E402
+from listing_dedup.quality.health import health_check  # noqa: E402
+from listing_dedup.quality.run_health import choose_reference, limits_of  # noqa: E402
 from listing_dedup.quality.tune import PairScorer, Part, fused_vectors  # noqa: E402
 from listing_dedup.quality.tuning import knn, top_k_sorted  # noqa: E402
 from listing_dedup.search.blender import blend_numpy  # noqa: E402
@@ -67,6 +79,7 @@ OLD_DEFAULTS = [
     "guard.max_group=50",
     "guard.step=0.05",
     "guard.group_margin=0",
+    "rerank.enabled=false",
 ]
 JOB_FOLD1 = (0.827, 0.762)  # the old defaults through the job on fold 1 (matches, clusters)
 BASELINE_THRESHOLDS = tuple(np.round(np.arange(0.3, 0.951, 0.025), 3))
@@ -187,15 +200,62 @@ def score_edges(cat: Catalog, nbrs, match: MatchConf, phash, guard) -> dict:
     g = R.job_groups(cat.n, a, b, w, match, guard) if guard is not None else R.components(cat.n, a, b)
     out["cf1"], out["cp"], out["cr"] = R.cluster_scores(cat.labels, g)
     out["edges"] = len(a)
+    out["_graph"] = (a, b, g)  # for the health check
     return out
 
 
-def run_conf(cat: Catalog, cfg: DedupConfig) -> dict:
-    """The job's stages under ``cfg`` on one catalog (titles + lexical + pHash)."""
+def run_rule(cat: Catalog, cfg: DedupConfig) -> dict:
+    """The threshold rule of ``cfg`` (titles + lexical + pHash) on one catalog."""
     w = cfg.fusion.weights([s for s in ("text", "lexical") if getattr(cfg.embed, s).enabled])
     nbrs = cat.search(w.get("text", 0.0), tuple(cfg.inb.thresholds), cfg.index.k)
     ph = cat.phash(cfg.phash.max_bits) if cfg.phash.enabled else None
-    return score_edges(cat, nbrs, cfg.match, ph, cfg.guard)
+    return {**score_edges(cat, nbrs, cfg.match, ph, cfg.guard), "by": "rule"}
+
+
+def fast_health(cat: Catalog, out: dict, top1: pd.Series, cfg: DedupConfig, reference):
+    """The job's health check of one scored run (``out`` from :func:`score_edges`; ``top1``:
+    each row's best final-search score)."""
+    a, b, g = out["_graph"]
+    ids = np.asarray(cat.part.ids, dtype=str)
+    titled = float((cat.df["title"].fillna("").str.len() > 0).mean())
+    signals = {s: titled for s in cfg.fusion.weights(list(cfg.dense_signals()))}
+    signals["phash"] = float(cat.df["image_phash"].notna().mean())
+    return health_check(
+        ids,
+        pd.DataFrame({"src": ids[a], "dst": ids[b]}),
+        pd.DataFrame({"posting_id": ids, "group_id": np.asarray(g).astype(str)}),
+        pd.Series(top1.to_numpy(), index=ids[top1.index.to_numpy()]),
+        signals,
+        reference=reference,
+        limits=limits_of(cfg.health),
+    )
+
+
+def run_conf(cat: Catalog, cfg: DedupConfig) -> dict:
+    """What the job decides under ``cfg`` on one catalog: the re-ranker when the conf runs one
+    (the built-in on the default pipeline) and, with ``rerank.fallback: rule``, its health
+    check does not flag the catalog; else the threshold rule. ``by`` says which."""
+    model, _ = reranker_for(cfg)
+    if model is None:
+        return run_rule(cat, cfg)
+    w = cfg.fusion.weights([s for s in ("text", "lexical") if getattr(cfg.embed, s).enabled]).get("text", 0.0)
+    k = cfg.index.k
+    final = cat.search(w, tuple(cfg.inb.thresholds), k)
+    frame = candidate_frame(
+        cat.search(w, (), k), final, cat.df["title"].tolist(), cat.df["image_phash"].tolist(), k, cfg.rerank.min_score
+    )
+    prob = model.round_probabilities(frame)[-1]
+    src, dst = frame["src"].to_numpy(), frame["dst"].to_numpy()
+    o = np.lexsort((dst, -prob, src))
+    guard = dataclasses.replace(cfg.guard, group_margin=group_margin_of(cfg, model))
+    ph = cat.phash(cfg.phash.max_bits) if cfg.phash.enabled else None
+    out = {**score_edges(cat, (src[o], dst[o], prob[o]), cfg.rerank.match(), ph, guard), "by": "re-ranker"}
+    reference, _ = choose_reference(cfg)
+    top1 = pd.Series(final[2], dtype=np.float64).groupby(final[0]).max()
+    codes = fast_health(cat, out, top1, cfg, reference).warning_codes
+    if codes and cfg.rerank.fallback == "rule":
+        return {**run_rule(cat, cfg.without_reranker()), "by": "rule (re-ranker flagged: " + ",".join(codes) + ")"}
+    return out
 
 
 def choose_baseline(tune_cats: list[Catalog], k: int, guard) -> MatchConf:
@@ -247,11 +307,14 @@ def main() -> int:
         o = run_conf(cat, old)
         b = score_edges(cat, cat.tfidf_search(new.index.k), base_match, None, old.guard)
         n = run_conf(cat, new)
-        rows.append((cat.name, cat.n, o, b, n))
+        u = run_rule(cat, new.without_reranker()) if n["by"] != "rule" else n  # the conf's rule alone
+        rows.append((cat.name, cat.n, o, b, n, u))
         print(
             f"catalog={cat.name} n={cat.n} "
-            + " ".join(f"{k}={r['f1']:.4f}/{r['cf1']:.4f}" for k, r in (("old", o), ("baseline", b), ("new", n)))
-            + f" new_P={n['p']:.3f} new_R={n['r']:.3f} (matches/clusters F1)",
+            + " ".join(
+                f"{k}={r['f1']:.4f}/{r['cf1']:.4f}" for k, r in (("old", o), ("baseline", b), ("new", n), ("rule", u))
+            )
+            + f" new_P={n['p']:.3f} new_R={n['r']:.3f} new_by={n['by'].replace(' ', '_')} (matches/clusters F1)",
             flush=True,
         )
         if args.check_job_figure and cat.name == "shopee_f1_7k":
@@ -262,15 +325,15 @@ def main() -> int:
     if args.markdown:
         print(
             "| catalog | listings | old matches | old clusters | baseline matches | baseline clusters "
-            "| new matches | new clusters |"
+            "| new matches | new clusters | new by | new's rule alone (matches / clusters) |"
         )
-        print("|---|---|---|---|---|---|---|---|")
-        for name, n_, o, b, n in rows:
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for name, n_, o, b, n, u in rows:
             print(
                 f"| {name} | {n_:,} | {o['f1']:.3f} | {o['cf1']:.3f} | {b['f1']:.3f} | {b['cf1']:.3f} "
-                f"| **{n['f1']:.3f}** | **{n['cf1']:.3f}** |"
+                f"| **{n['f1']:.3f}** | **{n['cf1']:.3f}** | {n['by']} | {u['f1']:.3f} / {u['cf1']:.3f} |"
             )
-    f1s = {name: n["f1"] for name, _, _, _, n in rows}
+    f1s = {name: n["f1"] for name, _, _, _, n, _ in rows}
     worst = min(f1s, key=f1s.get)
     print(
         f"baseline: char TF-IDF exact cosine, threshold {base_match.threshold:.3f}, "

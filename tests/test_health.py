@@ -238,9 +238,15 @@ def test_shipped_reference_of_the_defaults_applies_to_the_defaults_only():
     assert len(q) == len(QUANTILES) and (np.diff(q) >= 0).all() and 0 < q[0] and q[-1] <= 1.0 + 1e-6
     assert 1.0 < ref.matches_per_listing < 10.0 and 0.5 < ref.share_matched <= 1.0  # every Shopee listing has a twin
     for profile in ("conf/local.yaml", "conf/cluster.yaml"):  # same signals and edge rules
-        got, note = choose_reference(load_config([profile]))
+        cfg = load_config([profile])
+        # the profiles run the built-in re-ranker, judged against its own reference; their
+        # threshold rule (the fallback, or rerank.enabled=false) against the shipped defaults'
+        got, note = choose_reference(cfg.without_reranker())
         assert got == ref and note == ""
-    got, note = choose_reference(load_config(["conf/local.yaml"], ["match.threshold=0.8", "phash.enabled=false"]))
+        got, note = choose_reference(cfg)
+        assert got is not None and got != ref and "re-ranker training parts" in got.source and note == ""
+    off = ["rerank.enabled=false", "match.threshold=0.8", "phash.enabled=false"]
+    got, note = choose_reference(load_config(["conf/local.yaml"], off))
     assert got is None and "match.threshold" in note and "phash.enabled" in note
     cfg = load_config(["conf/local.yaml"], ["health.max_top1_ks=0.4"])
     assert limits_of(cfg.health) == Limits(max_top1_ks=0.4)

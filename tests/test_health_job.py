@@ -185,11 +185,11 @@ def shopee_reranker(shared_data, tmp_path_factory):
     return out, res, catalog
 
 
-def _job(spark, model, catalog: pd.DataFrame, path, run_date: str, wh: str):
+def _job(spark, model, catalog: pd.DataFrame, path, run_date: str, wh: str, fallback: str = "none"):
     from listing_dedup.pipeline import run_dedup
 
     catalog[["posting_id", "title", "image_phash"]].astype({"image_phash": "string"}).to_parquet(path, index=False)
-    cfg = load_config(["conf/local.yaml", str(model / "overlay.yaml")], JOB)
+    cfg = load_config(["conf/local.yaml", str(model / "overlay.yaml")], [*JOB, f"rerank.fallback={fallback}"])
     return run_dedup(spark=spark, cfg=cfg, input_path=str(path), run_date=run_date, warehouse=wh)
 
 
@@ -232,3 +232,18 @@ def test_shopee_reranker_on_a_phash_free_catalog_is_flagged(spark, shopee_rerank
     h = json.loads(runs.loc["2026-05-02", "health_json"])
     assert h["reference"] == ref.source and h["signals"]["phash"] == 0.0
     assert [w["code"] for w in h["warnings"]] == ["signal_missing", "matches_exploding", "guard_cut"]
+
+    # rerank.fallback: rule (the default): the same flagged run writes the threshold rule's
+    # matches and groups, and says so first
+    fb = _job(spark, model, catalog.assign(image_phash=None), tmp_path / "without.parquet", "2026-05-03", wh, "rule")
+    assert fb.health.warning_codes[0] == "rerank_fallback", fb.as_text()
+    assert "signal_missing" in fb.health.warnings[0].message and "matches_exploding" in fb.health.warnings[0].message
+    assert fb.signal_counts["rerank_fallback"] == 1 and fb.signal_counts["reranked_pairs"] > 0
+    assert fb.health.reference != ref.source  # judged as the threshold rule's run
+    mpl, cut = per_listing("2026-05-03")
+    assert mpl < 10 and cut < 0.5 and fb.health.matches_per_listing == pytest.approx(mpl)
+    assert runs_after(wh).loc["2026-05-03", "health_warnings"].startswith("rerank_fallback")
+
+
+def runs_after(wh):
+    return read_table(wh, "runs").set_index("run_date")

@@ -309,11 +309,50 @@ def test_model_directory_round_trip_overlay_and_checks(trained, tmp_path):
 
 def test_rerank_config_is_validated():
     with pytest.raises(ConfigError, match="rerank.model"):
-        load_config(["conf/local.yaml"], ["rerank.enabled=true"])
+        load_config(["conf/local.yaml"], ["rerank.enabled=true", "rerank.model=''"])
     with pytest.raises(ConfigError, match="rerank.min2_threshold"):
         load_config(["conf/local.yaml"], ["rerank.threshold=0.3", "rerank.min2_threshold=0.4"])
-    cfg = load_config(["conf/local.yaml"])
-    assert cfg.edge_match() == cfg.match  # off by default: the threshold rule
+    with pytest.raises(ConfigError, match="rerank.fallback"):
+        load_config(["conf/local.yaml"], ["rerank.fallback=maybe"])
+    with pytest.raises(ConfigError, match="rerank.group_margin"):
+        load_config(["conf/local.yaml"], ["rerank.group_margin=2"])
+    assert load_config(["conf/local.yaml"], ["rerank.group_margin=0.1"]).rerank.group_margin == 0.1
+    cfg = load_config(["conf/local.yaml"], ["rerank.enabled=false"])
+    assert cfg.edge_match() == cfg.match  # off: the threshold rule
+    on = load_config(["conf/local.yaml"])  # the shipped re-ranker by default, its probabilities' rule
+    assert on.rerank.model == "builtin" and on.edge_match() == on.rerank.match() != on.match
+    assert on.without_reranker().edge_match() == on.match and on.without_reranker().rerank.enabled is False
+
+
+def test_builtin_reranker_is_shipped_for_the_default_pipeline():
+    """The profiles turn on the packaged model with the thresholds its training chose; a run
+    on other pipeline settings gets the threshold rule and a reason, never wrong features."""
+    from listing_dedup.graph.rerank import builtin_reranker, fingerprint_diffs, group_margin_of
+    from listing_dedup.quality.health import read_reference
+
+    model = load_reranker("builtin")
+    meta = model.meta
+    assert model.graph_rounds == meta["graph_rounds"] >= 1
+    for profile in ("conf/local.yaml", "conf/cluster.yaml"):
+        cfg = load_config([profile])
+        assert cfg.rerank.enabled and cfg.rerank.model == "builtin" and cfg.rerank.fallback == "rule"
+        assert cfg.rerank.threshold == meta["threshold"]
+        assert cfg.rerank.min2 == (meta["min2_threshold"] is not None)
+        assert cfg.rerank.min_score == meta["min_score"]
+        assert fingerprint_diffs(meta, cfg) == []
+        got, why = builtin_reranker(cfg)
+        assert got is not None and why == ""
+        assert group_margin_of(cfg, got) == meta["group_margin"]  # rerank.group_margin: null = the model's
+    ref = read_reference("builtin")
+    assert ref is not None and ref.signals["phash"] > 0.9  # trained with pHash on (almost) every listing
+    # other settings: the rule decides, and the reason names what differs
+    for sets, key in ((["inb.thresholds=[]"], "inb_thresholds"), (["embed.text.model=e5-small"], "text_model")):
+        got, why = builtin_reranker(load_config(["conf/local.yaml"], sets))
+        assert got is None and key in why and "threshold rule" in why
+    cfg = load_config(["conf/local.yaml"], ["rerank.group_margin=0.3"])
+    assert group_margin_of(cfg, model) == 0.3
+    bare = Reranker(model.model_texts, {k: v for k, v in meta.items() if k != "group_margin"})
+    assert group_margin_of(load_config(["conf/local.yaml"]), bare) == 0.04  # guard.group_margin
 
 
 @pytest.mark.slow
@@ -333,6 +372,7 @@ def test_job_with_the_reranker_matches_the_one_machine_path(spark, trained, tmp_
         "guard.mode=none",
         "output.candidates=true",
         "output.candidates_min_score=-1",
+        "rerank.fallback=none",  # the re-ranker's pairs whatever the health check says of this small catalog
     ]
     cfg = load_config(["conf/local.yaml", str(out / "overlay.yaml")], sets)
     s = run_dedup(spark=spark, cfg=cfg, input_path=str(path), run_date="2026-04-01", warehouse=str(tmp_path / "wh"))
@@ -391,3 +431,25 @@ def test_train_reranker_cli_bad_input_and_conf_exit_2(tmp_path, capsys):
         rc = rr_cli.main(["--conf", "conf/local.yaml", "--out", str(tmp_path / "x"), *args])
         err = capsys.readouterr().err
         assert rc == 2 and msg in err and "Traceback" not in err, err[-2000:]
+
+
+def test_group_margin_is_chosen_out_of_fold_by_hand():
+    """Two true pairs (0-1, 2-3) and a wrong 1-2 candidate 0.05 under both ends' best: with the
+    margin off (0) or at 0.05 and over, the three edges make one group of 4 (each row's F1
+    2*2/(2+4)); a margin under 0.05 keeps 1-2 out of the groups (F1 1). Ties go to the
+    smallest margin: 0.01."""
+    from listing_dedup.quality.tune import PairScorer, Part
+    from listing_dedup.training.rerank_train import MARGINS, PartCandidates, choose_group_margin
+
+    cfg = load_config(["conf/local.yaml"], ["guard.mode=none"])
+    part = Part("hand", np.array(["a", "b", "c", "d"]), PairScorer(["A", "A", "B", "B"]), None, None)
+    frame = pd.DataFrame({"src": [0, 1, 2], "dst": [1, 2, 3]})
+    pc = PartCandidates(part, frame, np.zeros((3, 1)), np.array([1, 0, 1]), np.array(["A", "A", "B"]))
+    prob = np.array([0.95, 0.9, 0.95])
+    margin, rows = choose_group_margin([pc], [prob], 0.5, None, None, cfg)
+    by = {r["group_margin"]: r["clusters_f1"] for r in rows}
+    assert set(by) == set(MARGINS)
+    for m in MARGINS:
+        want = 1.0 if 0 < m < 0.05 else 2 * 2 / (2 + 4)
+        assert by[m] == pytest.approx(want), m
+    assert margin == 0.01

@@ -14,6 +14,7 @@ is refused after ingest, before anything is computed or staged.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -41,10 +42,10 @@ from listing_dedup.frames import empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components, cut_lineage
 from listing_dedup.graph.edges import match_sets, select_edges
 from listing_dedup.graph.guard import margin_cut, split_large
-from listing_dedup.graph.rerank import candidate_frame_spark, check_fingerprint, load_reranker, rerank_spark
+from listing_dedup.graph.rerank import candidate_frame_spark, group_margin_of, rerank_spark, reranker_for
 from listing_dedup.ingest.images import image_root_for
 from listing_dedup.ingest.reader import check_row_count, read_listings
-from listing_dedup.quality.health import Health, HealthReference, decide
+from listing_dedup.quality.health import Health, HealthReference, decide, with_fallback
 from listing_dedup.quality.run_health import (
     choose_reference,
     edge_counts,
@@ -242,11 +243,13 @@ def run_dedup(
 
     try:
         builder = text_encoder or TextEncoderBuilder.from_conf(cfg.embed.text)  # fail fast on a bad model path
-        reranker = None
-        if cfg.rerank.enabled:  # fail fast on a bad model directory or a pipeline it was not trained for
-            reranker = load_reranker(cfg.rerank.model)
-            check_fingerprint(reranker.meta, cfg, cfg.rerank.model)
-        health_ref, health_note = choose_reference(cfg)  # the re-ranker's, the defaults' or none
+        # fail fast on a bad model directory or a pipeline it was not trained for; the built-in
+        # one on other settings: none, and the note says why (the threshold rule decides)
+        reranker, rerank_note = reranker_for(cfg)
+        if rerank_note:
+            log.warning("%s", rerank_note)
+        # the re-ranker's reference, the defaults' or none
+        health_ref, health_note = choose_reference(cfg if reranker is not None else cfg.without_reranker())
         check_output_tables(spark, sink, cfg)  # fail fast on a table another writer changed
 
         with timer.stage("ingest") as c:
@@ -450,78 +453,101 @@ def run_dedup(
                 scored = rerank_spark(frame, reranker, cut=cut_lineage)
                 c["candidates"] = scored.count()
                 summary.signal_counts["reranked_pairs"] = c["candidates"]
-        with timer.stage("edges") as c:
-            parts = []
-            if scored is not None:
-                parts.append(select_edges(scored, cfg.rerank.match()))
-            elif nbrs is not None:
-                parts.append(select_edges(nbrs, cfg.match))
-            if ph_pairs is not None:
-                parts.append(ph_pairs.select("src", "dst", "score"))
-            for s in layout_weights:
-                u = getattr(cfg.union, s)
-                if u.enabled and n_emb:
-                    one = sig.where(F.col(f"v_{s}").isNotNull()).select("posting_id", F.col(f"v_{s}").alias("emb"))
-                    s_nbrs = neighbours_for(one, cfg, n_emb, timer, suffix=f"_{s}", quantizers=quantizers, space=s)
-                    mc = MatchConf(threshold=u.threshold, min2=u.min2, min2_threshold=u.min2_threshold)
-                    parts.append(select_edges(s_nbrs, mc))
-            edges = cut_lineage(_union_edges(spark, parts))  # components, health and write read it
-            edge_stats = edge_counts(edges)  # matches a listing too, for the health check
-            summary.n_edges = edge_stats["directed"] // 2  # both directions are stored
-            c["edges"] = summary.n_edges
+        # the edges every attempt shares: pHash pairs and the optional one-signal searches
+        extra_parts = [ph_pairs.select("src", "dst", "score")] if ph_pairs is not None else []
+        for s in layout_weights:
+            u = getattr(cfg.union, s)
+            if u.enabled and n_emb:
+                one = sig.where(F.col(f"v_{s}").isNotNull()).select("posting_id", F.col(f"v_{s}").alias("emb"))
+                s_nbrs = neighbours_for(one, cfg, n_emb, timer, suffix=f"_{s}", quantizers=quantizers, space=s)
+                mc = MatchConf(threshold=u.threshold, min2=u.min2, min2_threshold=u.min2_threshold)
+                extra_parts.append(select_edges(s_nbrs, mc))
 
-        with timer.stage("components") as c:
-            group_edges = edges  # the edges that group listings: the match edges, or those the margin keeps
-            if cfg.guard.group_margin > 0 and summary.n_edges:
-                group_edges = keep(margin_cut(edges, cfg.guard.group_margin))
-                n_margin = summary.n_edges - group_edges.count() // 2
-                summary.signal_counts["margin_cut"] = n_margin
-                c["margin_cut"] = n_margin
-            if cfg.components.on_driver(summary.rows_kept, 2 * summary.n_edges):
-                groups = keep(components_on_driver(vertices, group_edges.select("src", "dst")))
-                c["where"] = "driver"
-            else:
-                groups = keep(connected_components(vertices, group_edges.select("src", "dst")))
-                c["where"] = "spark"
-            if cfg.guard.mode == "split":
-                groups, levels = split_large(
-                    spark,
-                    groups,
-                    group_edges,
-                    base_threshold=cfg.edge_match().min2_threshold
-                    if cfg.edge_match().min2
-                    else cfg.edge_match().threshold,
-                    max_group=cfg.guard.max_group,
-                    step=cfg.guard.step,
-                    components_fn=connected_components,
-                    driver_max_vertices=cfg.guard.driver_max_vertices,
-                    driver_max_edges=cfg.guard.driver_max_edges,
+        def graph(use_reranker: bool, reference: HealthReference | None, note: str, suffix: str = ""):
+            """Edges -> components (margin, guard) -> health, with the re-ranker's probabilities
+            and rule or with the threshold rule on the fused score."""
+            rule = cfg.rerank.match() if use_reranker else cfg.match
+            margin = group_margin_of(cfg, reranker) if use_reranker else cfg.guard.group_margin
+            with timer.stage("edges" + suffix) as c:
+                parts = []
+                if use_reranker:
+                    parts.append(select_edges(scored, rule))
+                elif nbrs is not None:
+                    parts.append(select_edges(nbrs, rule))
+                edges = cut_lineage(_union_edges(spark, parts + extra_parts))  # components, health, write
+                edge_stats = edge_counts(edges)  # matches a listing too, for the health check
+                summary.n_edges = edge_stats["directed"] // 2  # both directions are stored
+                c["edges"] = summary.n_edges
+
+            with timer.stage("components" + suffix) as c:
+                group_edges = edges  # the edges that group listings: the match edges, or those the margin keeps
+                summary.signal_counts.pop("margin_cut", None)
+                summary.signal_counts.pop("guard_levels", None)
+                if margin > 0 and summary.n_edges:
+                    group_edges = keep(margin_cut(edges, margin))
+                    n_margin = summary.n_edges - group_edges.count() // 2
+                    summary.signal_counts["margin_cut"] = n_margin
+                    c["margin_cut"] = n_margin
+                if cfg.components.on_driver(summary.rows_kept, 2 * summary.n_edges):
+                    groups = keep(components_on_driver(vertices, group_edges.select("src", "dst")))
+                    c["where"] = "driver"
+                else:
+                    groups = keep(connected_components(vertices, group_edges.select("src", "dst")))
+                    c["where"] = "spark"
+                if cfg.guard.mode == "split":
+                    groups, levels = split_large(
+                        spark,
+                        groups,
+                        group_edges,
+                        base_threshold=rule.min2_threshold if rule.min2 else rule.threshold,
+                        max_group=cfg.guard.max_group,
+                        step=cfg.guard.step,
+                        components_fn=connected_components,
+                        driver_max_vertices=cfg.guard.driver_max_vertices,
+                        driver_max_edges=cfg.guard.driver_max_edges,
+                    )
+                    groups = keep(groups)
+                    summary.signal_counts["guard_levels"] = levels
+                group_stats = group_counts(groups)  # with the group-size histogram of the health check
+                summary.n_groups = group_stats["groups"]
+                summary.n_grouped = group_stats["grouped"]
+                summary.n_singletons = group_stats["singletons"]
+                summary.largest_group = group_stats["largest"]
+                c.update(groups=summary.n_groups, singletons=summary.n_singletons)
+
+            with timer.stage("health" + suffix) as c:
+                health = run_health(
+                    cfg,
+                    kept=kept,
+                    edges=edges,
+                    groups=groups,
+                    pairs=nbrs,
+                    signals=signal_coverage(kept_counts, cfg, list(layout_weights), reranker=use_reranker),
+                    dense_signals=list(layout_weights),
+                    counts={"edge_stats": edge_stats, "group_stats": group_stats},
+                    guard_cut=summary.signal_counts.get("guard_levels", 0) > 0
+                    or summary.signal_counts.get("margin_cut", 0) > 0,
+                    reference=reference,
+                    reference_note=note,
                 )
-                groups = keep(groups)
-                summary.signal_counts["guard_levels"] = levels
-            group_stats = group_counts(groups)  # with the group-size histogram of the health check
-            summary.n_groups = group_stats["groups"]
-            summary.n_grouped = group_stats["grouped"]
-            summary.n_singletons = group_stats["singletons"]
-            summary.largest_group = group_stats["largest"]
-            c.update(groups=summary.n_groups, singletons=summary.n_singletons)
+                c["health_warnings"] = len(health.warnings)
+            return edges, groups, health
 
-        with timer.stage("health") as c:
-            summary.health = run_health(
-                cfg,
-                kept=kept,
-                edges=edges,
-                groups=groups,
-                pairs=nbrs,
-                signals=signal_coverage(kept_counts, cfg, list(layout_weights), reranker=reranker is not None),
-                dense_signals=list(layout_weights),
-                counts={"edge_stats": edge_stats, "group_stats": group_stats},
-                guard_cut=summary.signal_counts.get("guard_levels", 0) > 0
-                or summary.signal_counts.get("margin_cut", 0) > 0,
-                reference=health_ref,
-                reference_note=health_note,
+        edges, groups, summary.health = graph(scored is not None, health_ref, health_note)
+        if scored is not None and summary.health.warnings and cfg.rerank.fallback == "rule":
+            # the catalog is unlike the re-ranker's training rows: the threshold rule decides
+            refused = summary.health
+            log.warning(
+                "the re-ranker's run is flagged (%s): edges and groups redone with the threshold rule "
+                "(rerank.fallback: rule)",
+                ",".join(refused.warning_codes),
             )
-            c["health_warnings"] = len(summary.health.warnings)
+            rule_ref, rule_note = choose_reference(cfg.without_reranker())
+            edges, groups, health = graph(False, rule_ref, rule_note, suffix="_rule")
+            summary.health = with_fallback(health, refused)
+            summary.signal_counts["rerank_fallback"] = 1
+        if rerank_note:
+            summary.health = dataclasses.replace(summary.health, notes=[rerank_note, *summary.health.notes])
 
         with timer.stage("write") as c:
             fail = cfg.testing.fail_once_stage

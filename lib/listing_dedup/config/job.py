@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -477,11 +477,18 @@ class RerankConf:
     sets all of this."""
 
     enabled: bool = False
-    model: str = ""  # the model directory (reranker.json + reranker.txt)
+    model: str = ""  # the model directory (reranker.json + reranker.txt); "builtin": the shipped one
     threshold: float = 0.5  # keep candidates with probability >= threshold
     min2: bool = True  # a listing left alone keeps its most probable candidate ...
     min2_threshold: float = 0.2  # ... when that probability >= min2_threshold
     min_score: float = -1.0  # candidates below this final score are not scored (never matched)
+    # the group margin on the probabilities (guard.group_margin is the fused score's);
+    # None: the one the model's training chose out of fold (reranker.json), else guard's
+    group_margin: float | None = None
+    # when the health check finds the catalog unlike the model's training rows (any warning):
+    # "rule" redoes the edges and groups with the threshold rule (match), "none" keeps the
+    # re-ranker's; both flag it (health warning rerank_fallback / the warnings themselves)
+    fallback: str = "rule"
     train: RerankTrainConf = field(default_factory=RerankTrainConf)
 
     def __post_init__(self) -> None:
@@ -493,6 +500,12 @@ class RerankConf:
             f"must be in [0, rerank.threshold ({self.threshold})]",
         )
         _check(-1.0 <= self.min_score <= 1.0, "rerank.min_score", "must be in [-1, 1]")
+        _check(
+            self.group_margin is None or 0.0 <= self.group_margin <= 1.0,
+            "rerank.group_margin",
+            "must be in [0, 1] or null (the model's)",
+        )
+        _check(self.fallback in ("rule", "none"), "rerank.fallback", "must be rule or none")
 
     def match(self) -> MatchConf:
         """The edge rules on the probability (same rules as ``match``)."""
@@ -544,6 +557,10 @@ class DedupConfig:
     def edge_match(self) -> MatchConf:
         """The edge rules in effect: the re-ranker's on its probability when it is on, else ``match``."""
         return self.rerank.match() if self.rerank.enabled else self.match
+
+    def without_reranker(self) -> DedupConfig:
+        """This conf with the re-ranker off (the threshold rule its fallback runs)."""
+        return replace(self, rerank=replace(self.rerank, enabled=False))
 
     def dense_signals(self) -> tuple[str, ...]:
         """The dense signals this run computes, in block order."""

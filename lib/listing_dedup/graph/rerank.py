@@ -417,35 +417,93 @@ def pipeline_fingerprint(cfg) -> dict[str, Any]:
     }
 
 
-def check_fingerprint(meta: Mapping[str, Any], cfg, model_dir: str) -> None:
-    """ConfigError when this run computes features differently from the training run."""
+def fingerprint_diffs(meta: Mapping[str, Any], cfg) -> list[str]:
+    """The pipeline settings (``key: trained ..., this run ...``) this run computes the
+    features with differently from the training run; the text model is compared by name."""
     want, have = meta.get("pipeline", {}), pipeline_fingerprint(cfg)
-    diffs = [k for k in ("signals", "fusion", "inb_thresholds", "k", "lexical", "features") if want.get(k) != have[k]]
-    if diffs:
-        detail = "; ".join(f"{k}: trained with {want.get(k)!r}, this run {have[k]!r}" for k in diffs)
-        raise ConfigError(
-            f"config key 'rerank.model': {model_dir} was trained on other pipeline settings ({detail}); "
-            "pass the overlay.yaml it wrote (it sets them) or retrain it with jobs/train_reranker.py"
-        )
+    keys = [k for k in ("signals", "fusion", "inb_thresholds", "k", "lexical", "features") if want.get(k) != have[k]]
+    out = [f"{k}: trained with {want.get(k)!r}, this run {have[k]!r}" for k in keys]
     if (
         want.get("text_model") != have["text_model"]
         and Path(str(want.get("text_model"))).name != Path(str(have["text_model"])).name
     ):
-        log.warning(
-            "rerank.model %s was trained with text model %s, this run uses %s: its probabilities may be off",
-            model_dir,
-            want.get("text_model"),
-            have["text_model"],
+        out.append(f"text_model: trained with {want.get('text_model')!r}, this run {have['text_model']!r}")
+    return out
+
+
+def check_fingerprint(meta: Mapping[str, Any], cfg, model_dir: str) -> None:
+    """ConfigError when this run computes features differently from the training run (a
+    warning when only the text model differs)."""
+    diffs = fingerprint_diffs(meta, cfg)
+    hard = [d for d in diffs if not d.startswith("text_model:")]
+    if hard:
+        raise ConfigError(
+            f"config key 'rerank.model': {model_dir} was trained on other pipeline settings ({'; '.join(hard)}); "
+            "pass the overlay.yaml it wrote (it sets them) or retrain it with jobs/train_reranker.py"
         )
+    if len(hard) < len(diffs):
+        log.warning("rerank.model %s: %s: its probabilities may be off", model_dir, diffs[-1])
+
+
+def builtin_reranker(cfg) -> tuple[Reranker | None, str]:
+    """The shipped re-ranker when this run computes its features as it was trained (the
+    defaults' pipeline, the packaged MiniLM); otherwise (None, why): the threshold rule
+    decides, which is what a run with other settings was tuned for."""
+    model = load_reranker(BUILTIN)
+    diffs = fingerprint_diffs(model.meta, cfg)
+    if diffs:
+        why = (
+            "the built-in re-ranker (rerank.model: builtin) was trained on the default pipeline and this run's "
+            f"differs ({'; '.join(diffs)}): the threshold rule (match) decides"
+        )
+        return None, why
+    return model, ""
 
 
 def graph_model_file(r: int) -> str:
     return f"reranker_graph{r}.txt"
 
 
+BUILTIN = "builtin"  # rerank.model: the re-ranker shipped in the package (listing_dedup/models/reranker)
+
+
+def model_dir_of(model: str | Path):
+    """The directory ``rerank.model`` names: a path, or :data:`BUILTIN` for the shipped model
+    (read through importlib.resources, so it also loads from the --py-files zip)."""
+    if str(model) == BUILTIN:
+        from importlib.resources import files
+
+        return files("listing_dedup") / "models" / "reranker"
+    return Path(model)
+
+
+def reranker_for(cfg) -> tuple[Reranker | None, str]:
+    """The re-ranker a run under ``cfg`` uses, and why none when the conf asks for the built-in
+    one on other settings: None when ``rerank.enabled`` is off; the shipped model
+    (:func:`builtin_reranker`); or the named directory, checked against the pipeline (a
+    ConfigError when it was trained on other settings)."""
+    if not cfg.rerank.enabled:
+        return None, ""
+    if cfg.rerank.model == BUILTIN:
+        return builtin_reranker(cfg)
+    model = load_reranker(cfg.rerank.model)
+    check_fingerprint(model.meta, cfg, cfg.rerank.model)
+    return model, ""
+
+
+def group_margin_of(cfg, model: Reranker) -> float:
+    """The group margin on the re-ranker's probabilities: ``rerank.group_margin``, else the one
+    its training chose out of fold (reranker.json ``group_margin``), else ``guard.group_margin``."""
+    if cfg.rerank.group_margin is not None:
+        return float(cfg.rerank.group_margin)
+    chosen = model.meta.get("group_margin")
+    return float(chosen) if chosen is not None else float(cfg.guard.group_margin)
+
+
 def load_reranker(model_dir: str | Path) -> Reranker:
-    """Read a model directory written by ``jobs/train_reranker.py`` (on the driver)."""
-    d = Path(model_dir)
+    """Read a model directory written by ``jobs/train_reranker.py`` (on the driver);
+    ``"builtin"``: the shipped one."""
+    d = model_dir_of(model_dir)
     try:
         meta = json.loads((d / MODEL_JSON).read_text())
     except (OSError, ValueError) as e:

@@ -31,6 +31,7 @@ Pure functions over pandas/numpy: nothing here reads or writes tables.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,7 +43,7 @@ import pandas as pd
 QUANTILES = tuple(round(q, 2) for q in np.arange(0.05, 0.96, 0.05))
 SIZE_BINS = ((1, 1), (2, 2), (3, 5), (6, 10), (11, 50), (51, None))
 REFERENCE_FILE = "health_reference.json"  # in a re-ranker's model directory
-WARNING_CODES = ("signal_missing", "top1_shift", "matches_exploding", "guard_cut")
+WARNING_CODES = ("signal_missing", "top1_shift", "matches_exploding", "guard_cut", "rerank_fallback")
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,12 @@ def write_reference(directory: str | Path, ref: HealthReference) -> Path:
 def read_reference(directory: str | Path) -> HealthReference | None:
     """The reference in ``directory`` (None when it has none: a model directory written
     before references were recorded)."""
-    path = Path(directory) / REFERENCE_FILE
+    from listing_dedup.graph.rerank import model_dir_of
+
+    path = model_dir_of(directory) / REFERENCE_FILE  # a path, or the shipped re-ranker's resource
     if not path.is_file():
         return None
-    return read_reference_file(path)
+    return HealthReference.from_dict(json.loads(path.read_text()))
 
 
 @dataclass(frozen=True)
@@ -443,6 +446,18 @@ def decide(
         score=reference.score if reference is not None else "fused",
         notes=notes,
     )
+
+
+def with_fallback(health: Health, refused: Health) -> Health:
+    """``health`` (the threshold rule's run) with a ``rerank_fallback`` warning first: the
+    re-ranker's run of the same catalog raised ``refused``'s warnings, so the rule's edges and
+    groups were written instead (``rerank.fallback: rule``)."""
+    why = "; ".join(f"{w.code}: {w.message}" for w in refused.warnings)
+    w = Warning_(
+        "rerank_fallback",
+        f"the re-ranker's run was flagged ({why}); the tables hold the threshold rule's matches and groups",
+    )
+    return dataclasses.replace(health, warnings=[w, *health.warnings])
 
 
 def health_check(
