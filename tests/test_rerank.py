@@ -453,3 +453,33 @@ def test_group_margin_is_chosen_out_of_fold_by_hand():
         want = 1.0 if 0 < m < 0.05 else 2 * 2 / (2 + 4)
         assert by[m] == pytest.approx(want), m
     assert margin == 0.01
+
+
+def test_builtin_reranker_loads_from_the_py_files_zip(tmp_path):
+    """spark-submit ships the package as a --py-files zip: the built-in model and its health
+    reference are read from inside it (importlib.resources), in a child process that imports
+    the package from the zip only."""
+    import zipfile
+    from pathlib import Path
+
+    import listing_dedup
+
+    src = Path(listing_dedup.__file__).parent
+    zpath = tmp_path / "listing_dedup_jobs.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in src.rglob("*"):
+            if f.is_file() and "__pycache__" not in f.parts:
+                z.write(f, Path("listing_dedup") / f.relative_to(src))
+    code = (
+        f"import sys; sys.path.insert(0, {str(zpath)!r}); import listing_dedup; "
+        "assert listing_dedup.__file__.startswith(sys.path[0]), listing_dedup.__file__; "
+        "from listing_dedup.graph.rerank import load_reranker; "
+        "from listing_dedup.quality.health import read_reference; "
+        "m = load_reranker('builtin'); r = read_reference('builtin'); "
+        "print(m.graph_rounds, m.meta['threshold'], r.source)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert out.returncode == 0, out.stderr
+    meta = load_reranker("builtin").meta
+    assert out.stdout.split()[:2] == [str(meta["graph_rounds"]), str(meta["threshold"])]
+    assert "re-ranker training parts" in out.stdout
