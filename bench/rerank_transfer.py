@@ -113,7 +113,7 @@ def score_catalog(
         s, d = pos[pairs["src"]].to_numpy(), pos[pairs["dst"]].to_numpy()
         m = s < d
         ph = (s[m], d[m], pairs["score"].to_numpy(dtype=np.float32)[m])
-    out = {}
+    out = {"candidates": len(pc.frame)}
     prob = model.round_probabilities(pc.frame)[-1]
     rr_match = cfg.rerank.__class__(
         threshold=model.meta["threshold"],
@@ -215,7 +215,7 @@ def main() -> int:
                 f"| {name}, the {held.sum():,} rows no training saw | | {r['rule']['f1_held']:.4f} | "
                 f"| {r['rerank']['f1_held']:.4f} | | | |"
             )
-        log.info("%s scored in %.0f s", name, time.perf_counter() - t0)
+        log.info("%s scored in %.0f s (%d candidates scored)", name, time.perf_counter() - t0, r["candidates"])
     clean = [k for k in rows if k not in ("singletons", "size_27k")]
     if clean:
         print(
