@@ -42,12 +42,11 @@ sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from listing_dedup.config import load_config  # noqa: E402
-from listing_dedup.graph.rerank import load_reranker  # noqa: E402
+from listing_dedup.graph.rerank import group_margin_of, load_reranker  # noqa: E402
 from listing_dedup.quality import robust as R  # noqa: E402
-from listing_dedup.quality.health import health_check, read_reference  # noqa: E402
-from listing_dedup.quality.run_health import limits_of  # noqa: E402
+from listing_dedup.quality.health import read_reference  # noqa: E402
 from listing_dedup.training.rerank_train import part_candidates, train_reranker, write_reranker_dir  # noqa: E402
-from robust import DEFAULT_CSV, TitleVectors  # noqa: E402
+from robust import DEFAULT_CSV, TitleVectors, fast_health  # noqa: E402
 
 log = logging.getLogger("rerank_transfer")
 
@@ -101,56 +100,29 @@ def score_catalog(
     ``f1_held`` is the matches F1 over them only (the catalog is still searched whole)."""
     pc = part_candidates("eval", df, cfg, vecs)
     src, dst = pc.frame["src"].to_numpy(), pc.frame["dst"].to_numpy()
-    n = pc.part.scorer.n
-    ph = None
-    if cfg.phash.enabled:
-        ids = pc.part.ids
-        pos = pd.Series(np.arange(n), index=ids)
-        ok = df["image_phash"].notna().to_numpy()
-        from listing_dedup.search.phash_match import phash_pairs_pandas
-
-        pairs, _ = phash_pairs_pandas(ids[ok], df.loc[ok, "image_phash"], cfg.phash.max_bits, 1000)
-        s, d = pos[pairs["src"]].to_numpy(), pos[pairs["dst"]].to_numpy()
-        m = s < d
-        ph = (s[m], d[m], pairs["score"].to_numpy(dtype=np.float32)[m])
+    n, bits = pc.part.scorer.n, cfg.phash.max_bits
+    ph = (*pc.part.phash[bits], pc.part.phash_score[bits]) if cfg.phash.enabled else None
     out = {"candidates": len(pc.frame)}
     prob = model.round_probabilities(pc.frame)[-1]
-    rr_match = cfg.rerank.__class__(
-        threshold=model.meta["threshold"],
-        min2=model.meta["min2_threshold"] is not None,
-        min2_threshold=model.meta["min2_threshold"] or model.meta["threshold"],
-    ).match()
+    t, m2 = model.meta["threshold"], model.meta["min2_threshold"]
+    rr_match = dataclasses.replace(cfg.rerank, threshold=t, min2=m2 is not None, min2_threshold=m2 or t).match()
     # the re-ranker's probabilities group under the margin its training chose (reranker.json)
-    margin = model.meta.get("group_margin")
-    rr_guard = cfg.guard if margin is None else dataclasses.replace(cfg.guard, group_margin=float(margin))
+    rr_guard = dataclasses.replace(cfg.guard, group_margin=group_margin_of(cfg, model))
     for name, score, match, guard in (
         ("rule", pc.frame["score"].to_numpy(), cfg.match, cfg.guard),
         ("rerank", prob, rr_match, rr_guard),
     ):
-        o = np.lexsort((dst, -score, src))
-        a, b, w = R.rule_edges(src[o], dst[o], score[o], match, ph)
+        a, b, w = R.rule_edges_any_order(src, dst, score, match, ph)
         f1, p, r = pc.part.scorer.score(a, b)
         g = R.job_groups(n, a, b, w, match, guard)
         cf1 = R.cluster_scores(df["label_group"].to_numpy(), g)[0]
         out[name] = {"f1": f1, "p": p, "r": r, "cf1": cf1, "edges_per_listing": 2 * len(a) / max(n, 1)}
         if held_out is not None:
             out[name]["f1_held"] = float(pc.part.scorer.row_f1(a, b)[held_out].mean())
-        if name == "rerank":  # the job's health check of the re-ranked run, against the model's reference
-            ids = pc.part.ids.astype(str)
-            titled = float((df["title"].fillna("").str.len() > 0).mean())
-            signals = {s: titled for s in cfg.fusion.weights(list(cfg.dense_signals()))}
-            signals["phash"] = float(df["image_phash"].notna().mean())
-            top1 = pc.frame.groupby("src")["score"].max()
-            health = health_check(
-                ids,
-                pd.DataFrame({"src": ids[a], "dst": ids[b]}),
-                pd.DataFrame({"posting_id": ids, "group_id": g.astype(str)}),
-                pd.Series(top1.to_numpy(), index=ids[top1.index.to_numpy()]),
-                signals,
-                reference=reference,
-                limits=limits_of(cfg.health),
-            )
-            out[name]["warnings"] = ",".join(health.warning_codes)
+    # the job's health check of the re-ranked run, against the model's reference
+    top1 = pc.frame.groupby("src")["score"].max()
+    health = fast_health(df, pc.part.ids, (a, b, g), top1, cfg, reference)
+    out["rerank"]["warnings"] = ",".join(health.warning_codes)
     return out
 
 

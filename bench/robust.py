@@ -194,7 +194,9 @@ class Catalog:
 
 
 def score_edges(cat: Catalog, nbrs, match: MatchConf, phash, guard) -> dict:
-    a, b, w = R.rule_edges(*nbrs, match, phash)
+    """``nbrs``: candidate rows ``(src, dst, score)`` in any order (a search's, or a re-ranker's
+    probabilities)."""
+    a, b, w = R.rule_edges_any_order(*nbrs, match, phash)
     f1, p, r = cat.scorer.score(a, b)
     out = {"f1": f1, "p": p, "r": r}
     g = R.job_groups(cat.n, a, b, w, match, guard) if guard is not None else R.components(cat.n, a, b)
@@ -212,14 +214,15 @@ def run_rule(cat: Catalog, cfg: DedupConfig) -> dict:
     return {**score_edges(cat, nbrs, cfg.match, ph, cfg.guard), "by": "rule"}
 
 
-def fast_health(cat: Catalog, out: dict, top1: pd.Series, cfg: DedupConfig, reference):
-    """The job's health check of one scored run (``out`` from :func:`score_edges`; ``top1``:
-    each row's best final-search score)."""
-    a, b, g = out["_graph"]
-    ids = np.asarray(cat.part.ids, dtype=str)
-    titled = float((cat.df["title"].fillna("").str.len() > 0).mean())
+def fast_health(df: pd.DataFrame, ids, graph, top1: pd.Series, cfg: DedupConfig, reference):
+    """The job's health check of one scored catalog (``df``: its listings, ``ids`` their
+    posting_ids; ``graph``: the edges ``a, b`` and each row's group, row indices; ``top1``: each
+    row's best final-search score, indexed by row)."""
+    a, b, g = graph
+    ids = np.asarray(ids, dtype=str)
+    titled = float((df["title"].fillna("").str.len() > 0).mean())
     signals = {s: titled for s in cfg.fusion.weights(list(cfg.dense_signals()))}
-    signals["phash"] = float(cat.df["image_phash"].notna().mean())
+    signals["phash"] = float(df["image_phash"].notna().mean())
     return health_check(
         ids,
         pd.DataFrame({"src": ids[a], "dst": ids[b]}),
@@ -245,14 +248,13 @@ def run_conf(cat: Catalog, cfg: DedupConfig) -> dict:
         cat.search(w, (), k), final, cat.df["title"].tolist(), cat.df["image_phash"].tolist(), k, cfg.rerank.min_score
     )
     prob = model.round_probabilities(frame)[-1]
-    src, dst = frame["src"].to_numpy(), frame["dst"].to_numpy()
-    o = np.lexsort((dst, -prob, src))
     guard = dataclasses.replace(cfg.guard, group_margin=group_margin_of(cfg, model))
     ph = cat.phash(cfg.phash.max_bits) if cfg.phash.enabled else None
-    out = {**score_edges(cat, (src[o], dst[o], prob[o]), cfg.rerank.match(), ph, guard), "by": "re-ranker"}
+    rows = (frame["src"].to_numpy(), frame["dst"].to_numpy(), prob)
+    out = {**score_edges(cat, rows, cfg.rerank.match(), ph, guard), "by": "re-ranker"}
     reference, _ = choose_reference(cfg)
     top1 = pd.Series(final[2], dtype=np.float64).groupby(final[0]).max()
-    codes = fast_health(cat, out, top1, cfg, reference).warning_codes
+    codes = fast_health(cat.df, cat.part.ids, out["_graph"], top1, cfg, reference).warning_codes
     if codes and cfg.rerank.fallback == "rule":
         return {**run_rule(cat, cfg.without_reranker()), "by": "rule (re-ranker flagged: " + ",".join(codes) + ")"}
     return out

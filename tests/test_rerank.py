@@ -339,7 +339,7 @@ def test_builtin_reranker_is_shipped_for_the_default_pipeline():
         assert cfg.rerank.threshold == meta["threshold"]
         assert cfg.rerank.min2 == (meta["min2_threshold"] is not None)
         assert cfg.rerank.min_score == meta["min_score"]
-        assert fingerprint_diffs(meta, cfg) == []
+        assert fingerprint_diffs(meta, cfg) == {}
         got, why = builtin_reranker(cfg)
         assert got is not None and why == ""
         assert group_margin_of(cfg, got) == meta["group_margin"]  # rerank.group_margin: null = the model's

@@ -417,32 +417,35 @@ def pipeline_fingerprint(cfg) -> dict[str, Any]:
     }
 
 
-def fingerprint_diffs(meta: Mapping[str, Any], cfg) -> list[str]:
-    """The pipeline settings (``key: trained ..., this run ...``) this run computes the
-    features with differently from the training run; the text model is compared by name."""
+def fingerprint_diffs(meta: Mapping[str, Any], cfg) -> dict[str, str]:
+    """The pipeline settings this run computes the features with differently from the training
+    run: setting -> ``trained with ..., this run ...``; the text model is compared by name."""
     want, have = meta.get("pipeline", {}), pipeline_fingerprint(cfg)
     keys = [k for k in ("signals", "fusion", "inb_thresholds", "k", "lexical", "features") if want.get(k) != have[k]]
-    out = [f"{k}: trained with {want.get(k)!r}, this run {have[k]!r}" for k in keys]
     if (
         want.get("text_model") != have["text_model"]
         and Path(str(want.get("text_model"))).name != Path(str(have["text_model"])).name
     ):
-        out.append(f"text_model: trained with {want.get('text_model')!r}, this run {have['text_model']!r}")
-    return out
+        keys.append("text_model")
+    return {k: f"trained with {want.get(k)!r}, this run {have[k]!r}" for k in keys}
+
+
+def _listed(diffs: Mapping[str, str]) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in diffs.items())
 
 
 def check_fingerprint(meta: Mapping[str, Any], cfg, model_dir: str) -> None:
     """ConfigError when this run computes features differently from the training run (a
     warning when only the text model differs)."""
     diffs = fingerprint_diffs(meta, cfg)
-    hard = [d for d in diffs if not d.startswith("text_model:")]
+    hard = {k: v for k, v in diffs.items() if k != "text_model"}
     if hard:
         raise ConfigError(
-            f"config key 'rerank.model': {model_dir} was trained on other pipeline settings ({'; '.join(hard)}); "
+            f"config key 'rerank.model': {model_dir} was trained on other pipeline settings ({_listed(hard)}); "
             "pass the overlay.yaml it wrote (it sets them) or retrain it with jobs/train_reranker.py"
         )
-    if len(hard) < len(diffs):
-        log.warning("rerank.model %s: %s: its probabilities may be off", model_dir, diffs[-1])
+    if "text_model" in diffs:
+        log.warning("rerank.model %s: text_model %s: its probabilities may be off", model_dir, diffs["text_model"])
 
 
 def builtin_reranker(cfg) -> tuple[Reranker | None, str]:
@@ -454,7 +457,7 @@ def builtin_reranker(cfg) -> tuple[Reranker | None, str]:
     if diffs:
         why = (
             "the built-in re-ranker (rerank.model: builtin) was trained on the default pipeline and this run's "
-            f"differs ({'; '.join(diffs)}): the threshold rule (match) decides"
+            f"differs ({_listed(diffs)}): the threshold rule (match) decides"
         )
         return None, why
     return model, ""

@@ -106,8 +106,10 @@ def write_reference_file(path: str | Path, ref: HealthReference) -> Path:
     return path
 
 
-def read_reference_file(path: str | Path) -> HealthReference:
-    return HealthReference.from_dict(json.loads(Path(path).read_text()))
+def read_reference_file(path) -> HealthReference:
+    """``path``: a file path, or a resource (``importlib.resources``: the shipped re-ranker's)."""
+    path = Path(path) if isinstance(path, str) else path
+    return HealthReference.from_dict(json.loads(path.read_text()))
 
 
 def write_reference(directory: str | Path, ref: HealthReference) -> Path:
@@ -122,7 +124,7 @@ def read_reference(directory: str | Path) -> HealthReference | None:
     path = model_dir_of(directory) / REFERENCE_FILE  # a path, or the shipped re-ranker's resource
     if not path.is_file():
         return None
-    return HealthReference.from_dict(json.loads(path.read_text()))
+    return read_reference_file(path)
 
 
 @dataclass(frozen=True)

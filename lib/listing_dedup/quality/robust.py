@@ -231,6 +231,15 @@ def job_groups(n: int, a: np.ndarray, b: np.ndarray, score: np.ndarray, match, g
 _CODE = np.int64(1) << np.int64(31)
 
 
+def rule_edges_any_order(
+    src: np.ndarray, dst: np.ndarray, score: np.ndarray, match, phash: tuple | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`rule_edges` on candidate rows in any order (a re-ranker's probabilities): sorted
+    first as it expects (src asc, score desc, dst asc)."""
+    o = np.lexsort((dst, -np.asarray(score, dtype=np.float64), src))
+    return rule_edges(src[o], dst[o], score[o], match, phash)
+
+
 def rule_edges(
     src: np.ndarray, dst: np.ndarray, score: np.ndarray, match, phash: tuple | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

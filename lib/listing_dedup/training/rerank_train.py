@@ -50,7 +50,7 @@ from listing_dedup.graph.rerank import (
     pipeline_fingerprint,
 )
 from listing_dedup.quality.health import REFERENCE_FILE, HealthReference, reference_from, write_reference
-from listing_dedup.quality.robust import rule_edges
+from listing_dedup.quality.robust import cluster_scores, job_groups, rule_edges, rule_edges_any_order
 from listing_dedup.quality.tune import (
     Grid,
     Part,
@@ -268,17 +268,13 @@ def choose_group_margin(
     with the best mean clusters F1 over the parts (the job's groups: the chosen edge rule on the
     out-of-fold probabilities, pHash union, margin, split guard), the smaller margin on a tie.
     A probability is not a fused score: the fused-score margin does not carry over."""
-    from listing_dedup.quality.robust import cluster_scores, job_groups
-
     mc = MatchConf(threshold=threshold, min2=min2 is not None, min2_threshold=min2 if min2 is not None else threshold)
     edges = []
     for p, pr in zip(pcs, probs, strict=True):
-        src, dst = p.frame["src"].to_numpy(), p.frame["dst"].to_numpy()
-        o = np.lexsort((dst, -pr, src))
         ph = None
         if bits is not None and bits in p.part.phash:
             ph = (*p.part.phash[bits], p.part.phash_score[bits])
-        edges.append((p, *rule_edges(src[o], dst[o], pr[o], mc, ph)))
+        edges.append((p, *rule_edges_any_order(p.frame["src"].to_numpy(), p.frame["dst"].to_numpy(), pr, mc, ph)))
     rows = []
     for m in MARGINS:
         guard = dataclasses.replace(cfg.guard, group_margin=float(m))
