@@ -182,6 +182,9 @@ def test_evaluate_cli_scores_the_run(cli_run):
         "n": 9,
         "matches": {"f1": 1.0, "precision": 1.0, "recall": 1.0},
         "clusters": {"f1": 1.0, "precision": 1.0, "recall": 1.0},
+        # unordered true pairs: a1-a2, a1-a3, a2-a3, b1-b2, c1-c2
+        "matches_pairwise": {"f1": 1.0, "precision": 1.0, "recall": 1.0, "true": 5, "predicted": 5, "correct": 5},
+        "clusters_pairwise": {"f1": 1.0, "precision": 1.0, "recall": 1.0, "true": 5, "predicted": 5, "correct": 5},
     }
     assert json.loads(out.read_text()) == res
 

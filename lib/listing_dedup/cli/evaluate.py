@@ -3,6 +3,11 @@
     python jobs/evaluate.py --warehouse DIR --run-date YYYY-MM-DD --truth PATH [--json-out FILE]
                             [--report DIR [--image-root DIR] [--report-samples N]]
 
+The line holds the row-wise mean scores (``matches``, ``clusters``: f1, precision, recall, the
+metric of ../shared/data/README.md) and the pairwise ones over unordered pairs
+(``matches_pairwise``, ``clusters_pairwise``: f1, precision, recall and the true, predicted and
+correct pair counts), which a catalog of singletons cannot flatter.
+
 ``--report DIR`` also writes DIR/report.html with curves.png and cluster_sizes.png (see
 lib/listing_dedup/quality/report.py); stdout stays the one JSON line.
 

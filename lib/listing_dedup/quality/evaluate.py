@@ -1,4 +1,5 @@
-"""Score a committed run against known groups (the row-wise mean F1 of ``metrics``).
+"""Score a committed run against known groups: the row-wise mean F1 of ``metrics`` and, beside
+it, pairwise precision / recall / F1 over unordered true pairs (``*_pairwise``).
 
 Reads the run's ``matches`` and ``clusters`` partitions through Delta (never as plain
 Parquet) and a truth file (Parquet or CSV with ``posting_id,label_group``).
@@ -11,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from listing_dedup.errors import InputError
-from listing_dedup.quality.metrics import pairs_from_groups, pairs_from_match_lists, row_scores
+from listing_dedup.quality.metrics import pair_scores, pairs_from_groups, pairs_from_match_lists, row_scores
 from listing_dedup.sink.delta import read_table
 
 
@@ -37,6 +38,14 @@ def evaluate_run(warehouse: str, run_date: str, truth: pd.DataFrame) -> dict:
     clusters = read_table(warehouse, "clusters", run_date, columns=["posting_id", "group_id"])
     if matches.empty:
         raise InputError(f"no matches for run date {run_date} under {warehouse}")
-    m = row_scores(pairs_from_match_lists(matches), matches["posting_id"], truth)
-    c = row_scores(pairs_from_groups(clusters), clusters["posting_id"], truth)
-    return {"run_date": run_date, "n": m.n, "matches": m.as_dict(), "clusters": c.as_dict()}
+    mp, cp = pairs_from_match_lists(matches), pairs_from_groups(clusters)
+    m = row_scores(mp, matches["posting_id"], truth)
+    c = row_scores(cp, clusters["posting_id"], truth)
+    return {
+        "run_date": run_date,
+        "n": m.n,
+        "matches": m.as_dict(),
+        "clusters": c.as_dict(),
+        "matches_pairwise": pair_scores(mp, matches["posting_id"], truth).as_dict(),
+        "clusters_pairwise": pair_scores(cp, clusters["posting_id"], truth).as_dict(),
+    }

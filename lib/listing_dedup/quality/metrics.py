@@ -8,6 +8,12 @@ all evaluated listings.
 Evaluated listings are those present both in the prediction and in the truth. True groups
 are restricted to evaluated listings (a listing that was never scored cannot be found).
 Vectorised with pandas: O(number of predicted pairs), no n x n matrix.
+
+Pairwise precision / recall / F1 (:func:`pair_scores`, the entity-resolution literature's
+metric) count unordered pairs instead: the true pairs are the pairs of evaluated listings in one
+true group, the predicted pairs the distinct unordered pairs predicted from an evaluated listing;
+precision = correct / predicted, recall = correct / true. Unlike the row-wise mean, a listing
+predicted alone earns nothing here, so a catalog of singletons cannot flatter it.
 """
 
 from __future__ import annotations
@@ -67,6 +73,60 @@ def row_scores(pairs: pd.DataFrame, ids: pd.Series | list, truth: pd.DataFrame) 
         recall=float((inter / true_size).mean()),
         n=n,
     )
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Pairwise scores over unordered pairs; ``true``, ``predicted``, ``correct`` are pair counts
+    (F1, precision or recall is 0 where its denominator is 0: nothing to find or nothing found)."""
+
+    f1: float
+    precision: float
+    recall: float
+    true: int
+    predicted: int
+    correct: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def pair_counts_scores(true: int, predicted: int, correct: int) -> PairScores:
+    """Pairwise precision / recall / F1 from the three pair counts."""
+    p = correct / predicted if predicted else 0.0
+    r = correct / true if true else 0.0
+    f1 = 2.0 * correct / (true + predicted) if true + predicted else 0.0
+    return PairScores(
+        f1=float(f1),
+        precision=float(p),
+        recall=float(r),
+        true=int(true),
+        predicted=int(predicted),
+        correct=int(correct),
+    )
+
+
+def pair_scores(pairs: pd.DataFrame, ids: pd.Series | list, truth: pd.DataFrame) -> PairScores:
+    """Pairwise scores of predicted pairs (same arguments as :func:`row_scores`).
+
+    A predicted pair counts once whichever way round it was predicted (``a -> b`` and ``b -> a``
+    are one pair) when its ``posting_id`` end is evaluated; it is correct when both ends are
+    evaluated and share a group. True pairs: pairs of evaluated listings sharing a group.
+    """
+    group_of = _truth_series(truth)
+    ids = pd.Index(pd.Series(ids, dtype=str).unique())
+    ids = ids[ids.isin(group_of.index)]
+    group_of = group_of.reindex(ids)  # a pair is correct only between evaluated listings
+    sizes = group_of.value_counts().to_numpy(dtype=np.int64)
+    true = int((sizes * (sizes - 1) // 2).sum())
+    p = pairs[["posting_id", "match_id"]].astype(str)
+    p = p[(p["posting_id"] != p["match_id"]) & p["posting_id"].isin(ids)]
+    lo = np.minimum(p["posting_id"].to_numpy(), p["match_id"].to_numpy())
+    hi = np.maximum(p["posting_id"].to_numpy(), p["match_id"].to_numpy())
+    u = pd.DataFrame({"a": lo, "b": hi}).drop_duplicates()
+    ga, gb = group_of.reindex(u["a"]).to_numpy(), group_of.reindex(u["b"]).to_numpy()
+    correct = int((pd.notna(ga) & (ga == gb)).sum())
+    return pair_counts_scores(true, len(u), correct)
 
 
 def pairs_from_match_lists(df: pd.DataFrame, id_col: str = "posting_id", list_col: str = "match_ids") -> pd.DataFrame:
