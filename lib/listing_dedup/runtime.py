@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from listing_dedup.config import SparkConf
 from listing_dedup.errors import DedupError, first_line
+from listing_dedup.redact import install_log_redaction, redact_text
 
 log = logging.getLogger("listing_dedup")
 
@@ -56,6 +57,7 @@ def configure_logging(level: str = "INFO") -> None:
     )
     for noisy in ("py4j", "urllib3", "sentence_transformers", "transformers", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_log_redaction()  # secrets in conf values and URIs never reach the log (listing_dedup/redact.py)
 
 
 def under_spark_submit() -> bool:
@@ -96,14 +98,14 @@ def run_cli(main: Callable[[], int | None]) -> int:
     except DedupError as e:
         if e.exit_code != 2:
             log.exception("job failed")
-        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+        print(f"error: {redact_text(_one_line(str(e)))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the last line of defence: exit 1 with the traceback logged
         log.exception("job failed")
-        print(f"error: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
+        print(f"error: {type(e).__name__}: {redact_text(first_line(e))}", file=sys.stderr)
         return 1
 
 

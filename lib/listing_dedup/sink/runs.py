@@ -22,6 +22,7 @@ from typing import Any
 
 from listing_dedup import __version__
 from listing_dedup.errors import SinkError, first_line
+from listing_dedup.redact import redact_json, redact_text
 from listing_dedup.sink.delta import DeltaSink
 from listing_dedup.sink.schemas import spark_to_arrow_schema
 
@@ -108,7 +109,7 @@ class RunSummary:
             lines.append(
                 f"    {t:<8} {self.warehouse.rstrip('/')}/{t}" + (f"  (Delta version {v})" if v is not None else "")
             )
-        return "\n".join(lines)
+        return redact_text("\n".join(lines))  # a warehouse URI's credentials are never printed
 
 
 RUNS_SCHEMA = (
@@ -125,11 +126,11 @@ def write_run_row(spark, sink, summary: RunSummary, cfg, input_path, started, *,
     row = (
         summary.run_id,
         status,
-        error[:4000],
+        redact_text(error)[:4000],
         started,
         finished,
-        input_path,
-        cfg.to_json(),
+        redact_text(input_path),
+        redact_json(cfg.to_json()),  # secrets (spark.hadoop.*.secret.key, URI credentials) never stored
         __version__,
         summary.rows_in,
         summary.rows_kept,
