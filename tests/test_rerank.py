@@ -16,6 +16,8 @@ from listing_dedup.graph.rerank import (
     FEATURES,
     FRAME_COLUMNS,
     GRAPH_FEATURES,
+    ID_FEATURES,
+    IDENTIFIER_FEATURE_SET,
     Reranker,
     candidate_frame,
     candidate_frame_spark,
@@ -105,6 +107,19 @@ def test_pair_features_by_hand():
     assert y["number_jaccard"] == 0.0
     assert y["number_sides"] == 1.0 and np.isnan(y["phash_bits"]) and np.isnan(y["raw_gap"])
     assert pair_features(_frame().iloc[:0]).shape == (0, len(FEATURES))
+
+
+def test_identifier_features_by_hand():
+    # the TV range: same series words, different model codes and screen sizes
+    f = _frame(title_src="Brand 40in Smart LED TV XX40A550", title_dst="Brand 52in Smart LED TV XX52A650")
+    x = dict(zip(IDENTIFIER_FEATURE_SET, pair_features(f, IDENTIFIER_FEATURE_SET)[0], strict=True))
+    assert [x[k] for k in ID_FEATURES] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    # one code shared (written two ways, 7 characters), same size, the other side has 2 codes
+    f = _frame(title_src="Sony DSC-W120 camera 7.2MP", title_dst="sony dsc w120 7.2 MP silver")
+    x = dict(zip(IDENTIFIER_FEATURE_SET, pair_features(f, IDENTIFIER_FEATURE_SET)[0], strict=True))
+    assert [x[k] for k in ID_FEATURES] == [1.0, 7.0, 0.0, 0.0, 2.0]
+    # the first features are those of FEATURES, unchanged
+    assert (pair_features(f, IDENTIFIER_FEATURE_SET)[:, : len(FEATURES)] == pair_features(f)).all()
 
 
 def test_listing_stats_and_frame_by_hand():
@@ -269,7 +284,7 @@ def test_model_directory_round_trip_overlay_and_checks(trained, tmp_path):
     assert ref == res.health_reference and ref.score == "fused" and "out-of-fold" in ref.source
     assert ref.settings["rerank"]["threshold"] == res.threshold and len(ref.top1_quantiles) == 19
     meta = json.loads((out / "reranker.json").read_text())
-    assert meta["features"] == list(FEATURES) and meta["threshold"] == res.threshold
+    assert meta["features"] == list(IDENTIFIER_FEATURE_SET) and meta["threshold"] == res.threshold
     metrics = json.loads((out / "metrics.json").read_text())
     assert sum(metrics["importance"].values()) == pytest.approx(1.0)
     model = load_reranker(out)

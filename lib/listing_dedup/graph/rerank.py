@@ -84,6 +84,15 @@ FEATURES = (
     "len_diff",
 )
 
+# product identifiers in the two titles (lib/listing_dedup/embed/identifiers.py): a shared code
+# (and the longest shared code's length: long codes are rare), a code conflict (both titles have
+# codes, none shared), the number of quantity dimensions in conflict (16 GB vs 32 GB), the fewer
+# codes of the two sides. Read by models trained with them (IDENTIFIER_FEATURE_SET); models
+# trained on FEATURES alone keep loading and scoring as before.
+ID_FEATURES = ("code_shared", "code_shared_len", "code_conflict", "quantity_conflicts", "codes_min")
+IDENTIFIER_FEATURE_SET = FEATURES + ID_FEATURES
+FEATURE_SETS = (FEATURES, IDENTIFIER_FEATURE_SET)  # the pair-feature lists a model may be trained on
+
 # a graph round's model reads FEATURES + these, computed from the previous round's probabilities
 GRAPH_FEATURES = (
     "p",
@@ -146,8 +155,37 @@ def phash_bits(a: Sequence, b: Sequence) -> np.ndarray:
     return out
 
 
-def pair_features(frame: pd.DataFrame) -> np.ndarray:
-    """float64 (rows, len(FEATURES)) from a candidate frame (columns of FRAME_COLUMNS)."""
+def identifier_features(titles_a: Sequence, titles_b: Sequence) -> dict[str, np.ndarray]:
+    """The :data:`ID_FEATURES` of each pair of titles (each title's identifiers extracted once)."""
+    from listing_dedup.embed.identifiers import identifiers
+
+    cache: dict[str, Any] = {}
+
+    def ids(t: object):
+        key = "" if t is None or (isinstance(t, float) and t != t) else str(t)
+        got = cache.get(key)
+        if got is None:
+            got = cache[key] = identifiers(key)
+        return got
+
+    n = len(titles_a)
+    out = {f: np.zeros(n) for f in ID_FEATURES}
+    for i, (ta, tb) in enumerate(zip(titles_a, titles_b, strict=True)):
+        a, b = ids(ta), ids(tb)
+        shared = a.codes & b.codes
+        out["code_shared"][i] = float(bool(shared))
+        out["code_shared_len"][i] = max((len(c) for c in shared), default=0)
+        out["code_conflict"][i] = float(bool(a.codes) and bool(b.codes) and not shared)
+        out["quantity_conflicts"][i] = sum(
+            1 for d, v in a.quantities.items() if d in b.quantities and not v & b.quantities[d]
+        )
+        out["codes_min"][i] = min(len(a.codes), len(b.codes))
+    return out
+
+
+def pair_features(frame: pd.DataFrame, names: Sequence[str] = FEATURES) -> np.ndarray:
+    """float64 (rows, len(names)) from a candidate frame (columns of FRAME_COLUMNS); ``names``
+    one of :data:`FEATURE_SETS` (the model's)."""
     f = {c: frame[c].to_numpy(dtype=np.float64) for c in FRAME_COLUMNS if not c.startswith(("phash", "title"))}
     score = f["score"]
     out = {
@@ -194,7 +232,9 @@ def pair_features(frame: pd.DataFrame) -> np.ndarray:
         len_min=np.minimum(la, lb),
         len_diff=np.abs(la - lb),
     )
-    return np.column_stack([out[name] for name in FEATURES]) if n else np.zeros((0, len(FEATURES)))
+    if any(f in names for f in ID_FEATURES):
+        out.update(identifier_features(ta, tb))
+    return np.column_stack([out[name] for name in names]) if n else np.zeros((0, len(names)))
 
 
 # --------------------------------------------------------------------------------------
@@ -348,6 +388,11 @@ class Reranker:
     meta: Mapping[str, Any]
 
     @property
+    def features(self) -> tuple[str, ...]:
+        """The pair features it reads (one of :data:`FEATURE_SETS`)."""
+        return tuple(self.meta.get("features", FEATURES))
+
+    @property
     def graph_rounds(self) -> int:
         return len(self.model_texts) - 1
 
@@ -374,7 +419,7 @@ class Reranker:
     def round_probabilities(self, frame: pd.DataFrame) -> list[np.ndarray]:
         """Match probability of every candidate of a whole catalog's frame (float64) after each
         round: the pair model's, then each graph round's over all the frame's candidates."""
-        X = pair_features(frame)
+        X = pair_features(frame, self.features)
         out = [self.pair_probability(X)]
         if self.graph_rounds and len(frame):
             codes, uniq = pd.factorize(pd.concat([frame["src"], frame["dst"]], ignore_index=True))
@@ -516,7 +561,9 @@ def load_reranker(model_dir: str | Path) -> Reranker:
         raise ConfigError(f"{where} is not a listing-dedup re-ranker (format != {FORMAT!r})")
     if meta.get("version") != VERSION:
         raise ConfigError(f"{where}: unsupported version {meta.get('version')!r} (this code reads {VERSION})")
-    if list(meta.get("features", [])) != list(FEATURES) or list(meta.get("graph_features", [])) != list(GRAPH_FEATURES):
+    if tuple(meta.get("features", ())) not in FEATURE_SETS or list(meta.get("graph_features", [])) != list(
+        GRAPH_FEATURES
+    ):
         raise ConfigError(f"{where}: its feature lists differ from this code's; retrain it")
     rounds = int(meta.get("graph_rounds", 0))
     files = [MODEL_TXT] + [graph_model_file(r) for r in range(1, rounds + 1)]
@@ -530,7 +577,7 @@ def load_reranker(model_dir: str | Path) -> Reranker:
             n = model.booster(r).num_feature()
         except Exception as e:  # noqa: BLE001 - lightgbm raises its own error type
             raise ModelError(f"{d / f}: not a LightGBM model: {e}") from None
-        want = len(FEATURES) + (len(GRAPH_FEATURES) if r else 0)
+        want = len(model.features) + (len(GRAPH_FEATURES) if r else 0)
         if n != want:
             raise ModelError(f"{d / f}: model has {n} features, expected {want}")
     return model
@@ -667,7 +714,7 @@ def rerank_spark(frame_df, model: Reranker, cut=None):
         for pdf in batches:
             if pdf.empty:
                 continue
-            X = pair_features(pdf)
+            X = pair_features(pdf, m.features)
             yield pd.DataFrame({"src": pdf["src"], "dst": pdf["dst"], "p": m.pair_probability(X), "x": list(X)})
 
     cur = cut(frame_df.mapInPandas(_pairs, schema))

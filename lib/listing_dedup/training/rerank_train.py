@@ -37,9 +37,9 @@ from listing_dedup import __version__
 from listing_dedup.config import DedupConfig, MatchConf
 from listing_dedup.errors import ConfigError, InputError
 from listing_dedup.graph.rerank import (
-    FEATURES,
     FORMAT,
     GRAPH_FEATURES,
+    IDENTIFIER_FEATURE_SET,
     MODEL_JSON,
     MODEL_TXT,
     VERSION,
@@ -143,7 +143,7 @@ def part_candidates(name: str, df: pd.DataFrame, cfg: DedupConfig, text: np.ndar
     signals = {s: titled for s in cfg.fusion.weights(list(cfg.dense_signals()))}
     signals["phash"] = float(pd.Series(phashes).notna().mean()) if len(df) else 0.0
     labels = df["label_group"].astype(str).to_numpy()
-    return PartCandidates(part, frame, pair_features(frame), y, labels[src], signals)
+    return PartCandidates(part, frame, pair_features(frame, TRAIN_FEATURES), y, labels[src], signals)
 
 
 def rule_pairs(
@@ -188,8 +188,12 @@ def _lgb_params(cfg: DedupConfig) -> dict[str, Any]:
     }
 
 
+# the pair features a new model is trained on: the identifier features since issue 30
+TRAIN_FEATURES = IDENTIFIER_FEATURE_SET
+
+
 def feature_names(graph_round: int) -> list[str]:
-    return list(FEATURES) + (list(GRAPH_FEATURES) if graph_round else [])
+    return list(TRAIN_FEATURES) + (list(GRAPH_FEATURES) if graph_round else [])
 
 
 def _fit(X: np.ndarray, y: np.ndarray, cfg: DedupConfig, graph_round: int = 0):
@@ -412,7 +416,7 @@ def write_reranker_dir(out: str | Path, res: RerankResult, cfg: DedupConfig, *, 
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "features": list(FEATURES),
+        "features": list(TRAIN_FEATURES),
         "graph_features": list(GRAPH_FEATURES),
         "graph_rounds": len(res.model_texts) - 1,
         "graph_floor": cfg.rerank.train.graph_floor,
