@@ -15,6 +15,7 @@ from listing_dedup.search.incremental import (
     night_delta,
     night_delta_spark,
     update_neighbours,
+    update_neighbours_spark,
 )
 
 
@@ -147,3 +148,18 @@ def test_an_inserted_listing_enters_lists_it_beats_and_not_below_their_floor():
     assert stale == set()
     assert got[got["src"] == "a"]["dst"].tolist() == ["b", "n", "c"]  # m (0.3) is below a's floor 0.4
     assert got[got["src"] == "n"]["dst"].tolist() == ["a"]
+
+
+def test_update_spark_equals_pandas(spark):
+    k, depth = 5, 9
+    ids, x, deleted, changed, added, ids2, x2 = nights(4)
+    old = brute_lists(ids, x, depth)
+    found = brute_lists(ids2, x2, depth).query("src in @changed or src in @added")  # a top-depth search
+    want, want_stale = update_neighbours(old, deleted | changed, found, k=k, depth=depth)
+    removed = spark.createDataFrame(pd.DataFrame({"posting_id": sorted(deleted | changed)}))
+    got, stale = update_neighbours_spark(
+        spark.createDataFrame(old), removed, spark.createDataFrame(found), k=k, depth=depth
+    )
+    got = got.toPandas().sort_values(["src", "score", "dst"], ascending=[True, False, True]).reset_index(drop=True)
+    assert {r["posting_id"] for r in stale.collect()} == want_stale
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)

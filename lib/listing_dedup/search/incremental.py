@@ -37,6 +37,7 @@ __all__ = [
     "night_delta",
     "night_delta_spark",
     "update_neighbours",
+    "update_neighbours_spark",
 ]
 
 DELTA_KINDS = ("added", "changed", "deleted", "unchanged")
@@ -151,3 +152,57 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     if not full:
         return pd.DataFrame({"src": pd.Series(dtype=object), "dst": pd.Series(dtype=object), "score": []})
     return pd.concat(full, ignore_index=True)
+
+
+def update_neighbours_spark(
+    lists: DataFrame, removed: DataFrame, found: DataFrame, *, k: int, depth: int
+) -> tuple[DataFrame, DataFrame]:
+    """:func:`update_neighbours` on Spark: ``lists`` and ``found`` are ``src, dst, score``,
+    ``removed`` has ``posting_id``. Returns (tonight's lists without the stale srcs' rows, the
+    stale srcs as ``posting_id``), both lazy: joins, one aggregate a side and rank windows."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    gone = removed.select("posting_id").distinct()
+    inserted = found.select(F.col("src").alias("posting_id")).distinct()
+    old = (
+        lists.select("src", "dst", "score")
+        .join(gone.withColumnRenamed("posting_id", "src"), "src", "left_anti")
+        .join(inserted.withColumnRenamed("posting_id", "src"), "src", "left_anti")
+        .join(gone.select(F.col("posting_id").alias("dst"), F.lit(True).alias("lost")), "dst", "left")
+        .withColumn("lost", F.coalesce("lost", F.lit(False)))
+    )
+    info = old.groupBy("src").agg(
+        F.min("score").alias("floor"),
+        (F.count(F.lit(1)) < F.lit(depth)).alias("full_before"),
+        F.max(F.col("lost").cast("int")).alias("lost_any"),
+    )
+    held = old.where(~F.col("lost")).select("src", "dst", "score")
+    back = found.join(inserted.withColumnRenamed("posting_id", "dst"), "dst", "left_anti").select(
+        F.col("dst").alias("src"), F.col("src").alias("dst"), "score"
+    )
+    by_src = Window.partitionBy("src").orderBy(F.col("score").desc(), F.col("dst"))
+    merged = (
+        held.unionByName(back)
+        .groupBy("src", "dst")
+        .agg(F.max("score").alias("score"))
+        .join(info.select("src", "floor", "full_before"), "src", "left")
+        .where(F.col("floor").isNull() | F.col("full_before") | (F.col("score") >= F.col("floor")))
+        .withColumn("_r", F.row_number().over(by_src))
+        .where(F.col("_r") <= depth)
+        .select("src", "dst", "score")
+    )
+    counts = merged.groupBy("src").agg(F.count(F.lit(1)).alias("n"))
+    stale = (
+        info.join(counts, "src", "left")
+        .where((F.col("lost_any") == 1) & ~F.col("full_before") & (F.coalesce("n", F.lit(0)) < k))
+        .select(F.col("src").alias("posting_id"))
+    )
+    mine = (
+        found.select("src", "dst", "score")
+        .withColumn("_r", F.row_number().over(by_src))
+        .where(F.col("_r") <= depth)
+        .drop("_r")
+    )
+    out = merged.join(stale.withColumnRenamed("posting_id", "src"), "src", "left_anti").unionByName(mine)
+    return out, stale
