@@ -14,6 +14,7 @@ from listing_dedup.search.incremental import (
     listing_digests,
     night_delta,
     night_delta_spark,
+    search_delta,
     update_neighbours,
     update_neighbours_spark,
 )
@@ -163,3 +164,40 @@ def test_update_spark_equals_pandas(spark):
     got = got.toPandas().sort_values(["src", "score", "dst"], ascending=[True, False, True]).reset_index(drop=True)
     assert {r["posting_id"] for r in stale.collect()} == want_stale
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
+def test_search_delta_through_the_index_equals_a_full_search(spark):
+    """The delta searched through the job's index (exact: one list), the lists updated and the
+    stale ones searched again: every list is an exact prefix of at least k of a full search of
+    tonight's catalog, and only the delta and the stale lists were searched."""
+    from listing_dedup.config.job import IndexConf
+    from listing_dedup.search.indexer import build_index
+
+    k, depth = 5, 6  # a list that loses 2 of its 6 goes stale: the re-search runs
+    ids, x, deleted, changed, added, ids2, x2 = nights(5)
+    old = brute_lists(ids, x, depth)
+    delta = night_delta(
+        pd.DataFrame({"posting_id": ids, "digest": [p + "@1" for p in ids]}),
+        pd.DataFrame({"posting_id": ids2, "digest": [p + ("@2" if p in changed else "@1") for p in ids2]}),
+    )
+    emb = spark.createDataFrame(
+        pd.DataFrame({"posting_id": ids2, "emb": [v.astype(np.float32).tolist() for v in x2]}),
+        "posting_id string, emb array<float>",
+    )
+    index = build_index(emb, IndexConf(n_shards=2, exact_below=10**6, nprobe=1, k=depth), n_rows=len(ids2))
+    try:
+        lists, counts = search_delta(
+            index, emb, spark.createDataFrame(old), spark.createDataFrame(delta), k=k, depth=depth,
+            search_depth=len(ids2),
+        )  # fmt: skip
+        got = lists.toPandas()
+    finally:
+        index.unpersist()
+    assert counts["stale"] > 0
+    assert counts["searched"] == len(changed | added) + counts["stale"] < len(ids2) // 4
+    want = brute_lists(ids2, x2, depth)
+    assert set(got["src"]) == set(ids2) and not got.duplicated(["src", "dst"]).any()
+    for src, g in got.groupby("src"):
+        g = g.sort_values(["score", "dst"], ascending=[False, True])
+        w = want[want["src"] == src]
+        assert len(g) >= k and g["dst"].tolist() == w["dst"].tolist()[: len(g)], src

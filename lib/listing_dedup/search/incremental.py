@@ -36,6 +36,7 @@ __all__ = [
     "listing_digests",
     "night_delta",
     "night_delta_spark",
+    "search_delta",
     "update_neighbours",
     "update_neighbours_spark",
 ]
@@ -206,3 +207,44 @@ def update_neighbours_spark(
     )
     out = merged.join(stale.withColumnRenamed("posting_id", "src"), "src", "left_anti").unionByName(mine)
     return out, stale
+
+
+def search_delta(
+    index: Any,
+    emb: DataFrame,
+    prev_lists: DataFrame,
+    delta: DataFrame,
+    *,
+    k: int,
+    depth: int,
+    search_depth: int | None = None,
+    fail_stage: str = "",
+) -> tuple[DataFrame, dict[str, int]]:
+    """Tonight's neighbour lists from yesterday's and the delta: the inserted listings
+    (``added``, ``changed``) searched against ``index`` (tonight's vectors: ``emb``), every
+    other list updated (:func:`update_neighbours_spark`), and the stale ones searched again.
+
+    ``delta``: ``posting_id, kind`` (:func:`night_delta_spark`); ``search_depth`` (default
+    ``depth``): how many neighbours an inserted listing's search returns, the reach of its
+    symmetric insertion into other lists. Returns (``src, dst, score`` materialised, the
+    counts: ``searched``, ``stale``)."""
+    from pyspark.sql import functions as F
+
+    from listing_dedup.graph.components import cut_lineage
+    from listing_dedup.search.indexer import search
+
+    inserted = cut_lineage(delta.where(F.col("kind").isin("added", "changed")).select("posting_id"))
+    removed = delta.where(F.col("kind").isin("deleted", "changed")).select("posting_id")
+    n_ins = inserted.count()
+    queries = emb.join(inserted, "posting_id")
+    if n_ins:
+        found = search(index, queries, search_depth or depth, fail_stage=fail_stage, n_queries=n_ins)
+    else:
+        found = emb.sparkSession.createDataFrame([], "src string, dst string, score float")
+    lists, stale = update_neighbours_spark(prev_lists, removed, cut_lineage(found), k=k, depth=depth)
+    stale = cut_lineage(stale)
+    n_stale = stale.count()
+    if n_stale:
+        again = search(index, emb.join(stale, "posting_id"), depth, fail_stage=fail_stage, n_queries=n_stale)
+        lists = lists.unionByName(again.select("src", "dst", "score"))
+    return cut_lineage(lists), {"searched": n_ins + n_stale, "stale": n_stale}
