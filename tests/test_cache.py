@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from deltalake import DeltaTable
 from listing_dedup.cli import main as cli_main
 from listing_dedup.embed.encoder import TextEncoderBuilder
 from listing_dedup.embed.image import ImageEncoderBuilder
 from listing_dedup.embed.model_dir import write_model_json
+from listing_dedup.errors import SinkError
 from listing_dedup.sink.cache import (
     EMBEDDINGS,
     USED,
@@ -374,3 +376,47 @@ def test_fusing_cached_counts_in_one_pass_equals_fusing_the_titles_vectors(spark
     for k in want:
         assert want[k].shape == (8 + p.dim,)
         np.testing.assert_array_equal(got[k], want[k])
+
+
+def _cache_files(root: Path) -> list[Path]:
+    return sorted((root / EMBEDDINGS).rglob("*.parquet"))
+
+
+def test_an_unreadable_cache_file_is_recomputed_with_a_warning(spark, tmp_path, caplog):
+    """Issue 29 row 10: a file of the cache's snapshot that does not decode (bytes overwritten)
+    or is gone fails no run: the run recomputes what it held, says so (``read_error``, a
+    warning) and reuses what the other files hold."""
+    one_run(spark, tmp_path, [("a1", "rice cooker")], "2026-01-01", 1)
+    one_run(spark, tmp_path, [("b1", "mouse wireless")], "2026-01-02", 2)
+    (first,) = [p for p in _cache_files(tmp_path) if "2026-01-01" in str(p)]
+    first.write_bytes(b"PAR1" + b"\x00garbage" * 40 + b"PAR1")
+    c, got, _ = one_run(spark, tmp_path, A, "2026-01-03", 3)
+    assert got == {"a1": [11.0, 3.0], "a2": [11.0, 3.0], "b1": [14.0, 2.0]}  # b1's file still serves
+    assert (c.reused, c.computed) == (1, 1)
+    assert c.read_error.startswith(f"the embeddings cache at {tmp_path / EMBEDDINGS} could not be read (")
+    assert "recomputed" in c.read_error
+    assert any(r.levelname == "WARNING" and "could not be read" in r.getMessage() for r in caplog.records)
+
+    first.unlink()  # a file the log lists is gone
+    c, got, _ = one_run(spark, tmp_path, A, "2026-01-04", 4)
+    # the recomputed "rice cooker" of run 3 (a file of its own) is reused now
+    assert got == {"a1": [11.0, 3.0], "a2": [11.0, 3.0], "b1": [14.0, 2.0]}
+    assert (c.reused, c.computed) == (2, 0) and c.read_error
+
+
+def test_an_unreadable_cache_log_is_an_empty_cache_with_a_warning(spark, tmp_path):
+    one_run(spark, tmp_path, A, "2026-01-01", 1)
+    for log_file in (tmp_path / EMBEDDINGS / "_delta_log").glob("*.json"):
+        log_file.write_text("{not json")
+    c, got, staged = one_run(spark, tmp_path, A, "2026-01-02", 2, commit=False)  # its check() passes
+    assert got == {"a1": [11.0, 2.0], "a2": [11.0, 2.0], "b1": [14.0, 2.0]}
+    assert (c.reused, c.computed) == (0, 2)
+    assert c.read_error.startswith(f"the embeddings cache at {tmp_path / EMBEDDINGS} could not be read (")
+    with pytest.raises(SinkError, match="cannot open table 'embeddings'"):  # what the job records as NOT cached
+        c.commit(staged)
+
+
+def test_a_readable_cache_has_no_read_error(spark, tmp_path):
+    one_run(spark, tmp_path, A, "2026-01-01", 1)
+    c, _, _ = one_run(spark, tmp_path, A, "2026-01-02", 2)
+    assert (c.reused, c.computed, c.read_error) == (2, 0, "")

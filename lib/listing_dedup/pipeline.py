@@ -404,6 +404,7 @@ def run_dedup(
             c.update(embedded=summary.rows_embedded, signals=",".join(layout.signals), dim=layout.dim)
             if cache is not None:
                 summary.cache = {s: {"reused": u.reused, "computed": u.computed} for s, u in cache.uses.items()}
+                summary.cache_warning = cache.read_error  # an unreadable cache: recomputed, said in the summary
                 c.update(vectors_reused=cache.reused, vectors_computed=cache.computed)
                 # the new vectors are written now, while they are in memory (committed after the data
                 # tables); the cache's frames are then released

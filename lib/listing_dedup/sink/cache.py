@@ -27,6 +27,11 @@ first, then ``embeddings``: a vector visible in the cache always has its use rec
 that crashes before its commits leaves both tables as they were; its staged files are orphans
 that :func:`listing_dedup.sink.delta.vacuum` removes. A failed cache commit after the data
 tables landed does not fail the run (the data is right; the next run recomputes those vectors).
+Nor does a cache that cannot be read: a Delta log that does not parse is an empty cache, and a
+file the log lists that is gone or does not decode is skipped (the lookup is read again without
+it, only after such a failure): its contents are recomputed and stored again, and the run says so
+(:attr:`EmbeddingCache.read_error`, a warning, the summary). ``compact`` still reads every file
+and fails on such a file: the unreadable file stays in the table until it is removed by hand.
 
 Lexical vectors are not cached: their idf is fitted on each run's catalog, so yesterday's
 vectors are not today's. Their hashed n-gram counts are (signal ``lexical``: the ``vector``
@@ -114,27 +119,22 @@ def key_column(fp_id: str, digest_col: Any) -> Any:
     return F.substring(F.sha2(F.concat(F.lit(fp_id + "\0"), digest_col), 256), 1, 32)
 
 
-def image_digests(values: pd.Series, root: str = "") -> pd.Series:
-    """sha256 hex of each image's bytes (raw bytes, or the file a path names under ``root``);
-    None where they cannot be read (those images are embedded, never cached)."""
-    from listing_dedup.ingest.images import _read_bytes, resolve_image_path
+def image_digests(values: pd.Series, root: Any = "") -> pd.Series:
+    """sha256 hex of each image's bytes (raw bytes, or the file a path names below the image
+    roots ``root``: an ``ImageRoots`` or one folder); None where they cannot be used (outside the
+    roots, missing, too large: those images are embedded, never cached). Reads through
+    :func:`listing_dedup.ingest.images.read_image_bytes`, the same confined reader as ingest; a
+    storage failure raises ``StorageError`` (the run fails, exit 1)."""
+    from listing_dedup.ingest.images import read_image_bytes
 
     out: list[str | None] = []
     for v in values:
-        try:
-            if isinstance(v, (bytes, bytearray, memoryview)):
-                data = bytes(v)
-            elif isinstance(v, str) and v.strip():
-                data = _read_bytes(resolve_image_path(v, root))
-            else:
-                data = b""
-        except OSError:
-            data = b""
+        data, _ = read_image_bytes(v, root)
         out.append(hashlib.sha256(data).hexdigest() if data else None)
     return pd.Series(out, index=values.index, dtype=object)
 
 
-def image_digest_column(col: Any, root: str = "") -> Any:
+def image_digest_column(col: Any, root: Any = "") -> Any:
     """:func:`image_digests` as a Spark column (a pandas UDF on the executors)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -171,6 +171,10 @@ class EmbeddingCache:
     _used: list[Any] = field(default_factory=list)
     _paths: list[str] | None = None
     _frames: list[Any] = field(default_factory=list)  # persisted by embed(), released after stage()
+    # why the cache could not be read ("" when it could): the run recomputed those vectors
+    read_error: str = ""
+    _tolerant: bool = False  # read the snapshot's files skipping the ones that fail (after a failure)
+    _check_error: str = ""  # why check() found the staged writes do not fit (commit() raises it)
 
     def __post_init__(self) -> None:
         self.sink = DeltaSink(self.root, storage_options=self.storage_options)
@@ -201,9 +205,29 @@ class EmbeddingCache:
                     dt = DeltaTable(uri, storage_options=self.storage_options)
                     self._paths = [_spark_path(u) for u in dt.file_uris()]
                     log.info("embeddings cache %s: version %d, %d files", uri, dt.version(), len(self._paths))
-            except Exception as e:  # noqa: BLE001 - storage or credentials: the commit would fail too
-                raise SinkError(f"cannot read the embeddings cache at {uri}: {first_line(e)}") from e
+            except Exception as e:  # noqa: BLE001 - a log that does not parse, storage: a cache without vectors
+                self._unreadable(first_line(e), "every vector is recomputed")
+                self._paths = []
         return self._paths
+
+    def _unreadable(self, detail: str, what: str) -> None:
+        """Record (and warn) that the cache could not be read: the run goes on without those
+        vectors (the cache costs time, never the run: its data tables do not depend on it)."""
+        uri = self.sink.table_uri(EMBEDDINGS)
+        self.read_error = f"the embeddings cache at {uri} could not be read ({detail[:300]}): {what}"
+        log.warning("%s", self.read_error)
+
+    def _names_a_cache_file(self, error: BaseException) -> str:
+        """The line of a Spark error that names a file of this cache's table ("" when none does:
+        the error is not the cache's)."""
+        from urllib.parse import unquote, urlparse
+
+        uri = self.sink.table_uri(EMBEDDINGS)
+        table_path = unquote(urlparse(uri).path if "://" in uri else uri).rstrip("/") + "/"
+        for line in str(error).splitlines():
+            if table_path in unquote(line):
+                return line.strip()
+        return ""
 
     def vectors(self, spark: Any, signal: str, fp_id: str) -> Any:
         """``(_key_col(signal), _cached_col(signal))`` of the cached vectors of one fingerprint
@@ -212,7 +236,10 @@ class EmbeddingCache:
 
         schema = spark.createDataFrame([], VECTORS_SCHEMA).schema
         paths = self._snapshot_paths()
-        df = spark.read.schema(schema).parquet(*paths) if paths else spark.createDataFrame([], schema)
+        reader = spark.read.schema(schema)
+        if self._tolerant:  # files that are gone or do not decode are skipped: their contents recomputed
+            reader = reader.option("ignoreCorruptFiles", "true").option("ignoreMissingFiles", "true")
+        df = reader.parquet(*paths) if paths else spark.createDataFrame([], schema)
         return df.where(F.col("fingerprint") == F.lit(fp_id)).select(
             F.col("key").alias(_key_col(signal)), F.col("vector").alias(_cached_col(signal))
         )
@@ -289,19 +316,35 @@ class EmbeddingCache:
         out_cols = [s.out_col for s in signals]
         keyed = df.withColumn(DIGEST, digest)
         cacheable = keyed.where(F.col(DIGEST).isNotNull())
-        need = cacheable if content_cols is None else cacheable.select(DIGEST, *content_cols)
-        need = need.drop(*out_cols).dropDuplicates([DIGEST])  # one row per distinct content
-        for s in signals:
-            key = _key_col(s.name)
-            need = need.withColumn(key, key_column(fp_ids[s.name], F.col(DIGEST)))
-            need = need.join(self.vectors(spark, s.name, fp_ids[s.name]), key, "left")
-        have = keep(need.dropDuplicates([DIGEST]))  # a key stored twice (concurrent runs) joins twice
         lacks = reduce(lambda a, b: a | b, [F.col(_cached_col(s.name)).isNull() for s in signals])
-        counts = have.agg(
-            F.count(F.lit(1)).alias("_keys"),
-            F.count(F.when(lacks, 1)).alias("_lacking"),
-            *[F.count(_cached_col(s.name)).alias(f"_hit_{i}") for i, s in enumerate(signals)],
-        ).first()
+
+        def look_up() -> tuple[Any, Any]:
+            need = cacheable if content_cols is None else cacheable.select(DIGEST, *content_cols)
+            need = need.drop(*out_cols).dropDuplicates([DIGEST])  # one row per distinct content
+            for s in signals:
+                key = _key_col(s.name)
+                need = need.withColumn(key, key_column(fp_ids[s.name], F.col(DIGEST)))
+                need = need.join(self.vectors(spark, s.name, fp_ids[s.name]), key, "left")
+            have = keep(need.dropDuplicates([DIGEST]))  # a key stored twice (concurrent runs) joins twice
+            counts = have.agg(
+                F.count(F.lit(1)).alias("_keys"),
+                F.count(F.when(lacks, 1)).alias("_lacking"),
+                *[F.count(_cached_col(s.name)).alias(f"_hit_{i}") for i, s in enumerate(signals)],
+            ).first()
+            return have, counts
+
+        try:
+            have, counts = look_up()
+        except Exception as e:  # noqa: BLE001 - only a file of the cache that cannot be read is handled
+            line = "" if self._tolerant else self._names_a_cache_file(e)
+            if not line:
+                raise
+            # a file the Delta log lists is gone or does not decode: the lookup skips such files,
+            # so their contents are recomputed (and stored again); the run does not fail
+            self._unreadable(line, "the vectors of its unreadable files are recomputed")
+            self._tolerant = True
+            self._paths = _existing_files(spark, self._paths or [])  # Spark refuses a listed path that is gone
+            have, counts = look_up()
         uses = {
             s.name: SignalUse(s.name, fp_ids[s.name], keys=int(counts["_keys"]), reused=int(counts[f"_hit_{i}"]))
             for i, s in enumerate(signals)
@@ -400,16 +443,39 @@ class EmbeddingCache:
         self._frames.clear()
 
     def check(self, staged: list[StagedWrite]) -> None:
-        self.sink.check(staged)
+        """Whether ``staged`` fits the cache's tables. A table that cannot be opened (a log that
+        does not parse) or does not fit fails no run: the failure is kept for :meth:`commit`,
+        which then raises it (the job commits the cache after its data, and records that the
+        vectors were not cached)."""
+        try:
+            self.sink.check(staged)
+        except SinkError as e:
+            self._check_error = first_line(e)
+            log.warning("the embeddings cache cannot take this run's vectors: %s", self._check_error)
 
     def commit(self, staged: list[StagedWrite]) -> dict[str, int]:
         """Commit ``embeddings_used`` (its ``run_date`` partition replaced) then ``embeddings``
-        (appended); returns the versions committed."""
+        (appended); returns the versions committed. Raises :class:`SinkError` when
+        :meth:`check` found they do not fit."""
+        if self._check_error:
+            raise SinkError(self._check_error)
         out = {}
         for s in staged:
             mode = "overwrite_partition" if s.table == USED else "append"
             out[s.table] = self.sink.commit(s, mode=mode).version
         return out
+
+
+def _existing_files(spark: Any, paths: list[str]) -> list[str]:
+    """The files of ``paths`` that exist (Hadoop file systems: any scheme Spark reads)."""
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    out = []
+    for p in paths:
+        path = jvm.org.apache.hadoop.fs.Path(p)
+        if path.getFileSystem(conf).exists(path):
+            out.append(p)
+    return out
 
 
 def _parts(rows: int, have: int, per_part: int = 2048) -> int:

@@ -54,6 +54,7 @@ class RunSummary:
     # embeddings cache: signal -> {"reused": distinct contents whose vector was cached, "computed": embedded}
     cache: dict[str, dict[str, int]] = field(default_factory=dict)
     cache_error: str = ""  # the cache's commit failed after the data tables committed (the data is fine)
+    cache_warning: str = ""  # the cache could not be read: those vectors were recomputed (the run is fine)
 
     @property
     def vectors_reused(self) -> int:
@@ -87,6 +88,7 @@ class RunSummary:
                 + ", ".join(f"{s} {c['reused']}/{c['computed']}" for s, c in sorted(self.cache.items()))
                 + " reused/computed)"
                 + (f"; NOT cached: {self.cache_error}" if self.cache_error else "")
+                + (f"; WARNING: {self.cache_warning}" if self.cache_warning else "")
                 if self.cache
                 else "embeddings cache off (or no cached signal)"
             ),
