@@ -232,6 +232,95 @@ def test_missing_table_is_an_input_error(spark, wh):
 
 
 # --------------------------------------------------------------------------------------
+# run ids: every data table's rows carry the run that wrote them (the base warehouse is one of
+# the version before run_id: no such column)
+
+RUN_ID = "run-succeeded-0"  # the base's runs row (_runs_row)
+CANDIDATES_DDL = "posting_id string, candidate_id string, score float, signal_scores map<string,float>"
+
+
+def _with_run(spark, wh, table: str, rows: list[tuple], ddl: str, run_id: str | None, date: str = DATE):
+    """``table``'s partition rewritten by ``run_id`` (the table gains the column)."""
+    DeltaSink(str(wh)).write(
+        spark.createDataFrame([(*r, run_id) for r in rows], f"{ddl}, run_id string").coalesce(1),
+        table,
+        date,
+        added_columns=("run_id",),
+    )
+
+
+def _all_with_run(spark, wh, run_id: str = RUN_ID, **runs: str) -> None:
+    """Every data table rewritten by ``run_id`` (``runs``: table -> another run id)."""
+    _with_run(spark, wh, "matches", _matches_rows(MATCHES), MATCHES_DDL, runs.get("matches", run_id))
+    _with_run(spark, wh, "clusters", CLUSTERS, CLUSTERS_DDL, runs.get("clusters", run_id))
+    _with_run(spark, wh, "rejects", REJECTS, REJECTS_DDL, runs.get("rejects", run_id))
+
+
+def _mixed(run_date: str, tables: str) -> str:
+    return (
+        f"the tables of {run_date} do not all come from its latest run {RUN_ID} (the runs row checked above): "
+        f"{tables}; a run stopped between its commits? rerun {run_date}"
+    )
+
+
+def test_tables_of_the_latest_run_pass(spark, wh):
+    _all_with_run(spark, wh)
+    assert _problems(spark, wh) == []
+
+
+def test_tables_of_one_date_from_different_runs(spark, wh):
+    """A run stopped after its matches commit: same rows, same counts, another run id."""
+    _all_with_run(spark, wh, matches="run-b")
+    assert _problems(spark, wh) == [
+        _mixed(
+            DATE,
+            "matches: run run-b (6 rows), clusters: run run-succeeded-0 (6 rows), "
+            "rejects: run run-succeeded-0 (2 rows)",
+        )
+    ]
+
+
+def test_tables_of_a_run_the_runs_table_does_not_record(spark, wh):
+    """Every table of one run whose runs row was never written (the latest row is another run's)."""
+    _all_with_run(spark, wh, "run-c")
+    assert _problems(spark, wh) == [
+        _mixed(DATE, "matches: run run-c (6 rows), clusters: run run-c (6 rows), rejects: run run-c (2 rows)")
+    ]
+
+
+def test_earlier_version_rows_beside_a_run_s_rows_are_a_mix(spark, wh):
+    """The first run of the new version stopped after matches: the other tables are the earlier
+    version's (no run_id), their rows read null once the table gains the column."""
+    _with_run(spark, wh, "matches", _matches_rows(MATCHES), MATCHES_DDL, RUN_ID)
+    expected = [
+        _mixed(
+            DATE,
+            "matches: run run-succeeded-0 (6 rows), clusters: no run_id (an earlier version) (6 rows), "
+            "rejects: no run_id (an earlier version) (2 rows)",
+        )
+    ]
+    assert _problems(spark, wh) == expected
+    # clusters gains the column (another date's write): the date's earlier files read null there
+    _with_run(spark, wh, "clusters", CLUSTERS, CLUSTERS_DDL, RUN_ID, date=OTHER)
+    assert _problems(spark, wh) == expected
+
+
+def test_candidates_are_checked_where_the_table_exists(spark, wh):
+    _all_with_run(spark, wh)
+    cand = [("a", "b", 0.9, {"lexical": 0.9}), ("b", "a", 0.9, {"lexical": 0.9})]
+    _with_run(spark, wh, "candidates", cand, CANDIDATES_DDL, "run-old")
+    assert _problems(spark, wh) == [
+        _mixed(
+            DATE,
+            "matches: run run-succeeded-0 (6 rows), clusters: run run-succeeded-0 (6 rows), "
+            "rejects: run run-succeeded-0 (2 rows), candidates: run run-old (2 rows)",
+        )
+    ]
+    _with_run(spark, wh, "candidates", [], CANDIDATES_DDL, None)  # the partition emptied by the rerun
+    assert _problems(spark, wh) == []
+
+
+# --------------------------------------------------------------------------------------
 # the DAG's verify task: --verify-only, and --fail-on-health (Airflow Variable listing_dedup_fail_on_health)
 
 

@@ -485,3 +485,49 @@ def test_injected_write_failure_is_retried_and_commits_once(spark, tmp_path):
     assert len(on_disk) == len(staged.files) + 1  # the failed attempt's file is an orphan ...
     vacuum(str(tmp_path), "t", retention_hours=0, allow_in_flight_deletion=True)
     assert len(list((tmp_path / "t" / "run_date=2026-01-01").glob("*.parquet"))) == len(staged.files)  # ... until now
+
+
+def test_a_table_of_an_earlier_version_gains_the_added_column_at_its_next_commit(spark, tmp_path):
+    """A write that names ``run_id`` as an added column: the table an earlier version created
+    without it passes the check, gains it (nullable, metadata only) and then takes the write;
+    the other partition's files are not rewritten and read null there. An undeclared new column
+    is still refused."""
+    wh = str(tmp_path)
+    sink = DeltaSink(wh)
+    sink.write(_df(spark, "a", 2), "matches", D1)
+    sink.write(_df(spark, "o", 3), "matches", D2)
+    old_files = set(DeltaTable(sink.table_uri("matches")).file_uris())
+    new = _df(spark, "b", 3).withColumn("run_id", F.lit("r2"))
+    with pytest.raises(SinkError, match="not in the table: run_id"):
+        sink.check([sink.stage(new, "matches", D1)])  # undeclared: refused as before
+    staged = sink.stage(new, "matches", D1, added_columns=("run_id",))
+    sink.check([staged])  # declared: accepted, nothing committed by the check
+    assert table_version(wh, "matches") == 1
+    res = sink.commit(staged)
+    assert res.version == 3  # 2: the column added, 3: the partition overwritten
+    assert [f.name for f in DeltaTable(sink.table_uri("matches")).schema().fields] == [*COLUMNS, "run_date", "run_id"]
+    got = read_table(wh, "matches").sort_values("posting_id")
+    assert got["posting_id"].tolist() == ["b0", "b1", "b2", "o0", "o1", "o2"]
+    assert got["run_id"].tolist()[:3] == ["r2"] * 3 and got["run_id"].iloc[3:].isna().all()
+    assert old_files - set(DeltaTable(sink.table_uri("matches")).file_uris()) == {
+        u for u in old_files if f"run_date={D1}" in u
+    }  # D2's files are the same files
+    # the next write (the column is there now) commits once; a write without the column is refused
+    assert sink.commit(sink.stage(new, "matches", D2, added_columns=("run_id",))).version == 4
+    with pytest.raises(SinkError, match="not in this write: run_id"):
+        sink.check([sink.stage(_df(spark, "c", 1), "matches", D1)])
+
+
+def test_an_empty_staged_write_empties_the_partition(spark, tmp_path):
+    wh = str(tmp_path)
+    sink = DeltaSink(wh)
+    sink.write(_df(spark, "a", 2), "clusters", D1)
+    sink.write(_df(spark, "b", 3), "clusters", D2)
+    schema = spark_to_arrow_schema(SCHEMA)
+    empty = sink.stage_empty("clusters", D1, schema)
+    assert (empty.files, empty.rows, empty.schema) == ((), 0, schema)
+    sink.check([empty])
+    assert sink.commit(empty).version == 2
+    assert read_table(wh, "clusters", D1).empty
+    assert read_table(wh, "clusters", D2)["posting_id"].tolist() == ["b0", "b1", "b2"]
+    assert sink.table_exists("clusters") and not sink.table_exists("nothing")

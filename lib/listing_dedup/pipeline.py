@@ -9,7 +9,11 @@ failure in any compute stage leaves every table at its previous version. Before 
 commit every staged table, and the ``runs`` row to come, is checked against its existing
 table (schema, partitioning), so a schema error cannot leave one table new and the next old.
 An input that is empty or shrank past ``input.max_shrink`` against the previous succeeded run
-is refused after ingest, before anything is computed or staged.
+(in rows read, or in rows kept), or of which more than ``input.max_rejected_share`` is rejected,
+is refused after ingest, before anything is computed or staged. Every data table's rows carry
+the run's ``run_id`` (sink/verify.py tells a date whose tables come from different runs), and a
+table the run does not write (``candidates`` with ``output.candidates: false``) has the date's
+partition emptied in the same commit sequence, so that no earlier run's rows stay beside it.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from listing_dedup.graph.edges import match_sets, select_edges
 from listing_dedup.graph.guard import margin_cut, split_large
 from listing_dedup.graph.rerank import candidate_frame_spark, group_margin_of, rerank_spark, reranker_for
 from listing_dedup.ingest.images import image_root_for
-from listing_dedup.ingest.reader import check_row_count, read_listings
+from listing_dedup.ingest.reader import check_kept_rows, check_row_count, read_listings
 from listing_dedup.quality.health import Health, HealthReference, decide, with_fallback
 from listing_dedup.quality.run_health import (
     choose_reference,
@@ -67,7 +71,7 @@ from listing_dedup.sink.cache import (
 )
 from listing_dedup.sink.delta import DeltaSink
 from listing_dedup.sink.runs import RunSummary, check_runs_table, last_succeeded_run, write_run_row
-from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS
+from listing_dedup.sink.schemas import ADDED_COLUMNS, OUTPUT_DATA_SCHEMAS, RUN_ID_COLUMN
 from listing_dedup.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -204,10 +208,12 @@ def check_output_tables(spark: SparkSession, sink: DeltaSink, cfg: DedupConfig) 
     """Raise :class:`SinkError` when a table this run will commit (the data tables, the runs row)
     exists with a schema or partitioning its write would not fit: before any work, so that such
     a run fails in seconds and not after the embedding and the search. The staged writes are
-    checked again before the first commit (a table changed meanwhile)."""
-    tables = ["matches", "clusters", "rejects"] + (["candidates"] if cfg.output.candidates else [])
-    for t in tables:
-        sink.check_schema(t, OUTPUT_DATA_SCHEMAS[t])
+    checked again before the first commit (a table changed meanwhile). ``candidates`` is checked
+    whether or not the run writes it: an existing one has the date's partition emptied. A table
+    of an earlier version that lacks only the newer columns (``ADDED_COLUMNS``) passes: the
+    commit adds them."""
+    for t in ("matches", "clusters", "rejects", "candidates"):
+        sink.check_schema(t, OUTPUT_DATA_SCHEMAS[t], added_columns=ADDED_COLUMNS[t])
     check_runs_table(spark, sink)
 
 
@@ -279,6 +285,16 @@ def run_dedup(
                     f"{summary.rows_rejected} rejected"
                 )
             c.update(rows_in=summary.rows_in, kept=summary.rows_kept, rejected=summary.rows_rejected)
+            check_kept_rows(
+                summary.rows_in,
+                summary.rows_kept,
+                cfg.input,
+                previous_in=previous.rows_in if previous else None,
+                previous_kept=previous.rows_kept if previous else None,
+                previous_run=previous.describe() if previous else "",
+                rejects_by_reason=by_reason,
+                path=input_path,
+            )
             if summary.rows_in == 0:  # accepted by input.allow_empty / --allow-empty
                 log.warning("input %s holds no rows: the %s partitions will be empty", input_path, run_date)
 
@@ -552,18 +568,17 @@ def run_dedup(
 
         with timer.stage("write") as c:
             fail = cfg.testing.fail_once_stage
+            run_id = F.lit(summary.run_id).alias(RUN_ID_COLUMN)
+
+            def stage(df: DataFrame, table: str):  # the table's columns in order, the run's id last
+                cols = [c for c in OUTPUT_DATA_SCHEMAS[table].names if c != RUN_ID_COLUMN]
+                return sink.stage(
+                    df.select(*cols, run_id), table, run_date, fail_stage=fail, added_columns=ADDED_COLUMNS[table]
+                )
+
             matches = match_sets(edges, vertices)
-            staged = {
-                "matches": sink.stage(
-                    matches.select("posting_id", "match_ids", "scores"), "matches", run_date, fail_stage=fail
-                ),
-                "clusters": sink.stage(
-                    groups.select("posting_id", "group_id", "group_size"), "clusters", run_date, fail_stage=fail
-                ),
-                "rejects": sink.stage(
-                    rejects.select("posting_id", "reason", "raw"), "rejects", run_date, fail_stage=fail
-                ),
-            }
+            staged = {"matches": stage(matches, "matches"), "clusters": stage(groups, "clusters")}
+            staged["rejects"] = stage(rejects, "rejects")
             if cfg.output.candidates and nbrs is not None:
                 cand = candidate_scores(
                     nbrs.where(F.col("score") >= F.lit(cfg.output.candidates_min_score)),
@@ -572,7 +587,11 @@ def run_dedup(
                     ph_pairs,
                     rerank_scores=scored,
                 )
-                staged["candidates"] = sink.stage(cand, "candidates", run_date, fail_stage=fail)
+                staged["candidates"] = stage(cand, "candidates")
+            elif sink.table_exists("candidates"):  # an earlier run's candidates of the date go too
+                staged["candidates"] = sink.stage_empty(
+                    "candidates", run_date, OUTPUT_DATA_SCHEMAS["candidates"], added_columns=ADDED_COLUMNS["candidates"]
+                )
             # every table (and the runs row to come) must fit before the first one moves
             sink.check(staged.values())
             if cache is not None:

@@ -1,6 +1,8 @@
-"""Data safety around the commit: empty or shrunken inputs, schema checks before the first
-commit (and before any work), the runs row after the data commits, one-line config errors, storage errors while
-reading the input. (Vacuum retention and the concurrent-commit overlap: tests/test_writer.py.)
+"""Data safety around the commit: empty, shrunken or mostly rejected inputs, schema checks before
+the first commit (and before any work), the runs row after the data commits, the run_id every data
+table carries (a run stopped between its commits, tables of an earlier version), one-line config
+errors, storage errors while reading the input. (Vacuum retention and the concurrent-commit
+overlap: tests/test_writer.py.)
 
 One job run makes the baseline warehouse (a 6-row catalog committed for DATE); each test works
 on its own copy of it. The commit path is under test, not the signals: every run here uses the
@@ -21,12 +23,12 @@ from deltalake import DeltaTable
 from listing_dedup import pipeline
 from listing_dedup.cli import dedup as dedup_cli
 from listing_dedup.config import InputConf
-from listing_dedup.errors import InputError, SinkError, StorageError
+from listing_dedup.errors import ConfigError, InputError, SinkError, StorageError
 from listing_dedup.ingest import reader
 from listing_dedup.sink.delta import DeltaSink, read_table, table_version
 from listing_dedup.sink.runs import last_succeeded_run
 from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS
-from listing_dedup.sink.verify import verify_run
+from listing_dedup.sink.verify import VerifyError, check_run, snapshot_files, verify_run
 
 DATE, DATE2 = "2026-04-01", "2026-04-02"
 CATALOG = [
@@ -180,7 +182,16 @@ def test_runs_row_failure_after_the_data_commits_is_not_recorded_as_failed(spark
     # no "failed" row (a later runs write would have landed: only the first one was refused)
     assert after["runs"] == before["runs"]
     assert statuses(wh) == ["succeeded"]
-    assert verify_run(wh, DATE).rows_in == len(CATALOG)
+    # the tables are the new run's, the runs table's latest row the baseline's: verify says so
+    # (the counts agree: the same catalog), until a rerun records the row
+    baseline_run = read_table(wh, "runs")["run_id"].iloc[0]
+    new_run = read_table(wh, "matches", DATE)["run_id"].unique().tolist()
+    assert len(new_run) == 1 and new_run[0] != baseline_run
+    assert check_run(wh, DATE).problems == [
+        f"the tables of {DATE} do not all come from its latest run {baseline_run} (the runs row checked above): "
+        f"matches: run {new_run[0]} (6 rows), clusters: run {new_run[0]} (6 rows), rejects: empty; a run stopped "
+        f"between its commits? rerun {DATE}"
+    ]
 
 
 # --------------------------------------------------------------------------------------
@@ -287,18 +298,222 @@ def test_shrunken_input_is_refused_unless_the_shrink_limit_allows_it(spark, base
     assert {t: versions(wh)[t] for t in DATA_TABLES} == {t: before[t] for t in DATA_TABLES}
     assert read_table(wh, "clusters", DATE2).empty
 
+    # a limit that lets the 2 rows in (>= 1.2) refuses the 1 row kept of the previous run's 6
+    rc, err, _ = job(spark, config(*LEXICAL, "input.max_shrink=0.8"), str(nulls), DATE2, wh)
+    assert rc == 2
+    line = one_line(err)
+    assert line.startswith(
+        f"error: input {nulls} keeps 1 of its 2 rows (50%, 1 rejected: no_title_no_image 1), 83% fewer kept rows "
+        "than the previous succeeded run (run "
+    ), line
+    assert ") kept 6 of 6 (100%); input.max_shrink=0.8 allows at most 80% fewer: refusing it" in line, line
+
     # a conf'd limit that allows the drop; all-null optional columns are accepted (read as string)
-    rc, err, s = job(spark, config(*LEXICAL, "input.max_shrink=0.8"), str(nulls), DATE2, wh)
+    rc, err, s = job(spark, config(*LEXICAL, "input.max_shrink=0.9"), str(nulls), DATE2, wh)
     assert rc == 0, err
     assert (s.rows_in, s.rows_kept, s.rejects_by_reason) == (2, 1, {"no_title_no_image": 1})
     assert verify_run(wh, DATE2).ok
-    assert statuses(wh) == ["succeeded", "failed", "succeeded"]
+    assert statuses(wh) == ["succeeded", "failed", "failed", "succeeded"]
     got = last_succeeded_run(DeltaSink(wh))
     assert (got.run_date, got.rows_in) == (DATE2, 2)  # the new baseline
 
 
 # --------------------------------------------------------------------------------------
-# 5. one-line config errors; storage errors while reading the input
+# 4. mostly rejected inputs: the guard on the rows kept
+
+
+def test_check_kept_rows_rules():
+    conf = InputConf()
+    assert conf.max_rejected_share == 0.5
+    prev = {"previous_in": 100, "previous_kept": 100, "previous_run": "run r7 for 2026-01-01"}
+    for rows_in, kept in [(100, 100), (100, 50), (60, 50), (200, 100)]:
+        reader.check_kept_rows(rows_in, kept, conf, **prev)  # accepted
+    for rows_in, kept in [(1, 1), (2, 1), (0, 0)]:
+        reader.check_kept_rows(rows_in, kept, conf)  # no previous run: the share alone
+    for rows_in, kept in [(100, 49), (100, 0), (3, 1), (1, 0)]:  # more than half rejected
+        with pytest.raises(InputError, match="input.max_rejected_share=0.5 allows at most 50% rejected"):
+            reader.check_kept_rows(rows_in, kept, conf)
+    with pytest.raises(InputError) as e:
+        reader.check_kept_rows(
+            6,
+            0,
+            conf,
+            previous_in=6,
+            previous_kept=6,
+            previous_run="run r7 for 2026-01-01",
+            rejects_by_reason={"no_title_no_image": 5, "duplicate_posting_id": 1},
+            path="/in/x",
+        )
+    assert str(e.value) == (
+        "input /in/x keeps 0 of its 6 rows (0%, 6 rejected: no_title_no_image 5, duplicate_posting_id 1); the "
+        "previous succeeded run (run r7 for 2026-01-01) kept 6 of 6 (100%): input.max_rejected_share=0.5 allows "
+        "at most 50% rejected: refusing it as a probable upstream bug (the date's tables are unchanged); rerun with "
+        "--allow-empty (or a higher input.max_rejected_share) if the rows really are bad"
+    )
+    with pytest.raises(InputError, match="no succeeded run with a kept count is recorded before it"):
+        reader.check_kept_rows(6, 0, conf)  # an all-rejected first run
+    # the kept rows against the previous run's kept rows, with max_shrink
+    off = InputConf(max_rejected_share=1.0)
+    reader.check_kept_rows(6, 0, off)  # no previous run: nothing to shrink from
+    reader.check_kept_rows(100, 50, off, **prev)
+    with pytest.raises(InputError) as e:
+        reader.check_kept_rows(100, 49, off, **prev)
+    assert str(e.value).startswith(
+        "input keeps 49 of its 100 rows (49%, 51 rejected), 51% fewer kept rows than the previous succeeded run "
+        "(run r7 for 2026-01-01) kept 100 of 100 (100%); input.max_shrink=0.5 allows at most 50% fewer"
+    )
+    reader.check_kept_rows(100, 0, InputConf(max_rejected_share=1.0, max_shrink=1.0), **prev)  # both off
+    reader.check_kept_rows(100, 1, off, previous_in=100, previous_kept=0)  # nothing kept before: no floor
+    with pytest.raises(ConfigError, match="input.max_rejected_share"):
+        InputConf(max_rejected_share=1.5)
+
+
+def null_titles(tmp_path) -> str:
+    """Yesterday's 6 ids, every title null (an upstream bug)."""
+    path = tmp_path / "null_titles.parquet"
+    pd.DataFrame({"posting_id": [pid for pid, _ in CATALOG], "title": pd.Series([None] * 6, dtype=object)}).to_parquet(
+        path
+    )
+    return str(path)
+
+
+@pytest.mark.slow
+def test_all_rejected_input_is_refused_before_any_table_changes(cli_spark, baseline, tmp_path, monkeypatch, capsys):
+    wh = copy_of(baseline, tmp_path)
+    path = null_titles(tmp_path)
+    before, before_versions, before_files = snapshot(wh, DATE), versions(wh), data_files(wh)
+    previous = last_succeeded_run(DeltaSink(wh))
+
+    rc, err, _ = job(cli_spark, config(*LEXICAL), path, DATE, wh)
+    assert rc == InputError.exit_code == 2
+    assert one_line(err) == (
+        f"error: input {path} keeps 0 of its 6 rows (0%, 6 rejected: no_title_no_image 6); the previous succeeded "
+        f"run ({previous.describe()}) kept 6 of 6 (100%): input.max_rejected_share=0.5 allows at most 50% "
+        "rejected: refusing it as a probable upstream bug (the date's tables are unchanged); rerun with "
+        "--allow-empty (or a higher input.max_rejected_share) if the rows really are bad"
+    )
+    # a conf'd share limit that accepts every row rejected still has the kept rows shrink by 100%
+    rc, err, _ = job(cli_spark, config(*LEXICAL, "input.max_rejected_share=1.0"), path, DATE, wh)
+    assert rc == 2
+    assert "100% fewer kept rows than the previous succeeded run" in one_line(err)
+    after = versions(wh)
+    assert {t: after[t] for t in DATA_TABLES} == {t: before_versions[t] for t in DATA_TABLES}
+    assert data_files(wh) == before_files  # refused before anything was staged
+    for t, df in snapshot(wh, DATE).items():
+        pd.testing.assert_frame_equal(df, before[t])
+    runs = read_table(wh, "runs").sort_values("started_at")
+    assert runs["status"].tolist() == ["succeeded", "failed", "failed"]
+    assert (runs["rows_in"].tolist(), runs["rows_kept"].tolist()) == ([6, 6, 6], [6, 0, 0])  # nothing lost
+
+    # --allow-empty accepts it for one run
+    monkeypatch.setattr(dedup_cli, "build_spark", lambda _conf: cli_spark)
+    rc = dedup_cli.main([*cli_args(path, DATE, wh, *LEXICAL), "--allow-empty"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert read_table(wh, "clusters", DATE).empty and len(read_table(wh, "rejects", DATE)) == 6
+    res = verify_run(wh, DATE)
+    assert (res.rows_in, res.rows_kept, res.rows_rejected) == (6, 0, 6)
+    recorded = json.loads(read_table(wh, "runs").sort_values("started_at")["config_json"].iloc[-1])["input"]
+    assert (recorded["allow_empty"], recorded["max_shrink"], recorded["max_rejected_share"]) == (True, 1.0, 1.0)
+
+
+@pytest.mark.slow
+def test_all_rejected_first_run_is_refused(spark, tmp_path):
+    wh = str(tmp_path / "wh")
+    path = null_titles(tmp_path)
+    rc, err, _ = job(spark, config(*LEXICAL), path, DATE, wh)
+    assert rc == 2
+    assert one_line(err).startswith(
+        f"error: input {path} keeps 0 of its 6 rows (0%, 6 rejected: no_title_no_image 6); no succeeded run with a "
+        "kept count is recorded before it: input.max_rejected_share=0.5 allows at most 50% rejected: refusing it"
+    )
+    assert statuses(wh) == ["failed"]
+    for t in DATA_TABLES:
+        assert not DeltaTable.is_deltatable(str(Path(wh) / t))  # no data table was created
+
+
+# --------------------------------------------------------------------------------------
+# 5. run ids: a run stopped between two table commits; tables of an earlier version;
+#    the candidates table of a run that does not write it
+
+
+@pytest.mark.slow
+def test_run_stopped_between_two_table_commits_is_found_by_verify(spark, baseline, tmp_path, monkeypatch):
+    """A rerun of the same catalog stops after `matches` committed (the driver is interrupted: no
+    runs row). Counts and contents agree with the runs row, so only the run ids tell the mix."""
+    path, _ = baseline
+    wh = copy_of(baseline, tmp_path)
+    baseline_run = read_table(wh, "runs")["run_id"].iloc[0]
+    assert set(read_table(wh, "clusters", DATE)["run_id"]) == {baseline_run}
+    real_commit = DeltaSink.commit
+
+    def commit(self, staged, **kwargs):
+        if staged.table == "clusters":
+            raise KeyboardInterrupt  # between the commits of matches and clusters
+        return real_commit(self, staged, **kwargs)
+
+    monkeypatch.setattr(DeltaSink, "commit", commit)
+    rc, err, _ = job(spark, config(*LEXICAL), path, DATE, wh)
+    monkeypatch.undo()
+    assert (rc, one_line(err)) == (1, "error: interrupted")
+    assert statuses(wh) == ["succeeded"]  # the stopped run left no row
+    new_run = read_table(wh, "matches", DATE)["run_id"].unique().tolist()
+    assert len(new_run) == 1 and new_run[0] != baseline_run
+    with pytest.raises(VerifyError) as e:
+        verify_run(wh, DATE)
+    assert str(e.value).endswith(
+        f"failed verification: the tables of {DATE} do not all come from its latest run {baseline_run} (the runs "
+        f"row checked above): matches: run {new_run[0]} (6 rows), clusters: run {baseline_run} (6 rows), "
+        f"rejects: empty; a run stopped between its commits? rerun {DATE}"
+    )
+
+
+def earlier_version(spark, wh: str) -> None:
+    """The baseline's data tables as the version before run_id wrote them (same rows, no run_id
+    column), and that version's candidates table with rows for DATE and DATE2."""
+    sink = DeltaSink(wh)
+    for t in DATA_TABLES:
+        paths, _ = snapshot_files(wh, t, DATE)
+        old = {"rejects": "posting_id string, reason string, raw string"}.get(t)
+        if paths:
+            df = spark.read.parquet(*paths).drop("run_id")
+            rows, old = df.collect(), df.schema
+        else:
+            rows = []
+        shutil.rmtree(Path(wh) / t)
+        sink.write(spark.createDataFrame(rows, old), t, DATE)
+    cand = "posting_id string, candidate_id string, score float, signal_scores map<string,float>"
+    for date in (DATE, DATE2):
+        sink.write(spark.createDataFrame([("a1", "a2", 0.9, {"lexical": 0.9})], cand), "candidates", date)
+
+
+@pytest.mark.slow
+def test_tables_of_an_earlier_version_gain_run_id_and_a_rerun_empties_the_date_s_candidates(spark, baseline, tmp_path):
+    """A warehouse of the version before run_id: verify accepts it (no run to check), the job
+    accepts its tables and adds the column; the rerun with output.candidates off empties the
+    date's candidates partition (another date's stays)."""
+    path, _ = baseline
+    wh = copy_of(baseline, tmp_path)
+    earlier_version(spark, wh)
+    for t in (*DATA_TABLES, "candidates"):
+        assert "run_id" not in DeltaTable(str(Path(wh) / t)).schema().to_arrow().names
+    verify_run(wh, DATE)  # every table of the date without run_id: written whole by that version
+
+    rc, err, s = job(spark, config(*LEXICAL), path, DATE, wh)  # LEXICAL: output.candidates=false
+    assert rc == 0, err
+    for t in (*DATA_TABLES, "candidates"):
+        assert [f.name for f in DeltaTable(str(Path(wh) / t)).schema().fields][-1] == "run_id", t
+    for t in ("matches", "clusters"):
+        assert read_table(wh, t, DATE)["run_id"].tolist() == [s.run_id] * 6
+    assert read_table(wh, "candidates", DATE).empty
+    other = read_table(wh, "candidates", DATE2)
+    assert other["posting_id"].tolist() == ["a1"] and other["run_id"].isna().all()  # read null: no file rewritten
+    assert s.table_versions["candidates"] == table_version(wh, "candidates")
+    assert verify_run(wh, DATE).ok
+
+
+# --------------------------------------------------------------------------------------
+# 6. one-line config errors; storage errors while reading the input
 
 
 def test_yaml_syntax_error_is_one_line_and_exit_2(tmp_path, capsys):

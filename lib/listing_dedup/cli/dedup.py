@@ -10,8 +10,9 @@ matches/clusters/rejects/runs tables.
 Runs with plain ``python`` (local Spark from the conf profile) or under ``spark-submit``
 (same arguments). Exit codes: 0 ok, 2 bad arguments/config/input, 1 runtime failure.
 
-An input with 0 rows, or far fewer than the previous succeeded run's, is refused (exit 2; see
-``input.allow_empty`` and ``input.max_shrink``); ``--allow-empty`` accepts it for this run.
+An input with 0 rows, or far fewer rows (in or kept) than the previous succeeded run's, or mostly
+rejected, is refused (exit 2; see ``input.allow_empty``, ``input.max_shrink`` and
+``input.max_rejected_share``); ``--allow-empty`` accepts it for this run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from listing_dedup.pipeline import run_dedup
 from listing_dedup.runtime import CliParser, add_conf_args, build_spark, configure_logging, run_cli
 from listing_dedup.sink.verify import verify_run
 
-ALLOW_EMPTY_SETS = ("input.allow_empty=true", "input.max_shrink=1.0")
+ALLOW_EMPTY_SETS = ("input.allow_empty=true", "input.max_shrink=1.0", "input.max_rejected_share=1.0")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,8 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--allow-empty",
         action="store_true",
-        help="accept an input with 0 rows or one that shrank past input.max_shrink against the previous "
-        "succeeded run (same as --set input.allow_empty=true --set input.max_shrink=1.0)",
+        help="accept an input with 0 rows, one that shrank past input.max_shrink against the previous "
+        "succeeded run, or one with more than input.max_rejected_share of its rows rejected (same as --set "
+        "input.allow_empty=true --set input.max_shrink=1.0 --set input.max_rejected_share=1.0)",
     )
     p.add_argument(
         "--verify-only",

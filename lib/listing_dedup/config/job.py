@@ -50,8 +50,14 @@ class InputConf:
     - it holds fewer than ``(1 - max_shrink) * previous rows_in`` rows (with 0.5: fewer than
       half of the previous run's rows).
 
-    ``dedup --allow-empty`` accepts either for one run (it sets ``allow_empty: true`` and
-    ``max_shrink: 1.0``)."""
+    The same after validation, on the rows *kept* (an extract of the usual size whose titles all
+    came out null is as bad as an empty one): it refuses the input when more than
+    ``max_rejected_share`` of its rows are rejected (whether or not a run came before: an
+    all-rejected first run is refused too), or when it keeps fewer than
+    ``(1 - max_shrink) * previous rows_kept`` rows.
+
+    ``dedup --allow-empty`` accepts any of these for one run (it sets ``allow_empty: true``,
+    ``max_shrink: 1.0`` and ``max_rejected_share: 1.0``)."""
 
     image_root: str = ""  # root for relative ``image`` paths; "" = relative to the input folder
     partitions: int = 0  # repartition kept rows to this many partitions; 0 = keep what was read
@@ -63,6 +69,9 @@ class InputConf:
         _check(self.partitions >= 0, "input.partitions", "must be >= 0")
         _check(self.max_title_chars >= 16, "input.max_title_chars", "must be >= 16")
         _check(0.0 <= self.max_shrink <= 1.0, "input.max_shrink", "must be a fraction in [0, 1] (1 = no shrink check)")
+    # refuse an input of which more than this share is rejected (a healthy extract rejects a few
+    # percent; more than half is a broken extract: a null or renamed column); 1.0 = off
+    max_rejected_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,9 @@ class TextEmbedConf:
     batch_size: int = 64
     max_seq_length: int = 64
     device: str = "auto"  # auto | cpu | cuda
+        _check(
+            0.0 <= self.max_rejected_share <= 1.0, "input.max_rejected_share", "must be a fraction in [0, 1] (1 = off)"
+        )
     fp16: bool = True  # half precision on CUDA only; CPU always runs float32
     # how a sentence-transformers directory runs: auto = plain torch when it is a BERT with mean
     # pooling (all-MiniLM-L6-v2 and its fine-tunes; no 8 s sentence-transformers import per Python

@@ -150,6 +150,57 @@ def read_input(spark: SparkSession, path: str) -> DataFrame:
             if Path(local).is_dir() and not any(Path(local).rglob("*.parquet")):
                 raise InputError(f"input folder holds no .parquet files: {path}")
         except OSError as e:
+def _share(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.0f}%" if whole else "-"
+
+
+def check_kept_rows(
+    rows_in: int,
+    rows_kept: int,
+    cfg: InputConf,
+    *,
+    previous_in: int | None = None,
+    previous_kept: int | None = None,
+    previous_run: str = "",
+    rejects_by_reason: dict[str, int] | None = None,
+    path: str = "",
+) -> None:
+    """The input-size guard on the rows *kept* by validation, after :func:`check_row_count`
+    (which judged ``rows_in``): raise :class:`InputError` (exit 2) when more than
+    ``cfg.max_rejected_share`` of the ``rows_in`` rows were rejected (with or without a previous
+    run), or when ``rows_kept`` is below ``(1 - cfg.max_shrink) * previous_kept``, the kept rows
+    of the previous succeeded run (``previous_run`` describes it; ``previous_in``: its rows in;
+    None when there is none or it did not record them). The one line names the kept share and
+    the previous run's. An input of 0 rows is :func:`check_row_count`'s to judge."""
+    if rows_in <= 0:
+        return
+    what = f"input {path}" if path else "input"
+    rejected = rows_in - rows_kept
+    by_reason = sorted((rejects_by_reason or {}).items(), key=lambda x: (-x[1], x[0]))
+    reasons = ": " + ", ".join(f"{r} {n}" for r, n in by_reason) if by_reason else ""
+    now = f"{what} keeps {rows_kept} of its {rows_in} rows ({_share(rows_kept, rows_in)}, {rejected} rejected{reasons})"
+    if previous_kept is not None:
+        share = f" of {previous_in} ({_share(previous_kept, previous_in)})" if previous_in else ""
+        before = f"the previous succeeded run ({previous_run}) kept {previous_kept}{share}"
+    else:
+        before = "no succeeded run with a kept count is recorded before it"
+    if rejected > cfg.max_rejected_share * rows_in:
+        raise InputError(
+            f"{now}; {before}: input.max_rejected_share={cfg.max_rejected_share:g} allows at most "
+            f"{cfg.max_rejected_share:.0%} rejected: refusing it as a probable upstream bug (the date's tables are "
+            "unchanged); rerun with --allow-empty (or a higher input.max_rejected_share) if the rows really are bad"
+        )
+    if previous_kept is None or previous_kept <= 0 or cfg.max_shrink >= 1.0:
+        return
+    if rows_kept < (1.0 - cfg.max_shrink) * previous_kept:
+        drop = 100.0 * (previous_kept - rows_kept) / previous_kept
+        raise InputError(
+            f"{now}, {drop:.0f}% fewer kept rows than {before}; input.max_shrink={cfg.max_shrink:g} allows at most "
+            f"{cfg.max_shrink:.0%} fewer: refusing it as a probable upstream bug (the date's tables are unchanged); "
+            "rerun with --allow-empty (or a higher input.max_shrink) if the catalog really shrank"
+        )
+
+
             raise read_error(path, e) from e
     try:
         return _read_parquet(spark, path)

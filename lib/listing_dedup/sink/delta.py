@@ -24,6 +24,12 @@ A job that commits several tables calls :meth:`DeltaSink.check` on all its stage
 first: a table whose schema or partitioning the write does not match fails the run before
 any table moved, instead of after the tables before it were committed.
 
+Schema evolution: a write names the columns a later version added to its table
+(``added_columns``, e.g. the job's ``run_id``: :data:`listing_dedup.sink.schemas.ADDED_COLUMNS`).
+A table an earlier version created without them passes the check, and its next commit first
+adds them (:meth:`DeltaSink.add_columns`: nullable, metadata only, no file rewritten; the earlier
+rows read null there), then commits the data. Any other difference is still refused.
+
 Only the driver talks to the Delta log, so :meth:`DeltaSink.commit` needs no Spark and a
 :class:`StagedWrite` can be pickled to another process and committed there.
 
@@ -49,7 +55,13 @@ from listing_dedup.dates import check_run_date
 from listing_dedup.errors import InputError, SinkError, first_line
 from listing_dedup.sink import files as file_writer
 from listing_dedup.sink.files import StagedFile
-from listing_dedup.sink.schemas import PARTITION_COLUMN, delta_schema, spark_to_arrow_schema, table_uri
+from listing_dedup.sink.schemas import (
+    PARTITION_COLUMN,
+    delta_schema,
+    normalize_arrow_schema,
+    spark_to_arrow_schema,
+    table_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +85,9 @@ class StagedWrite:
     schema: pa.Schema  # data columns only (no run_date), as written to the files
     files: tuple[StagedFile, ...]
     storage_options: dict[str, str] | None = None
+    # columns of ``schema`` a later version added to the table: an existing table without them is
+    # accepted by :meth:`DeltaSink.check` and gains them (nullable) at the commit
+    added_columns: tuple[str, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -124,11 +139,23 @@ class DeltaSink:
     def table_uri(self, table: str) -> str:
         return table_uri(self.warehouse, table)
 
+    def table_exists(self, table: str) -> bool:
+        from deltalake import DeltaTable
+
+        uri = self.table_uri(table)
+        try:
+            return DeltaTable.is_deltatable(uri, self.storage_options)
+        except Exception as e:  # storage or credentials: the commit would fail the same way
+            raise SinkError(f"cannot open table '{table}' at {uri}: {first_line(e)}") from e
+
     # -- staging (executors) ---------------------------------------------------------
 
-    def stage(self, df: Any, table: str, run_date: str, *, fail_stage: str = "") -> StagedWrite:
+    def stage(
+        self, df: Any, table: str, run_date: str, *, fail_stage: str = "", added_columns: Sequence[str] = ()
+    ) -> StagedWrite:
         """Write ``df`` (without ``run_date``) as Parquet files of partition ``run_date`` on
-        the executors. Returns the files to commit; nothing is visible in the table yet."""
+        the executors. Returns the files to commit; nothing is visible in the table yet.
+        ``added_columns``: see :attr:`StagedWrite.added_columns`."""
         check_run_date(run_date, "run_date")
         uri = self.table_uri(table)
         if PARTITION_COLUMN in df.columns:
@@ -148,7 +175,7 @@ class DeltaSink:
                 key=lambda f: f.path,
             )
         )
-        staged = StagedWrite(table, uri, run_date, schema, files, self.storage_options)
+        staged = StagedWrite(table, uri, run_date, schema, files, self.storage_options, tuple(added_columns))
         log.info(
             "staged %s run_date=%s: %d files, %d rows in %.1fs",
             table,
@@ -159,6 +186,18 @@ class DeltaSink:
         )
         return staged
 
+    def stage_empty(
+        self, table: str, run_date: str, data_schema: pa.Schema, *, added_columns: Sequence[str] = ()
+    ) -> StagedWrite:
+        """A write of no rows (no file, no Spark): its commit empties the ``run_date`` partition
+        (``overwrite_partition``), e.g. a table this run does not write but an earlier run of the
+        date did."""
+        check_run_date(run_date, "run_date")
+        schema = normalize_arrow_schema(data_schema)
+        return StagedWrite(
+            table, self.table_uri(table), run_date, schema, (), self.storage_options, tuple(added_columns)
+        )
+
     # -- commit (driver) -------------------------------------------------------------
 
     def check(self, staged: Iterable[StagedWrite]) -> None:
@@ -167,10 +206,12 @@ class DeltaSink:
         commit creates them). Commits nothing: a job calls it for all its writes before the
         first commit, so a schema error cannot leave one table new and the next old."""
         for s in staged:
-            self.check_schema(s.table, s.schema)
+            self.check_schema(s.table, s.schema, added_columns=s.added_columns)
 
-    def check_schema(self, table: str, data_schema: pa.Schema) -> None:
-        """:meth:`check` for one table and the data schema (no ``run_date``) a write would have."""
+    def check_schema(self, table: str, data_schema: pa.Schema, *, added_columns: Sequence[str] = ()) -> None:
+        """:meth:`check` for one table and the data schema (no ``run_date``) a write would have.
+        ``added_columns`` of ``data_schema`` that the table lacks are not compared (the commit
+        adds them)."""
         from deltalake import DeltaTable
 
         uri = self.table_uri(table)
@@ -180,6 +221,10 @@ class DeltaSink:
             dt = DeltaTable(uri, storage_options=self.storage_options)
         except Exception as e:  # storage or credentials: the commit would fail the same way
             raise SinkError(f"cannot open table '{table}' at {uri} to check its schema: {first_line(e)}") from e
+        have = {f.name for f in dt.schema().fields}
+        later = [c for c in added_columns if c not in have]
+        if later:  # compared as the table is now: the commit adds them
+            data_schema = pa.schema([f for f in data_schema if f.name not in later])
         _check_compatible(table, dt, delta_schema(data_schema))
 
     def add_columns(self, table: str, data_schema: pa.Schema, columns: Sequence[str]) -> int | None:
@@ -287,6 +332,10 @@ class DeltaSink:
                         raise
                     log.info("table %s was created concurrently; committing into it", staged.table)
             dt = DeltaTable(uri, storage_options=opts)
+            have = {f.name for f in dt.schema().fields}
+            if any(c not in have for c in staged.added_columns):  # a table of an earlier version
+                self.add_columns(staged.table, staged.schema, staged.added_columns)
+                dt = DeltaTable(uri, storage_options=opts)
             _check_compatible(staged.table, dt, schema)
             if mode == "append":
                 dt.create_write_transaction(
@@ -351,11 +400,12 @@ class DeltaSink:
         *,
         mode: str = "overwrite_partition",
         crash_before_commit: bool = False,
+        added_columns: Sequence[str] = (),
     ) -> CommitResult:
         """:meth:`stage` then :meth:`commit`."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        staged = self.stage(df, table, run_date)
+        staged = self.stage(df, table, run_date, added_columns=added_columns)
         return self.commit(staged, mode=mode, crash_before_commit=crash_before_commit)
 
 

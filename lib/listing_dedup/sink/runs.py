@@ -190,6 +190,7 @@ class PreviousRun:
     run_date: str
     rows_in: int
     finished_at: dt.datetime
+    rows_kept: int | None = None  # None: not recorded
 
     def describe(self) -> str:
         return f"run {self.run_id} for {self.run_date}, finished {self.finished_at:%Y-%m-%d %H:%M} UTC"
@@ -200,6 +201,7 @@ def last_succeeded_run(sink: DeltaSink) -> PreviousRun | None:
     ``run_date`` (a nightly input is a snapshot of the whole catalog, so the last good run is
     the best guess of its size; a backfill of old dates compares with it too). Failed and
     refused attempts never count. None when the table or such a row does not exist."""
+    import pandas as pd
     from deltalake import DeltaTable
 
     uri = sink.table_uri("runs")
@@ -213,18 +215,22 @@ def last_succeeded_run(sink: DeltaSink) -> PreviousRun | None:
             gone = sorted(set(need) - have)
             log.warning("the runs table has no column(s) %s: no previous run to compare the input with", gone)
             return None
-        df = table.to_pandas(columns=need, filters=[("status", "=", "succeeded")])
+        df = table.to_pandas(
+            columns=need + ["rows_kept"] * ("rows_kept" in have), filters=[("status", "=", "succeeded")]
+        )
     except Exception as e:  # storage or credentials: the runs row could not be written either
         raise SinkError(f"cannot read the runs table at {uri}: {first_line(e)}") from e
     df = df.dropna(subset=["finished_at", "rows_in"])
     if df.empty:
         return None
     last = df.sort_values("finished_at", kind="stable").iloc[-1]
+    kept = last.get("rows_kept")  # None: the table has no such column
     return PreviousRun(
         run_id=str(last["run_id"]),
         run_date=str(last["run_date"]),
         rows_in=int(last["rows_in"]),
         finished_at=last["finished_at"].to_pydatetime(),
+        rows_kept=int(kept) if kept is not None and pd.notna(kept) else None,
     )
 
 

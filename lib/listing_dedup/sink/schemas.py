@@ -35,22 +35,35 @@ _STAT_STRING_CHARS = 32  # like Delta Spark: string min/max stats are prefixes o
 # the search (the check is repeated on the staged writes before the first commit, for a table
 # changed meanwhile). tests/reliability/test_data_safety.py and tests/test_job.py check them
 # against what a run commits.
+#
+# Every data table carries the ``run_id`` of the run that wrote the row (the ``runs`` table's
+# key): the job commits one table after the other, so a run stopped between two commits leaves
+# the date's tables from two runs, which sink/verify.py tells from the ids.
 _F32 = pa.float32()
+RUN_ID_COLUMN = "run_id"
+_RUN_ID = (RUN_ID_COLUMN, pa.string())
 OUTPUT_DATA_SCHEMAS: dict[str, pa.Schema] = {
     "matches": pa.schema(
-        [("posting_id", pa.string()), ("match_ids", pa.list_(pa.string())), ("scores", pa.list_(_F32))]
+        [("posting_id", pa.string()), ("match_ids", pa.list_(pa.string())), ("scores", pa.list_(_F32)), _RUN_ID]
     ),
-    "clusters": pa.schema([("posting_id", pa.string()), ("group_id", pa.string()), ("group_size", pa.int32())]),
-    "rejects": pa.schema([("posting_id", pa.string()), ("reason", pa.string()), ("raw", pa.string())]),
+    "clusters": pa.schema(
+        [("posting_id", pa.string()), ("group_id", pa.string()), ("group_size", pa.int32()), _RUN_ID]
+    ),
+    "rejects": pa.schema([("posting_id", pa.string()), ("reason", pa.string()), ("raw", pa.string()), _RUN_ID]),
     "candidates": pa.schema(
         [
             ("posting_id", pa.string()),
             ("candidate_id", pa.string()),
             ("score", _F32),
             ("signal_scores", pa.map_(pa.string(), _F32)),
+            _RUN_ID,
         ]
     ),
 }
+# The columns of OUTPUT_DATA_SCHEMAS added after the first release: a table an earlier version
+# created lacks them; the job accepts it and adds them (nullable, a metadata-only commit) at its
+# next commit, where the earlier rows read null (DeltaSink.check / commit, ``added_columns``).
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {t: (RUN_ID_COLUMN,) for t in OUTPUT_DATA_SCHEMAS}
 
 
 def _relax_type(t: pa.DataType) -> pa.DataType:

@@ -8,7 +8,14 @@ Checks, against the latest ``runs`` row of that date:
   the same ids in both;
 * ``rejects`` holds ``rows_rejected`` rows, with the per-reason counts the run recorded;
 * every group's ``group_id`` is its smallest ``posting_id`` and ``group_size`` its row count;
-* match lists are symmetric (b in matches(a) <=> a in matches(b)) and hold only kept ids.
+* match lists are symmetric (b in matches(a) <=> a in matches(b)) and hold only kept ids;
+* every row of the data tables (``candidates`` too, where that table exists) carries the
+  ``run_id`` of that runs row: the job commits one table after the other, so a run stopped
+  between two commits (or before its runs row) leaves the date's tables from different runs,
+  whose counts may well agree. Rows without a ``run_id`` were written by a version before the
+  column (a null there, also in the files of a table that gained the column later): a date
+  whose tables all hold such rows (or none) was written whole by that version and is not
+  checked for its run; one where they sit beside rows with a ``run_id`` is a mix of runs.
 
 How it scales. The ``runs`` table (one row per attempt) is read with delta-rs into pandas on
 the driver. The three data tables are read by Spark, and only as the current Delta snapshot:
@@ -16,7 +23,7 @@ delta-rs lists the Parquet files the log references for the ``run_date`` partiti
 (``DeltaTable.file_uris``) and exactly those files go to ``spark.read.parquet`` (never the
 folder, which also holds uncommitted and overwritten files), with the columns the checks need
 typed from the table's Delta schema (an empty partition is an empty DataFrame of that schema).
-Every check is a Spark aggregate; ONE action brings back one row of 14 numbers:
+Every check is a Spark aggregate; ONE action brings back one row of a few numbers:
 
 * ids: the clusters ids, the matches ids and every id a match list references, grouped by
   posting_id (one shuffle of ``2 n + n k`` short rows): row counts, duplicates, ids in one table
@@ -27,7 +34,9 @@ Every check is a Spark aggregate; ONE action brings back one row of 14 numbers:
   ``n k`` rows), a pair being symmetric when it is listed both ways (the anti join of the pairs
   with the reversed pairs, counted without the second shuffle);
 * rejects: grouped by reason, each count compared with the one the run recorded (a map literal
-  in the plan): total rows and the number of reasons whose counts differ.
+  in the plan): total rows and the number of reasons whose counts differ;
+* runs: the ``run_id`` column of every data table (a union, no shuffle): rows of the runs row's
+  run, of another run, without a run.
 
 Only when a count shows a problem do a few more actions run, each bringing back at most
 :data:`EXAMPLES` example ids (sorted, ``orderBy(...).limit``) or :data:`MAX_REASONS` reasons.
@@ -57,7 +66,7 @@ from typing import Any
 from listing_dedup.dates import check_run_date
 from listing_dedup.errors import DedupError, InputError, first_line
 from listing_dedup.sink.delta import _open, read_table
-from listing_dedup.sink.schemas import PARTITION_COLUMN
+from listing_dedup.sink.schemas import PARTITION_COLUMN, RUN_ID_COLUMN, table_uri
 
 EXAMPLES = 3  # example ids a problem names
 MAX_REASONS = 50  # reject reasons a "rejects by reason" problem lists (the job has 4)
@@ -67,7 +76,10 @@ _COLUMNS = {
     "clusters": ("posting_id", "group_id", "group_size"),
     "matches": ("posting_id", "match_ids"),
     "rejects": ("reason",),
+    "candidates": ("posting_id",),
 }
+# checked for their run only (and only where the table exists: the job writes it on request)
+_OPTIONAL_TABLES = ("candidates",)
 # reader features whose tables are not just their Parquet files
 _UNSUPPORTED_READER_FEATURES = ("deletionVectors", "columnMapping")
 
@@ -124,12 +136,13 @@ def check_run(
         p.append(f"rows_in {out.rows_in} != kept {out.rows_kept} + rejected {out.rows_rejected}")
 
     spark = _session(spark)
-    clusters, matches, rejects = (
-        snapshot_frame(spark, warehouse, t, run_date, storage_options=storage_options)
-        for t in ("clusters", "matches", "rejects")
-    )
+    frames = {
+        t: snapshot_frame(spark, warehouse, t, run_date, optional=(RUN_ID_COLUMN,), storage_options=storage_options)
+        for t in ("matches", "clusters", "rejects", *_OPTIONAL_TABLES)
+        if t not in _OPTIONAL_TABLES or _exists(warehouse, t, storage_options)
+    }
     recorded = {str(k): int(v) for k, v in json.loads(last["rejects_by_reason"] or "{}").items()}
-    q = _Queries(clusters, matches, rejects, recorded)
+    q = _Queries(frames["clusters"], frames["matches"], frames["rejects"], recorded, frames, str(last["run_id"]))
     try:
         s = q.summary().collect()[0].asDict()
     except Exception as e:  # Py4JJavaError: a file the log references is missing or unreadable
@@ -175,6 +188,12 @@ def check_run(
         p.append(
             f"match lists are not symmetric ({int(s['one_way_pairs'])} pair(s) listed one way only, "
             f"e.g. {q.one_way_pairs()})"
+        )
+    other, no_run, this_run = int(s["other_run"]), int(s["no_run"]), int(s["this_run"])
+    if other or (no_run and this_run):
+        p.append(
+            f"the tables of {run_date} do not all come from its latest run {last['run_id']} (the runs row "
+            f"checked above): {q.runs_per_table()}; a run stopped between its commits? rerun {run_date}"
         )
     return out
 
@@ -233,6 +252,12 @@ def snapshot_files(
     return [_spark_path(u) for u in uris], pa.schema(dt.schema().to_arrow())
 
 
+def _exists(warehouse: str, table: str, storage_options: dict[str, str] | None) -> bool:
+    from deltalake import DeltaTable
+
+    return DeltaTable.is_deltatable(table_uri(warehouse, table), storage_options)
+
+
 def snapshot_frame(
     spark: Any,
     warehouse: str,
@@ -240,12 +265,15 @@ def snapshot_frame(
     run_date: str,
     columns: tuple[str, ...] | None = None,
     *,
+    optional: tuple[str, ...] = (),
     storage_options: dict[str, str] | None = None,
 ) -> Any:
     """A Spark DataFrame of ``table``'s ``run_date`` partition as its current Delta snapshot
     holds it (``columns``, default the ones the checks read; never ``run_date``), typed from
-    the Delta schema. Files written before a column was added read null there."""
+    the Delta schema. Files written before a column was added read null there; so do the
+    ``optional`` string columns where the table does not have them (yet)."""
     import pyarrow as pa
+    from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
     paths, arrow = snapshot_files(warehouse, table, run_date, storage_options=storage_options)
@@ -253,10 +281,13 @@ def snapshot_frame(
     missing = [c for c in columns if c not in arrow.names]
     if missing:
         raise InputError(f"table '{table}' has no column(s) {missing}; it has {arrow.names}")
-    schema = from_arrow_schema(pa.schema([arrow.field(c) for c in columns]))
-    if not paths:
-        return spark.createDataFrame([], schema)
-    return spark.read.schema(schema).parquet(*paths)
+    read = [*columns, *(c for c in optional if c in arrow.names and c not in columns)]
+    schema = from_arrow_schema(pa.schema([arrow.field(c) for c in read]))
+    df = spark.read.schema(schema).parquet(*paths) if paths else spark.createDataFrame([], schema)
+    for c in optional:
+        if c not in read:
+            df = df.withColumn(c, F.lit(None).cast("string"))
+    return df
 
 
 # --------------------------------------------------------------------------------------
@@ -267,10 +298,25 @@ class _Queries:
     """The checks as Spark aggregates over the three data tables; :meth:`summary` is the one
     action of a healthy run, the other methods fetch a few examples of a problem found."""
 
-    def __init__(self, clusters: Any, matches: Any, rejects: Any, recorded: dict[str, int]) -> None:
+    def __init__(
+        self,
+        clusters: Any,
+        matches: Any,
+        rejects: Any,
+        recorded: dict[str, int],
+        tables: dict[str, Any] | None = None,
+        run_id: str = "",
+    ) -> None:
         from pyspark.sql import functions as F
 
         self.F = F
+        # (table, run_id) of every row of the data tables that carry a run_id column
+        parts = [df.select(F.lit(t).alias("table"), F.col(RUN_ID_COLUMN)) for t, df in (tables or {}).items()]
+        self.run_rows = parts[0] if parts else None
+        for part in parts[1:]:
+            self.run_rows = self.run_rows.unionByName(part)
+        self.run_id = run_id
+        self.tables = list(tables or {})
         self.clusters, self.matches, self.rejects = clusters, matches, rejects
         lit = F.lit
         ids = (
@@ -346,7 +392,16 @@ class _Queries:
                 - F.coalesce(count_if(self.expected.isNotNull()), F.lit(0))
             ).alias("reasons_differing"),
         )
-        return ids.crossJoin(groups).crossJoin(pairs).crossJoin(reasons)
+        out = ids.crossJoin(groups).crossJoin(pairs).crossJoin(reasons)
+        if self.run_rows is None:
+            return out.select("*", *(F.lit(0).alias(c) for c in ("this_run", "other_run", "no_run")))
+        rid = F.col(RUN_ID_COLUMN)
+        runs = self.run_rows.agg(
+            F.coalesce(count_if(rid == F.lit(self.run_id)), F.lit(0)).alias("this_run"),
+            F.coalesce(count_if(rid != F.lit(self.run_id)), F.lit(0)).alias("other_run"),
+            F.coalesce(count_if(rid.isNull()), F.lit(0)).alias("no_run"),
+        )
+        return out.crossJoin(runs)
 
     # -- examples, fetched only for a problem found (each at most EXAMPLES rows) ----------
 
@@ -383,7 +438,32 @@ class _Queries:
         )
         return self._first(one_way, "a", "b")
 
+    def runs_per_table(self) -> str:
+        """Each table's runs and their row counts, e.g. ``matches: run b7 (6 rows), clusters: run
+        a1 (6 rows), rejects: empty`` (at most EXAMPLES runs a table; rows without a run_id as
+        ``no run_id (an earlier version)``)."""
+        F = self.F
+        rows = (
+            self.run_rows.groupBy("table", RUN_ID_COLUMN)
+            .count()
+            .withColumn("rank", F.row_number().over(_by_table(F)))
+            .where(F.col("rank") <= EXAMPLES)
+            .collect()
+        )
+        found: dict[str, list[str]] = {}
+        for r in sorted(rows, key=lambda r: (r["table"], r[RUN_ID_COLUMN] is not None, r[RUN_ID_COLUMN] or "")):
+            rid = r[RUN_ID_COLUMN]
+            who = "no run_id (an earlier version)" if rid is None else f"run {rid}"
+            found.setdefault(r["table"], []).append(f"{who} ({r['count']} rows)")
+        return ", ".join(f"{t}: {' + '.join(found.get(t, ['empty']))}" for t in self.tables)
+
     def rejects_by_reason(self) -> dict[str, int]:
         """Reject rows per reason (a null reason as ``"None"``), at most MAX_REASONS reasons."""
         rows = self.per_reason.orderBy("reason").limit(MAX_REASONS).collect()
         return {str(r["reason"]): int(r["count"]) for r in rows}
+
+
+def _by_table(F: Any) -> Any:
+    from pyspark.sql import Window
+
+    return Window.partitionBy("table").orderBy(F.desc("count"), F.col(RUN_ID_COLUMN).asc_nulls_first())
