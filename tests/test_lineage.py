@@ -220,3 +220,63 @@ def test_previous_date_is_the_latest_succeeded_date_before(spark, tmp_path):
     date, df = previous_clusters(spark, sink, "2026-12-06")
     assert date == "2026-12-05"
     assert ids(df.toPandas()) == {"a": "a", "b": "a", "c": "c"}
+
+
+# --------------------------------------------------------------------------- the match state's records
+
+
+def test_epoch_files_round_trip(tmp_path):
+    import numpy as np
+    from listing_dedup.errors import SinkError
+    from listing_dedup.sink.state import Epoch, load_epoch, save_epoch
+
+    c = np.arange(12, dtype=np.float32).reshape(3, 4)
+    idf = np.linspace(0.5, 3.0, 7)
+    wh = str(tmp_path / "wh")
+    save_epoch(wh, Epoch("2026-12-01.abc", "2026-12-01", "first night", "fp1", 300, c, idf))
+    save_epoch(wh, Epoch("2026-12-09.def", "2026-12-09", "--full", "fp2", 310, c[:2]))
+    e = load_epoch(wh, "2026-12-01.abc")
+    assert (e.started, e.reason, e.fingerprint, e.listings) == ("2026-12-01", "first night", "fp1", 300)
+    assert np.array_equal(e.centroids, c) and np.array_equal(e.idf, idf)
+    assert load_epoch(wh, "2026-12-09.def").idf is None
+    with pytest.raises(SinkError, match="cannot read the epoch"):
+        load_epoch(wh, "2026-12-10.missing")
+
+
+def test_base_state_and_a_concurrent_commit(spark, tmp_path):
+    import datetime as dt
+
+    from listing_dedup.sink.state import (
+        STATE_LOG,
+        StateConflictError,
+        base_state,
+        check_state_unmoved,
+        newest_state_date,
+        state_dates,
+    )
+
+    sink = DeltaSink(str(tmp_path / "wh"))
+
+    def night(date, status="succeeded", state=True, plan="full", base=None):
+        sink.write(spark.createDataFrame([(date, status)], "run_id string, status string"), "runs", date, mode="append")
+        if state:
+            row = [(date, base, "e1", plan, dt.datetime(2026, 12, 7, tzinfo=dt.timezone.utc))]
+            ddl = "run_id string, base_date string, epoch string, plan string, committed_at timestamp"
+            sink.write(spark.createDataFrame(row, ddl), STATE_LOG, date, mode="append")
+
+    assert base_state(sink, "2026-12-01") is None and newest_state_date(sink) is None
+    night("2026-12-01")
+    night("2026-12-02", plan="incremental", base="2026-12-01")
+    night("2026-12-03", status="failed", state=False)
+    night("2026-12-04", state=False)  # a night that kept no state (incremental off)
+    b = base_state(sink, "2026-12-03")
+    assert (b.run_date, b.base_date, b.plan) == ("2026-12-02", "2026-12-01", "incremental")
+    assert base_state(sink, "2026-12-02").run_date == "2026-12-01"  # a rerun continues the night before
+    assert base_state(sink, "2026-12-05") is None  # 12-04 kept no state: a full night
+    assert newest_state_date(sink) == "2026-12-02"
+    seen = state_dates(sink)
+    check_state_unmoved(sink, "2026-12-03", seen)  # nothing moved
+    night("2026-12-03", base="2026-12-02")  # another run commits 12-03 meanwhile
+    check_state_unmoved(sink, "2026-12-03", seen)  # the same date: a rerun's race is idempotent
+    with pytest.raises(StateConflictError, match="2026-12-03"):
+        check_state_unmoved(sink, "2026-12-05", seen)

@@ -1,4 +1,5 @@
-"""What a night reads of the nights before it: the date it continues and that date's groups.
+"""What a night reads of the nights before it: the date it continues, that date's groups and,
+for an incremental night, its match state (the tables and epoch files of docs/incremental.md).
 
 The previous night of ``run_date`` is the latest ``run_date`` *before* it with a succeeded row in
 the ``runs`` table. Never the date itself: a rerun of a date continues the same previous night
@@ -7,14 +8,24 @@ failed attempt, whose ``runs`` row says ``failed``, is never continued."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from listing_dedup.dates import check_run_date
 from listing_dedup.errors import SinkError, first_line
 from listing_dedup.sink.delta import DeltaSink
 
 log = logging.getLogger(__name__)
+
+
+class StateConflictError(SinkError):
+    """Another run committed the match state while this one ran (exit 1; nothing committed)."""
 
 
 def succeeded_dates(sink: DeltaSink) -> list[str]:
@@ -54,3 +65,170 @@ def previous_clusters(spark: Any, sink: DeltaSink, run_date: str) -> tuple[str |
     )
     log.info("group ids continue those of %s", prev)
     return prev, df
+
+
+# --------------------------------------------------------------------------------------
+# the match state of an incremental night (docs/incremental.md)
+
+# the state's Delta tables (partitioned by run_date, committed after the data tables): DDL of their
+# data columns
+STATE_TABLES = {
+    "listing_state": "posting_id string, digest string, run_id string",
+    "neighbours": "round int, src string, dst string, score float, run_id string",
+    "vectors": "round int, posting_id string, emb array<float>, run_id string",
+}
+STATE_LOG = "state_log"  # one row a committed night's state (appended)
+STATE_LOG_DDL = (
+    "run_id string, base_date string, epoch string, plan string, reason string, "
+    "added long, changed long, deleted long, unchanged long, searched long, stale long, committed_at timestamp"
+)
+EPOCHS_DIR = "_state/epochs"
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """What a full night fitted and the incremental nights after it apply unchanged: the
+    lexical idf (None without the lexical signal) and the coarse quantizer of the fused vector
+    space; ``fingerprint``: the settings that shape vectors and lists (a night whose settings
+    differ cannot continue this epoch); ``listings``: the catalog size it was fitted on."""
+
+    epoch_id: str
+    started: str  # the run_date of the full night
+    reason: str
+    fingerprint: str
+    listings: int
+    centroids: np.ndarray
+    idf: np.ndarray | None = None
+
+    def folder(self, warehouse: str) -> str:
+        return epoch_folder(warehouse, self.epoch_id)
+
+
+def epoch_folder(warehouse: str, epoch_id: str) -> str:
+    return f"{str(warehouse).rstrip('/')}/{EPOCHS_DIR}/{epoch_id}"
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def save_epoch(warehouse: str, epoch: Epoch) -> str:
+    """Write the epoch's files (``epoch.json``, ``centroids.npy``, ``idf.npy``) under
+    ``<warehouse>/_state/epochs/<epoch_id>/``: written once by the full night, before its tables
+    are committed (a crashed night leaves an unreferenced folder, never a changed epoch)."""
+    from listing_dedup.search.indexer import _write_bytes
+
+    folder = epoch.folder(warehouse)
+    try:
+        _write_bytes(f"{folder}/centroids.npy", _npy(np.asarray(epoch.centroids, dtype=np.float32)))
+        if epoch.idf is not None:
+            _write_bytes(f"{folder}/idf.npy", _npy(np.asarray(epoch.idf)))
+        meta = {
+            "epoch": epoch.epoch_id,
+            "started": epoch.started,
+            "reason": epoch.reason,
+            "fingerprint": epoch.fingerprint,
+            "listings": epoch.listings,
+            "has_idf": epoch.idf is not None,
+        }
+        _write_bytes(f"{folder}/epoch.json", json.dumps(meta, sort_keys=True).encode())
+    except OSError as e:
+        raise SinkError(f"cannot write the epoch files at {folder}: {first_line(e)}") from e
+    return folder
+
+
+def load_epoch(warehouse: str, epoch_id: str) -> Epoch:
+    """The epoch ``epoch_id`` as :func:`save_epoch` wrote it (:class:`SinkError` when a file is
+    missing or unreadable: the state that references it cannot be continued)."""
+    from listing_dedup.search.indexer import _read_bytes
+
+    folder = epoch_folder(warehouse, epoch_id)
+    try:
+        meta = json.loads(_read_bytes(f"{folder}/epoch.json"))
+        centroids = np.load(io.BytesIO(_read_bytes(f"{folder}/centroids.npy")), allow_pickle=False)
+        idf = np.load(io.BytesIO(_read_bytes(f"{folder}/idf.npy")), allow_pickle=False) if meta["has_idf"] else None
+    except (OSError, ValueError, KeyError) as e:
+        raise SinkError(f"cannot read the epoch {epoch_id} at {folder}: {first_line(e)}") from e
+    return Epoch(
+        epoch_id=meta["epoch"],
+        started=meta["started"],
+        reason=meta["reason"],
+        fingerprint=meta["fingerprint"],
+        listings=int(meta["listings"]),
+        centroids=centroids,
+        idf=idf,
+    )
+
+
+@dataclass(frozen=True)
+class StateRef:
+    """A committed night's state: its date, the date it continued, its epoch and plan."""
+
+    run_date: str
+    base_date: str | None
+    epoch: str
+    plan: str  # full | incremental
+    run_id: str
+
+
+def state_log(sink: DeltaSink) -> pd.DataFrame:
+    """The ``state_log`` rows (empty frame without a table)."""
+    from deltalake import DeltaTable
+
+    uri = sink.table_uri(STATE_LOG)
+    cols = ["run_date", "run_id", "base_date", "epoch", "plan", "committed_at"]
+    try:
+        if not DeltaTable.is_deltatable(uri, sink.storage_options):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+        return DeltaTable(uri, storage_options=sink.storage_options).to_pandas(columns=cols)
+    except Exception as e:  # noqa: BLE001 - storage or credentials
+        raise SinkError(f"cannot read the state log at {uri}: {first_line(e)}") from e
+
+
+def base_state(sink: DeltaSink, run_date: str) -> StateRef | None:
+    """The state tonight continues: that of the previous night (:func:`previous_date`), when its
+    state was committed (its last ``state_log`` row); None otherwise (a full night)."""
+    prev = previous_date(sink, run_date)
+    if prev is None:
+        return None
+    log_ = state_log(sink)
+    rows = log_[log_["run_date"] == prev].sort_values("committed_at", kind="stable")
+    if rows.empty:
+        return None
+    r = rows.iloc[-1]
+    base = None if pd.isna(r["base_date"]) else str(r["base_date"])
+    return StateRef(prev, base, str(r["epoch"]), str(r["plan"]), str(r["run_id"]))
+
+
+def state_dates(sink: DeltaSink) -> set[str]:
+    """The dates with a committed state."""
+    return set(state_log(sink)["run_date"].dropna().astype(str))
+
+
+def newest_state_date(sink: DeltaSink) -> str | None:
+    dates = state_dates(sink)
+    return max(dates) if dates else None
+
+
+def check_state_unmoved(sink: DeltaSink, run_date: str, seen: set[str]) -> None:
+    """Raise :class:`~listing_dedup.errors.StateConflictError` when another run committed the
+    state of another date since this run read ``seen`` (:func:`state_dates` at its start): two
+    runs must not update one state at once. Called before this run's first commit, so it fails
+    with every table at its previous version (its staged files stay orphans for ``vacuum``)."""
+    new = sorted(state_dates(sink) - seen - {run_date})
+    if new:
+        raise StateConflictError(
+            f"another run committed the match state of {', '.join(new)} while this run of {run_date} ran: "
+            "nothing was committed; rerun it"
+        )
+
+
+def read_state(spark: Any, sink: DeltaSink, table: str, run_date: str) -> Any:
+    """A state table's ``run_date`` partition as a Spark DataFrame (its data columns, no
+    ``run_id``)."""
+    from listing_dedup.sink.verify import snapshot_frame
+
+    cols = tuple(c.split()[0] for c in STATE_TABLES[table].split(", ") if not c.startswith("run_id"))
+    return snapshot_frame(spark, sink.warehouse, table, run_date, cols, storage_options=sink.storage_options)
