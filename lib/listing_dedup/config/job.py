@@ -64,14 +64,17 @@ class InputConf:
     max_title_chars: int = 1000  # titles are cut to this length after clean-up (100 kB titles happen)
     allow_empty: bool = False  # accept an input with 0 rows (it empties the date's partitions)
     max_shrink: float = 0.5  # refuse rows_in < (1 - max_shrink) * the previous succeeded run's; 1.0 = off
+    # refuse an input of which more than this share is rejected (a healthy extract rejects a few
+    # percent; more than half is a broken extract: a null or renamed column); 1.0 = off
+    max_rejected_share: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self.partitions >= 0, "input.partitions", "must be >= 0")
         _check(self.max_title_chars >= 16, "input.max_title_chars", "must be >= 16")
         _check(0.0 <= self.max_shrink <= 1.0, "input.max_shrink", "must be a fraction in [0, 1] (1 = no shrink check)")
-    # refuse an input of which more than this share is rejected (a healthy extract rejects a few
-    # percent; more than half is a broken extract: a null or renamed column); 1.0 = off
-    max_rejected_share: float = 0.5
+        _check(
+            0.0 <= self.max_rejected_share <= 1.0, "input.max_rejected_share", "must be a fraction in [0, 1] (1 = off)"
+        )
 
 
 @dataclass(frozen=True)
@@ -84,9 +87,6 @@ class TextEmbedConf:
     batch_size: int = 64
     max_seq_length: int = 64
     device: str = "auto"  # auto | cpu | cuda
-        _check(
-            0.0 <= self.max_rejected_share <= 1.0, "input.max_rejected_share", "must be a fraction in [0, 1] (1 = off)"
-        )
     fp16: bool = True  # half precision on CUDA only; CPU always runs float32
     # how a sentence-transformers directory runs: auto = plain torch when it is a BERT with mean
     # pooling (all-MiniLM-L6-v2 and its fine-tunes; no 8 s sentence-transformers import per Python

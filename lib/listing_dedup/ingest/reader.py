@@ -150,6 +150,45 @@ def read_input(spark: SparkSession, path: str) -> DataFrame:
             if Path(local).is_dir() and not any(Path(local).rglob("*.parquet")):
                 raise InputError(f"input folder holds no .parquet files: {path}")
         except OSError as e:
+            raise read_error(path, e) from e
+    try:
+        return _read_parquet(spark, path)
+    except Exception as e:  # AnalysisException, Py4JJavaError, ...: classified, one line
+        raise read_error(path, e) from e
+
+
+def check_row_count(
+    rows_in: int, cfg: InputConf, *, previous_rows: int | None = None, previous_run: str = "", path: str = ""
+) -> None:
+    """The input-size guard (see :class:`listing_dedup.config.InputConf`): raise
+    :class:`InputError` (exit 2) when the input holds 0 rows and ``cfg.allow_empty`` is off, or
+    fewer than ``(1 - cfg.max_shrink) * previous_rows`` rows. ``previous_rows`` is the row count
+    of the previous succeeded run (``previous_run`` describes it), None when there is none."""
+    what = f"input {path}" if path else "input"
+    before = ""
+    if previous_rows is not None:
+        before = f"the previous succeeded run ({previous_run}) read {previous_rows} rows"
+    if rows_in == 0:
+        if cfg.allow_empty:
+            return
+        raise InputError(
+            f"{what} holds 0 rows; {before or 'no succeeded run is recorded before it'}: refusing to replace "
+            "the date's partitions with nothing (an empty extract is usually an upstream bug); "
+            "rerun with --allow-empty (or input.allow_empty: true) if the catalog really is empty"
+        )
+    if previous_rows is None or previous_rows <= 0 or cfg.max_shrink >= 1.0:
+        return
+    floor = (1.0 - cfg.max_shrink) * previous_rows
+    if rows_in < floor:
+        drop = 100.0 * (previous_rows - rows_in) / previous_rows
+        raise InputError(
+            f"{what} holds {rows_in} rows, {drop:.0f}% fewer than the {previous_rows} rows the previous succeeded "
+            f"run read ({previous_run}); input.max_shrink={cfg.max_shrink:g} allows at most {cfg.max_shrink:.0%} "
+            "fewer: refusing it as a probable upstream bug; rerun with --allow-empty (or a higher "
+            "input.max_shrink) if the catalog really shrank"
+        )
+
+
 def _share(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.0f}%" if whole else "-"
 
@@ -198,45 +237,6 @@ def check_kept_rows(
             f"{now}, {drop:.0f}% fewer kept rows than {before}; input.max_shrink={cfg.max_shrink:g} allows at most "
             f"{cfg.max_shrink:.0%} fewer: refusing it as a probable upstream bug (the date's tables are unchanged); "
             "rerun with --allow-empty (or a higher input.max_shrink) if the catalog really shrank"
-        )
-
-
-            raise read_error(path, e) from e
-    try:
-        return _read_parquet(spark, path)
-    except Exception as e:  # AnalysisException, Py4JJavaError, ...: classified, one line
-        raise read_error(path, e) from e
-
-
-def check_row_count(
-    rows_in: int, cfg: InputConf, *, previous_rows: int | None = None, previous_run: str = "", path: str = ""
-) -> None:
-    """The input-size guard (see :class:`listing_dedup.config.InputConf`): raise
-    :class:`InputError` (exit 2) when the input holds 0 rows and ``cfg.allow_empty`` is off, or
-    fewer than ``(1 - cfg.max_shrink) * previous_rows`` rows. ``previous_rows`` is the row count
-    of the previous succeeded run (``previous_run`` describes it), None when there is none."""
-    what = f"input {path}" if path else "input"
-    before = ""
-    if previous_rows is not None:
-        before = f"the previous succeeded run ({previous_run}) read {previous_rows} rows"
-    if rows_in == 0:
-        if cfg.allow_empty:
-            return
-        raise InputError(
-            f"{what} holds 0 rows; {before or 'no succeeded run is recorded before it'}: refusing to replace "
-            "the date's partitions with nothing (an empty extract is usually an upstream bug); "
-            "rerun with --allow-empty (or input.allow_empty: true) if the catalog really is empty"
-        )
-    if previous_rows is None or previous_rows <= 0 or cfg.max_shrink >= 1.0:
-        return
-    floor = (1.0 - cfg.max_shrink) * previous_rows
-    if rows_in < floor:
-        drop = 100.0 * (previous_rows - rows_in) / previous_rows
-        raise InputError(
-            f"{what} holds {rows_in} rows, {drop:.0f}% fewer than the {previous_rows} rows the previous succeeded "
-            f"run read ({previous_run}); input.max_shrink={cfg.max_shrink:g} allows at most {cfg.max_shrink:.0%} "
-            "fewer: refusing it as a probable upstream bug; rerun with --allow-empty (or a higher "
-            "input.max_shrink) if the catalog really shrank"
         )
 
 
