@@ -42,7 +42,7 @@ setup(
         # on a GPU cluster: pip install '.[gpu]' and uninstall faiss-cpu
         "gpu": ["faiss-gpu>=1.9"],
         # pytest-xdist: `make test` runs the suite in PYTEST_WORKERS processes (README "Tests")
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.5", "networkx>=3"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.5", "networkx>=3", "hypothesis>=6"],
         # the nightly DAG (airflow_dags/) and its tests. pyspark-client is what the Spark
         # provider depends on; pinned to pyspark's version it ships the same `pyspark` files.
         "airflow": [

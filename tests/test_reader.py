@@ -134,3 +134,97 @@ def test_folder_input(spark, tmp_path):
     ing = read_listings(spark, str(d), InputConf())
     assert sorted(r.posting_id for r in ing.kept.collect()) == ["a", "b"]
     assert pd.isna(ing.kept.first()["image"])
+
+
+# --- hostile input files (issue 29 rows 7 and 9): exit 2 and one line naming the file / column / row
+
+
+def _cli(fn) -> tuple[int, list[str]]:
+    """Run ``fn`` the way the jobs do (runtime.run_cli): the exit code and the stderr lines."""
+    import contextlib
+    import io
+
+    from listing_dedup.runtime import run_cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = run_cli(fn)
+    return rc, err.getvalue().strip().splitlines()
+
+
+def _count_all(spark, path):
+    def run():
+        ing = read_listings(spark, path, InputConf())
+        ing.rows_in()
+        ing.kept.count()
+        ing.rejects.count()
+
+    return run
+
+
+def test_blank_ids_of_any_unicode_whitespace_or_control_are_null(spark, tmp_path):
+    ids = ["\t", "\n", "\u00a0", "\u3000 \u2003", "\u200b", "\ufeff", "\x00", " ok\u00a0"]
+    path = write_parquet(tmp_path / "ids.parquet", [{"posting_id": i, "title": "Tas kulit"} for i in ids])
+    ing = read_listings(spark, path, InputConf())
+    rej = ing.rejects.toPandas()
+    assert sorted(rej["posting_id"]) == sorted(ids[:-1])
+    assert set(rej["reason"]) == {"null_posting_id"}
+    assert ing.kept.toPandas()["posting_id"].tolist() == ["ok"]  # stripped like the blanks
+
+
+def test_a_column_the_job_does_not_read_is_ignored_whatever_its_name(spark, tmp_path):
+    rows = [
+        {"posting_id": "a", "title": "Tas kulit", "price.usd": 1.5, "`odd`": "x"},
+        {"posting_id": None, "title": "no id", "price.usd": 2.5, "`odd`": "y"},
+    ]
+    path = write_parquet(tmp_path / "extra.parquet", rows)
+    ing = read_listings(spark, path, InputConf())
+    assert ing.kept.toPandas()["posting_id"].tolist() == ["a"]
+    (raw,) = ing.rejects.toPandas()["raw"]
+    # the whole row, every column whatever its name (to_json leaves the null id out)
+    assert json.loads(raw) == {"title": "no id", "price.usd": 2.5, "`odd`": "y"}
+
+
+def test_mixed_column_types_across_files_exit_2_naming_the_file_and_column(spark, tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    write_parquet(d / "a.parquet", [{"posting_id": "a", "title": "Tas"}])
+    pq.write_table(pa.table({"posting_id": pa.array([7], pa.int64()), "title": ["Sepatu"]}), d / "b.parquet")
+    rc, lines = _cli(_count_all(spark, str(d)))
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0] == (
+        f"error: input file {d}/b.parquet: column 'posting_id' is INT64, not string as in the other input "
+        "files (every input file must give its columns the same types)"
+    )
+
+
+def test_one_corrupt_file_in_a_folder_exits_2_naming_it(spark, tmp_path):
+    d = tmp_path / "corrupt"
+    d.mkdir()
+    write_parquet(d / "a.parquet", [{"posting_id": "a", "title": "Tas"}])
+    (d / "b.parquet").write_bytes(b"PAR1" + b"\x00" * 64 + b"PAR1")
+    rc, lines = _cli(_count_all(spark, str(d)))
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: input file {d}/b.parquet cannot be read as Parquet"), lines
+
+
+def test_invalid_utf8_in_a_title_exits_2_naming_file_row_and_column(spark, tmp_path):
+    titles = pa.array([b"Tas kulit", b"Sepatu \xff rusak"], pa.binary()).view(pa.string())
+    path = tmp_path / "utf8.parquet"
+    pq.write_table(pa.table({"posting_id": ["a", "b"], "title": titles}), path)
+    rc, lines = _cli(_count_all(spark, str(path)))
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0] == f"error: input file {path}, row 2 (posting_id 'b'): column 'title' is not valid UTF-8"
+
+
+def test_a_latin1_byte_in_a_conf_file_is_one_line(tmp_path):
+    from listing_dedup.config import load_config
+    from listing_dedup.errors import ConfigError
+
+    conf = tmp_path / "bad.yaml"
+    conf.write_bytes(b"input:\n  image_root: /data/caf\xe9\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([str(conf)], [])
+    assert str(e.value) == (
+        f"config file {conf} is not UTF-8 text: byte 0xe9 at offset 30 (line 2, column 24); save it as UTF-8"
+    )

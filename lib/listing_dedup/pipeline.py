@@ -47,7 +47,7 @@ from listing_dedup.graph.components import components_on_driver, connected_compo
 from listing_dedup.graph.edges import match_sets, select_edges
 from listing_dedup.graph.guard import margin_cut, split_large
 from listing_dedup.graph.rerank import candidate_frame_spark, group_margin_of, rerank_spark, reranker_for
-from listing_dedup.ingest.images import image_root_for
+from listing_dedup.ingest.images import image_roots_for
 from listing_dedup.ingest.reader import check_kept_rows, check_row_count, read_listings
 from listing_dedup.quality.health import Health, HealthReference, decide, with_fallback
 from listing_dedup.quality.run_health import (
@@ -299,7 +299,7 @@ def run_dedup(
                 log.warning("input %s holds no rows: the %s partitions will be empty", input_path, run_date)
 
         signals = _run_signals(cfg, ing.has_image_column)
-        image_root = image_root_for(input_path, cfg.input.image_root)
+        image_root = image_roots_for(input_path, cfg.input)  # the roots image files are read below
         layout_weights = cfg.fusion.weights(signals)
         cache = _embeddings_cache(cfg, warehouse, summary.run_id, builder)
         cache_staged: list = []  # the cache's staged writes (embed stage), committed after the data tables

@@ -4,6 +4,12 @@ SparkSession from the conf profile, and mapping errors to exit codes.
 Exit codes: 0 ok; 2 bad arguments, bad config or unusable input (one clear line on stderr,
 no traceback); 1 any other failure (traceback logged, then one ``error:`` line), storage or
 credential failures while reading the input among them.
+
+A failure inside a Spark job reaches the driver as Spark's own exception (a ``PythonException``
+holding a Python worker's traceback, a ``Py4JJavaError`` holding Java's cause chain):
+:func:`listing_dedup.ingest.failures.job_failure` recognises the project's errors in it (a
+``StorageError`` raised reading an image, an input check that fired, a corrupt or mistyped
+input file), so they exit with their own code and one line too.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable
 
 from listing_dedup.config import SparkConf
 from listing_dedup.errors import DedupError, first_line
+from listing_dedup.ingest.failures import job_failure
 from listing_dedup.redact import install_log_redaction, redact_text
 
 log = logging.getLogger("listing_dedup")
@@ -95,18 +102,20 @@ def run_cli(main: Callable[[], int | None]) -> int:
     try:
         rc = main()
         return 0 if rc is None else int(rc)
-    except DedupError as e:
-        if e.exit_code != 2:
-            log.exception("job failed")
-        print(f"error: {redact_text(_one_line(str(e)))}", file=sys.stderr)
-        return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the last line of defence: exit 1 with the traceback logged
-        log.exception("job failed")
-        print(f"error: {type(e).__name__}: {redact_text(first_line(e))}", file=sys.stderr)
-        return 1
+        # a project error, as raised or inside a failed Spark job's exception (ingest/failures.py)
+        err = e if isinstance(e, DedupError) else job_failure(e)
+        if err is None:
+            log.exception("job failed")
+            print(f"error: {type(e).__name__}: {redact_text(first_line(e))}", file=sys.stderr)
+            return 1
+        if err.exit_code != 2:
+            log.exception("job failed")
+        print(f"error: {redact_text(_one_line(str(err)))}", file=sys.stderr)
+        return err.exit_code
 
 
 def _one_line(text: str) -> str:

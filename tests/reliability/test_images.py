@@ -15,8 +15,10 @@ def test_good_image_from_path_and_bytes(tmp_path):
     (tmp_path / "imgs" / "a.jpg").write_bytes(jpeg(1))
     r = load_image("imgs/a.jpg", str(tmp_path))
     assert r.ok and r.image.mode == "RGB" and r.image.size == (48, 48)
-    assert load_image(str(tmp_path / "imgs" / "a.jpg"), "/elsewhere").ok  # absolute paths ignore the root
-    assert load_image(f"file://{tmp_path}/imgs/a.jpg").ok
+    # an absolute path or file:// URI is read when it lies below the root, never elsewhere
+    assert load_image(str(tmp_path / "imgs" / "a.jpg"), str(tmp_path)).ok
+    assert load_image(f"file://{tmp_path}/imgs/a.jpg", str(tmp_path / "imgs")).ok
+    assert load_image(str(tmp_path / "imgs" / "a.jpg"), "/elsewhere").error == "image_outside_roots"
     png = io.BytesIO()
     Image.new("L", (3, 2)).save(png, format="PNG")
     r = load_image(png.getvalue())
@@ -35,7 +37,8 @@ def test_bad_images_are_reported_not_raised(tmp_path, name):
 
 def test_missing_and_absent(tmp_path):
     assert load_image("nope.jpg", str(tmp_path)).error == "missing_image_file"
-    assert load_image(str(tmp_path)).error == "missing_image_file"  # a folder is not an image file
+    assert load_image(str(tmp_path), str(tmp_path)).error == "missing_image_file"  # a folder is not an image file
+    assert load_image(".", str(tmp_path)).error == "missing_image_file"
     assert load_image(None).error == "no_image"
     assert load_image("   ", str(tmp_path)).error == "no_image"
 

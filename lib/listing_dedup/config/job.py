@@ -60,6 +60,11 @@ class InputConf:
     ``max_shrink: 1.0`` and ``max_rejected_share: 1.0``)."""
 
     image_root: str = ""  # root for relative ``image`` paths; "" = relative to the input folder
+    # image paths are read only below image_root (or the input folder) and these extra roots: absolute
+    # folders or URI prefixes (s3://bucket/images); a path or URI elsewhere, `..` out of a root, or a URI
+    # with options (?...) is rejected image_outside_roots, never opened (ingest/images.py)
+    image_roots: Sequence[str] = ()
+    max_image_bytes: int = 32 * 1024 * 1024  # larger image files: image_too_large, refused before reading
     partitions: int = 0  # repartition kept rows to this many partitions; 0 = keep what was read
     max_title_chars: int = 1000  # titles are cut to this length after clean-up (100 kB titles happen)
     allow_empty: bool = False  # accept an input with 0 rows (it empties the date's partitions)
@@ -71,6 +76,13 @@ class InputConf:
     def __post_init__(self) -> None:
         _check(self.partitions >= 0, "input.partitions", "must be >= 0")
         _check(self.max_title_chars >= 16, "input.max_title_chars", "must be >= 16")
+        _check(self.max_image_bytes >= 1, "input.max_image_bytes", "must be >= 1")
+        for i, r in enumerate(self.image_roots):
+            _check(
+                isinstance(r, str) and (r.startswith("/") or "://" in r),
+                f"input.image_roots[{i}]",
+                f"must be an absolute folder or a URI prefix (s3://bucket/images), got {r!r}",
+            )
         _check(0.0 <= self.max_shrink <= 1.0, "input.max_shrink", "must be a fraction in [0, 1] (1 = no shrink check)")
         _check(
             0.0 <= self.max_rejected_share <= 1.0, "input.max_rejected_share", "must be a fraction in [0, 1] (1 = off)"

@@ -147,7 +147,7 @@ def load(root: type, paths: Sequence[str | Path], overrides: Sequence[str]) -> A
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(_read_text(path)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(data, Mapping):
@@ -156,6 +156,23 @@ def load(root: type, paths: Sequence[str | Path], overrides: Sequence[str]) -> A
     for a in overrides:
         raw = apply_set(raw, a, root)
     return _build(root, raw)
+
+
+def _read_text(path: Path) -> str:
+    """A config file's text: UTF-8, else one line naming the file, the byte and where it is."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} "
+            f"(line {line}, column {column}); save it as UTF-8"
+        ) from None
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:

@@ -15,7 +15,8 @@ Public API
     Bits that differ, row by row; ``a`` and ``b`` are hex strings, sequences of them or
     arrays from :func:`hex_to_bits` (one side may be a single hash).
 ``inspect_images(images, phashes, root="") -> pd.DataFrame``
-    One decode per present image (path relative to ``root``, or bytes): columns ``error``
+    One decode per present image (a path below ``root``: an :class:`ImageRoots` or one folder;
+    or bytes): columns ``error``
     (the reason from :func:`listing_dedup.ingest.images.load_image`, null when the image decodes)
     and ``phash`` (the given hash when there is one, else computed from the decoded image,
     else null). The reader calls it once per row, so validating an image and hashing it
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from listing_dedup.ingest.images import load_image
+from listing_dedup.ingest.images import ImageRoots, load_image
 
 HASH_BYTES = 8
 HASH_BITS = 64
@@ -78,7 +79,7 @@ def hamming(a: Any, b: Any) -> int | np.ndarray:
     return int(d[0]) if scalar else d
 
 
-def inspect_images(images: pd.Series, phashes: pd.Series, root: str = "") -> pd.DataFrame:
+def inspect_images(images: pd.Series, phashes: pd.Series, root: str | ImageRoots = "") -> pd.DataFrame:
     """Decode every present image once: its ``error`` and its ``phash`` (given, or computed)."""
     out_hash: list[str | None] = []
     out_err: list[str | None] = []
