@@ -8,27 +8,39 @@ pipeline and the tests).
 Reject reasons, checked in this order (the first that applies wins):
 
 ``null_posting_id``
-    ``posting_id`` is null, empty or only whitespace.
+    ``posting_id`` is null, or nothing is left of it once whitespace, control and format
+    characters are stripped from both ends (``"\\t"``, ``"\\n"``, ``"\\u00a0"``, ``"\\u200b"``).
 ``no_title_no_image``
     the title is empty after clean-up and there is no image (path, bytes or phash).
 ``malformed_image_phash``
     ``image_phash`` is present but not exactly 16 hex characters.
-``missing_image_file`` / ``unreadable_image``
+``image_outside_roots`` / ``missing_image_file`` / ``image_too_large`` / ``unreadable_image``
     the title is empty, there is no valid ``image_phash``, and the ``image`` cannot be used:
-    its file does not exist, or it does not decode completely (a non-image file, a truncated
+    its path does not lie below the image roots (``..``, an absolute path or URI elsewhere, a
+    URI with options: never opened), its file does not exist, it is over
+    ``input.max_image_bytes``, or it does not decode completely (a non-image file, a truncated
     or corrupt JPEG); see :mod:`listing_dedup.ingest.images`.
 ``duplicate_posting_id``
     another *valid* row with the same ``posting_id`` came first (input order); the first
     valid occurrence is kept, later ones are rejected.
 
+The per-row rules are :func:`listing_dedup.ingest.rows.validate_rows` (pure pandas), run in one
+pandas UDF on the executors; only the duplicate-id rule is Spark's (a window over all rows).
 Images are checked only when the input has an ``image`` column: every present image is
-loaded and decoded once, in a pandas UDF on the executors; the same decode fills a missing
+loaded and decoded once, in that UDF; the same decode fills a missing
 ``image_phash`` (:func:`listing_dedup.ingest.phash.inspect_images`), so the pHash signal needs no
 second pass over the images. A row *with* a title whose image
 is unusable is kept (its other signals still work) and carries the reason in
 ``image_error``; the job counts such rows (``images_unreadable`` in the summary and the
-``runs`` table). Relative image paths are resolved against ``input.image_root``, or the
-input folder when that is empty.
+``runs`` table). Image paths are read only below the image roots: ``input.image_root`` (or the
+input folder when that is empty) and ``input.image_roots``. A storage failure reading an image
+(permission denied, connection refused, a root that is not there) fails the run (exit 1).
+
+Hostile files: only the known columns are read (another column, whatever its name, e.g.
+``price.usd``, only travels into ``raw``); a string field that is not valid UTF-8, a file of
+the folder whose column types differ from the first file's, or a corrupt file is an
+:class:`InputError` (exit 2) naming the file (and the column and row): the query's failure is
+classified by :func:`listing_dedup.ingest.failures.job_failure`.
 
 Column types: ``posting_id``, ``title`` and ``image_phash`` must be strings and ``image`` a
 string (path) or binary (encoded bytes); any other type is an :class:`InputError` (exit 2)
@@ -51,17 +63,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from listing_dedup.config import InputConf
-from listing_dedup.errors import DedupError, InputError, StorageError, first_line
-from listing_dedup.ingest.images import image_root_for
-from listing_dedup.ingest.phash import inspect_images
-from listing_dedup.ingest.titles import clean_titles
+from listing_dedup.errors import InputError
+from listing_dedup.ingest.failures import BAD_INPUT, STORAGE_SIGNS, read_error
+from listing_dedup.ingest.images import ImageRoots, image_roots_for
+from listing_dedup.ingest.rows import DUPLICATE_POSTING_ID, OUTPUT_COLUMNS, RowRules, validate_rows
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = {"posting_id": (T.StringType,), "title": (T.StringType,)}
 OPTIONAL_COLUMNS = {"image": (T.StringType, T.BinaryType), "image_phash": (T.StringType,)}
 KEPT_COLUMNS = ("posting_id", "title", "image", "image_phash", "image_error")
-PHASH_PATTERN = r"^[0-9a-fA-F]{16}$"
+__all__ = ["STORAGE_SIGNS", "read_error", "read_input", "read_listings", "validate"]
 
 
 @dataclass(frozen=True)
@@ -82,57 +94,6 @@ class Ingested:
 
 def _is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
-
-
-# Signs, anywhere in an error's text (a Java error through py4j carries its whole cause chain),
-# that storage, the network or credentials failed rather than the input: such a read exits 1
-# (a retry may pass), not 2. A missing path or a file that is not Parquet has none of them.
-STORAGE_SIGNS = (
-    "java.net.",  # ConnectException, SocketTimeoutException, UnknownHostException, ...
-    "java.nio.file.AccessDeniedException",
-    "org.apache.hadoop.security.AccessControlException",
-    "org.apache.hadoop.security.token.",  # expired or invalid delegation tokens
-    "java.io.InterruptedIOException",
-    "org.apache.hadoop.fs.s3a.",  # S3A errors (auth, throttling, connection) and a missing S3A jar
-    "com.amazonaws.",
-    "software.amazon.awssdk.",
-    "com.google.cloud.hadoop.",
-    "com.microsoft.azure.",
-    "Permission denied",
-    "Access Denied",
-    "Connection refused",
-    "Connection reset",
-    "Filesystem closed",
-)
-
-
-def read_error(path: str, e: BaseException) -> DedupError:
-    """The error for a failed read of the input: :class:`StorageError` (exit 1) when storage or
-    credentials failed (an ``OSError`` other than a missing file, or a Java error with one of
-    :data:`STORAGE_SIGNS`), else :class:`InputError` (exit 2: a missing path, a file that is
-    not Parquet). One line either way, naming the cause."""
-    if isinstance(e, (FileNotFoundError, NotADirectoryError)):
-        return InputError(f"input path does not exist: {path}")
-    if isinstance(e, OSError):
-        return StorageError(f"cannot read input at {path}: storage error (not the input's fault): {_os_cause(e)}")
-    text = str(e)
-    for p in {path, path.removeprefix("file://"), os.path.abspath(path) if _is_local(path) else path}:
-        text = text.replace(p, "<input>")  # a sign inside the path itself says nothing
-    sign = next((s for s in STORAGE_SIGNS if s in text), None)
-    if sign is not None:
-        cause = _cause_from(text, sign).replace("<input>", path)
-        return StorageError(f"cannot read input at {path}: storage error (not the input's fault): {cause}")
-    return InputError(f"cannot read input Parquet at {path}: {first_line(e)}")
-
-
-def _os_cause(e: OSError) -> str:
-    return f"{type(e).__name__}: {e.strerror or first_line(e)}" + (f" ({e.filename})" if e.filename else "")
-
-
-def _cause_from(text: str, sign: str) -> str:
-    """The first line of ``text`` holding ``sign`` (a Java exception: class and message)."""
-    line = next(ln for ln in text.splitlines() if sign in ln).strip()
-    return " ".join(line.removeprefix("Caused by:").removeprefix(":").split())[:500]
 
 
 def _read_parquet(spark: SparkSession, path: str) -> DataFrame:
@@ -258,77 +219,99 @@ def check_schema(df: DataFrame) -> DataFrame:
     return df
 
 
-def validate(df: DataFrame, cfg: InputConf, image_root: str = "") -> Ingested:
+def _quoted(name: str):
+    """A column by its exact name (``price.usd`` is a name, not a struct field)."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def _file_and_row(df: DataFrame):
+    """Columns naming a row's input file and its row number in it (Parquet's ``_metadata``;
+    the file alone, or nothing, for a frame that was not read from files)."""
+    try:
+        df.select("_metadata.file_path", "_metadata.row_index").schema  # noqa: B018 - analysis only
+        return F.col("_metadata.file_path"), (F.col("_metadata.row_index") + 1).cast("string")  # 1 = the first
+    except Exception:  # noqa: BLE001 - AnalysisException: no file metadata (a frame built in memory)
+        return F.input_file_name(), F.lit("?")
+
+
+def _utf8_checked(df: DataFrame, columns: list[str], value: str):
+    """The string column ``value``, guarded: when any of ``columns`` holds bytes that are not
+    valid UTF-8 (Parquet does not check), the query fails with one line naming the file, the
+    row and the column (:func:`listing_dedup.ingest.failures.job_failure` makes it an
+    :class:`InputError`): Python could not even receive such a row."""
+    file_col, row_col = _file_and_row(df)
+    pid = F.col("posting_id")
+    safe_id = F.when(F.is_valid_utf8(pid), F.substring(F.regexp_replace(pid, r"\p{Cntrl}", "?"), 1, 100))
+    where = F.concat(
+        F.lit("input file "),
+        F.coalesce(F.regexp_replace(file_col, "^file:(//)?", ""), F.lit("?")),  # a local file as its path
+        F.lit(", row "),
+        F.coalesce(row_col, F.lit("?")),
+        F.coalesce(F.concat(F.lit(" (posting_id '"), safe_id, F.lit("')")), F.lit("")),
+    )
+    out = None
+    for c in columns:
+        fire = F.raise_error(F.concat(F.lit(BAD_INPUT), where, F.lit(f": column '{c}' is not valid UTF-8")))
+        cond = ~F.is_valid_utf8(F.col(c))
+        out = F.when(cond, fire) if out is None else out.when(cond, fire)
+    return out.otherwise(F.col(value)) if out is not None else F.col(value)
+
+
+def validate(df: DataFrame, cfg: InputConf, image_root: str | ImageRoots = "") -> Ingested:
     """Split rows into kept listings and rejects (see the module doc for the rules).
 
-    ``image_root`` is the folder relative ``image`` paths are resolved against."""
+    ``image_root``: the :class:`ImageRoots` image paths are read below, or the one folder
+    relative ``image`` paths are resolved against (with ``cfg``'s extra roots and byte limit)."""
     source = df
     df = check_schema(df)
     original_columns = df.columns
     has_image = "image" in original_columns
-    max_chars = cfg.max_title_chars
+    binary_image = has_image and isinstance(df.schema["image"].dataType, T.BinaryType)
+    roots = (
+        image_root
+        if isinstance(image_root, ImageRoots)
+        else ImageRoots.build(image_root, tuple(cfg.image_roots), max_bytes=cfg.max_image_bytes)
+    )
+    rules = RowRules(max_title_chars=cfg.max_title_chars, images=roots)
+    checked = [c for c in ("posting_id", "title", "image", "image_phash") if c in original_columns]
+    checked = [c for c in checked if isinstance(df.schema[c].dataType, T.StringType)]
+    none = F.lit(None).cast("string")
 
-    @F.pandas_udf(T.StringType())
-    def _clean(titles: pd.Series) -> pd.Series:
-        return clean_titles(titles, max_chars)
+    out_schema = T.StructType([T.StructField(c, T.StringType()) for c in OUTPUT_COLUMNS])
 
-    image_col = F.col("image") if has_image else F.lit(None).cast("string")
-    phash_col = F.col("image_phash") if "image_phash" in original_columns else F.lit(None).cast("string")
+    @F.pandas_udf(out_schema)
+    def _validate(ids: pd.Series, titles: pd.Series, images: pd.Series, phashes: pd.Series) -> pd.DataFrame:
+        return validate_rows(ids, titles, images, phashes, rules)
 
+    image_col = F.col("image") if has_image else none
+    phash_col = F.col("image_phash") if "image_phash" in original_columns else none
     staged = df.select(
         F.monotonically_increasing_id().alias("_row"),
-        F.to_json(F.struct(*[F.col(c) for c in original_columns])).alias("raw"),
+        # the whole input row (every column, whatever its name), so a reject can be fixed and resubmitted
+        F.to_json(F.struct(*[_quoted(c) for c in original_columns])).alias("raw"),
         F.col("posting_id").alias("_raw_id"),
-        F.trim(F.col("posting_id")).alias("posting_id"),
-        _clean(F.col("title")).alias("title"),
-        image_col.alias("image"),
-        F.lower(F.trim(phash_col)).alias("_phash"),
+        image_col.alias("_image_in"),
+        # the title carries the UTF-8 guard of every string column into the UDF: it always runs first
+        _validate(F.col("posting_id"), _utf8_checked(df, checked, "title"), image_col, phash_col).alias("_v"),
     )
-    image_present = F.col("image").isNotNull()
-    if has_image and isinstance(df.schema["image"].dataType, T.StringType):
-        image_present = image_present & (F.length(F.trim(F.col("image"))) > 0)
-    elif has_image:  # binary
-        image_present = image_present & (F.length(F.col("image")) > 0)
-    phash_present = F.col("_phash").isNotNull() & (F.length(F.col("_phash")) > 0)
-
-    row_reason = (
-        F.when(F.col("posting_id").isNull() | (F.length(F.col("posting_id")) == 0), F.lit("null_posting_id"))
-        .when((F.length(F.col("title")) == 0) & ~image_present & ~phash_present, F.lit("no_title_no_image"))
-        .when(phash_present & ~F.col("_phash").rlike(PHASH_PATTERN), F.lit("malformed_image_phash"))
+    staged = staged.select(
+        "_row",
+        "raw",
+        "_raw_id",
+        *[F.col(f"_v.{c}").alias(c) for c in OUTPUT_COLUMNS if c != "image"],
+        # bytes values stay as read (the UDF returns stripped paths only)
+        (F.when(F.length("_image_in") > 0, F.col("_image_in")) if binary_image else F.col("_v.image")).alias("image"),
     )
-    if has_image:
-        img_schema = T.StructType([T.StructField("phash", T.StringType()), T.StructField("error", T.StringType())])
-
-        @F.pandas_udf(img_schema)
-        def _inspect(values: pd.Series, given: pd.Series) -> pd.DataFrame:
-            return inspect_images(values, given, image_root)
-
-        staged = staged.withColumn("_img", F.when(image_present, _inspect(F.col("image"), F.col("_phash"))))
-        staged = staged.withColumn("image_error", F.col("_img.error")).withColumn("_img_phash", F.col("_img.phash"))
-        staged = staged.drop("_img")
-        no_title_or_phash = (F.length(F.col("title")) == 0) & ~phash_present
-        row_reason = row_reason.when(no_title_or_phash & F.col("image_error").isNotNull(), F.col("image_error"))
-    else:
-        staged = staged.withColumn("image_error", F.lit(None).cast("string"))
-        staged = staged.withColumn("_img_phash", F.lit(None).cast("string"))
-    staged = staged.withColumn("reason", row_reason)
     # rank valid rows sharing an id by input order; the first is kept
     w = Window.partitionBy("posting_id", F.col("reason").isNull()).orderBy("_row")
     staged = staged.withColumn(
         "reason",
-        F.when(F.col("reason").isNull() & (F.row_number().over(w) > 1), F.lit("duplicate_posting_id")).otherwise(
+        F.when(F.col("reason").isNull() & (F.row_number().over(w) > 1), F.lit(DUPLICATE_POSTING_ID)).otherwise(
             F.col("reason")
         ),
     )
-    # the given hash, else the one computed from the image (same decode as the check above)
-    staged = staged.withColumn("image_phash", F.when(phash_present, F.col("_phash")).otherwise(F.col("_img_phash")))
-    if has_image and isinstance(df.schema["image"].dataType, T.StringType):
-        staged = staged.withColumn(
-            "image", F.when(image_present, F.trim(F.col("image"))).otherwise(F.lit(None).cast("string"))
-        )
-
     cached: tuple[DataFrame, ...] = ()
-    if has_image:
+    if has_image:  # kept and rejects read it: each image decoded once
         staged = staged.persist(StorageLevel.MEMORY_AND_DISK)
         cached = (staged,)
     kept = staged.where(F.col("reason").isNull()).select(*KEPT_COLUMNS)
@@ -339,4 +322,4 @@ def validate(df: DataFrame, cfg: InputConf, image_root: str = "") -> Ingested:
 
 
 def read_listings(spark: SparkSession, path: str, cfg: InputConf) -> Ingested:
-    return validate(read_input(spark, path), cfg, image_root=image_root_for(path, cfg.image_root))
+    return validate(read_input(spark, path), cfg, image_root=image_roots_for(path, cfg))
