@@ -46,3 +46,10 @@ def test_spark_blend_matches_reference(spark):
     for i in lonely:
         np.testing.assert_allclose(got[ids[i]], emb[i], atol=1e-6)
     assert np.linalg.norm(np.stack(list(got.values())), axis=1) == pytest.approx(np.ones(n), abs=1e-5)
+    # an incremental night blends a subset alone: the same bits as the full round for those rows
+    only = [ids[i] for i in range(0, n, 3)]
+    part = blend(emb_df, nbr_df, threshold, only=spark.createDataFrame([(p,) for p in only], "posting_id string"))
+    part = {r.posting_id: np.array(r.emb) for r in part.collect()}
+    assert sorted(part) == sorted(only)
+    for p in only:
+        np.testing.assert_array_equal(part[p], got[p])

@@ -54,21 +54,26 @@ def _sums(pdf: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"posting_id": ids[starts], "emb": list(v)})
 
 
-def blend(emb_df, neighbours_df, threshold: float):
+def blend(emb_df, neighbours_df, threshold: float, *, only=None):
     """One INB round on Spark.
 
     ``emb_df``: posting_id, emb (array<float>, normalised). ``neighbours_df``: src, dst, score
     (each listing's neighbours, self excluded). Returns posting_id, emb (new, normalised).
+    ``only`` (a DataFrame with ``posting_id``): blend those listings alone (an incremental
+    night's, whose neighbourhood changed); their neighbours' vectors still come from ``emb_df``.
     """
     from pyspark.sql import functions as F
 
     pairs = neighbours_df.where(F.col("score") >= F.lit(float(threshold))).select(
         F.col("src").alias("posting_id"), F.col("dst"), F.col("score").cast("double").alias("w")
     )
+    own_emb = emb_df if only is None else emb_df.join(only.select("posting_id"), "posting_id")
+    if only is not None:
+        pairs = pairs.join(only.select("posting_id"), "posting_id")
     nbr_vecs = pairs.join(emb_df.select(F.col("posting_id").alias("dst"), "emb"), on="dst").select(
         "posting_id", "dst", "w", "emb"
     )
-    own = emb_df.select("posting_id", F.col("posting_id").alias("dst"), F.lit(1.0).alias("w"), "emb")
+    own = own_emb.select("posting_id", F.col("posting_id").alias("dst"), F.lit(1.0).alias("w"), "emb")
     # a listing's rows in dst order, not in the order the shuffle delivered them: the float64 sum
     # (and so, rarely, its float32 rounding) then depends on the rows alone
     return (
