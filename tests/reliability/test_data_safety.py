@@ -438,7 +438,7 @@ def test_all_rejected_first_run_is_refused(spark, tmp_path):
 
 
 @pytest.mark.slow
-def test_run_stopped_between_two_table_commits_is_found_by_verify(spark, baseline, tmp_path, monkeypatch):
+def test_run_stopped_between_two_table_commits_is_found_by_verify(cli_spark, baseline, tmp_path, monkeypatch, capsys):
     """A rerun of the same catalog stops after `matches` committed (the driver is interrupted: no
     runs row). Counts and contents agree with the runs row, so only the run ids tell the mix."""
     path, _ = baseline
@@ -453,7 +453,7 @@ def test_run_stopped_between_two_table_commits_is_found_by_verify(spark, baselin
         return real_commit(self, staged, **kwargs)
 
     monkeypatch.setattr(DeltaSink, "commit", commit)
-    rc, err, _ = job(spark, config(*LEXICAL), path, DATE, wh)
+    rc, err, _ = job(cli_spark, config(*LEXICAL), path, DATE, wh)
     monkeypatch.undo()
     assert (rc, one_line(err)) == (1, "error: interrupted")
     assert statuses(wh) == ["succeeded"]  # the stopped run left no row
@@ -461,11 +461,17 @@ def test_run_stopped_between_two_table_commits_is_found_by_verify(spark, baselin
     assert len(new_run) == 1 and new_run[0] != baseline_run
     with pytest.raises(VerifyError) as e:
         verify_run(wh, DATE)
-    assert str(e.value).endswith(
-        f"failed verification: the tables of {DATE} do not all come from its latest run {baseline_run} (the runs "
-        f"row checked above): matches: run {new_run[0]} (6 rows), clusters: run {baseline_run} (6 rows), "
-        f"rejects: empty; a run stopped between its commits? rerun {DATE}"
+    problem = (
+        f"the tables of {DATE} do not all come from its latest run {baseline_run} (the runs row checked above): "
+        f"matches: run {new_run[0]} (6 rows), clusters: run {baseline_run} (6 rows), rejects: empty; a run stopped "
+        f"between its commits? rerun {DATE}"
     )
+    assert str(e.value) == f"run {DATE} under {wh} failed verification: {problem}"
+    # the DAG's verify task: exit 1, that one line
+    monkeypatch.setattr(dedup_cli, "build_spark", lambda _conf: cli_spark)
+    capsys.readouterr()
+    rc = dedup_cli.main(["--verify-only", "--run-date", DATE, "--warehouse", wh])
+    assert (rc, one_line(capsys.readouterr().err)) == (1, f"error: {e.value}")
 
 
 def earlier_version(spark, wh: str) -> None:

@@ -134,6 +134,11 @@ def runs(spark, tmp_path_factory):
     return out
 
 
+def same(table: pd.DataFrame) -> pd.DataFrame:
+    """A table's rows without the run_id (each run's own): what two runs of one catalog share."""
+    return table.drop(columns=["run_id"])
+
+
 def test_rerun_same_date_same_content_new_version(runs):
     """(The rerun is also the run with injected task failures: its output must equal the clean run's
     either way.)"""
@@ -141,7 +146,9 @@ def test_rerun_same_date_same_content_new_version(runs):
     assert s1.n_groups >= 30  # the catalog has real groups, so the comparison means something
     assert runs["components_paths"] == ["connected_components"]  # the distributed rounds (SIGNALS)
     for t in ("matches", "clusters", "rejects"):
-        pd.testing.assert_frame_equal(runs["snap2"][t], runs["snap1"][t])
+        pd.testing.assert_frame_equal(same(runs["snap2"][t]), same(runs["snap1"][t]))
+        # every row carries the run that wrote it
+        assert set(runs["snap1"][t]["run_id"]) == {s1.run_id} and set(runs["snap2"][t]["run_id"]) == {s2.run_id}
         assert not runs["snap2"][t].duplicated(subset=["posting_id", "raw"] if t == "rejects" else ["posting_id"]).any()
         assert runs["v2"][t] == runs["v1"][t] + 1  # a new Delta version replaced the partition
     assert len(runs["snap2"]["clusters"]) == s1.rows_kept == s2.rows_kept
@@ -168,7 +175,7 @@ def test_injected_task_failures_are_retried_and_change_nothing(runs):
     assert set(runs["injected"]) == set(FAULTS.split(",")), runs["injected"]
     assert runs["failed_faults"] >= len(FAULTS.split(","))
     for t in ("matches", "clusters", "rejects"):
-        pd.testing.assert_frame_equal(runs["snap2"][t], runs["snap1"][t])
+        pd.testing.assert_frame_equal(same(runs["snap2"][t]), same(runs["snap1"][t]))
     # the failed write attempts left their files behind, uncommitted (vacuum's work)
     orphans = runs["fault_orphans"]
     assert orphans and all("/part-00000-" in f for f in orphans)
