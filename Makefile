@@ -29,7 +29,7 @@ export PYTHONUNBUFFERED := 1
 # pip prints one warning per package about an empty local index on this kind of machine
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup sample run test test-fast lint bench bench-robust bench-labels clean airflow package package-code package-env dag-check cluster-up cluster-down train train-reranker export-e5
+.PHONY: help setup sample run test test-fast lint bench bench-robust bench-labels bench-gpu gpu-bundle clean airflow package package-code package-env dag-check cluster-up cluster-down train train-reranker export-e5
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-15s %s\n", $$1, $$2}'
@@ -114,6 +114,13 @@ bench-robust: setup ## robustness suite: defaults vs the old defaults vs a TF-ID
 
 bench-labels: setup ## F1 vs labelled groups: how many a shop needs to tune the edge rule (docs/quality.md)
 	$(PY) bench/label_curve.py --cache-dir data/cache
+
+GPU_BUNDLE ?= build/gpu_bundle
+bench-gpu: setup ## the GPU check without Spark: encoders and list scan on CUDA vs CPU (device=none here; README "GPU check")
+	$(PY) bench/gpu.py
+
+gpu-bundle: setup ## fp16 copies of MiniLM + EfficientNet-Lite0 in GPU_BUNDLE, for a GPU machine without the model packages
+	$(PY) bench/gpu.py --write-bundle $(GPU_BUNDLE)
 
 clean: ## remove generated data and outputs (keeps .venv; stops a make cluster-up cluster first)
 	@if [ -f $(CLUSTER_STATE)/cluster.json ]; then $(PY) bin/spark_cluster.py down --state-dir $(CLUSTER_STATE); fi

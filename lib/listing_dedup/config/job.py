@@ -365,6 +365,9 @@ class IndexConf:
     # flat storage, how a shard is scanned: blas = list by list, the queries probing a list as one
     # matrix product (exact, 5-8x faster than faiss on CPU: docs/scale.md) | faiss = IndexIVFFlat
     scan: str = "blas"
+    # where the blas scan runs: cpu = numpy (the tested default) | cuda = torch on the GPU
+    # (search/scan_torch.py) | auto = cuda when torch sees a GPU (a Spark task's own GPU), else cpu
+    device: str = "cpu"
     rescore_factor: int = 2  # sq8: the compressed search keeps k * this, re-scored exactly on float32
     shard_rows: int = 2_000_000  # at most about this many rows a shard: n_shards grows with the catalog
     query_chunk_rows: int = 50_000  # queries searched a task (one chunk of one shard's queries)
@@ -384,6 +387,7 @@ class IndexConf:
         _check(self.points_per_list >= 1, "index.points_per_list", "must be >= 1")
         _check(self.storage in ("flat", "sq8"), "index.storage", "must be flat or sq8")
         _check(self.scan in ("blas", "faiss"), "index.scan", "must be blas or faiss")
+        _check(self.device in ("auto", "cpu", "cuda"), "index.device", "must be auto, cpu or cuda")
         _check(1 <= self.rescore_factor <= 16, "index.rescore_factor", "must be in [1, 16]")
         _check(self.shard_rows >= 1000, "index.shard_rows", "must be >= 1000")
         _check(self.query_chunk_rows >= 100, "index.query_chunk_rows", "must be >= 100")

@@ -29,7 +29,8 @@ Design (the scale arithmetic is in docs/scale.md)
    *global* probe lists (lists the shard does not own are empty there): ``scan: blas`` goes
    list by list, the chunk's queries probing a list scored against its vectors in one matrix
    product (:func:`scan_lists`: exact, 5-8x faster than FAISS's per-query scan on CPU,
-   docs/scale.md); FAISS runs ``search_preassigned``.
+   docs/scale.md; with ``index.device`` cuda or auto on a GPU, the same in torch:
+   search/scan_torch.py); FAISS runs ``search_preassigned``.
    With ``sq8`` the shard keeps ``k * rescore_factor`` candidates by the compressed score and
    re-scores them exactly on the float32 vectors. Each shard returns up to ``k`` non-self
    neighbours a query; a window keeps the global top ``k`` a query. With ``flat`` this equals
@@ -64,6 +65,7 @@ from listing_dedup.config import IndexConf
 from listing_dedup.errors import ConfigError, DedupError, InputError
 from listing_dedup.faults import maybe_fail_once
 from listing_dedup.frames import PAIR_SCHEMA, empty_pairs
+from listing_dedup.search.scan_torch import scan_device, scan_lists_torch
 
 log = logging.getLogger(__name__)
 
@@ -472,6 +474,7 @@ class IndexHandle:
     storage: str = "flat"
     rescore_factor: int = 1
     scan: str = "blas"  # IndexConf.scan
+    device: str = "cpu"  # IndexConf.device: where the blas scan runs (search/scan_torch.py)
     query_chunk_rows: int = 50_000
     shard_sizes: dict[int, int] = field(default_factory=dict)  # non-empty shards only
     list_shard: np.ndarray | None = None
@@ -610,7 +613,9 @@ def _build_fn(bc: Any, d: int, folder: str, storage: str, scan: str) -> Any:
     return build
 
 
-def _search_fn(folder: str, d: int, k: int, storage: str, rescore_factor: int, scan: str = "blas") -> Any:
+def _search_fn(
+    folder: str, d: int, k: int, storage: str, rescore_factor: int, scan: str = "blas", device: str = "cpu"
+) -> Any:
     blas = storage == "flat" and scan == "blas"
 
     def search_group(queries: pd.DataFrame) -> pd.DataFrame:
@@ -625,7 +630,9 @@ def _search_fn(folder: str, d: int, k: int, storage: str, rescore_factor: int, s
         probe = np.stack([np.asarray(p, dtype=np.int64) for p in queries["probe"]])
         # one extra: the query itself may be among the results; sq8 keeps more for the re-score
         kk = min((k + 1) * (rescore_factor if storage != "flat" else 1), len(shard.ids))
-        if blas:
+        if blas and device != "cpu" and (on := scan_device(device)) != "cpu":
+            d_mat, i_mat = scan_lists_torch(x, probe, shard.vectors, shard.offsets, kk, device=on)
+        elif blas:
             d_mat, i_mat = scan_lists(x, probe, shard.vectors, shard.offsets, kk)
         else:
             d_mat, i_mat = search_shard(shard.index, x, probe, kk)
@@ -700,6 +707,7 @@ def build_index(
         storage=cfg.storage,
         rescore_factor=cfg.rescore_factor,
         scan=cfg.scan,
+        device=cfg.device,
         query_chunk_rows=cfg.query_chunk_rows,
         shard_sizes=sizes,
         list_shard=list_shard,
@@ -761,7 +769,7 @@ def search(
         .withColumn("chunk", F.pmod(F.xxhash64("posting_id"), F.lit(n_chunks)))
     )
     hits = routed.groupBy("shard", "chunk").applyInPandas(
-        _search_fn(index.folder, index.d, k, index.storage, index.rescore_factor, index.scan), PAIR_SCHEMA
+        _search_fn(index.folder, index.d, k, index.storage, index.rescore_factor, index.scan, index.device), PAIR_SCHEMA
     )
     w = Window.partitionBy("src").orderBy(F.col("score").desc(), F.col("dst").asc())
     out = hits.withColumn("_rank", F.row_number().over(w)).filter(F.col("_rank") <= k).drop("_rank")
