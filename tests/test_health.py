@@ -250,3 +250,31 @@ def test_shipped_reference_of_the_defaults_applies_to_the_defaults_only():
     assert got is None and "match.threshold" in note and "phash.enabled" in note
     cfg = load_config(["conf/local.yaml"], ["health.max_top1_ks=0.4"])
     assert limits_of(cfg.health) == Limits(max_top1_ks=0.4)
+
+
+def test_codes_differ_warns_when_matched_pairs_disagree_in_codes():
+    # 80 listings of 100 matched, 2 x 150 / 100 = 3 matches a listing; 60 of 100 compared pairs
+    # whose titles both carry codes share none (over half): one product range merged across models
+    x = _inputs(n_matched=80, n_edges=150, n_code_pairs=100, n_code_conflicts=60)
+    h = decide(x)
+    assert h.warning_codes == ["codes_differ"] and h.code_conflict_share == pytest.approx(0.6)
+    assert "60 of 100 compared" in h.warnings[0].message
+    assert decide(_inputs(n_matched=80, n_edges=150, n_code_pairs=100, n_code_conflicts=50)).ok  # half: not over
+    assert decide(_inputs(n_matched=50, n_edges=150, n_code_pairs=100, n_code_conflicts=60)).ok  # half matched
+    assert decide(_inputs(n_matched=80, n_edges=90, n_code_pairs=100, n_code_conflicts=60)).ok  # 1.8 a listing
+    assert decide(_inputs(n_matched=80, n_edges=150, n_code_pairs=49, n_code_conflicts=40)).ok  # too few compared
+    assert decide(_inputs()).code_conflict_share is None  # nothing compared
+    assert decide(x, limits=Limits(max_code_conflicts=0.7)).ok
+
+
+def test_frame_aggregates_count_code_conflicts_by_hand():
+    titles = {
+        "p0": "Brand 40in LED TV XX40A550",
+        "p1": "Brand 52in LED TV XX52A650",  # p0-p1: codes on both, none shared
+        "p2": "brand tv xx40a550 40 inch",  # p0-p2: the code shared
+        "p3": "Brand LED TV",  # p0-p3: no code on p3, not compared
+    }
+    e = _edges([("p0", "p1"), ("p1", "p0"), ("p0", "p2"), ("p0", "p3")])
+    x = inputs_from_frames(IDS, e, _groups({}), {}, {"text": 1.0}, titles=titles)
+    assert (x.n_code_pairs, x.n_code_conflicts) == (2, 1)
+    assert (inputs_from_frames(IDS, e, _groups({}), {}, {"text": 1.0}).n_code_pairs) == 0  # no titles given

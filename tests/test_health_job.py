@@ -89,6 +89,21 @@ def test_spark_aggregates_by_hand(spark):
     assert y.n_guard_cut == 0 and y.n_top1 == 0 and y.top1_quantiles == () and y.largest_groups == []
 
 
+def test_spark_code_conflicts_by_hand(spark):
+    titles = {
+        "p0": "Brand 40in LED TV XX40A550",
+        "p1": "Brand 52in LED TV XX52A650",  # p0-p1: codes on both, none shared
+        "p2": "brand tv xx40a550 40 inch",  # p0-p2: the code shared
+        "p3": "Brand LED TV",  # p0-p3: no code on p3, not compared
+    }
+    listings = _df(spark, list(titles.items()), "posting_id string, title string")
+    und = [("p0", "p1"), ("p0", "p2"), ("p0", "p3")]
+    edges = _df(spark, [*und, *[(b, a) for a, b in und]], "src string, dst string")
+    groups = _df(spark, [(p, "p0", 4) for p in titles], "posting_id string, group_id string, group_size int")
+    x = health_inputs_spark(listings, edges, groups, None, {"text": 1.0}, guard_cut=False, n_largest=0)
+    assert (x.n_code_pairs, x.n_code_conflicts) == (2, 1)
+
+
 OLD_RUNS_SCHEMA = RUNS_SCHEMA.split(", images_unreadable long")[0]  # the first release's runs table
 
 

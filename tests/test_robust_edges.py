@@ -304,3 +304,40 @@ def test_guarded_groups_split_large_components():
     assert g[4] == g[5] and g[4] not in (g[0], g[2])
     g = R.guarded_groups(6, a, b, w, base_threshold=0.6, max_group=4, step=0.05)
     assert len({g[0], g[1], g[2], g[3]}) == 1
+
+
+def test_pair_scores_on_rows_equal_the_metric_and_groups_by_hand():
+    from listing_dedup.quality.metrics import pair_scores
+    from listing_dedup.quality.tune import PairScorer
+
+    labels = np.array(["1", "1", "1", "2", "2", "3"])
+    a, b = np.array([0, 1, 0, 3, 2]), np.array([1, 0, 3, 4, 5])  # 0-1 twice (one pair), 0-3, 3-4, 2-5
+    ids = [f"r{i}" for i in range(6)]
+    ref = pair_scores(
+        pd.DataFrame({"posting_id": [ids[i] for i in a], "match_id": [ids[i] for i in b]}),
+        ids,
+        pd.DataFrame({"posting_id": ids, "label_group": labels}),
+    )
+    # true pairs 01 02 12 34 = 4; predicted 01 03 34 25 = 4; correct 01 34 = 2
+    assert (ref.true, ref.predicted, ref.correct) == (4, 4, 2)
+    assert PairScorer(labels).pair_scores(a, b) == pytest.approx((ref.f1, ref.precision, ref.recall))
+    # groups {0,1,2,3}, {4}, {5}: predicted pairs 6, correct 01 02 12 = 3, true 4
+    f1, p, r = R.cluster_pair_scores(labels, np.array([0, 0, 0, 0, 4, 5]))
+    assert (p, r, f1) == pytest.approx((3 / 6, 3 / 4, 2 * 3 / (6 + 4)))
+
+
+def test_veto_keeps_edges_unless_titles_conflict():
+    df = pd.DataFrame(
+        {
+            "title": ["TV 40in XX40A550", "TV 52in XX52A650", "tv xx40a550", "TV 40in", "TV 52in"],
+            "brand": ["acme", "acme", "acme", None, "zeta"],
+        }
+    )
+    ids, idf = R.catalog_evidence(df)
+    a, b = np.array([0, 0, 3, 1]), np.array([1, 2, 4, 4])
+    w = np.array([0.97, 0.9, 0.9, 0.9])
+    # 0-1 codes conflict (kept only at >= 0.96); 0-2 share a code; 3-4 sizes conflict; 1-4 brands conflict
+    assert R.veto_keep(a, b, w, ids, idf, above=1.01).tolist() == [False, True, False, True]
+    assert R.veto_keep(a, b, w, ids, idf, above=0.96).tolist() == [True, True, False, True]
+    assert R.veto_keep(a, b, w, ids, idf, above=1.01, kinds=("code",)).tolist() == [False, True, True, True]
+    assert R.veto_keep(a, b, w, ids, idf, above=1.01, kinds=("brand",)).tolist() == [True, True, True, False]

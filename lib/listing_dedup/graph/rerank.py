@@ -494,15 +494,16 @@ def check_fingerprint(meta: Mapping[str, Any], cfg, model_dir: str) -> None:
 
 
 def builtin_reranker(cfg) -> tuple[Reranker | None, str]:
-    """The shipped re-ranker when this run computes its features as it was trained (the
-    defaults' pipeline, the packaged MiniLM); otherwise (None, why): the threshold rule
-    decides, which is what a run with other settings was tuned for."""
-    model = load_reranker(BUILTIN)
+    """The shipped re-ranker ``rerank.model`` names (:data:`BUILTIN` or :data:`BUILTIN_TITLES`)
+    when this run computes its features as it was trained (the defaults' pipeline, the packaged
+    MiniLM); otherwise (None, why): the threshold rule decides, which is what a run with other
+    settings was tuned for."""
+    model = load_reranker(cfg.rerank.model)
     diffs = fingerprint_diffs(model.meta, cfg)
     if diffs:
         why = (
-            "the built-in re-ranker (rerank.model: builtin) was trained on the default pipeline and this run's "
-            f"differs ({_listed(diffs)}): the threshold rule (match) decides"
+            f"the built-in re-ranker (rerank.model: {cfg.rerank.model}) was trained on the default pipeline and this "
+            f"run's differs ({_listed(diffs)}): the threshold rule (match) decides"
         )
         return None, why
     return model, ""
@@ -513,16 +514,48 @@ def graph_model_file(r: int) -> str:
 
 
 BUILTIN = "builtin"  # rerank.model: the re-ranker shipped in the package (listing_dedup/models/reranker)
+# the shipped titles-only re-ranker (listing_dedup/models/reranker_titles: trained on catalogs
+# without pHash, other shops' included, with the identifier features); a run of ``builtin`` on a
+# catalog where fewer than MIN_PHASH_SHARE of the listings have a pHash gets it (for_coverage)
+BUILTIN_TITLES = "builtin-titles"
+BUILTIN_DIRS = {BUILTIN: "reranker", BUILTIN_TITLES: "reranker_titles"}
+MIN_PHASH_SHARE = 0.5
 
 
 def model_dir_of(model: str | Path):
     """The directory ``rerank.model`` names: a path, or :data:`BUILTIN` for the shipped model
     (read through importlib.resources, so it also loads from the --py-files zip)."""
-    if str(model) == BUILTIN:
+    if str(model) in BUILTIN_DIRS:
         from importlib.resources import files
 
-        return files("listing_dedup") / "models" / "reranker"
+        return files("listing_dedup") / "models" / BUILTIN_DIRS[str(model)]
     return Path(model)
+
+
+def for_coverage(cfg, phash_share: float, titles_model: str = BUILTIN_TITLES) -> tuple[Any, str]:
+    """The conf a catalog runs under, by its signals' coverage: when ``cfg`` runs the built-in
+    re-ranker (``rerank.model: builtin``, trained with pHash) and fewer than
+    :data:`MIN_PHASH_SHARE` of the kept listings have a pHash, the built-in titles-only one
+    (:data:`BUILTIN_TITLES`) with the edge rule its training chose (reranker.json) instead of
+    the threshold rule; else ``cfg`` unchanged. Returns (conf, a note saying so or "").
+    ``titles_model``: another titles-only model directory (a bench's, trained leaving a catalog out)."""
+    if not cfg.rerank.enabled or cfg.rerank.model != BUILTIN or phash_share >= MIN_PHASH_SHARE:
+        return cfg, ""
+    meta = load_reranker(titles_model).meta
+    t, m2 = float(meta["threshold"]), meta.get("min2_threshold")
+    rr = dataclasses.replace(
+        cfg.rerank,
+        model=str(titles_model),
+        threshold=t,
+        min2=m2 is not None,
+        min2_threshold=float(m2) if m2 is not None else t,
+        min_score=float(meta.get("min_score", cfg.rerank.min_score)),
+    )
+    note = (
+        f"{phash_share:.0%} of the listings have a pHash (under {MIN_PHASH_SHARE:.0%}): the built-in titles-only "
+        f"re-ranker ({titles_model}, threshold {t:g}) decides instead of the one trained with pHash"
+    )
+    return dataclasses.replace(cfg, rerank=rr), note
 
 
 def reranker_for(cfg) -> tuple[Reranker | None, str]:
@@ -532,7 +565,7 @@ def reranker_for(cfg) -> tuple[Reranker | None, str]:
     ConfigError when it was trained on other settings)."""
     if not cfg.rerank.enabled:
         return None, ""
-    if cfg.rerank.model == BUILTIN:
+    if cfg.rerank.model in BUILTIN_DIRS:
         return builtin_reranker(cfg)
     model = load_reranker(cfg.rerank.model)
     check_fingerprint(model.meta, cfg, cfg.rerank.model)

@@ -19,7 +19,11 @@ one the thresholds (or the re-ranker) were tuned on:
 - ``matches_exploding``: far more matches per listing than at tuning time (or than any
   duplicate catalog has: the absolute limit applies with or without a reference);
 - ``guard_cut``: the group guard cut most of the match graph (the matches say one thing,
-  the groups another).
+  the groups another);
+- ``codes_differ``: most listings match several others while the titles of most matched pairs
+  that both carry product codes share none (:mod:`listing_dedup.embed.identifiers`): one
+  product range merged across its models (a TV range's "XX40A550" with its "XX52A650"). Read
+  on a sample of the match edges (:data:`CODE_SAMPLE`).
 
 A :class:`HealthReference` is recorded where the settings are chosen (the re-ranker's model
 directory, ``health_reference.json``; the conf defaults' in
@@ -43,7 +47,8 @@ import pandas as pd
 QUANTILES = tuple(round(q, 2) for q in np.arange(0.05, 0.96, 0.05))
 SIZE_BINS = ((1, 1), (2, 2), (3, 5), (6, 10), (11, 50), (51, None))
 REFERENCE_FILE = "health_reference.json"  # in a re-ranker's model directory
-WARNING_CODES = ("signal_missing", "top1_shift", "matches_exploding", "guard_cut", "rerank_fallback")
+WARNING_CODES = ("signal_missing", "top1_shift", "matches_exploding", "guard_cut", "codes_differ", "rerank_fallback")
+CODE_SAMPLE = 20_000  # match edges whose titles the codes_differ check compares (a sample: bounded cost)
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,13 @@ class Limits:
     max_matches_ratio: float = 3.0  # mean matches per listing over the reference's ...
     max_matches_per_listing: float = 10.0  # ... or over this, whatever the reference
     max_guard_cut: float = 0.5  # share of match edges whose ends the guard put in different groups
+    # codes_differ: over this share of the sampled matched pairs whose titles both carry codes
+    # share none, while over codes_min_matched of the listings are matched with at least
+    # codes_min_matches matches a listing, and at least codes_min_pairs such pairs were compared
+    max_code_conflicts: float = 0.5
+    codes_min_matched: float = 0.5
+    codes_min_matches: float = 2.0
+    codes_min_pairs: int = 50
 
 
 @dataclass(frozen=True)
@@ -165,6 +177,8 @@ class HealthInputs:
     n_guard_cut: int  # match edges whose ends are in different groups
     signals: dict[str, float]  # share of listings carrying each signal
     top1_cdf_high: tuple[float, ...] | None = None
+    n_code_pairs: int = 0  # sampled match edges whose two titles both carry product codes ...
+    n_code_conflicts: int = 0  # ... and of those, the ones sharing no code
 
     @property
     def share_matched(self) -> float:
@@ -193,6 +207,7 @@ class Health:
     reference: str = ""  # the reference's source; "" = none (absolute rules)
     score: str = "fused"  # the score the top-1 figures are of
     notes: list[str] = field(default_factory=list)
+    code_conflict_share: float | None = None  # of the sampled matched pairs with codes on both titles, none shared
 
     @property
     def ok(self) -> bool:
@@ -222,6 +237,9 @@ class Health:
                 f"top-1 {self.score} score  p5 {q[0.05]:.3f}, p50 {q[0.5]:.3f}, p95 {q[0.95]:.3f}{ks}; "
                 f"guard cut {self.guard_cut_share:.0%} of the match edges"
             )
+        if self.code_conflict_share is not None:
+            share = self.code_conflict_share
+            lines.append(f"matched pairs with product codes on both titles sharing none  {share:.0%}")
         if self.signals:
             lines.append("signals  " + ", ".join(f"{s} {v:.0%}" for s, v in sorted(self.signals.items())))
         for g in self.largest_groups:
@@ -290,6 +308,29 @@ def ks_to_reference(top1: Sequence[float], ref_quantiles: Sequence[float]) -> fl
     return ks_from_cdf(cdf_at(top1, ref_quantiles))
 
 
+def code_conflict_counts(title_pairs) -> tuple[int, int]:
+    """(pairs whose two titles both carry product codes, those of them sharing no code) over
+    ``(title_a, title_b)`` pairs (:mod:`listing_dedup.embed.identifiers`)."""
+    from listing_dedup.embed.identifiers import title_codes
+
+    cache: dict[str, frozenset] = {}
+
+    def codes(t) -> frozenset:
+        key = "" if t is None or (isinstance(t, float) and t != t) else str(t)
+        got = cache.get(key)
+        if got is None:
+            got = cache[key] = frozenset(title_codes(key))
+        return got
+
+    both = conflicts = 0
+    for ta, tb in title_pairs:
+        a, b = codes(ta), codes(tb)
+        if a and b:
+            both += 1
+            conflicts += not (a & b)
+    return both, conflicts
+
+
 def _undirected(edges: pd.DataFrame) -> pd.DataFrame:
     e = edges[["src", "dst"]].astype(str)
     e = e[e["src"] != e["dst"]]
@@ -338,6 +379,15 @@ def inputs_from_frames(
         largest.append({"group_id": group_id, "size": int(size), "titles": sample})
     cut = int((gid.reindex(und["a"]).to_numpy() != gid.reindex(und["b"]).to_numpy()).sum()) if len(und) else 0
 
+    n_code_pairs = n_code_conflicts = 0
+    if titles is not None and len(und):
+        tl = pd.Series(titles) if not isinstance(titles, pd.Series) else titles
+        tl.index = tl.index.astype(str)
+        sample = und.sample(n=min(len(und), CODE_SAMPLE), random_state=0) if len(und) > CODE_SAMPLE else und
+        n_code_pairs, n_code_conflicts = code_conflict_counts(
+            zip(tl.reindex(sample["a"]).tolist(), tl.reindex(sample["b"]).tolist(), strict=True)
+        )
+
     t1 = pd.Series(top1, dtype=np.float64) if not isinstance(top1, pd.Series) else top1.astype(np.float64)
     t1 = t1[t1.index.astype(str).isin(ids)]
     t1 = t1[np.isfinite(t1.to_numpy())].to_numpy()
@@ -357,6 +407,8 @@ def inputs_from_frames(
         n_guard_cut=cut,
         signals={str(k): float(v) for k, v in signals.items()},
         top1_cdf_high=cdf_at(t1, rq + slack) if rq is not None and slack else None,
+        n_code_pairs=n_code_pairs,
+        n_code_conflicts=n_code_conflicts,
     )
 
 
@@ -422,6 +474,22 @@ def decide(
                 f"{mpl:.2f} matches per listing{ref_txt}, max {x.max_matches}: the settings over-merge this catalog",
             )
         )
+    code_share = x.n_code_conflicts / x.n_code_pairs if x.n_code_pairs else 0.0
+    if (
+        x.n_code_pairs >= limits.codes_min_pairs
+        and code_share > limits.max_code_conflicts
+        and x.share_matched > limits.codes_min_matched
+        and mpl >= limits.codes_min_matches
+    ):
+        warnings.append(
+            Warning_(
+                "codes_differ",
+                f"{x.share_matched:.0%} of the listings are matched, {mpl:.2f} matches a listing, and "
+                f"{code_share:.0%} of the matched pairs whose titles both carry product codes share none "
+                f"({x.n_code_conflicts} of {x.n_code_pairs} compared): the matches merge a product range across "
+                "its models; where codes decide identity, train a re-ranker on labelled listings of this catalog",
+            )
+        )
     if x.n_edges and guard_cut > limits.max_guard_cut:
         warnings.append(
             Warning_(
@@ -447,6 +515,7 @@ def decide(
         reference=reference.source if reference is not None else "",
         score=reference.score if reference is not None else "fused",
         notes=notes,
+        code_conflict_share=code_share if x.n_code_pairs else None,
     )
 
 

@@ -21,6 +21,7 @@ group), :func:`guarded_groups` the job's components plus its ``split`` guard on 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,11 +30,14 @@ from listing_dedup.graph.guard import margin_keep, split_large_numpy
 from listing_dedup.ingest.titles import clean_title
 
 COLUMNS = ["posting_id", "title", "image_phash", "label_group"]
+# optional listing attributes a catalog may carry (other shops' files; never required)
+ATTRIBUTES = ["brand", "model", "category", "price", "description"]
+OTHER_SHOPS = ("amazon_google", "walmart_amazon", "wdc_products")  # ../shared/data/other_shops/<name>.csv
 _HEX16 = r"[0-9a-fA-F]{16}"
 
 
 def _frame(df: pd.DataFrame) -> pd.DataFrame:
-    out = df[[c for c in [*COLUMNS, "fold"] if c in df.columns]].reset_index(drop=True)
+    out = df[[c for c in [*COLUMNS, *ATTRIBUTES, "fold"] if c in df.columns]].reset_index(drop=True)
     out["posting_id"] = out["posting_id"].astype(str)
     out["label_group"] = out["label_group"].astype(str)
     return out
@@ -102,6 +106,20 @@ def sample_catalog(n_products: int = 400, seed: int = 7, max_title_chars: int = 
     return labelled_listings(labelled.drop(columns="_row"), max_title_chars)
 
 
+def other_shop_catalog(path: str | Path, max_title_chars: int = 1000) -> pd.DataFrame:
+    """One of ../shared/data/other_shops' catalogs (``posting_id, title, label_group`` and the
+    attributes its source has; no pHash) as the job sees it; its ``modelno`` column is read as the
+    optional ``model`` attribute."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    return labelled_listings(df.rename(columns={"modelno": "model"}), max_title_chars)
+
+
+def other_shops_suite(root: str | Path, names: Sequence[str] = OTHER_SHOPS, max_title_chars: int = 1000) -> dict:
+    """The other shops' catalogs found under ``root`` (each searched among itself)."""
+    root = Path(root)
+    return {n: other_shop_catalog(root / f"{n}.csv", max_title_chars) for n in names if (root / f"{n}.csv").exists()}
+
+
 def shopee_suite(dev: pd.DataFrame, report_fold: int = 1, seed: int = 0) -> dict[str, pd.DataFrame]:
     """The suite's Shopee catalogs, built around the reporting fold (settings are never chosen
     on these): the fold itself (the 7k size), singletons (pool: the other folds), pairs, 2k
@@ -149,6 +167,58 @@ def cluster_scores(labels: Sequence, groups: Sequence) -> tuple[float, float, fl
     inter = cnt[inv].astype(np.float64)
     f1 = 2 * inter / (true_size + pred_size)
     return float(f1.mean()), float((inter / pred_size).mean()), float((inter / true_size).mean())
+
+
+def cluster_pair_scores(labels: Sequence, groups: Sequence) -> tuple[float, float, float]:
+    """Pairwise F1, precision, recall of a grouping: the predicted pairs are the unordered pairs
+    of each group, the true ones those of each label group (no pair enumerated: counts only)."""
+    from listing_dedup.quality.metrics import pair_counts_scores
+
+    lab, grp = label_codes(labels), label_codes(groups)
+    pair = grp.astype(np.int64) * (lab.max() + 1) + lab
+    _, both = np.unique(pair, return_counts=True)
+
+    def c2(x: np.ndarray) -> int:
+        x = x.astype(np.int64)
+        return int((x * (x - 1) // 2).sum())
+
+    s = pair_counts_scores(c2(np.bincount(lab)), c2(np.bincount(grp)), c2(both))
+    return s.f1, s.precision, s.recall
+
+
+def catalog_evidence(df: pd.DataFrame):
+    """Each row's identifiers (title, and the optional ``model`` / ``brand`` attributes) and the
+    catalog's code idf (:mod:`listing_dedup.embed.identifiers`)."""
+    from listing_dedup.embed.identifiers import catalog_identifiers, code_idf
+
+    ids = catalog_identifiers(
+        df["title"].tolist(),
+        df["model"].tolist() if "model" in df.columns else None,
+        df["brand"].tolist() if "brand" in df.columns else None,
+    )
+    return ids, code_idf(ids)
+
+
+def veto_keep(
+    a: np.ndarray, b: np.ndarray, w: np.ndarray, ids, idf, *, above: float, kinds: Sequence[str] = ("code", "quantity")
+) -> np.ndarray:
+    """Mask of the edges ``a - b`` (score ``w``) the identifier veto keeps: an edge whose titles
+    conflict (``kinds`` of: a code conflict, a quantity conflict, a brand conflict; and no shared
+    code) is dropped unless its score is at least ``above`` (the other signals overwhelming)."""
+    from listing_dedup.embed.identifiers import pair_evidence
+
+    if len(a) == 0:
+        return np.ones(0, dtype=bool)
+    ev = pair_evidence(ids, a, b, idf)
+    bad = np.zeros(len(a), dtype=bool)
+    if "code" in kinds:
+        bad |= ev[:, 1] > 0
+    if "quantity" in kinds:
+        bad |= ev[:, 2] > 0
+    if "brand" in kinds:
+        bad |= ev[:, 3] > 0
+    bad &= ev[:, 0] == 0
+    return ~bad | (np.asarray(w, dtype=np.float64) >= above)
 
 
 def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:

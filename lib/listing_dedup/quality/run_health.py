@@ -24,12 +24,14 @@ from listing_dedup.errors import ConfigError, first_line
 from listing_dedup.graph.rerank import pipeline_fingerprint
 from listing_dedup.quality.health import (
     BIN_NAMES,
+    CODE_SAMPLE,
     QUANTILES,
     REFERENCE_FILE,
     SIZE_BINS,
     HealthInputs,
     HealthReference,
     Limits,
+    code_conflict_counts,
     read_reference,
     read_reference_file,
 )
@@ -114,7 +116,10 @@ def choose_reference(cfg) -> tuple[HealthReference | None, str]:
 
 
 def limits_of(health_conf) -> Limits:
-    return Limits(**{f.name: getattr(health_conf, f.name) for f in dataclasses.fields(Limits)})
+    """The health conf's limits (a limit the conf has no key for keeps its default)."""
+    return Limits(
+        **{f.name: getattr(health_conf, f.name) for f in dataclasses.fields(Limits) if hasattr(health_conf, f.name)}
+    )
 
 
 def listing_counts(listings, *, has_image: bool) -> dict[str, int]:
@@ -288,6 +293,19 @@ def health_inputs_spark(
             {"group_id": r["group_id"], "size": int(r["group_size"]), "titles": titles[r["group_id"]]} for r in top
         ]
 
+    n_code_pairs = n_code_conflicts = 0
+    n_und = int(ec["directed"]) // 2
+    if n_und and "title" in listings.columns:
+        # a deterministic sample of about CODE_SAMPLE match edges, their two titles compared
+        every = max(1, n_und // CODE_SAMPLE)
+        und = e.where(F.col("src") < F.col("dst"))
+        if every > 1:
+            und = und.where(F.pmod(F.xxhash64("src", "dst"), F.lit(every)) == 0)
+        ta = listings.select(F.col("posting_id").alias("src"), F.col("title").alias("ta"))
+        tb = listings.select(F.col("posting_id").alias("dst"), F.col("title").alias("tb"))
+        rows = und.limit(2 * CODE_SAMPLE).join(ta, "src").join(tb, "dst").select("ta", "tb").collect()
+        n_code_pairs, n_code_conflicts = code_conflict_counts((r["ta"], r["tb"]) for r in rows)
+
     return HealthInputs(
         n_listings=n,
         n_matched=int(ec["matched"]),
@@ -302,4 +320,6 @@ def health_inputs_spark(
         n_guard_cut=int(n_cut),
         signals={str(k): float(v) for k, v in signals.items()},
         top1_cdf_high=cdf_high,
+        n_code_pairs=n_code_pairs,
+        n_code_conflicts=n_code_conflicts,
     )

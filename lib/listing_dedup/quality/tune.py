@@ -74,6 +74,22 @@ class PairScorer:
         f1 = 2 * inter / (self.true_size + pred)
         return float(f1.mean()), float((inter / pred).mean()), float((inter / self.true_size).mean())
 
+    def pair_scores(self, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+        """Pairwise F1, precision, recall of the undirected pairs ``a - b`` (each counted once
+        whichever way round; self pairs ignored) over the true unordered pairs
+        (:func:`listing_dedup.quality.metrics.pair_scores` on row indices)."""
+        from listing_dedup.quality.metrics import pair_counts_scores
+
+        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        code = np.unique(lo[lo != hi] * _CODE + hi[lo != hi])
+        lo, hi = code // _CODE, code % _CODE
+        sizes = np.bincount(self.lab).astype(np.int64)
+        s = pair_counts_scores(
+            int((sizes * (sizes - 1) // 2).sum()), len(code), int((self.lab[lo] == self.lab[hi]).sum())
+        )
+        return s.f1, s.precision, s.recall
+
     def row_f1(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Each row's F1 (its mean is :meth:`score`'s F1): for scoring only the rows whose
         groups are labelled, when only some groups of a catalog are (bench/label_curve.py)."""

@@ -313,6 +313,15 @@ def train_reranker(df: pd.DataFrame, cfg: DedupConfig, *, cache_dir: str | None 
             100 * pcs[-1].y.mean() if len(pcs[-1].y) else 0,
         )
     seconds["candidates"] = time.perf_counter() - t0
+    return train_from_candidates(pcs, cfg, seconds)
+
+
+def train_from_candidates(
+    pcs: list[PartCandidates], cfg: DedupConfig, seconds: dict[str, float] | None = None
+) -> RerankResult:
+    """The fitting half of :func:`train_reranker` on parts already searched (a bench reuses
+    them across trainings on different subsets of parts, e.g. leave one catalog out)."""
+    seconds = dict(seconds or {})
     bits = cfg.phash.max_bits if cfg.phash.enabled else None
     texts, rounds, probs, booster = [], [], None, None
     for r in range(cfg.rerank.train.graph_rounds + 1):

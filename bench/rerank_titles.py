@@ -1,0 +1,125 @@
+"""Train the titles-only re-ranker (no pHash; identifier features) on catalogs of several shapes,
+other shops' included, leaving one catalog out for each other-shop catalog it is scored on.
+
+    python bench/rerank_titles.py --out data/models/titles [--cache-dir data/cache]
+        [--set rerank.train.rounds=200 ...] [--skip-loo]
+
+Parts (each one catalog searched among itself, pHash removed so the model learns from titles
+alone, as a shop without precomputed pHash runs):
+
+- ``f3``: Shopee tuning fold 3 as it is (every listing has a twin);
+- ``f4_single``: tuning fold 4, 30 % of its groups whole and one listing of each other group;
+- ``g11``: the generated sample of seed 11 (product lines sharing names and codes);
+- ``amazon_google``, ``wdc_products``: the other shops' catalogs whole;
+- ``walmart_amazon``: whole label groups of it drawn until 8,000 listings (the catalog's own mix:
+  93 % without a duplicate), to keep the training time down.
+
+No row of Shopee fold 1 or 2 or of the seed-7 sample. Writes ``OUT/all`` (trained on every part:
+the model to ship, lib/listing_dedup/models/reranker_titles) and, unless ``--skip-loo``,
+``OUT/loo_<shop>`` for each other shop: trained on every part but that shop's, the model that
+scores that shop in ``bench/robust.py --titles-model <shop>=OUT/loo_<shop>`` (leave one
+catalog out: no setting is chosen on the catalog it is scored on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from listing_dedup.config import load_config  # noqa: E402
+from listing_dedup.quality import robust as R  # noqa: E402
+from listing_dedup.training.rerank_train import (  # noqa: E402
+    part_candidates,
+    train_from_candidates,
+    write_reranker_dir,
+)
+from robust import DEFAULT_CSV, DEFAULT_OTHER, TitleVectors  # noqa: E402
+
+log = logging.getLogger("rerank_titles")
+WALMART_TRAIN = 8000
+
+
+def training_parts(dev: pd.DataFrame, other: str, max_title_chars: int, seed: int = 3) -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    f3 = dev[dev["fold"].astype(int) == 3]
+    f4 = dev[dev["fold"].astype(int) == 4]
+    groups = f4["label_group"].unique()
+    whole = set(rng.permutation(groups)[: int(0.3 * len(groups))])
+    rest = f4[~f4["label_group"].isin(whole)]
+    one = rest.iloc[rng.permutation(len(rest))].drop_duplicates("label_group")
+    parts = {"f3": R._frame(f3), "f4_single": R._frame(pd.concat([f4[f4["label_group"].isin(whole)], one]))}
+    g = R.sample_catalog(400, 11, max_title_chars)
+    g["posting_id"] = "g11:" + g["posting_id"]
+    g["label_group"] = "g11:" + g["label_group"]
+    parts["g11"] = g
+    shops = R.other_shops_suite(other, max_title_chars=max_title_chars)
+    for name, df in shops.items():
+        df = R.size_catalog(df, WALMART_TRAIN, seed) if name == "walmart_amazon" else df
+        parts[name] = df.assign(label_group=name + ":" + df["label_group"])  # labels of one catalog only
+    return {k: v.assign(image_phash=None) for k, v in parts.items()}  # titles only
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--conf", action="append", default=None)
+    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--csv", default=str(DEFAULT_CSV))
+    ap.add_argument("--other-shops", default=str(DEFAULT_OTHER))
+    ap.add_argument("--cache-dir", default=str(ROOT / "data" / "cache"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--skip-loo", action="store_true", help="train only the model on every part")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = load_config(args.conf or [str(ROOT / "conf" / "local.yaml")], args.overrides)
+    dev = R.labelled_listings(pd.read_csv(args.csv, dtype=str), cfg.input.max_title_chars)
+    vectors = TitleVectors(cfg, args.cache_dir)
+    parts = training_parts(dev, args.other_shops, cfg.input.max_title_chars)
+    pcs = {}
+    for name, df in parts.items():
+        t0 = time.perf_counter()
+        pcs[name] = part_candidates(name, df.reset_index(drop=True), cfg, vectors.get(df["title"].tolist()))
+        single = 100 * (df.groupby("label_group")["posting_id"].transform("size") == 1).mean()
+        log.info(
+            "part %s: %d listings (%.0f%% without a twin), %d candidates (%.1f%% positive) in %.0f s",
+            name,
+            len(df),
+            single,
+            len(pcs[name].y),
+            100 * pcs[name].y.mean(),
+            time.perf_counter() - t0,
+        )
+    runs = {"all": list(pcs)}
+    if not args.skip_loo:
+        runs.update({f"loo_{s}": [p for p in pcs if p != s] for s in R.OTHER_SHOPS if s in pcs})
+    for run, names in runs.items():
+        t0 = time.perf_counter()
+        res = train_from_candidates([pcs[n] for n in names], cfg)
+        out = Path(args.out) / run
+        write_reranker_dir(out, res, cfg, source="titles only (pHash removed): " + "+".join(names))
+        print(
+            f"rerank_titles model={run} parts={'+'.join(names)} threshold={res.threshold} min2={res.min2_threshold} "
+            f"group_margin={res.group_margin} oof_f1={res.best['f1']:.4f} oof_f1_min={res.best['f1_min']:.4f} "
+            f"seconds={time.perf_counter() - t0:.0f}",
+            flush=True,
+        )
+        for p in res.parts:
+            print(
+                f"  part={p['part']} rule_f1={p['threshold_rule']['f1']:.4f} "
+                f"reranked_oof_f1={p['reranked_out_of_fold']['f1']:.4f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
