@@ -280,3 +280,16 @@ def test_base_state_and_a_concurrent_commit(spark, tmp_path):
     check_state_unmoved(sink, "2026-12-03", seen)  # the same date: a rerun's race is idempotent
     with pytest.raises(StateConflictError, match="2026-12-03"):
         check_state_unmoved(sink, "2026-12-05", seen)
+
+
+def test_prune_state_keeps_the_date_a_rerun_continues(spark, tmp_path):
+    from listing_dedup.sink.delta import read_table
+    from listing_dedup.sink.state import prune_state, read_state
+
+    sink = DeltaSink(str(tmp_path / "wh"))
+    for date in ("2026-12-01", "2026-12-02", "2026-12-03"):
+        df = spark.createDataFrame([("a", date, "r")], "posting_id string, digest string, run_id string")
+        sink.write(df, "listing_state", date)
+    prune_state(sink, "2026-12-02")
+    assert sorted(read_table(sink.warehouse, "listing_state")["run_date"]) == ["2026-12-02", "2026-12-03"]
+    assert [r["digest"] for r in read_state(spark, sink, "listing_state", "2026-12-02").collect()] == ["2026-12-02"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from listing_dedup.dates import check_run_date
 from listing_dedup.errors import SinkError, first_line
@@ -70,12 +71,14 @@ def previous_clusters(spark: Any, sink: DeltaSink, run_date: str) -> tuple[str |
 # --------------------------------------------------------------------------------------
 # the match state of an incremental night (docs/incremental.md)
 
-# the state's Delta tables (partitioned by run_date, committed after the data tables): DDL of their
-# data columns
-STATE_TABLES = {
-    "listing_state": "posting_id string, digest string, run_id string",
-    "neighbours": "round int, src string, dst string, score float, run_id string",
-    "vectors": "round int, posting_id string, emb array<float>, run_id string",
+# the state's Delta tables (partitioned by run_date, committed after the data tables): their data columns
+_RID = ("run_id", pa.string())
+STATE_SCHEMAS: dict[str, pa.Schema] = {
+    "listing_state": pa.schema([("posting_id", pa.string()), ("digest", pa.string()), _RID]),
+    "neighbours": pa.schema(
+        [("round", pa.int32()), ("src", pa.string()), ("dst", pa.string()), ("score", pa.float32()), _RID]
+    ),
+    "vectors": pa.schema([("round", pa.int32()), ("posting_id", pa.string()), ("emb", pa.list_(pa.float32())), _RID]),
 }
 STATE_LOG = "state_log"  # one row a committed night's state (appended)
 STATE_LOG_DDL = (
@@ -230,5 +233,22 @@ def read_state(spark: Any, sink: DeltaSink, table: str, run_date: str) -> Any:
     ``run_id``)."""
     from listing_dedup.sink.verify import snapshot_frame
 
-    cols = tuple(c.split()[0] for c in STATE_TABLES[table].split(", ") if not c.startswith("run_id"))
+    cols = tuple(n for n in STATE_SCHEMAS[table].names if n != "run_id")
     return snapshot_frame(spark, sink.warehouse, table, run_date, cols, storage_options=sink.storage_options)
+
+
+def prune_state(sink: DeltaSink, keep_from: str) -> None:
+    """Drop the state tables' partitions older than ``keep_from`` (the date tonight continued:
+    kept, so that a rerun of tonight finds it) in one delete commit a table. Their files stay
+    until ``vacuum``, so a run still reading them is unaffected. A failure is logged only: the
+    state is committed, the next night prunes again."""
+    from deltalake import DeltaTable
+
+    check_run_date(keep_from)
+    for table in STATE_SCHEMAS:
+        uri = sink.table_uri(table)
+        try:
+            if DeltaTable.is_deltatable(uri, sink.storage_options):
+                DeltaTable(uri, storage_options=sink.storage_options).delete(f"run_date < '{keep_from}'")
+        except Exception as e:  # noqa: BLE001 - the night's state is committed; only old partitions stay
+            log.warning("could not prune the %s partitions before %s: %s", table, keep_from, first_line(e))
