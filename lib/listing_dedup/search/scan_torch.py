@@ -101,7 +101,7 @@ def _pieces(
     counts = np.diff(np.r_[starts, len(li)])
     lists = li[starts]
     rows = sizes[lists]
-    cap = np.maximum(1, (max_elems - rows * d) // (d + rows))  # queries a piece: q*d + r*d + q*r
+    cap = np.maximum(1, max_elems // (d + rows))  # queries a piece alone: q*d + q*r (its rows are a slice)
     n_pieces = -(-counts // cap)
     first = np.repeat(starts, n_pieces)
     within = np.arange(n_pieces.sum()) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
