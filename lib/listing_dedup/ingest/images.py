@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from listing_dedup.errors import StorageError
+from listing_dedup.errors import ConfigError, StorageError
 
 NO_IMAGE = "no_image"
 IMAGE_OUTSIDE_ROOTS = "image_outside_roots"
@@ -228,7 +228,10 @@ def _filesystem(root: str) -> Any:
     if fs is None:
         from pyarrow import fs as pafs
 
-        fs, _ = pafs.FileSystem.from_uri(root)
+        try:
+            fs, _ = pafs.FileSystem.from_uri(root)
+        except (ValueError, NotImplementedError, ImportError) as e:  # the conf's root, not the data
+            raise ConfigError(f"image root {root}: pyarrow cannot open it: {' '.join(str(e).split())}"[:500]) from None
         _FILESYSTEMS[root] = fs
     return fs
 
