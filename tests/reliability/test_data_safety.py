@@ -507,11 +507,11 @@ def test_tables_of_an_earlier_version_gain_run_id_and_a_rerun_empties_the_date_s
 
     rc, err, s = job(spark, config(*LEXICAL), path, DATE, wh)  # LEXICAL: output.candidates=false
     assert rc == 0, err
+    assert read_table(wh, "candidates", DATE).empty  # the earlier run's candidates of the date are gone
     for t in (*DATA_TABLES, "candidates"):
         assert [f.name for f in DeltaTable(str(Path(wh) / t)).schema().fields][-1] == "run_id", t
     for t in ("matches", "clusters"):
         assert read_table(wh, t, DATE)["run_id"].tolist() == [s.run_id] * 6
-    assert read_table(wh, "candidates", DATE).empty
     other = read_table(wh, "candidates", DATE2)
     assert other["posting_id"].tolist() == ["a1"] and other["run_id"].isna().all()  # read null: no file rewritten
     assert s.table_versions["candidates"] == table_version(wh, "candidates")
