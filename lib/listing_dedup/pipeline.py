@@ -66,6 +66,7 @@ from listing_dedup.sink.cache import (
     CachedSignal,
     EmbeddingCache,
     content_digest_column,
+    fingerprint_column,
     image_digest_column,
     need_column,
 )
@@ -189,7 +190,7 @@ def _union_reads(cfg: DedupConfig, signals) -> bool:
     return any(getattr(cfg.union, s).enabled for s in signals)
 
 
-def _embeddings_cache(cfg: DedupConfig, warehouse: str, run_id: str, text_builder) -> EmbeddingCache | None:
+def _embeddings_cache(cfg: DedupConfig, warehouse: str, run_id: str, text_builder, spark=None) -> EmbeddingCache | None:
     """The run's embeddings cache (None with ``cache.enabled`` off), with the fingerprint of each
     cached signal's encoder; a text encoder builder without ``fingerprint()`` (one a caller passed
     in) is not cached."""
@@ -198,7 +199,7 @@ def _embeddings_cache(cfg: DedupConfig, warehouse: str, run_id: str, text_builde
     cache = EmbeddingCache(cfg.cache.root(warehouse), run_id=run_id)
     fingerprint = getattr(text_builder, "fingerprint", None)
     if cfg.embed.text.enabled and callable(fingerprint):
-        cache.fingerprints["text"] = fingerprint()
+        cache.fingerprints["text"] = fingerprint(spark=spark)  # the runtime the executors are expected to use
     elif cfg.embed.text.enabled:
         log.info("the text encoder %r has no fingerprint(): its vectors are not cached", text_builder)
     return cache
@@ -301,7 +302,7 @@ def run_dedup(
         signals = _run_signals(cfg, ing.has_image_column)
         image_root = image_roots_for(input_path, cfg.input)  # the roots image files are read below
         layout_weights = cfg.fusion.weights(signals)
-        cache = _embeddings_cache(cfg, warehouse, summary.run_id, builder)
+        cache = _embeddings_cache(cfg, warehouse, summary.run_id, builder, spark)
         cache_staged: list = []  # the cache's staged writes (embed stage), committed after the data tables
         with timer.stage("embed") as c:
             sig = kept.where(F.length("title") > 0).select("posting_id", "title")
@@ -331,7 +332,8 @@ def run_dedup(
                 for t in title_signals:
                     df = df.withColumn("_title", F.when(F.col(need_column(t.name)), F.col("title")))
                     if t.name == "text":
-                        df = embed_texts(df, "_title", t.out_col, builder, fail_stage=fail)
+                        fp_col = fingerprint_column("text")  # each vector's: the runtime its executor really used
+                        df = embed_texts(df, "_title", t.out_col, builder, fail_stage=fail, fingerprint_col=fp_col)
                     else:
                         df = lexical_counts(df, "_title", t.out_col, params, fail_stage=fail)
                 return df.drop("_title")
@@ -386,7 +388,8 @@ def run_dedup(
                 img_builder = ImageEncoderBuilder.from_conf(cfg.embed.image)
 
                 def image_fn(df: DataFrame) -> DataFrame:
-                    return embed_images(df, "image", "v_image", img_builder, image_root)
+                    fp_col = fingerprint_column("image") if cache is not None else None  # the executor's runtime
+                    return embed_images(df, "image", "v_image", img_builder, image_root, fingerprint_col=fp_col)
 
                 img = img.select("posting_id", "image")
                 if cache is not None:
@@ -394,7 +397,7 @@ def run_dedup(
                         spark,
                         img,
                         signal="image",
-                        fingerprint=img_builder.fingerprint(),
+                        fingerprint=img_builder.fingerprint(spark=spark),
                         digest=image_digest_column(F.col("image"), image_root),
                         out_col="v_image",
                         embed_fn=image_fn,

