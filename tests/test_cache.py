@@ -405,6 +405,18 @@ def test_an_unreadable_cache_file_is_recomputed_with_a_warning(spark, tmp_path, 
     assert (c.reused, c.computed) == (2, 0) and c.read_error
 
 
+def test_compact_drops_an_unreadable_cache_file(spark, tmp_path):
+    one_run(spark, tmp_path, [("a1", "rice cooker")], "2026-01-01", 1)
+    one_run(spark, tmp_path, [("b1", "mouse wireless")], "2026-01-02", 2)
+    (first,) = [p for p in _cache_files(tmp_path) if "2026-01-01" in str(p)]
+    first.write_bytes(b"PAR1" + b"\x00garbage" * 40 + b"PAR1")
+    res = compact(spark, str(tmp_path), keep_runs=2)
+    assert res.version is not None and res.rows_after == 1  # the readable vector kept
+    assert read_table(str(tmp_path), EMBEDDINGS)["key"].tolist() == [expected_key(FP, "mouse wireless")]
+    c, got, _ = one_run(spark, tmp_path, A, "2026-01-03", 3)  # the table reads cleanly again
+    assert (c.reused, c.computed, c.read_error) == (1, 1, "") and got["a1"] == [11.0, 3.0]
+
+
 def test_an_unreadable_cache_log_is_an_empty_cache_with_a_warning(spark, tmp_path):
     one_run(spark, tmp_path, A, "2026-01-01", 1)
     for log_file in (tmp_path / EMBEDDINGS / "_delta_log").glob("*.json"):

@@ -43,8 +43,8 @@ tables landed does not fail the run (the data is right; the next run recomputes 
 Nor does a cache that cannot be read: a Delta log that does not parse is an empty cache, and a
 file the log lists that is gone or does not decode is skipped (the lookup is read again without
 it, only after such a failure): its contents are recomputed and stored again, and the run says so
-(:attr:`EmbeddingCache.read_error`, a warning, the summary). ``compact`` still reads every file
-and fails on such a file: the unreadable file stays in the table until it is removed by hand.
+(:attr:`EmbeddingCache.read_error`, a warning, the summary). Such a file stays listed (each run
+skips it again, after the failed first read) until :func:`compact` rewrites the table without it.
 
 Lexical vectors are not cached: their idf is fitted on each run's catalog, so yesterday's
 vectors are not today's. Their hashed n-gram counts are (signal ``lexical``: the ``vector``
@@ -243,14 +243,7 @@ class EmbeddingCache:
     def _names_a_cache_file(self, error: BaseException) -> str:
         """The line of a Spark error that names a file of this cache's table ("" when none does:
         the error is not the cache's)."""
-        from urllib.parse import unquote, urlparse
-
-        uri = self.sink.table_uri(EMBEDDINGS)
-        table_path = unquote(urlparse(uri).path if "://" in uri else uri).rstrip("/") + "/"
-        for line in str(error).splitlines():
-            if table_path in unquote(line):
-                return line.strip()
-        return ""
+        return _line_naming(error, [self.sink.table_uri(EMBEDDINGS)])
 
     def vectors(self, spark: Any, signal: str, fp_id: str) -> Any:
         """``(_key_col(signal), _cached_col(signal))`` of the cached vectors of one fingerprint
@@ -510,6 +503,27 @@ class EmbeddingCache:
         return out
 
 
+def _line_naming(error: BaseException, uris: list[str]) -> str:
+    """The first line of ``error``'s text that names a file under one of the tables ``uris``
+    ("" when none does)."""
+    from urllib.parse import unquote, urlparse
+
+    tables = [unquote(urlparse(u).path if "://" in u else u).rstrip("/") + "/" for u in uris]
+    for line in str(error).splitlines():
+        if any(t in unquote(line) for t in tables):
+            return line.strip()
+    return ""
+
+
+def _read_files(spark: Any, schema: Any, paths: list[str], *, tolerant: bool) -> Any:
+    """The Parquet files ``paths``; ``tolerant``: skipping those that are gone or do not decode."""
+    reader = spark.read.schema(schema)
+    if tolerant:
+        reader = reader.option("ignoreCorruptFiles", "true").option("ignoreMissingFiles", "true")
+        paths = _existing_files(spark, paths)
+    return reader.parquet(*paths) if paths else spark.createDataFrame([], schema)
+
+
 def _existing_files(spark: Any, paths: list[str]) -> list[str]:
     """The files of ``paths`` that exist (Hadoop file systems: any scheme Spark reads)."""
     jvm = spark.sparkContext._jvm
@@ -586,6 +600,7 @@ def compact(
     for uri in (used_uri, emb_uri):
         if not DeltaTable.is_deltatable(uri, storage_options):
             raise InputError(f"no embeddings cache at {root}: {uri} is not a Delta table")
+    tolerant = False  # after a file of the tables failed to read: skip such files (their vectors go)
     for attempt in range(1, max_attempts + 1):
         used = DeltaTable(used_uri, storage_options=storage_options)  # first: every vector's use is in it
         emb = DeltaTable(emb_uri, storage_options=storage_options)
@@ -601,21 +616,27 @@ def compact(
             return CompactResult(dates, 0, 0, None)
         schema = spark.createDataFrame([], VECTORS_SCHEMA).schema
         by_date = [
-            spark.read.schema(schema)
-            .parquet(*[_spark_path(f"{emb_uri.rstrip('/')}/{p}") for p in g["path"]])
-            .withColumn("_date", F.lit(d))
+            _read_files(
+                spark, schema, [_spark_path(f"{emb_uri.rstrip('/')}/{p}") for p in g["path"]], tolerant=tolerant
+            ).withColumn("_date", F.lit(d))
             for d, g in emb_files.groupby("run_date")
         ]
         rows = _union(by_date).persist()
-        keys = (
-            spark.read.schema(spark.createDataFrame([], USED_SCHEMA).schema).parquet(*keep_paths).select("key")
-            if keep_paths
-            else spark.createDataFrame([], "key string")
-        )
+        used_schema = spark.createDataFrame([], USED_SCHEMA).schema
+        keys = _read_files(spark, used_schema, keep_paths, tolerant=tolerant).select("key")
         kept = rows.join(keys.distinct(), "key", "left_semi").dropDuplicates(["key"]).persist()
         try:
-            before, after = rows.count(), kept.count()
-            if after == before:
+            try:
+                before, after = rows.count(), kept.count()
+            except Exception as e:  # noqa: BLE001 - only a file of the cache that cannot be read is handled
+                line = "" if tolerant else _line_naming(e, [emb_uri, used_uri])
+                if not line:
+                    raise
+                # the rewrite drops it from the table: the runs that need its vectors recompute them
+                log.warning("compact: a file of the cache cannot be read, its rows are dropped: %s", line[:300])
+                tolerant = True
+                continue
+            if after == before and not tolerant:
                 log.info("compact %s: nothing to drop (%d vectors, dates %s)", emb_uri, before, ", ".join(dates))
                 return CompactResult(dates, before, after, None)
             adds = []
