@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,10 +211,15 @@ def check_schema(df: DataFrame) -> DataFrame:
             raise InputError(f"input is missing required column '{name}' (has: {', '.join(sorted(fields)) or 'none'})")
     for name, types in {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}.items():
         if name in fields and not isinstance(fields[name], types):
-            all_null = isinstance(fields[name], T.NullType) or df.where(F.col(name).isNotNull()).limit(1).count() == 0
-            if not all_null:
+            first = []  # the file of a row holding a value of the wrong type (none: all null)
+            if not isinstance(fields[name], T.NullType):
+                first = df.where(F.col(name).isNotNull()).select(F.input_file_name().alias("f")).limit(1).collect()
+            if first:
                 wanted = " or ".join(t.typeName() for t in types)
-                raise InputError(f"input column '{name}' has type {fields[name].simpleString()}, expected {wanted}")
+                where = f" (in {re.sub(r'^file:(//)?', '', first[0]['f'])})" if first[0]["f"] else ""
+                raise InputError(
+                    f"input column '{name}' has type {fields[name].simpleString()}, expected {wanted}{where}"
+                )
             log.info("input column '%s' is all null (stored as %s); reading it as string", name, fields[name])
             df = df.withColumn(name, F.col(name).cast("string"))
     return df
