@@ -61,7 +61,7 @@ from listing_dedup.graph.rerank import (  # noqa: E402
     reranker_for,
 )
 from listing_dedup.quality import robust as R  # noqa: E402
-from listing_dedup.quality.health import health_check  # noqa: E402
+from listing_dedup.quality.health import code_conflict_counts, health_check  # noqa: E402
 from listing_dedup.quality.run_health import choose_reference, limits_of  # noqa: E402
 from listing_dedup.quality.tune import PairScorer, Part, fused_vectors  # noqa: E402
 from listing_dedup.quality.tuning import knn, top_k_sorted  # noqa: E402
@@ -208,6 +208,9 @@ def score_edges(cat: Catalog, nbrs, match: MatchConf, phash, guard) -> dict:
     probabilities). Row-wise (``f1, p, r``; clusters ``cf1, cp, cr``) and pairwise (``pf1, pp,
     pr``; clusters ``cpf1``) scores."""
     a, b, w = R.rule_edges_any_order(*nbrs, match, phash)
+    if match.veto:  # the job's identifier veto (graph/edges.veto_edges) on the rule's edges
+        k = R.veto_keep(cat.df, a, b, w, above=match.veto_above)
+        a, b, w = a[k], b[k], w[k]
     return score_graph(cat, a, b, w, match, guard)
 
 
@@ -219,6 +222,9 @@ def score_graph(cat: Catalog, a, b, w, match: MatchConf, guard) -> dict:
     out["cf1"], out["cp"], out["cr"] = R.cluster_scores(cat.labels, g)
     out["cpf1"] = R.cluster_pair_scores(cat.labels, g)[0]
     out["edges"] = len(a)
+    t = cat.df["title"].to_numpy()
+    both, conflicts = code_conflict_counts(zip(t[a], t[b], strict=True))
+    out["code_conflict_share"] = conflicts / both if both else float("nan")  # what the health check reads
     out["_graph"] = (a, b, g)  # for the health check
     return out
 
@@ -253,6 +259,7 @@ def fast_health(df: pd.DataFrame, ids, graph, top1: pd.Series, cfg: DedupConfig,
         pd.Series(top1.to_numpy(), index=ids[top1.index.to_numpy()]),
         signals,
         reference=reference,
+        titles=pd.Series(df["title"].to_numpy(), index=ids),
         limits=limits_of(cfg.health),
     )
 
@@ -430,7 +437,12 @@ def main() -> int:
             f"catalog={cat.name} n={cat.n} "
             + " ".join(f"{k}={c[k]['f1']:.4f}/{c[k]['pf1']:.4f}/{c[k]['cf1']:.4f}" for k in COLUMNS)
             + f" new_P={c['new']['p']:.3f} new_R={c['new']['r']:.3f} new_by={c['new']['by'].replace(' ', '_')}"
-            + f" oracle_by={c['oracle']['by'].replace(' ', '_')} (matches row F1/pair F1/clusters row F1)",
+            + f" oracle_by={c['oracle']['by'].replace(' ', '_')}"
+            + "".join(
+                f" {k}_mpl={2 * c[k]['edges'] / cat.n:.2f} {k}_code_conflicts={c[k]['code_conflict_share']:.2f}"
+                for k in ("new", "rule")
+            )
+            + " (matches row F1/pair F1/clusters row F1)",
             flush=True,
         )
         if args.check_job_figure and cat.name == "shopee_f1_7k":

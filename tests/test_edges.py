@@ -180,3 +180,45 @@ def test_hand_example_end_to_end_match_sets(spark):
     m = {r.posting_id: r.match_ids for r in sets.itertuples()}
     assert m["A"] == ["B"] and m["B"] == ["A", "C"] and m["E"] == ["G", "D"]
     assert m["H"] == [] and m["P"] == [] and m["O"] == ["N"]
+
+
+def test_veto_mask_by_hand():
+    from listing_dedup.graph.edges import veto_mask
+
+    a = ["TV 40in XX40A550", "TV 40in XX40A550", "TV 40in", "iPod nano 8GB", "Lamp"]
+    b = ["TV 52in XX52A650", "tv xx40a550", "TV 52in", "iPod nano 8GB", "Lamp"]
+    s = np.array([0.97, 0.9, 0.9, 0.9, 0.9])
+    # codes conflict (kept only at >= 0.95 here); a shared code; sizes conflict; same; nothing to compare
+    assert veto_mask(a, b, s, 0.95).tolist() == [True, True, False, True, True]
+    assert veto_mask(a, b, s, 1.0).tolist() == [False, True, False, True, True]
+    # attributes: different model numbers conflict; different brands conflict
+    m = veto_mask(
+        a[3:4] * 2,
+        b[3:4] * 2,
+        s[:2],
+        1.0,
+        models_a=["MC688LL/A", None],
+        models_b=["MC525LL/A", None],
+        brands_a=[None, "Apple"],
+        brands_b=[None, "Belkin"],
+    )
+    assert m.tolist() == [False, False]
+
+
+def test_veto_edges_spark_equals_the_mask(spark):
+    from listing_dedup.graph.edges import veto_edges
+
+    listings = spark.createDataFrame(
+        [
+            ("p0", "TV 40in XX40A550", "acme"),
+            ("p1", "TV 52in XX52A650", "acme"),
+            ("p2", "tv xx40a550", None),
+            ("p3", "Lamp", "zeta"),
+        ],
+        "posting_id string, title string, brand string",
+    )
+    und = [("p0", "p1", 0.9), ("p0", "p2", 0.9), ("p2", "p3", 0.8), ("p0", "p3", 0.8)]
+    edges = spark.createDataFrame([*und, *[(d, s, x) for s, d, x in und]], "src string, dst string, score float")
+    got = sorted(tuple(r) for r in veto_edges(edges, listings, 1.0).select("src", "dst").collect())
+    # p0-p1 codes conflict: dropped; p0-p3 brands conflict: dropped; p0-p2 share a code; p2-p3: no brand on p2
+    assert got == [("p0", "p2"), ("p2", "p0"), ("p2", "p3"), ("p3", "p2")]

@@ -333,11 +333,10 @@ def test_veto_keeps_edges_unless_titles_conflict():
             "brand": ["acme", "acme", "acme", None, "zeta"],
         }
     )
-    ids, idf = R.catalog_evidence(df)
     a, b = np.array([0, 0, 3, 1]), np.array([1, 2, 4, 4])
     w = np.array([0.97, 0.9, 0.9, 0.9])
     # 0-1 codes conflict (kept only at >= 0.96); 0-2 share a code; 3-4 sizes conflict; 1-4 brands conflict
-    assert R.veto_keep(a, b, w, ids, idf, above=1.01).tolist() == [False, True, False, True]
-    assert R.veto_keep(a, b, w, ids, idf, above=0.96).tolist() == [True, True, False, True]
-    assert R.veto_keep(a, b, w, ids, idf, above=1.01, kinds=("code",)).tolist() == [False, True, True, True]
-    assert R.veto_keep(a, b, w, ids, idf, above=1.01, kinds=("brand",)).tolist() == [True, True, True, False]
+    assert R.veto_keep(df, a, b, w, above=1.01).tolist() == [False, True, False, False]
+    assert R.veto_keep(df, a, b, w, above=0.96).tolist() == [True, True, False, False]
+    assert R.veto_keep(df, a, b, w, above=1.01, kinds=("code",)).tolist() == [False, True, True, True]
+    assert R.veto_keep(df, a, b, w, above=1.01, kinds=("brand",)).tolist() == [True, True, True, False]

@@ -433,9 +433,14 @@ class MatchConf:
     # and the score >= mutual_floor (0 = off)
     mutual_rank: int = 0
     mutual_floor: float = 0.6
+    # identifier veto (issue 30; graph/edges.veto_edges): an edge whose titles share no product
+    # code while their codes, sizes or brands conflict is dropped unless its score >= veto_above
+    veto: bool = False
+    veto_above: float = 1.0
 
     def __post_init__(self) -> None:
         _check(-1.0 <= self.threshold <= 1.0, "match.threshold", "must be a cosine in [-1, 1]")
+        _check(-1.0 <= self.veto_above <= 2.0, "match.veto_above", "must be in [-1, 2] (above 1: never overridden)")
         _check(-1.0 <= self.min2_threshold <= 1.0, "match.min2_threshold", "must be a cosine in [-1, 1]")
         _check(1 <= self.relative_rank <= 2048, "match.relative_rank", "must be in [1, 2048]")
         _check(0.0 <= self.relative_margin <= 2.0, "match.relative_margin", "must be in [0, 2]")

@@ -239,3 +239,97 @@ def match_sets_pandas(edges: pd.DataFrame, vertices: pd.Series | list[str]) -> p
         else:
             rows.append((v, g["dst"].tolist(), g["score"].astype(np.float32).tolist()))
     return pd.DataFrame(rows, columns=["posting_id", "match_ids", "scores"])
+
+
+# --------------------------------------------------------------------------------------
+# identifier veto (issue 30): the threshold rule's edges whose titles disagree on what decides
+# identity (lib/listing_dedup/embed/identifiers.py)
+
+VETO_KINDS = ("code", "quantity", "brand")
+
+
+def veto_mask(
+    titles_a: list,
+    titles_b: list,
+    score: np.ndarray,
+    above: float,
+    *,
+    models_a: list | None = None,
+    models_b: list | None = None,
+    brands_a: list | None = None,
+    brands_b: list | None = None,
+    kinds=VETO_KINDS,
+) -> np.ndarray:
+    """Which edges the veto keeps: an edge whose two listings share no product code while their
+    codes conflict (both have codes), a quantity conflicts (16 GB against 32 GB) or their brands
+    conflict (the optional ``brand`` attribute) is dropped unless its score is at least
+    ``above`` (the other signals overwhelming). ``models_*`` / ``brands_*``: the optional
+    ``model`` / ``brand`` attributes of each end (None: absent); ``kinds``: the conflicts that
+    veto (of :data:`VETO_KINDS`)."""
+    from listing_dedup.embed.identifiers import evidence_of, identifiers
+
+    n = len(titles_a)
+    none = [None] * n
+    ma, mb = models_a or none, models_b or none
+    ba, bb = brands_a or none, brands_b or none
+    keep = np.ones(n, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    cache: dict = {}
+
+    def ids(t, m, b):
+        key = (t, m, b)
+        got = cache.get(key)
+        if got is None:
+            got = cache[key] = identifiers(t, m, b)
+        return got
+
+    for i in range(n):
+        if s[i] >= above:
+            continue
+        a, b = ids(titles_a[i], ma[i], ba[i]), ids(titles_b[i], mb[i], bb[i])
+        _, code, qty, brand = evidence_of(a, b, {})
+        conflict = ("code" in kinds and code) or ("quantity" in kinds and qty) or ("brand" in kinds and brand)
+        keep[i] = bool(a.codes & b.codes) or not conflict
+    return keep
+
+
+def veto_edges(edges_df: Any, listings_df: Any, above: float) -> Any:
+    """Spark: the edges ``src, dst, score`` (both directions) minus those :func:`veto_mask`
+    drops, judged once per undirected pair on ``listings_df``'s ``title`` (and its optional
+    ``model`` / ``brand`` columns when present); both directions of a kept edge are returned."""
+    from pyspark.sql import functions as F
+
+    attrs = [c for c in ("model", "brand") if c in listings_df.columns]
+    side_cols = ["title", *attrs]
+
+    def side(end: str, suffix: str):
+        return listings_df.select(
+            F.col("posting_id").alias(end), *[F.col(c).cast("string").alias(f"{c}_{suffix}") for c in side_cols]
+        )
+
+    und = edges_df.where(F.col("src") < F.col("dst")).select("src", "dst", F.col("score").cast("float").alias("score"))
+    joined = und.join(side("src", "a"), "src", "left").join(side("dst", "b"), "dst", "left")
+    threshold = float(above)
+
+    def _keep(batches):
+        for pdf in batches:
+            if pdf.empty:
+                continue
+
+            def col(name: str, pdf=pdf):
+                return pdf[name].tolist() if name in pdf.columns else None
+
+            k = veto_mask(
+                col("title_a"),
+                col("title_b"),
+                pdf["score"].to_numpy(),
+                threshold,
+                models_a=col("model_a"),
+                models_b=col("model_b"),
+                brands_a=col("brand_a"),
+                brands_b=col("brand_b"),
+            )
+            yield pdf.loc[k, ["src", "dst", "score"]]
+
+    kept = joined.mapInPandas(_keep, "src string, dst string, score float")
+    return kept.unionByName(kept.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "score"))

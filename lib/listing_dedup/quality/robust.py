@@ -186,39 +186,30 @@ def cluster_pair_scores(labels: Sequence, groups: Sequence) -> tuple[float, floa
     return s.f1, s.precision, s.recall
 
 
-def catalog_evidence(df: pd.DataFrame):
-    """Each row's identifiers (title, and the optional ``model`` / ``brand`` attributes) and the
-    catalog's code idf (:mod:`listing_dedup.embed.identifiers`)."""
-    from listing_dedup.embed.identifiers import catalog_identifiers, code_idf
-
-    ids = catalog_identifiers(
-        df["title"].tolist(),
-        df["model"].tolist() if "model" in df.columns else None,
-        df["brand"].tolist() if "brand" in df.columns else None,
-    )
-    return ids, code_idf(ids)
-
-
 def veto_keep(
-    a: np.ndarray, b: np.ndarray, w: np.ndarray, ids, idf, *, above: float, kinds: Sequence[str] = ("code", "quantity")
+    df: pd.DataFrame, a: np.ndarray, b: np.ndarray, w: np.ndarray, *, above: float, kinds: Sequence[str] | None = None
 ) -> np.ndarray:
-    """Mask of the edges ``a - b`` (score ``w``) the identifier veto keeps: an edge whose titles
-    conflict (``kinds`` of: a code conflict, a quantity conflict, a brand conflict; and no shared
-    code) is dropped unless its score is at least ``above`` (the other signals overwhelming)."""
-    from listing_dedup.embed.identifiers import pair_evidence
+    """Mask of the edges ``a - b`` (row indices of ``df``, score ``w``) the job's identifier veto
+    keeps (:func:`listing_dedup.graph.edges.veto_mask` on the rows' ``title`` and their optional
+    ``model`` / ``brand``): an edge whose titles conflict (``kinds``: code, quantity, brand; and
+    share no code) is dropped unless its score is at least ``above``."""
+    from listing_dedup.graph.edges import VETO_KINDS, veto_mask
 
-    if len(a) == 0:
-        return np.ones(0, dtype=bool)
-    ev = pair_evidence(ids, a, b, idf)
-    bad = np.zeros(len(a), dtype=bool)
-    if "code" in kinds:
-        bad |= ev[:, 1] > 0
-    if "quantity" in kinds:
-        bad |= ev[:, 2] > 0
-    if "brand" in kinds:
-        bad |= ev[:, 3] > 0
-    bad &= ev[:, 0] == 0
-    return ~bad | (np.asarray(w, dtype=np.float64) >= above)
+    def col(c: str, rows: np.ndarray):
+        return df[c].to_numpy(dtype=object)[rows].tolist() if c in df.columns else None
+
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    return veto_mask(
+        col("title", a),
+        col("title", b),
+        np.asarray(w, dtype=np.float64),
+        above,
+        models_a=col("model", a),
+        models_b=col("model", b),
+        brands_a=col("brand", a),
+        brands_b=col("brand", b),
+        kinds=tuple(kinds) if kinds is not None else VETO_KINDS,
+    )
 
 
 def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -43,6 +43,16 @@ def _plain(d: Any) -> Any:
     return json.loads(json.dumps(d))
 
 
+def _match_settings(match) -> dict[str, Any]:
+    """An edge rule's settings; the identifier veto's keys only when it is on (references
+    recorded before it existed were recorded without it)."""
+    d = dataclasses.asdict(match)
+    if not d.get("veto"):
+        d.pop("veto", None)
+        d.pop("veto_above", None)
+    return d
+
+
 def threshold_settings(cfg) -> dict[str, Any]:
     """What the threshold rule's figures depend on: the searched vector (signals, fusion, INB,
     k, text model, lexical settings), the edge rules and the pHash union."""
@@ -51,7 +61,7 @@ def threshold_settings(cfg) -> dict[str, Any]:
     return _plain(
         {
             "pipeline": fp,
-            "match": dataclasses.asdict(cfg.match),
+            "match": _match_settings(cfg.match),
             "phash": {"enabled": bool(cfg.phash.enabled), "max_bits": int(cfg.phash.max_bits)},
         }
     )
@@ -62,7 +72,7 @@ def rerank_settings(cfg) -> dict[str, Any]:
     return _plain(
         {
             "pipeline": pipeline_fingerprint(cfg),
-            "rerank": dataclasses.asdict(cfg.rerank.match()),
+            "rerank": _match_settings(cfg.rerank.match()),
             "phash": {"enabled": bool(cfg.phash.enabled), "max_bits": int(cfg.phash.max_bits)},
         }
     )
