@@ -92,9 +92,25 @@ def build_spark(cfg: SparkConf):
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if cfg.master.startswith("local") and not under_spark_submit():
+        _quiet_task_failures(spark)
     if cfg.checkpoint_dir:  # reliable checkpoints (components, guard, re-ranker rounds): survive a lost executor
         spark.sparkContext.setCheckpointDir(cfg.checkpoint_dir)
     return spark
+
+
+def _quiet_task_failures(spark) -> None:
+    """In local mode the executor runs in the driver's JVM, and logs each failed task's Java
+    stack trace on the job's stderr (then the scheduler once more): the driver receives the
+    same failure and reports it (one line; a runtime failure's whole cause chain in its logged
+    traceback), so bad input stays one line on stderr, not 90 lines of Java."""
+    try:
+        jvm = spark.sparkContext._jvm
+        level = jvm.org.apache.logging.log4j.Level.FATAL
+        for name in ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager"):
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
+    except Exception:  # noqa: BLE001 - another logging backend: the logs stay as they are
+        log.debug("could not quiet the executor's task-failure logs", exc_info=True)
 
 
 def run_cli(main: Callable[[], int | None]) -> int:
