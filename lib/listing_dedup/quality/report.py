@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from listing_dedup.errors import InputError
+from listing_dedup.errors import InputError, StorageError
 from listing_dedup.ingest.images import image_root_for, load_image
 from listing_dedup.quality.metrics import Scores, pairs_from_groups, pairs_from_match_lists, row_scores
 from listing_dedup.sink.delta import read_table, table_uri
@@ -448,7 +448,10 @@ def thumbnail_data_uri(value: Any, root: str, px: int = THUMB_PX) -> str | None:
     """A small base64 JPEG ``data:`` URI of the image, or None when it cannot be loaded."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    result = load_image(value, root)
+    try:
+        result = load_image(value, root)
+    except StorageError:  # a thumbnail folder that is not there (or not readable): no thumbnail
+        return None
     if not result.ok:
         return None
     im = result.image
