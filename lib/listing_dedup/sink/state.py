@@ -181,11 +181,13 @@ def state_log(sink: DeltaSink) -> pd.DataFrame:
     from deltalake import DeltaTable
 
     uri = sink.table_uri(STATE_LOG)
-    cols = ["run_date", "run_id", "base_date", "epoch", "plan", "committed_at"]
+    cols = ["run_date", *(c.split()[0] for c in STATE_LOG_DDL.split(", "))]
     try:
         if not DeltaTable.is_deltatable(uri, sink.storage_options):
             return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
-        return DeltaTable(uri, storage_options=sink.storage_options).to_pandas(columns=cols)
+        table = DeltaTable(uri, storage_options=sink.storage_options)
+        have = [f.name for f in table.schema().fields]
+        return table.to_pandas(columns=[c for c in cols if c in have])
     except Exception as e:  # noqa: BLE001 - storage or credentials
         raise SinkError(f"cannot read the state log at {uri}: {first_line(e)}") from e
 
