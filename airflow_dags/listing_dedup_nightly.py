@@ -79,7 +79,11 @@ suite runs this DAG with ``airflow dags test`` against a loopback standalone clu
 
 Runs are scheduled daily with ``catchup=True``: unpause the DAG and Airflow runs every missed
 date from ``start_date`` in order (``max_active_runs=1``); or backfill a range explicitly with
-``airflow backfill create --dag-id listing_dedup_nightly --from-date D1 --to-date D2``.
+``airflow backfill create --dag-id listing_dedup_nightly --from-date D1 --to-date D2``. A date
+waits for the previous date's tasks to succeed (``depends_on_past``): each night continues the
+previous night's group ids and, with ``incremental.enabled`` in the conf profile, its match state
+(docs/incremental.md), so the catch-up runs date after date incrementally, and a failed date
+stops the dates after it until it is rerun.
 
 This file imports only Airflow (no pyspark, no project code): it parses in any Airflow 3
 ``dags/`` folder where ``apache-airflow-providers-apache-spark`` is installed.
@@ -228,6 +232,7 @@ class ListingDedupSubmit(SparkSubmitOperator):
 
 default_args = {
     "owner": "listing-dedup",
+    "depends_on_past": True,  # a night continues the previous night's ids and match state
     "retries": 2,
     "retry_delay": dt.timedelta(minutes=10),
     "retry_exponential_backoff": True,  # 10 min, then 20 min

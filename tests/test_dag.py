@@ -42,6 +42,7 @@ if dag is not None:
     out["schedule"] = str(dag.schedule)
     out["max_active_runs"] = dag.max_active_runs
     out["retries"] = {t.task_id: t.retries for t in dag.tasks}
+    out["depends_on_past"] = {t.task_id: t.depends_on_past for t in dag.tasks}
     out["backoff"] = {t.task_id: t.retry_exponential_backoff for t in dag.tasks}
     out["operators"] = {t.task_id: isinstance(t, SparkSubmitOperator) for t in dag.tasks}
     out["cases"] = []
@@ -184,6 +185,7 @@ def test_task_order_schedule_and_retries(parsed):
     assert p["operators"] == {"dedup": True, "verify": True}  # SparkSubmitOperators
     assert (p["catchup"], p["schedule"], p["max_active_runs"]) == (True, "@daily", 1)
     assert p["retries"] == {"dedup": 2, "verify": 1}
+    assert p["depends_on_past"] == {"dedup": True, "verify": True}  # the catch-up runs night after night
     assert p["backoff"] == {"dedup": True, "verify": True}
 
 
