@@ -14,7 +14,10 @@ alone, as a shop without precomputed pHash runs):
 - ``walmart_amazon``: whole label groups of it drawn until 8,000 listings (the catalog's own mix:
   93 % without a duplicate), to keep the training time down.
 
-No row of Shopee fold 1 or 2 or of the seed-7 sample. Writes ``OUT/all`` (trained on every part:
+No row of Shopee fold 1 or 2 or of the seed-7 sample. The probability threshold is chosen out of
+fold for the worst part's gain over predicting no match (``rerank_train.choose_thresholds``,
+``select="gain"``): on a catalog of singletons a model must never do worse than doing nothing.
+Writes ``OUT/all`` (trained on every part:
 the model to ship, lib/listing_dedup/models/reranker_titles) and, unless ``--skip-loo``,
 ``OUT/loo_<shop>`` for each other shop: trained on every part but that shop's, the model that
 scores that shop in ``bench/robust.py --titles-model <shop>=OUT/loo_<shop>`` (leave one
@@ -103,12 +106,13 @@ def main() -> int:
         runs.update({f"loo_{s}": [p for p in pcs if p != s] for s in R.OTHER_SHOPS if s in pcs})
     for run, names in runs.items():
         t0 = time.perf_counter()
-        res = train_from_candidates([pcs[n] for n in names], cfg)
+        res = train_from_candidates([pcs[n] for n in names], cfg, select="gain")
         out = Path(args.out) / run
         write_reranker_dir(out, res, cfg, source="titles only (pHash removed): " + "+".join(names))
         print(
             f"rerank_titles model={run} parts={'+'.join(names)} threshold={res.threshold} min2={res.min2_threshold} "
             f"group_margin={res.group_margin} oof_f1={res.best['f1']:.4f} oof_f1_min={res.best['f1_min']:.4f} "
+            f"oof_gain_min={res.best['gain_min']:.4f} "
             f"seconds={time.perf_counter() - t0:.0f}",
             flush=True,
         )

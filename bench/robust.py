@@ -10,6 +10,9 @@ and the generated sample:
   size_2k       whole fold-1 groups up to 2k listings
   size_27k      folds 1-4 together (27,399 listings)
   sample        the generated sample of `make run` (jobs/make_sample.py, seed 7)
+  shopee_f1_no_phash  fold 1 with its pHashes removed (a catalog of titles only)
+and the other shops' catalogs (../shared/data/other_shops, README there; no pHash):
+  amazon_google (4,589), walmart_amazon (24,628, 93 % without a duplicate), wdc_products (4,828).
 Each is searched among itself and scored with the row-wise mean F1 (matches; clusters after
 the guard) for
   old       the defaults before issue 15 (OLD_DEFAULTS below, over conf/local.yaml)
@@ -18,6 +21,9 @@ the guard) for
             re-ranker, or the threshold rule where the job would fall back to it (the
             re-ranker's health check flags the catalog, rerank.fallback: rule)
   rule      the conf's threshold rule alone (rerank off: what the fallback runs)
+and beside them, computed in the same run: ``none`` (no match at all), the plain TF-IDF with its
+threshold and min2 chosen on the catalog itself (``oracle``: by row-wise F1; ``oracle_pair``: by
+pairwise F1), each scored with the row-wise and the pairwise F1 (metrics.pair_scores),
 through the job's stages on one machine (exact kNN = the job's search at nprobe = nlist, INB
 blend_numpy, the candidate frame and the re-ranker's rounds, the job's edge rules via
 quality/robust.rule_edges, pHash pairs, the group margin, the guard, the health check).
@@ -28,7 +34,11 @@ of another seed (quality/robust.tuning_suite; docs/quality.md), never on these. 
 re-ranker was trained on fold 3, fold 4 and a sample of seed 11 (bench/rerank_transfer.py): the
 singletons and size_27k catalogs hold some of its training rows (folds 3-4), so its figures there
 are optimistic; bench/rerank_transfer.py scores them on the rows it never saw and adds two
-catalogs without any training row.
+catalogs without any training row. On a catalog where fewer than half the listings have a pHash
+(the other shops', shopee_f1_no_phash) the built-in titles-only re-ranker decides instead
+(graph/rerank.for_coverage; trained by bench/rerank_titles.py on Shopee folds 3-4, a sample of
+seed 11 and the other shops' catalogs): ``--titles-model CATALOG=DIR`` scores a catalog with a
+model trained without it (that bench's ``loo_<catalog>``: leave one catalog out).
 --check-job-figure asserts that the fast path gives the job's documented fold-1 figure for the
 old defaults (matches 0.827, clusters 0.762 through the job, docs/quality.md).
 """
@@ -342,6 +352,8 @@ def build(
     dev = R.labelled_listings(pd.read_csv(csv, dtype=str), cfg.input.max_title_chars)
     if which == "report":
         frames = {**R.shopee_suite(dev, report_fold=1), "sample": R.sample_catalog(400, 7, cfg.input.max_title_chars)}
+        # fold 1 without its pHashes: a shop whose catalog has titles only (the titles-only model)
+        frames["shopee_f1_no_phash"] = frames["shopee_f1_7k"].assign(image_phash=None)
         if other_shops:
             frames.update(R.other_shops_suite(other_shops, max_title_chars=cfg.input.max_title_chars))
     else:  # the baseline's threshold and min2 are chosen on the tuning folds, each searched among itself

@@ -339,6 +339,34 @@ def test_rerank_config_is_validated():
     assert on.without_reranker().edge_match() == on.match and on.without_reranker().rerank.enabled is False
 
 
+def test_builtin_titles_reranker_is_chosen_by_phash_coverage():
+    """Under half the listings with a pHash: the titles-only built-in model with its own rule
+    (never the rule fallback for a missing signal); otherwise, or off, the conf unchanged."""
+    from listing_dedup.graph.rerank import BUILTIN_TITLES, for_coverage, reranker_for
+    from listing_dedup.quality.health import read_reference
+    from listing_dedup.quality.run_health import choose_reference
+
+    cfg = load_config(["conf/local.yaml"])
+    same, note = for_coverage(cfg, 0.5)
+    assert same is cfg and note == ""
+    titles, note = for_coverage(cfg, 0.1)
+    model = load_reranker(BUILTIN_TITLES)
+    meta = model.meta
+    assert titles.rerank.model == BUILTIN_TITLES and titles.rerank.enabled
+    assert titles.rerank.threshold == meta["threshold"] and titles.rerank.min_score == meta["min_score"]
+    assert titles.rerank.min2 == (meta["min2_threshold"] is not None)
+    assert "10% of the listings have a pHash" in note and BUILTIN_TITLES in note
+    got, why = reranker_for(titles)
+    assert got is not None and why == "" and got.features == IDENTIFIER_FEATURE_SET
+    ref, _ = choose_reference(titles)
+    assert ref == read_reference(BUILTIN_TITLES) and ref.signals.get("phash", 0.0) == 0.0  # trained without pHash
+    # the threshold rule or a model directory of one's own: unchanged
+    off = load_config(["conf/local.yaml"], ["rerank.enabled=false"])
+    assert for_coverage(off, 0.0) == (off, "")
+    own = dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, model="/some/dir"))
+    assert for_coverage(own, 0.0) == (own, "")
+
+
 def test_builtin_reranker_is_shipped_for_the_default_pipeline():
     """The profiles turn on the packaged model with the thresholds its training chose; a run
     on other pipeline settings gets the threshold rule and a reason, never wrong features."""
@@ -468,6 +496,31 @@ def test_group_margin_is_chosen_out_of_fold_by_hand():
         want = 1.0 if 0 < m < 0.05 else 2 * 2 / (2 + 4)
         assert by[m] == pytest.approx(want), m
     assert margin == 0.01
+
+
+def test_threshold_chosen_for_the_worst_gain_over_no_match_by_hand():
+    """Two parts. A: a true pair 0-1 at 0.6. B: four singletons with a wrong candidate 0-1 at
+    0.9 and another 2-3 at 0.5. Mean F1 prefers a threshold <= 0.6 (A 1.0, B (2/3 * 2 + 1 * 2)
+    / 4 = 5/6 with 0-1 kept only: mean 11/12); the worst gain over no match (A: 2/3 alone; B: 1
+    alone) is best above 0.9, where nothing is matched (gains 0 and 0)."""
+    from listing_dedup.quality.tune import PairScorer, Part
+    from listing_dedup.training.rerank_train import PartCandidates, choose_thresholds
+
+    def pc(labels, src, dst, y):
+        part = Part("p", np.array([f"x{i}" for i in range(len(labels))]), PairScorer(labels), None, None)
+        frame = pd.DataFrame({"src": src, "dst": dst})
+        return PartCandidates(part, frame, np.zeros((len(src), 1)), np.array(y), np.array(labels)[src])
+
+    a = pc(["A", "A"], [0], [1], [1])
+    b = pc(["B", "C", "D", "E"], [0, 2], [1, 3], [0, 0])
+    probs = [np.array([0.6]), np.array([0.9, 0.5])]
+    mean = choose_thresholds([a, b], probs, None, "mean").iloc[0]
+    assert 0.5 < mean["threshold"] <= 0.6 and mean["f1"] == pytest.approx((1 + 5 / 6) / 2)
+    gain = choose_thresholds([a, b], probs, None, "gain").iloc[0]
+    assert gain["threshold"] > 0.9 and gain["gain_min"] == pytest.approx(0.0)
+    assert gain["f1"] == pytest.approx((2 / 3 + 1) / 2)
+    with pytest.raises(ValueError):
+        choose_thresholds([a, b], probs, None, "best")
 
 
 def test_builtin_reranker_loads_from_the_py_files_zip(tmp_path):

@@ -67,7 +67,7 @@ from listing_dedup.training.hardware import hardware
 
 log = logging.getLogger(__name__)
 
-THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.025), 3))
+THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.025), 3)) + (0.96, 0.97, 0.98, 0.99)
 MIN2 = (None, 0.05, 0.1, 0.2, 0.3)
 MARGINS = (0.0, 0.01, 0.02, 0.04, 0.07, 0.1, 0.15, 0.2, 0.3)  # group margins tried on the probabilities
 
@@ -243,8 +243,22 @@ def out_of_fold(
     return np.split(oof, cuts)
 
 
-def choose_thresholds(pcs: list[PartCandidates], probs: list[np.ndarray], phash_bits: int | None) -> pd.DataFrame:
-    """Mean F1/precision/recall over the parts of every (threshold, min2) setting, best first."""
+SELECTIONS = ("mean", "gain")
+
+
+def choose_thresholds(
+    pcs: list[PartCandidates], probs: list[np.ndarray], phash_bits: int | None, select: str = "mean"
+) -> pd.DataFrame:
+    """Mean F1/precision/recall over the parts of every (threshold, min2) setting, best first.
+
+    ``select``: "mean" ranks by the mean F1 over the parts; "gain" by the worst part's gain
+    over predicting no match at all (``gain_min``: min over the parts of F1 minus the part's
+    F1 with every listing alone), then the mean: a model that must never do worse than doing
+    nothing on a catalog of singletons (the titles-only built-in model, issue 30)."""
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be one of {SELECTIONS}")
+    empty = np.zeros(0, dtype=np.int64)
+    none = np.array([p.part.scorer.score(empty, empty)[0] for p in pcs])
     rows = []
     for t in THRESHOLDS:
         for m in MIN2:
@@ -259,10 +273,12 @@ def choose_thresholds(pcs: list[PartCandidates], probs: list[np.ndarray], phash_
                     "precision": s[:, 1].mean(),
                     "recall": s[:, 2].mean(),
                     "f1_min": s[:, 0].min(),
+                    "gain_min": (s[:, 0] - none).min(),
                 }
             )
     out = pd.DataFrame(rows)
-    return out.sort_values(["f1", "threshold"], ascending=[False, False], ignore_index=True)
+    keys = ["f1", "threshold"] if select == "mean" else ["gain_min", "f1", "threshold"]
+    return out.sort_values(keys, ascending=[False] * len(keys), ignore_index=True)
 
 
 def choose_group_margin(
@@ -317,10 +333,11 @@ def train_reranker(df: pd.DataFrame, cfg: DedupConfig, *, cache_dir: str | None 
 
 
 def train_from_candidates(
-    pcs: list[PartCandidates], cfg: DedupConfig, seconds: dict[str, float] | None = None
+    pcs: list[PartCandidates], cfg: DedupConfig, seconds: dict[str, float] | None = None, select: str = "mean"
 ) -> RerankResult:
     """The fitting half of :func:`train_reranker` on parts already searched (a bench reuses
-    them across trainings on different subsets of parts, e.g. leave one catalog out)."""
+    them across trainings on different subsets of parts, e.g. leave one catalog out);
+    ``select``: how the threshold is chosen out of fold (:func:`choose_thresholds`)."""
     seconds = dict(seconds or {})
     bits = cfg.phash.max_bits if cfg.phash.enabled else None
     texts, rounds, probs, booster = [], [], None, None
@@ -330,7 +347,7 @@ def train_from_candidates(
         oof = out_of_fold(pcs, cfg, Xs, r)
         booster = _fit(np.concatenate(Xs), np.concatenate([p.y for p in pcs]), cfg, r)
         texts.append(booster.model_to_string())
-        ranked = choose_thresholds(pcs, oof, bits)
+        ranked = choose_thresholds(pcs, oof, bits, select)
         rounds.append({"round": r, **{k: _plain(v) for k, v in ranked.iloc[0].to_dict().items()}})
         log.info("re-ranker round %d: out-of-fold %s (%.1f s)", r, rounds[-1], time.perf_counter() - t0)
         seconds[f"round{r}"] = time.perf_counter() - t0
