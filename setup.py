@@ -34,8 +34,11 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
-    # the shipped re-ranker (rerank.model: builtin): LightGBM text + JSON, read through importlib.resources
-    package_data={"listing_dedup": ["models/reranker/*.json", "models/reranker/*.txt", "models/reranker/*.md"]},
+    # the shipped re-rankers (rerank.model: builtin; its titles-only twin): LightGBM text + JSON, read
+    # through importlib.resources
+    package_data={
+        "listing_dedup": [f"models/{d}/*.{e}" for d in ("reranker", "reranker_titles") for e in ("json", "txt", "md")]
+    },
     install_requires=RUNTIME,
     entry_points={"console_scripts": ["listing-dedup = listing_dedup.cli:main"]},
     extras_require={
