@@ -252,3 +252,4 @@ def test_executor_tags_each_vector_with_the_runtime_it_really_used(spark, tiny_m
     assert fingerprint_id(b.fingerprint()) == cpu  # what the lookup asks for on this CPU machine
     assert cpu != fingerprint_id(b.fingerprint(runtime="cuda-fp16"))
     assert b.fingerprint()["vectors"] == "cpu-fp32" and "device" not in b.fingerprint()
+    assert b.probe_runtime(spark) == "cpu-fp32"  # what a cluster's lookup asks one task for
