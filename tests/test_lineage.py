@@ -293,3 +293,16 @@ def test_prune_state_keeps_the_date_a_rerun_continues(spark, tmp_path):
     prune_state(sink, "2026-12-02")
     assert sorted(read_table(sink.warehouse, "listing_state")["run_date"]) == ["2026-12-02", "2026-12-03"]
     assert [r["digest"] for r in read_state(spark, sink, "listing_state", "2026-12-02").collect()] == ["2026-12-02"]
+
+
+def test_first_night_changes_on_spark(spark):
+    from listing_dedup.graph.lineage import first_night_changes
+
+    groups = spark.createDataFrame(
+        [("a", "a", 3), ("b", "a", 3), ("c", "a", 3), ("d", "d", 2), ("e", "d", 2), ("f", "f", 1)],
+        "posting_id string, group_id string, group_size int",
+    )
+    assert rows(first_night_changes(groups).toPandas()) == {
+        ("new", None, "a", None, 3, None),
+        ("new", None, "d", None, 2, None),
+    }

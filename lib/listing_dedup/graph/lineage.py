@@ -60,7 +60,15 @@ from listing_dedup.errors import DedupError
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
 
-__all__ = ["CHANGE_COLUMNS", "CHANGE_KINDS", "assign_ids", "assign_ids_spark", "change_counts"]
+__all__ = [
+    "CHANGE_COLUMNS",
+    "CHANGE_KINDS",
+    "assign_ids",
+    "assign_ids_spark",
+    "change_counts",
+    "check_unique",
+    "first_night_changes",
+]
 
 CHANGE_KINDS = ("new", "merged", "split", "dissolved", "continued-with-changes")
 CHANGE_COLUMNS = ("kind", "old_id", "new_id", "old_size", "new_size", "shared", "previous_date")
@@ -129,6 +137,10 @@ def assign_ids(
         elif not (shared == old_size == n):
             rows.append(("continued-with-changes", g, g, old_size, n, shared))
     claim_size = dict(zip(claims["comp"], claims["old_size"]))
+    pieces: dict[Any, list[tuple]] = {}  # a fresh component's pieces split off other groups
+    for c, g, old_size, shared in zip(ov["comp"], ov["g"], ov["old_size"], ov["shared"]):
+        if c not in claim_size:
+            pieces.setdefault(c, []).append((g, old_size, shared))
     for c, n in zip(cs["comp"], cs["new_size"]):
         if n < 2:
             continue
@@ -136,10 +148,9 @@ def assign_ids(
             if claim_size[c] < 2:
                 rows.append(("new", None, ids[c], None, n, None))
             continue
-        parts = ov[ov["comp"] == c]  # a fresh component: pieces split off other groups, or new listings
-        if parts.empty:
+        if c not in pieces:  # new listings only
             rows.append(("new", None, ids[c], None, n, None))
-        for g, old_size, shared in zip(parts["g"], parts["old_size"], parts["shared"]):
+        for g, old_size, shared in pieces.get(c, []):
             rows.append(("split", g, ids[c], old_size, n, shared))
     changes = pd.DataFrame(rows, columns=list(CHANGE_COLUMNS[:-1]))
     for col in ("old_size", "new_size", "shared"):
@@ -244,6 +255,23 @@ def assign_ids_spark(
     changes = gone.unionByName(alone).unionByName(kept).unionByName(merged).unionByName(new).unionByName(split)
     changes = changes.withColumn("previous_date", F.lit(previous_date).cast("string"))
     return out, changes
+
+
+def first_night_changes(groups: DataFrame) -> DataFrame:
+    """The changes of a first night (no previous clusters): every group of two or more listings
+    is ``new``, its id the component's label (the smallest posting_id); one narrow select."""
+    from pyspark.sql import functions as F
+
+    null = F.lit(None)
+    return groups.where((F.col("group_size") >= 2) & (F.col("posting_id") == F.col("group_id"))).select(
+        F.lit("new").alias("kind"),
+        null.cast("string").alias("old_id"),
+        F.col("group_id").alias("new_id"),
+        null.cast("int").alias("old_size"),
+        F.col("group_size").cast("int").alias("new_size"),
+        null.cast("int").alias("shared"),
+        null.cast("string").alias("previous_date"),
+    )
 
 
 def check_unique(groups: DataFrame, run_date: str) -> None:
