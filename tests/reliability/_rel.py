@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +186,41 @@ def live_files(warehouse: str) -> set[str]:
         for t in DATA_TABLES
         for uri in DeltaTable(str(root / t)).file_uris()
     }
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 (random port) counting the connections it receives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.hits = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.hits += 1
+            conn.close()  # answer nothing: a client waiting for a reply fails at once
+
+    def close(self) -> int:
+        """Stop, count what is still queued (a completed handshake waits in the backlog), close."""
+        self._stop.set()
+        self._thread.join()
+        self.sock.setblocking(False)
+        while True:
+            try:
+                self.sock.accept()[0].close()
+                self.hits += 1
+            except BlockingIOError:
+                break
+        self.sock.close()
+        return self.hits

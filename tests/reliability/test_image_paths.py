@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from unittest import mock
 
 import pandas as pd
 import pytest
-from _rel import jpeg
+from _rel import Listener, jpeg
 from listing_dedup.config import InputConf
 from listing_dedup.errors import ConfigError, StorageError
 from listing_dedup.ingest import images
@@ -107,44 +106,6 @@ def test_uris_resolve_only_below_a_uri_root_and_never_with_options():
     remote = ImageRoots.build("s3://bkt/cat")
     assert remote.locate("imgs/a.jpg") == Location("s3://bkt/cat", "bkt/cat/imgs/a.jpg")
     assert remote.locate("../other/a.jpg") == "image_outside_roots"
-
-
-class Listener:
-    """A TCP listener on 127.0.0.1 (random port) counting the connections it receives."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.hits = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.hits += 1
-            conn.close()  # answer nothing: a client waiting for a reply fails at once
-
-    def close(self) -> int:
-        """Stop, count what is still queued (a completed handshake waits in the backlog), close."""
-        self._stop.set()
-        self._thread.join()
-        self.sock.setblocking(False)
-        while True:
-            try:
-                self.sock.accept()[0].close()
-                self.hits += 1
-            except BlockingIOError:
-                break
-        self.sock.close()
-        return self.hits
 
 
 def _hostile_values(port: int) -> list[str]:
