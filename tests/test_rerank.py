@@ -498,7 +498,7 @@ def test_group_margin_is_chosen_out_of_fold_by_hand():
     assert margin == 0.01
 
 
-def test_threshold_chosen_for_the_worst_gain_over_no_match_by_hand():
+def test_threshold_selections_by_hand():
     """Two parts. A: a true pair 0-1 at 0.6. B: four singletons with a wrong candidate 0-1 at
     0.9 and another 2-3 at 0.5. Mean F1 prefers a threshold <= 0.6 (A 1.0, B (2/3 * 2 + 1 * 2)
     / 4 = 5/6 with 0-1 kept only: mean 11/12); the worst gain over no match (A: 2/3 alone; B: 1
@@ -519,6 +519,10 @@ def test_threshold_chosen_for_the_worst_gain_over_no_match_by_hand():
     gain = choose_thresholds([a, b], probs, None, "gain").iloc[0]
     assert gain["threshold"] > 0.9 and gain["gain_min"] == pytest.approx(0.0)
     assert gain["f1"] == pytest.approx((2 / 3 + 1) / 2)
+    # mean pairwise F1: A's pair found (1) at <= 0.6, B has no true pair (0 whatever is kept);
+    # ties broken by the mean F1: (0.5, 0.6]
+    pair = choose_thresholds([a, b], probs, None, "pair").iloc[0]
+    assert 0.5 < pair["threshold"] <= 0.6 and pair["pair_f1"] == pytest.approx(0.5)
     with pytest.raises(ValueError):
         choose_thresholds([a, b], probs, None, "best")
 
