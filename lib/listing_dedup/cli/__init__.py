@@ -18,6 +18,7 @@ COMMANDS = {
     "make-sample": ("make_sample", "write the generated sample catalog"),
     "export-e5": ("export_e5", "export the packaged e5-small to a trainable sentence-transformers dir"),
     "compact-cache": ("compact_cache", "drop the embeddings cache's vectors that no recent run used"),
+    "decide": ("decide", "append reviewers' same/different verdicts to the decisions table the job honours"),
 }
 
 

@@ -65,6 +65,39 @@ OUTPUT_DATA_SCHEMAS: dict[str, pa.Schema] = {
 # next commit, where the earlier rows read null (DeltaSink.check / commit, ``added_columns``).
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {t: (RUN_ID_COLUMN,) for t in OUTPUT_DATA_SCHEMAS}
 
+# The reviewers' tables (sink/decisions.py, ``listing-dedup decide``), appended, partitioned by the
+# UTC date the command ran (``run_date``): ``decisions`` holds the accepted verdicts (the latest per
+# pair wins), ``decision_rejects`` the refused input rows with their reason. ``digest_a``/``digest_b``:
+# each listing's content digest when the command was given the catalog (null otherwise);
+# ``batch_id`` names one command run in both tables.
+_TS = pa.timestamp("us", tz="UTC")
+DECISION_SCHEMAS: dict[str, pa.Schema] = {
+    "decisions": pa.schema(
+        [
+            ("posting_id_a", pa.string()),
+            ("posting_id_b", pa.string()),
+            ("verdict", pa.string()),
+            ("source", pa.string()),
+            ("decided_at", _TS),
+            ("note", pa.string()),
+            ("digest_a", pa.string()),
+            ("digest_b", pa.string()),
+            ("batch_id", pa.string()),
+            ("recorded_at", _TS),
+        ]
+    ),
+    "decision_rejects": pa.schema(
+        [
+            ("posting_id_a", pa.string()),
+            ("posting_id_b", pa.string()),
+            ("verdict", pa.string()),
+            ("reason", pa.string()),
+            ("raw", pa.string()),
+            ("batch_id", pa.string()),
+        ]
+    ),
+}
+
 
 def _relax_type(t: pa.DataType) -> pa.DataType:
     """``t`` with every nested field nullable (map keys excepted) and no field metadata."""

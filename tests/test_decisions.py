@@ -1,0 +1,149 @@
+"""Reviewers' decisions (lib/listing_dedup/sink/decisions.py, ``listing-dedup decide``): the
+validation of verdict rows (every reason, nothing lost), the ``decisions`` and
+``decision_rejects`` tables the command appends, the content digest (the command's pandas one
+equals the job's Spark one), and the job honouring the decisions night after night."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import json
+
+import pandas as pd
+from listing_dedup.cli import decide as decide_cli
+from listing_dedup.sink.decisions import (
+    Decisions,
+    catalog_digests,
+    listing_digest,
+    listing_digest_column,
+    validate_verdicts,
+)
+from listing_dedup.sink.delta import read_table
+
+NOW = dt.datetime(2026, 12, 7, 10, 0, tzinfo=dt.timezone.utc)
+
+
+def verdicts(rows):
+    return pd.DataFrame(rows, columns=["posting_id_a", "posting_id_b", "verdict"])
+
+
+def run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = decide_cli.main(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_every_reason_and_nothing_lost():
+    rows = verdicts(
+        [
+            ("b", "g", "different"),  # contradicts_decisions: the table says a = g, a later row a = b
+            ("b", "a", "same"),  # accepted, stored as a < b
+            (" \u200b", "a", "same"),  # null_posting_id
+            ("a", "a", "different"),  # self_pair
+            ("a", "c", "maybe"),  # bad_verdict
+            ("a", "c", None),  # bad_verdict
+            ("a", "zz", "same"),  # unknown_posting_id (catalog given)
+            ("c", "d", "same"),  # contradicts_file (both rows)
+            ("d", "c", "different"),
+            ("a", "b", " SAME "),  # duplicate_in_file (the first row kept)
+            ("e", "f", "different"),  # contradicts_table
+            ("e", "g", "same"),  # accepted
+        ]
+    )
+    existing = pd.DataFrame(
+        {
+            "posting_id_a": ["e", "a"],
+            "posting_id_b": ["f", "g"],
+            "verdict": ["same", "same"],
+            "decided_at": [pd.Timestamp(NOW) - pd.Timedelta(days=1)] * 2,
+        }
+    )
+    known = {x: f"digest-{x}" for x in "abcdefg"}
+    v = validate_verdicts(rows, existing=existing, digests=known, now=NOW)
+    assert v.rows_in == 12 == len(v.accepted) + len(v.rejected)
+    assert v.accepted[["posting_id_a", "posting_id_b", "verdict"]].values.tolist() == [
+        ["a", "b", "same"],
+        ["e", "g", "same"],
+    ]
+    assert v.accepted["digest_a"].tolist() == ["digest-a", "digest-e"]
+    assert v.accepted["digest_b"].tolist() == ["digest-b", "digest-g"]
+    assert v.accepted["source"].tolist() == ["cli", "cli"]
+    assert v.reasons() == {
+        "bad_verdict": 2,
+        "contradicts_decisions": 1,
+        "contradicts_file": 2,
+        "contradicts_table": 1,
+        "duplicate_in_file": 1,
+        "null_posting_id": 1,
+        "self_pair": 1,
+        "unknown_posting_id": 1,
+    }
+    raw = json.loads(v.rejected["raw"].iloc[1])
+    assert raw == {"posting_id_a": " \u200b", "posting_id_b": "a", "verdict": "same"}
+
+
+def test_override_lets_the_latest_verdict_win():
+    existing = pd.DataFrame(
+        {"posting_id_a": ["e"], "posting_id_b": ["f"], "verdict": ["same"], "decided_at": [pd.Timestamp(NOW)]}
+    )
+    rows = verdicts([("f", "e", "different")])
+    assert validate_verdicts(rows, existing=existing, now=NOW).reasons() == {"contradicts_table": 1}
+    v = validate_verdicts(rows, existing=existing, now=NOW, override=True)
+    assert v.accepted["verdict"].tolist() == ["different"] and v.accepted["digest_a"].isna().all()
+
+
+def test_decide_command_appends_both_tables(tmp_path):
+    wh = str(tmp_path / "wh")
+    f = tmp_path / "v.csv"
+    f.write_text("posting_id_a,posting_id_b,verdict,note\nb,a,same,looks alike\nc,c,same,\n")
+    rc, out, err = run(["--warehouse", wh, "--input", str(f), "--source", "trust-team"])
+    assert rc == 0, err
+    assert out.startswith("decisions: 2 in, 1 accepted, 1 rejected (self_pair 1)")
+    d = read_table(wh, "decisions")
+    assert d[["posting_id_a", "posting_id_b", "verdict", "source", "note"]].values.tolist() == [
+        ["a", "b", "same", "trust-team", "looks alike"]
+    ]
+    assert d["digest_a"].isna().all() and d["run_date"].tolist() == [d["recorded_at"][0].strftime("%Y-%m-%d")]
+    r = read_table(wh, "decision_rejects")
+    assert r["reason"].tolist() == ["self_pair"] and r["batch_id"].tolist() == d["batch_id"].tolist()
+    # a second file that contradicts the table is refused; with --override it is the latest
+    g = tmp_path / "w.csv"
+    g.write_text("posting_id_a,posting_id_b,verdict\na,b,different\n")
+    rc, out, _ = run(["--warehouse", wh, "--input", str(g)])
+    assert rc == 0 and "1 rejected (contradicts_table 1)" in out
+    rc, out, _ = run(["--warehouse", wh, "--input", str(g), "--override"])
+    assert rc == 0 and "1 accepted, 0 rejected" in out
+    assert Decisions.read(wh).latest["verdict"].tolist() == ["different"]
+
+
+def test_decide_command_bad_input_exits_2(tmp_path):
+    f = tmp_path / "v.csv"
+    f.write_text("a,b\n1,2\n")
+    rc, _, err = run(["--warehouse", str(tmp_path / "wh"), "--input", str(f)])
+    assert rc == 2 and err.count("\n") == 1 and "lack the column(s)" in err
+    rc, _, err = run(["--warehouse", str(tmp_path / "wh"), "--input", str(tmp_path / "missing.parquet")])
+    assert rc == 2 and "cannot read the verdicts" in err
+
+
+def test_catalog_digests_equal_the_jobs(spark, tmp_path):
+    """The digest the command records from the raw catalog equals the one the job computes on its
+    kept listings (both through the job's row rules: cleaned ids and titles, first valid id)."""
+    from listing_dedup.config import InputConf
+    from listing_dedup.ingest.reader import read_listings
+
+    cat = pd.DataFrame(
+        {
+            "posting_id": [" a1", "a2", "a2", "b1"],
+            "title": ["Paper  Bag\tVictoria", "Rice cooker", "second a2", None],
+            "image_phash": [None, "ABCDEF0123456789", None, "0123456789abcdef"],
+        }
+    ).astype("string")
+    path = str(tmp_path / "cat.parquet")
+    cat.to_parquet(path, index=False)
+    mine = catalog_digests(path, {"a1", "a2", "b1", "zz"}, InputConf())
+    kept = read_listings(spark, path, InputConf()).kept
+    job = {r["posting_id"]: r["d"] for r in kept.select("posting_id", listing_digest_column(kept).alias("d")).collect()}
+    assert mine == job and set(mine) == {"a1", "a2", "b1"}
+    assert mine["a2"] == listing_digest("Rice cooker", "abcdef0123456789", None)
