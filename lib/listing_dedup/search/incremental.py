@@ -160,15 +160,53 @@ def update_neighbours_spark(
 ) -> tuple[DataFrame, DataFrame]:
     """:func:`update_neighbours` on Spark: ``lists`` and ``found`` are ``src, dst, score``,
     ``removed`` has ``posting_id``. Returns (tonight's lists without the stale srcs' rows, the
-    stale srcs as ``posting_id``), both lazy: joins, one aggregate a side and rank windows."""
+    stale srcs as ``posting_id``), both lazy.
+
+    Only the lists that can change are rebuilt: those that lost a neighbour, those an inserted
+    listing enters (it beats their weakest neighbour), and the removed and inserted listings'
+    own. Their ids are broadcast; every other list's rows pass through a narrow anti join, so the
+    ``N * depth`` rows of the lists are read and written but never shuffled (one aggregate of
+    their weakest score a list, combined map-side, is the only wide step over them)."""
+    from pyspark.sql import functions as F
+
+    lists = lists.select("src", "dst", "score")
+    gone = F.broadcast(removed.select("posting_id").distinct())
+    inserted = found.select(F.col("src").alias("posting_id")).distinct()
+    back = found.join(F.broadcast(inserted.withColumnRenamed("posting_id", "dst")), "dst", "left_anti").select(
+        F.col("dst").alias("src"), F.col("src").alias("dst"), "score"
+    )
+    weakest = lists.groupBy("src").agg(F.min("score").alias("floor"), F.count(F.lit(1)).alias("n"))
+    enters = (F.col("floor").isNull()) | (F.col("n") < F.lit(depth)) | (F.col("score") >= F.col("floor"))
+    gain = back.join(weakest, "src", "left").where(enters).select("src")
+    lost = lists.join(gone.withColumnRenamed("posting_id", "dst"), "dst", "left_semi").select("src")
+    touched = F.broadcast(
+        gain.unionByName(lost)
+        .unionByName(inserted.withColumnRenamed("posting_id", "src"))
+        .unionByName(gone.withColumnRenamed("posting_id", "src"))
+        .distinct()
+    )
+    untouched = lists.join(touched, "src", "left_anti")
+    rebuilt, stale = _rebuild_lists(
+        lists.join(touched, "src", "left_semi"),
+        gone,
+        inserted,
+        back.join(touched, "src", "left_semi"),
+        found,
+        k=k,
+        depth=depth,
+    )
+    return untouched.unionByName(rebuilt), stale
+
+
+def _rebuild_lists(old_lists, gone, inserted, back, found, *, k: int, depth: int):
+    """The lists of the touched srcs (``old_lists``: their rows before tonight; ``back``: the
+    inserted listings' rows reversed into them): the update, the stale srcs, the inserted
+    listings' own lists."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    gone = removed.select("posting_id").distinct()
-    inserted = found.select(F.col("src").alias("posting_id")).distinct()
     old = (
-        lists.select("src", "dst", "score")
-        .join(gone.withColumnRenamed("posting_id", "src"), "src", "left_anti")
+        old_lists.join(gone.withColumnRenamed("posting_id", "src"), "src", "left_anti")
         .join(inserted.withColumnRenamed("posting_id", "src"), "src", "left_anti")
         .join(gone.select(F.col("posting_id").alias("dst"), F.lit(True).alias("lost")), "dst", "left")
         .withColumn("lost", F.coalesce("lost", F.lit(False)))
@@ -179,9 +217,6 @@ def update_neighbours_spark(
         F.max(F.col("lost").cast("int")).alias("lost_any"),
     )
     held = old.where(~F.col("lost")).select("src", "dst", "score")
-    back = found.join(inserted.withColumnRenamed("posting_id", "dst"), "dst", "left_anti").select(
-        F.col("dst").alias("src"), F.col("src").alias("dst"), "score"
-    )
     by_src = Window.partitionBy("src").orderBy(F.col("score").desc(), F.col("dst"))
     merged = (
         held.unionByName(back)
