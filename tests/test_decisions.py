@@ -11,6 +11,7 @@ import io
 import json
 
 import pandas as pd
+import pytest
 from listing_dedup.cli import decide as decide_cli
 from listing_dedup.sink.decisions import (
     Decisions,
@@ -147,3 +148,66 @@ def test_catalog_digests_equal_the_jobs(spark, tmp_path):
     job = {r["posting_id"]: r["d"] for r in kept.select("posting_id", listing_digest_column(kept).alias("d")).collect()}
     assert mine == job and set(mine) == {"a1", "a2", "b1"}
     assert mine["a2"] == listing_digest("Rice cooker", "abcdef0123456789", None)
+
+
+# --------------------------------------------------------------------------- the job honours them
+
+NIGHT1, NIGHT2 = "2026-03-02", "2026-03-03"
+
+
+def _job(spark, catalog, wh, date):
+    from conftest import restored_conf
+    from listing_dedup.cli import dedup as dedup_cli
+    from test_job import CONF, SETS
+
+    sets = [x for s in SETS for x in ("--set", s)]
+    argv = ["--conf", *CONF, "--input", catalog, "--run-date", date, "--warehouse", wh, *sets]
+    out, err = io.StringIO(), io.StringIO()
+    with restored_conf(spark), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = dedup_cli.main(argv)
+    assert rc == 0, err.getvalue()[-3000:]
+    groups = read_table(wh, "clusters", date).set_index("posting_id")["group_id"].to_dict()
+    matches = read_table(wh, "matches", date).set_index("posting_id")["match_ids"].map(list).to_dict()
+    runs = read_table(wh, "runs")
+    counts = json.loads(runs.sort_values("started_at")["signal_counts"].iloc[-1])
+    return groups, matches, counts
+
+
+@pytest.mark.slow
+def test_the_job_honours_decisions_night_after_night_and_on_a_rerun(spark, tmp_path):
+    """The tiny catalog of tests/test_job.py groups a1-a2-a3, b1-b2 and c1-c2; d1 and e1 are
+    singletons. A reviewer says a1 != a3 and b1 != b2 (a cut each) and d1 = e1 (a join). Night 1
+    honours all three; night 2, where b2's title changed, keeps a1 | a3 cut and d1 + e1 joined,
+    and flags the b1-b2 decision as stale without applying it (b1 and b2 group again); a rerun of
+    night 2 gives the same groups."""
+    from test_job import ROWS
+
+    def catalog(path, rows):
+        pd.DataFrame(rows, columns=["posting_id", "title"]).assign(image_phash=None).astype(
+            {"image_phash": "string"}
+        ).to_parquet(path, index=False)
+        return str(path)
+
+    cat1 = catalog(tmp_path / "night1.parquet", ROWS)
+    rows2 = [(p, t + " baru" if p == "b2" else t) for p, t in ROWS]
+    cat2 = catalog(tmp_path / "night2.parquet", rows2)
+    wh = str(tmp_path / "wh")
+    v = tmp_path / "verdicts.csv"
+    v.write_text("posting_id_a,posting_id_b,verdict\na3,a1,different\nb1,b2,different\nd1,e1,same\n")
+    rc, out, err = run(["--warehouse", wh, "--input", str(v), "--catalog", cat1])
+    assert rc == 0 and "3 accepted, 0 rejected" in out, out + err
+
+    g1, m1, c1 = _job(spark, cat1, wh, NIGHT1)
+    assert g1["a1"] != g1["a3"] and g1["a2"] in (g1["a1"], g1["a3"])
+    assert g1["b1"] != g1["b2"] and g1["d1"] == g1["e1"] == "d1" and g1["c1"] == g1["c2"]
+    assert "a3" not in m1["a1"] and "b2" not in m1["b1"] and m1["d1"] == ["e1"]
+    assert (c1["decisions_cut_groups"], c1["decisions_joined_groups"], c1["decisions_stale"]) == (2, 1, 0)
+
+    g2, m2, c2 = _job(spark, cat2, wh, NIGHT2)
+    assert g2["a1"] != g2["a3"] and g2["d1"] == g2["e1"]
+    assert g2["b1"] == g2["b2"]  # the stale decision is not applied to b2's new content
+    assert (c2["decisions_stale"], c2["decisions_cut_groups"], c2["decisions_joined_groups"]) == (1, 1, 1)
+    assert Decisions.read(wh).latest.shape[0] == 3  # kept in the table
+
+    g3, m3, _ = _job(spark, cat2, wh, NIGHT2)
+    assert (g3, m3) == (g2, m2)

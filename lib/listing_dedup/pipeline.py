@@ -70,6 +70,7 @@ from listing_dedup.sink.cache import (
     image_digest_column,
     need_column,
 )
+from listing_dedup.sink.decisions import Decisions
 from listing_dedup.sink.delta import DeltaSink
 from listing_dedup.sink.runs import RunSummary, check_runs_table, last_succeeded_run, write_run_row
 from listing_dedup.sink.schemas import ADDED_COLUMNS, OUTPUT_DATA_SCHEMAS, RUN_ID_COLUMN
@@ -258,6 +259,8 @@ def run_dedup(
         # the re-ranker's reference, the defaults' or none
         health_ref, health_note = choose_reference(cfg if reranker is not None else cfg.without_reranker())
         check_output_tables(spark, sink, cfg)  # fail fast on a table another writer changed
+        # reviewers' verdicts (listing-dedup decide), read once; applied after the components
+        decisions = Decisions.read(warehouse) if cfg.decisions.enabled else None
 
         with timer.stage("ingest") as c:
             ing = read_listings(spark, input_path, cfg.input)
@@ -514,6 +517,16 @@ def run_dedup(
                 else:
                     groups = keep(connected_components(vertices, group_edges.select("src", "dst")))
                     c["where"] = "spark"
+                if decisions is not None:  # a cannot-link cuts its group, a must-link joins two (graph/constraints)
+                    groups, group_edges, edges = decisions.apply(
+                        spark,
+                        kept=kept,
+                        groups=groups,
+                        group_edges=group_edges,
+                        edges=edges,
+                        counts=summary.signal_counts,
+                    )
+                    groups = keep(groups)
                 if cfg.guard.mode == "split":
                     groups, levels = split_large(
                         spark,

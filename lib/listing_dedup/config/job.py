@@ -317,6 +317,17 @@ class CacheConf:
 
 
 @dataclass(frozen=True)
+class DecisionsConf:
+    """Reviewers' verdicts (``listing-dedup decide``; lib/listing_dedup/sink/decisions.py). With
+    ``enabled`` a run reads the warehouse's ``decisions`` table (no table: nothing changes) and
+    honours it after the connected components, before the guard: a ``different`` pair never
+    ends in one group, a ``same`` pair always does (graph/constraints.py); a decision on a
+    listing deleted or changed since is counted (``decisions_stale``) and not applied."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class HealthConf:
     """The unsupervised health check (docs/quality.md): the summary's health section and the
     ``runs`` table's ``health_json`` / ``health_warnings``. A warning never fails the run:
@@ -585,6 +596,7 @@ class DedupConfig:
     rerank: RerankConf = field(default_factory=RerankConf)
     health: HealthConf = field(default_factory=HealthConf)
     cache: CacheConf = field(default_factory=CacheConf)
+    decisions: DecisionsConf = field(default_factory=DecisionsConf)
     testing: TestingConf = field(default_factory=TestingConf)
 
     def edge_match(self) -> MatchConf:
