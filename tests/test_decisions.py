@@ -160,7 +160,7 @@ def _job(spark, catalog, wh, date):
     from listing_dedup.cli import dedup as dedup_cli
     from test_job import CONF, SETS
 
-    sets = [x for s in SETS for x in ("--set", s)]
+    sets = [x for s in [*SETS, "output.candidates=true"] for x in ("--set", s)]
     argv = ["--conf", *CONF, "--input", catalog, "--run-date", date, "--warehouse", wh, *sets]
     out, err = io.StringIO(), io.StringIO()
     with restored_conf(spark), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -173,14 +173,15 @@ def _job(spark, catalog, wh, date):
     return groups, matches, counts
 
 
-@pytest.mark.slow
-def test_the_job_honours_decisions_night_after_night_and_on_a_rerun(spark, tmp_path):
+@pytest.fixture(scope="module")
+def nights(spark, tmp_path_factory):
     """The tiny catalog of tests/test_job.py groups a1-a2-a3, b1-b2 and c1-c2; d1 and e1 are
-    singletons. A reviewer says a1 != a3 and b1 != b2 (a cut each) and d1 = e1 (a join). Night 1
-    honours all three; night 2, where b2's title changed, keeps a1 | a3 cut and d1 + e1 joined,
-    and flags the b1-b2 decision as stale without applying it (b1 and b2 group again); a rerun of
-    night 2 gives the same groups."""
+    singletons. A reviewer says a1 != a3 and b1 != b2 (a cut each) and d1 = e1 (a join), with the
+    catalog (digests). Night 1, night 2 (b2's title changed) and a rerun of night 2, each with
+    the candidates table (the review queue reads it)."""
     from test_job import ROWS
+
+    tmp = tmp_path_factory.mktemp("decisions_job")
 
     def catalog(path, rows):
         pd.DataFrame(rows, columns=["posting_id", "title"]).assign(image_phash=None).astype(
@@ -188,26 +189,67 @@ def test_the_job_honours_decisions_night_after_night_and_on_a_rerun(spark, tmp_p
         ).to_parquet(path, index=False)
         return str(path)
 
-    cat1 = catalog(tmp_path / "night1.parquet", ROWS)
-    rows2 = [(p, t + " baru" if p == "b2" else t) for p, t in ROWS]
-    cat2 = catalog(tmp_path / "night2.parquet", rows2)
-    wh = str(tmp_path / "wh")
-    v = tmp_path / "verdicts.csv"
+    cat1 = catalog(tmp / "night1.parquet", ROWS)
+    cat2 = catalog(tmp / "night2.parquet", [(p, t + " baru" if p == "b2" else t) for p, t in ROWS])
+    wh = str(tmp / "wh")
+    v = tmp / "verdicts.csv"
     v.write_text("posting_id_a,posting_id_b,verdict\na3,a1,different\nb1,b2,different\nd1,e1,same\n")
-    rc, out, err = run(["--warehouse", wh, "--input", str(v), "--catalog", cat1])
+    decided = run(["--warehouse", wh, "--input", str(v), "--catalog", cat1])
+    return {
+        "decided": decided,
+        "wh": wh,
+        "cat2": cat2,
+        "night1": _job(spark, cat1, wh, NIGHT1),
+        "night2": _job(spark, cat2, wh, NIGHT2),
+        "rerun": _job(spark, cat2, wh, NIGHT2),
+    }
+
+
+@pytest.mark.slow
+def test_the_job_honours_decisions_night_after_night_and_on_a_rerun(nights):
+    """Night 1 honours all three decisions; night 2 keeps a1 | a3 cut and d1 + e1 joined, and
+    flags the b1-b2 decision as stale without applying it (b1 and b2 group again); the rerun of
+    night 2 gives the same groups and matches."""
+    rc, out, err = nights["decided"]
     assert rc == 0 and "3 accepted, 0 rejected" in out, out + err
 
-    g1, m1, c1 = _job(spark, cat1, wh, NIGHT1)
+    g1, m1, c1 = nights["night1"]
     assert g1["a1"] != g1["a3"] and g1["a2"] in (g1["a1"], g1["a3"])
     assert g1["b1"] != g1["b2"] and g1["d1"] == g1["e1"] == "d1" and g1["c1"] == g1["c2"]
     assert "a3" not in m1["a1"] and "b2" not in m1["b1"] and m1["d1"] == ["e1"]
     assert (c1["decisions_cut_groups"], c1["decisions_joined_groups"], c1["decisions_stale"]) == (2, 1, 0)
 
-    g2, m2, c2 = _job(spark, cat2, wh, NIGHT2)
+    g2, m2, c2 = nights["night2"]
     assert g2["a1"] != g2["a3"] and g2["d1"] == g2["e1"]
     assert g2["b1"] == g2["b2"]  # the stale decision is not applied to b2's new content
     assert (c2["decisions_stale"], c2["decisions_cut_groups"], c2["decisions_joined_groups"]) == (1, 1, 1)
-    assert Decisions.read(wh).latest.shape[0] == 3  # kept in the table
+    assert Decisions.read(nights["wh"]).latest.shape[0] == 3  # kept in the table
 
-    g3, m3, _ = _job(spark, cat2, wh, NIGHT2)
+    g3, m3, _ = nights["rerun"]
     assert (g3, m3) == (g2, m2)
+
+
+@pytest.mark.slow
+def test_review_queue_command_writes_the_nights_queue(nights, tmp_path):
+    from listing_dedup.cli import review_queue as rq_cli
+
+    wh = nights["wh"]
+    argv = ["--warehouse", wh, "--run-date", NIGHT2, "--input", nights["cat2"], "--html", str(tmp_path)]
+    argv += ["--set", "review.max_pairs=5"]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = rq_cli.main(argv)
+    assert rc == 0, err.getvalue()
+    q = read_table(wh, "review_queue", NIGHT2)
+    assert 1 <= len(q) <= 5 and q["rank"].tolist() == list(range(1, len(q) + 1))
+    assert q["priority"].is_monotonic_decreasing
+    decided = {("a1", "a3"), ("b1", "b2"), ("d1", "e1")}
+    assert not decided & set(zip(q["posting_id_a"], q["posting_id_b"]))
+    assert q["title_a"].notna().all() and (q["run_id"] == read_table(wh, "clusters", NIGHT2)["run_id"][0]).all()
+    assert q["signal_scores"].map(len).gt(0).all()
+    page = (tmp_path / "review.html").read_text()
+    assert q["title_a"][0] in page
+    # a rerun of the command replaces the date's queue
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert rq_cli.main(argv) == 0
+    assert len(read_table(wh, "review_queue", NIGHT2)) == len(q)

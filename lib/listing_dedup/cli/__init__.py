@@ -19,6 +19,7 @@ COMMANDS = {
     "export-e5": ("export_e5", "export the packaged e5-small to a trainable sentence-transformers dir"),
     "compact-cache": ("compact_cache", "drop the embeddings cache's vectors that no recent run used"),
     "decide": ("decide", "append reviewers' same/different verdicts to the decisions table the job honours"),
+    "review-queue": ("review_queue", "write a night's review queue (and its HTML page) from the committed run"),
 }
 
 

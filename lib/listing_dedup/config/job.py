@@ -328,6 +328,17 @@ class DecisionsConf:
 
 
 @dataclass(frozen=True)
+class ReviewConf:
+    """The review queue (``listing-dedup review-queue``; lib/listing_dedup/quality/review.py): at
+    most ``max_pairs`` pairs a night, the least certain and most consequential first."""
+
+    max_pairs: int = 200
+
+    def __post_init__(self) -> None:
+        _check(self.max_pairs >= 1, "review.max_pairs", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class HealthConf:
     """The unsupervised health check (docs/quality.md): the summary's health section and the
     ``runs`` table's ``health_json`` / ``health_warnings``. A warning never fails the run:
@@ -597,6 +608,7 @@ class DedupConfig:
     health: HealthConf = field(default_factory=HealthConf)
     cache: CacheConf = field(default_factory=CacheConf)
     decisions: DecisionsConf = field(default_factory=DecisionsConf)
+    review: ReviewConf = field(default_factory=ReviewConf)
     testing: TestingConf = field(default_factory=TestingConf)
 
     def edge_match(self) -> MatchConf:

@@ -91,3 +91,187 @@ def review_queue(
     p["rank"] = np.arange(1, len(p) + 1)
     rest = [c for c in p.columns if c not in QUEUE_COLUMNS]
     return p[list(QUEUE_COLUMNS) + rest]
+
+
+# --------------------------------------------------------------------------- from a night's tables
+
+
+def _as_dict(v) -> dict:
+    """A Delta map value as delta-rs hands it to pandas (a list of pairs, or a dict)."""
+    if isinstance(v, dict):
+        return v
+    if v is None:
+        return {}
+    return {k: x for k, x in v}
+
+
+def _previous_date(warehouse: str, table: str, run_date: str) -> str | None:
+    from deltalake import DeltaTable
+
+    from listing_dedup.sink.schemas import PARTITION_COLUMN, table_uri
+
+    dates = {p.get(PARTITION_COLUMN) for p in DeltaTable(table_uri(warehouse, table)).partitions()}
+    earlier = sorted(d for d in dates if d and d < run_date)
+    return earlier[-1] if earlier else None
+
+
+def queue_from_tables(
+    warehouse: str, run_date: str, *, max_pairs: int, listings: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The review queue of the committed run of ``run_date`` (the ``review_queue`` columns): its
+    ``candidates`` (the run must write them: ``output.candidates: true``) with the re-ranker's
+    probability where the run kept the re-ranker's edges, else the fused score, against the
+    threshold the run used (its ``runs`` row); its ``matches`` (edges), ``clusters`` (groups) and
+    the previous date's clusters; the pairs of the ``decisions`` table left out. ``listings``
+    (``posting_id``, ``title``, optional ``image`` paths): the titles and images shown."""
+    import json
+
+    from listing_dedup.errors import InputError
+    from listing_dedup.sink.decisions import read_decisions
+    from listing_dedup.sink.delta import DeltaSink, read_table
+
+    sink = DeltaSink(warehouse)
+    if not sink.table_exists("candidates"):
+        raise InputError("no candidates table: run the job with output.candidates: true for a review queue")
+    clusters = read_table(warehouse, "clusters", run_date)
+    if clusters.empty:
+        raise InputError(f"no clusters for {run_date} in {warehouse}: run the job for that date first")
+    run_id = clusters["run_id"].dropna().iloc[0] if clusters["run_id"].notna().any() else None
+    cand = read_table(warehouse, "candidates", run_date)
+    if cand.empty and len(clusters) > 1:
+        raise InputError(f"the candidates of {run_date} are empty: rerun it with output.candidates: true")
+    runs = read_table(warehouse, "runs")
+    row = runs[(runs["run_id"] == run_id) & (runs["status"] == "succeeded")] if run_id is not None else runs.iloc[:0]
+    conf = json.loads(row["config_json"].iloc[-1]) if len(row) else {}
+    counts = json.loads(row["signal_counts"].iloc[-1]) if len(row) and row["signal_counts"].iloc[-1] else {}
+    maps = cand["signal_scores"].map(_as_dict)
+    reranked = bool(conf.get("rerank", {}).get("enabled")) and not counts.get("rerank_fallback")
+    reranked = reranked and maps.map(lambda m: "rerank" in m).any()
+    if reranked:
+        prob = maps.map(lambda m: m.get("rerank", np.nan)).astype(np.float64)
+        threshold = float(conf["rerank"]["threshold"])
+    else:
+        prob = cand["score"].astype(np.float64)
+        threshold = float(conf.get("match", {}).get("threshold", 0.5))
+    m = read_table(warehouse, "matches", run_date, columns=["posting_id", "match_ids"])
+    m = m.explode("match_ids").dropna()
+    edges = {(min(a, b), max(a, b)) for a, b in zip(m["posting_id"], m["match_ids"])}
+    pairs = pd.DataFrame({"a": cand["posting_id"], "b": cand["candidate_id"], "probability": prob})
+    pairs["edge"] = [(min(a, b), max(a, b)) in edges for a, b in zip(pairs["a"], pairs["b"])]
+    pairs["signal_scores"] = maps
+    pairs = pairs[pairs["probability"].notna()]
+    groups = dict(zip(clusters["posting_id"], clusters["group_id"]))
+    prev_date = _previous_date(warehouse, "clusters", run_date)
+    prev = None
+    if prev_date is not None:
+        pc = read_table(warehouse, "clusters", prev_date, columns=["posting_id", "group_id"])
+        prev = dict(zip(pc["posting_id"], pc["group_id"]))
+    dec = read_decisions(warehouse)
+    decided = [] if dec is None else list(zip(dec["posting_id_a"], dec["posting_id_b"]))
+    q = review_queue(pairs, groups, threshold=threshold, max_pairs=max_pairs, prev_groups=prev, decided=decided)
+    title = image = {}
+    if listings is not None:
+        first = listings.drop_duplicates("posting_id")
+        title = dict(zip(first["posting_id"], first["title"]))
+        if "image" in first.columns:
+            image = {k: v for k, v in zip(first["posting_id"], first["image"]) if isinstance(v, str)}
+    for side in ("a", "b"):
+        q[f"title_{side}"] = q[f"posting_id_{side}"].map(title)
+        q[f"image_{side}"] = q[f"posting_id_{side}"].map(image)
+    q["run_id"] = run_id
+    return q[[*QUEUE_COLUMNS, "title_a", "title_b", "image_a", "image_b", "signal_scores", "run_id"]].reset_index(
+        drop=True
+    )
+
+
+def write_queue(warehouse: str, run_date: str, queue: pd.DataFrame) -> int:
+    """Replace the ``run_date`` partition of the ``review_queue`` table with ``queue`` (one
+    commit; the first creates the table); the new version."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    from listing_dedup.errors import SinkError, first_line
+    from listing_dedup.sink.delta import DeltaSink
+    from listing_dedup.sink.schemas import DECISION_SCHEMAS, PARTITION_COLUMN, table_arrow_schema, table_uri
+
+    DeltaSink(warehouse).check_schema("review_queue", DECISION_SCHEMAS["review_queue"])
+    schema = table_arrow_schema(DECISION_SCHEMAS["review_queue"])
+    q = queue.assign(**{PARTITION_COLUMN: run_date})
+    q["signal_scores"] = q["signal_scores"].map(lambda d: list(_as_dict(d).items()))
+    data = pa.Table.from_pandas(q[schema.names], schema=schema, preserve_index=False)
+    uri = table_uri(warehouse, "review_queue")
+    try:
+        write_deltalake(
+            uri,
+            data,
+            mode="overwrite",
+            partition_by=[PARTITION_COLUMN],
+            predicate=f"{PARTITION_COLUMN} = '{run_date}'",
+        )
+        return DeltaTable(uri).version()
+    except Exception as e:  # noqa: BLE001
+        raise SinkError(f"writing the review_queue of {run_date} failed: {first_line(e)}") from e
+
+
+# --------------------------------------------------------------------------- the report's review page
+
+
+def _thumbnail(value, roots, px: int = 160) -> str:
+    """A data: URI of the image (a JPEG thumbnail), "" when it cannot be read."""
+    import base64
+    import io
+
+    from listing_dedup.ingest.images import read_image_bytes
+
+    if not isinstance(value, str) or not value:
+        return ""
+    try:
+        data, _ = read_image_bytes(value, roots)
+        if not data:
+            return ""
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        img.thumbnail((px, px))
+        out = io.BytesIO()
+        img.save(out, format="JPEG", quality=80)
+    except Exception:  # noqa: BLE001 - a page without that thumbnail, never a failed page
+        return ""
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def review_page(queue: pd.DataFrame, *, image_roots=None, top: int = 50, title: str = "Review queue") -> str:
+    """The report's review page: the queue's top ``top`` pairs side by side (titles, images
+    where they can be read below ``image_roots``, groups, why the pair is queued and its
+    scores), as one self-contained HTML document (thumbnails inline)."""
+    from html import escape
+
+    rows = []
+    for r in queue.head(top).itertuples(index=False):
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(_as_dict(r.signal_scores).items()))
+        cells = []
+        for side in ("a", "b"):
+            src = _thumbnail(getattr(r, f"image_{side}"), image_roots) if image_roots is not None else ""
+            img = f'<img src="{src}" alt="">' if src else '<div class="noimg">no image</div>'
+            cells.append(
+                f'<td class="side">{img}<div class="t">{escape(str(getattr(r, f"title_{side}") or ""))}</div>'
+                f'<div class="id">{escape(str(getattr(r, f"posting_id_{side}")))} · group '
+                f"{escape(str(getattr(r, f'group_{side}')))} ({getattr(r, f'group_size_{side}')})</div></td>"
+            )
+        rows.append(
+            f'<tr><td class="rank">{r.rank}</td>{cells[0]}{cells[1]}<td class="why"><b>{escape(r.reason)}</b>'
+            f"<br>probability {r.probability:.3f}<br>priority {r.priority:.2f}<br>{escape(scores)}</td></tr>"
+        )
+    style = (
+        "body{font-family:sans-serif;margin:16px}table{border-collapse:collapse}"
+        "td{border:1px solid #ccc;padding:6px;vertical-align:top}td.side{width:320px}"
+        "img{max-width:160px;max-height:160px;display:block}.noimg{color:#999}.id{color:#555;font-size:12px}"
+        ".rank{font-weight:bold}.why{font-size:13px;width:220px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{style}</style>"
+        f"</head><body><h1>{escape(title)}</h1><p>{len(queue)} pairs queued; the top {min(top, len(queue))} "
+        "side by side: the job is least sure of these, or their verdict moves the most listings. Answer them with "
+        "<code>listing-dedup decide</code>.</p><table><tr><th>#</th><th>listing a</th><th>listing b</th>"
+        f"<th>why</th></tr>{''.join(rows)}</table></body></html>"
+    )

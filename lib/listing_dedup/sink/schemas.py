@@ -96,6 +96,28 @@ DECISION_SCHEMAS: dict[str, pa.Schema] = {
             ("batch_id", pa.string()),
         ]
     ),
+    # the night's review queue (``listing-dedup review-queue``, quality/review.py): one row per
+    # ranked pair; a rerun replaces the date's partition
+    "review_queue": pa.schema(
+        [
+            ("rank", pa.int64()),
+            ("posting_id_a", pa.string()),
+            ("posting_id_b", pa.string()),
+            ("probability", pa.float64()),
+            ("priority", pa.float64()),
+            ("reason", pa.string()),
+            ("group_a", pa.string()),
+            ("group_b", pa.string()),
+            ("group_size_a", pa.int64()),
+            ("group_size_b", pa.int64()),
+            ("title_a", pa.string()),
+            ("title_b", pa.string()),
+            ("image_a", pa.string()),
+            ("image_b", pa.string()),
+            ("signal_scores", pa.map_(pa.string(), _F32)),
+            _RUN_ID,
+        ]
+    ),
 }
 
 
