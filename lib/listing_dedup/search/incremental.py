@@ -169,6 +169,8 @@ def update_neighbours_spark(
     their weakest score a list, combined map-side, is the only wide step over them)."""
     from pyspark.sql import functions as F
 
+    from listing_dedup.graph.components import cut_lineage
+
     lists = lists.select("src", "dst", "score")
     gone = F.broadcast(removed.select("posting_id").distinct())
     inserted = found.select(F.col("src").alias("posting_id")).distinct()
@@ -179,11 +181,14 @@ def update_neighbours_spark(
     enters = (F.col("floor").isNull()) | (F.col("n") < F.lit(depth)) | (F.col("score") >= F.col("floor"))
     gain = back.join(weakest, "src", "left").where(enters).select("src")
     lost = lists.join(gone.withColumnRenamed("posting_id", "dst"), "dst", "left_semi").select("src")
+    # materialised once (it is read by three joins): a few ids a changed listing
     touched = F.broadcast(
-        gain.unionByName(lost)
-        .unionByName(inserted.withColumnRenamed("posting_id", "src"))
-        .unionByName(gone.withColumnRenamed("posting_id", "src"))
-        .distinct()
+        cut_lineage(
+            gain.unionByName(lost)
+            .unionByName(inserted.withColumnRenamed("posting_id", "src"))
+            .unionByName(gone.withColumnRenamed("posting_id", "src"))
+            .distinct()
+        )
     )
     untouched = lists.join(touched, "src", "left_anti")
     rebuilt, stale = _rebuild_lists(

@@ -156,6 +156,7 @@ def delta_rounds(
     k = cfg.index.k
     fail = cfg.testing.fail_once_stage
     alive = keep(emb.select("posting_id"))
+    prev_lists = [keep(lists) for lists in prev_lists]  # each read by several joins: from the state's files once
     counts = {f"{kind}": 0 for kind in ("added", "changed", "deleted", "unchanged")}
     counts.update({r["kind"]: int(r["count"]) for r in delta.groupBy("kind").count().collect()})
 
