@@ -44,9 +44,15 @@ from listing_dedup.embed.lexical import (
 from listing_dedup.errors import DedupError, RunRecordError, SinkError, first_line
 from listing_dedup.frames import empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components, cut_lineage
-from listing_dedup.graph.edges import match_sets, select_edges
+from listing_dedup.graph.edges import match_sets, select_edges, veto_edges
 from listing_dedup.graph.guard import margin_cut, split_large
-from listing_dedup.graph.rerank import candidate_frame_spark, group_margin_of, rerank_spark, reranker_for
+from listing_dedup.graph.rerank import (
+    candidate_frame_spark,
+    for_coverage,
+    group_margin_of,
+    rerank_spark,
+    reranker_for,
+)
 from listing_dedup.ingest.images import image_roots_for
 from listing_dedup.ingest.reader import check_kept_rows, check_row_count, read_listings
 from listing_dedup.quality.health import Health, HealthReference, decide, with_fallback
@@ -278,6 +284,13 @@ def run_dedup(
             rejects = keep(ing.rejects)
             kept_counts = listing_counts(kept, has_image=ing.has_image_column)  # also the health's signals
             summary.rows_kept = kept_counts["n"]
+            # the built-in re-ranker for the catalog's signals: the titles-only one where pHash is rare
+            cfg, coverage_note = for_coverage(cfg, kept_counts["phash"] / kept_counts["n"] if kept_counts["n"] else 0.0)
+            if coverage_note:
+                log.info("%s", coverage_note)
+                reranker, rerank_note = reranker_for(cfg)
+                health_ref, health_note = choose_reference(cfg if reranker is not None else cfg.without_reranker())
+                rerank_note = rerank_note or coverage_note
             if ing.has_image_column:
                 summary.images_unreadable = kept_counts["image_error"]
             by_reason = {r["reason"]: r["count"] for r in rejects.groupBy("reason").count().collect()}
@@ -498,6 +511,8 @@ def run_dedup(
                 elif nbrs is not None:
                     parts.append(select_edges(nbrs, rule))
                 edges = cut_lineage(_union_edges(spark, parts + extra_parts))  # components, health, write
+                if not use_reranker and rule.veto:  # the identifier veto on the rule's edges (match.veto)
+                    edges = cut_lineage(veto_edges(edges, kept, rule.veto_above))
                 edge_stats = edge_counts(edges)  # matches a listing too, for the health check
                 summary.n_edges = edge_stats["directed"] // 2  # both directions are stored
                 c["edges"] = summary.n_edges
