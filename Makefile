@@ -29,7 +29,7 @@ export PYTHONUNBUFFERED := 1
 # pip prints one warning per package about an empty local index on this kind of machine
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup sample run test test-fast lint bench bench-robust bench-labels bench-gpu gpu-bundle clean airflow package package-code package-env dag-check cluster-up cluster-down train train-reranker export-e5
+.PHONY: help setup sample run test test-fast lint bench bench-robust bench-labels bench-review bench-gpu gpu-bundle clean airflow package package-code package-env dag-check cluster-up cluster-down train train-reranker export-e5
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-15s %s\n", $$1, $$2}'
@@ -108,6 +108,10 @@ bench: setup sample ## stage timings on the sample (see docs/benchmarks.md), the
 	$(PY) bench/bench_stages.py --input $(SAMPLE)/listings.parquet --truth $(SAMPLE)/truth.csv
 	$(MAKE) bench-robust
 	$(MAKE) bench-labels
+	$(MAKE) bench-review
+
+bench-review: setup ## review loop: a simulated reviewer answering the review queue vs random pairs (docs/review.md)
+	$(PY) bench/review.py --cache-dir data/cache
 
 bench-robust: setup ## robustness suite: defaults vs the old defaults vs a TF-IDF baseline on other-shaped catalogs (docs/quality.md)
 	$(PY) bench/robust.py --cache-dir data/cache
