@@ -353,6 +353,8 @@ class HealthConf:
     max_matches_ratio: float = 3.0  # matches_exploding: mean matches a listing over this x the reference's ...
     max_matches_per_listing: float = 10.0  # ... or over this, with or without a reference
     max_guard_cut: float = 0.5  # guard_cut: share of match edges whose ends the guard put in different groups
+    # codes_differ: share of the sampled matched pairs with product codes on both titles that share none
+    max_code_conflicts: float = 0.5
     # the reference of a tuned threshold rule: the JSON jobs/tune.py writes beside its overlay (the
     # overlay sets this key); "" = the reference shipped for the conf defaults
     reference: str = ""
@@ -365,6 +367,7 @@ class HealthConf:
         _check(0.0 <= self.top1_slack <= 0.5, "health.top1_slack", "must be in [0, 0.5]")
         _check(self.max_matches_ratio > 0, "health.max_matches_ratio", "must be > 0")
         _check(self.max_matches_per_listing > 0, "health.max_matches_per_listing", "must be > 0")
+        _check(0.0 <= self.max_code_conflicts <= 1.0, "health.max_code_conflicts", "must be in [0, 1]")
         _check(0.0 < self.max_guard_cut <= 1.0, "health.max_guard_cut", "must be in (0, 1]")
 
 
