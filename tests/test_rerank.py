@@ -293,7 +293,7 @@ def test_model_directory_round_trip_overlay_and_checks(trained, tmp_path):
     frame = frame.assign(src=["a", "b"], dst=["b", "a"])
     import lightgbm as lgb
 
-    X = pair_features(frame)
+    X = pair_features(frame, IDENTIFIER_FEATURE_SET)  # a model trained now reads the identifier features
     p1 = lgb.Booster(model_str=res.model_texts[0]).predict(X)
     G = graph_features(np.array([0, 1]), np.array([1, 0]), p1, 2, meta["graph_floor"])
     p2 = lgb.Booster(model_str=res.model_texts[1]).predict(np.column_stack([X, G]))
