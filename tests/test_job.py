@@ -126,15 +126,16 @@ def test_cli_job_finds_groups_and_writes_tables(cli_run):
 
 @pytest.mark.slow
 def test_cli_job_tables_have_the_schemas_the_job_checks_first(cli_run):
-    """The four data tables this run committed (candidates included) are exactly what
-    OUTPUT_DATA_SCHEMAS declares: the check the job makes before any work passes on them."""
+    """The five data tables this run committed (candidates and group_changes included) are
+    exactly what OUTPUT_DATA_SCHEMAS declares: the check the job makes before any work passes on
+    them."""
     from deltalake import DeltaTable
     from listing_dedup.sink.delta import DeltaSink
     from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS
 
     _, wh, _ = cli_run
     sink = DeltaSink(wh)
-    assert sorted(OUTPUT_DATA_SCHEMAS) == ["candidates", "clusters", "matches", "rejects"]
+    assert sorted(OUTPUT_DATA_SCHEMAS) == ["candidates", "clusters", "group_changes", "matches", "rejects"]
     for t, schema in OUTPUT_DATA_SCHEMAS.items():
         assert DeltaTable.is_deltatable(sink.table_uri(t)), t
         sink.check_schema(t, schema)  # raises SinkError on any difference of the Delta schema

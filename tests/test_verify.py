@@ -160,10 +160,14 @@ def test_match_to_a_listing_that_is_not_kept(spark, wh):
     ]
 
 
-def test_group_id_not_the_smallest_posting_id(spark, wh):
-    broken = [r if r[1] != "d" else (r[0], "e", 2) for r in CLUSTERS]
+def test_group_id_need_not_be_a_members_posting_id_but_must_be_set(spark, wh):
+    # a stable group id continues across nights (graph/lineage.py): any id is fine, none is not
+    renamed = [r if r[1] != "d" else (r[0], "x", 2) for r in CLUSTERS]
+    _write(spark, wh, "clusters", renamed, CLUSTERS_DDL)
+    assert _problems(spark, wh) == []
+    broken = [r if r[0] != "f" else ("f", None, 1) for r in CLUSTERS]
     _write(spark, wh, "clusters", broken, CLUSTERS_DDL)
-    assert _problems(spark, wh) == ["1 groups whose group_id is not their smallest posting_id, e.g. ['e']"]
+    assert _problems(spark, wh) == ["listings without a group_id, e.g. ['f']"]
 
 
 def test_wrong_group_size(spark, wh):

@@ -1,13 +1,25 @@
-"""The dedup job, stage by stage. Spark I/O stays here and in the stage wrappers; every
+"""The dedup job as a plan of stages. Spark I/O stays here and in the stage wrappers; every
 algorithm lives in its own module as a pure function with a thin Spark layer.
 
-    ingest -> embed -> index + search -> (INB rounds: blend -> index + search) -> edges
-           -> connected components -> stage tables -> commit (one Delta transaction per table)
+    full night:         prepare -> ingest -> plan_night -> embed -> full_rounds  -> match -> commit -> record
+    incremental night:  prepare -> ingest -> plan_night -> embed -> delta_rounds -> match -> commit -> record
+    match:              phash -> rerank -> extra_edges -> group (edges, components, health) -> stable_ids
 
-All four tables are staged (files written by executors) before any is committed, so a
-failure in any compute stage leaves every table at its previous version. Before the first
-commit every staged table, and the ``runs`` row to come, is checked against its existing
-table (schema, partitioning), so a schema error cannot leave one table new and the next old.
+``run_dedup`` composes them; each stage takes what it reads and returns what it made (the
+dataclasses below). ``full_rounds`` searches every listing in every round (``index + search``,
+then per INB threshold ``blend -> index + search``); ``delta_rounds`` (an incremental night,
+``incremental.enabled``: docs/incremental.md) searches the night's delta against tonight's index
+with the epoch's quantizer, updates the other lists symmetrically and blends only the listings
+whose neighbourhood moved. Everything after the search is the same in both plans; group ids
+continue the previous night's (graph/lineage.py) and the night's ``group_changes`` are written.
+
+All tables are staged (files written by executors) before any is committed, so a failure in any
+compute stage leaves every table at its previous version. Before the first commit every staged
+table, and the ``runs`` row to come, is checked against its existing table (schema,
+partitioning), so a schema error cannot leave one table new and the next old; with the match
+state kept, a state another run committed meanwhile fails the run there too. The data tables are
+committed first, then the match state and its ``state_log`` row, then the embeddings cache, then
+the ``runs`` row: a night is continued by the next only once its ``runs`` row says succeeded.
 An input that is empty or shrank past ``input.max_shrink`` against the previous succeeded run
 (in rows read, or in rows kept), or of which more than ``input.max_rejected_share`` is rejected,
 is refused after ingest, before anything is computed or staged. Every data table's rows carry
@@ -24,6 +36,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -46,12 +60,29 @@ from listing_dedup.frames import empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components, cut_lineage
 from listing_dedup.graph.edges import match_sets, select_edges, veto_edges
 from listing_dedup.graph.guard import margin_cut, split_large
+from listing_dedup.graph.lineage import (
+    CHANGE_KINDS,
+    CHANGES_DDL,
+    assign_ids,
+    assign_ids_spark,
+    change_counts,
+    check_unique,
+    first_night_changes,
+)
 from listing_dedup.graph.rerank import (
     candidate_frame_spark,
     for_coverage,
     group_margin_of,
     rerank_spark,
     reranker_for,
+)
+from listing_dedup.incremental import (
+    Plan,
+    choose_plan,
+    drift_since_epoch,
+    listing_digests_spark,
+    refuse_out_of_order,
+    settings_fingerprint,
 )
 from listing_dedup.ingest.images import image_roots_for
 from listing_dedup.ingest.reader import check_kept_rows, check_row_count, read_listings
@@ -65,9 +96,10 @@ from listing_dedup.quality.run_health import (
     listing_counts,
     signal_coverage,
 )
-from listing_dedup.search.blender import blend
+from listing_dedup.search.incremental import DELTA_KINDS, night_delta_spark
 from listing_dedup.search.indexer import Quantizer, build_index, search, train
 from listing_dedup.search.phash_match import phash_found, split_found
+from listing_dedup.search.rounds import SearchRounds, delta_rounds, full_rounds
 from listing_dedup.sink.cache import (
     CachedSignal,
     EmbeddingCache,
@@ -77,9 +109,25 @@ from listing_dedup.sink.cache import (
     need_column,
 )
 from listing_dedup.sink.decisions import Decisions
-from listing_dedup.sink.delta import DeltaSink
+from listing_dedup.sink.delta import DeltaSink, StagedWrite
 from listing_dedup.sink.runs import RunSummary, check_runs_table, last_succeeded_run, write_run_row
 from listing_dedup.sink.schemas import ADDED_COLUMNS, OUTPUT_DATA_SCHEMAS, RUN_ID_COLUMN
+from listing_dedup.sink.state import (
+    STATE_LOG,
+    STATE_LOG_DDL,
+    STATE_SCHEMAS,
+    Epoch,
+    base_state,
+    check_state_unmoved,
+    load_epoch,
+    previous_clusters,
+    previous_date,
+    prune_state,
+    read_state,
+    save_epoch,
+    state_dates,
+    state_log,
+)
 from listing_dedup.timing import StageTimer
 
 log = logging.getLogger(__name__)
@@ -220,13 +268,122 @@ def check_output_tables(spark: SparkSession, sink: DeltaSink, cfg: DedupConfig) 
     whether or not the run writes it: an existing one has the date's partition emptied. A table
     of an earlier version that lacks only the newer columns (``ADDED_COLUMNS``) passes: the
     commit adds them."""
-    for t in ("matches", "clusters", "rejects", "candidates"):
+    for t in OUTPUT_DATA_SCHEMAS:  # matches, clusters, rejects, candidates, group_changes
         sink.check_schema(t, OUTPUT_DATA_SCHEMAS[t], added_columns=ADDED_COLUMNS[t])
     check_runs_table(spark, sink)
 
 
 def _versions(table_versions: dict[str, int]) -> str:
     return ", ".join(f"{t} version {v}" for t, v in table_versions.items())
+
+
+# --------------------------------------------------------------------------------------
+# what the stages pass each other
+
+
+@dataclass
+class Run:
+    """What every stage of one run shares: the session, the conf, the run's date and summary,
+    its timer, its sink and the frames it persisted (released at the end)."""
+
+    spark: SparkSession
+    cfg: DedupConfig
+    input_path: str
+    run_date: str
+    warehouse: str
+    summary: RunSummary
+    timer: StageTimer = field(default_factory=StageTimer)
+    persisted: list[DataFrame] = field(default_factory=list)
+
+    @property
+    def sink(self) -> DeltaSink:
+        return DeltaSink(self.warehouse)
+
+    def keep(self, df: DataFrame) -> DataFrame:
+        df = _persist(df)
+        self.persisted.append(df)
+        return df
+
+
+@dataclass
+class Setup:
+    """Checked before any work: the encoders, the re-ranker and the health reference, and the
+    match state's dates this run saw (None with ``incremental.enabled`` off)."""
+
+    builder: Any
+    reranker: Any
+    rerank_note: str
+    health_ref: HealthReference | None
+    health_note: str
+    decisions: Decisions | None = None  # reviewers' verdicts (listing-dedup decide), applied after the components
+    state_seen: set[str] | None = None
+
+
+@dataclass
+class Listings:
+    """The ingest stage's output: the kept and rejected rows and what the later stages read of them."""
+
+    kept: DataFrame
+    rejects: DataFrame
+    counts: dict
+    has_image: bool
+    image_root: Any
+    layout_weights: dict[str, float]
+
+
+@dataclass
+class Night:
+    """Which plan tonight runs (:mod:`listing_dedup.incremental`): None with the incremental
+    state off. An incremental night carries the state it continues."""
+
+    plan: Plan | None = None
+    digests: DataFrame | None = None
+    delta: DataFrame | None = None
+    delta_counts: dict[str, int] = field(default_factory=dict)
+    fingerprint: str = ""
+    epoch: Epoch | None = None
+    prev_lists: list[DataFrame] = field(default_factory=list)
+    prev_vectors: list[DataFrame | None] = field(default_factory=list)
+
+    @property
+    def keeps_state(self) -> bool:
+        return self.plan is not None
+
+    @property
+    def incremental(self) -> bool:
+        return self.plan is not None and self.plan.incremental
+
+
+@dataclass
+class Embedded:
+    """The embed stage's output: the fused vectors, the signal vectors (``sig``), the layout, the
+    lexical idf applied, and the cache's staged writes."""
+
+    emb: DataFrame
+    sig: DataFrame
+    layout: Layout
+    idf: Any
+    cache: EmbeddingCache | None
+    cache_staged: list
+
+
+@dataclass
+class Matched:
+    """The match stages' output: tonight's search rounds, pHash pairs, re-ranker scores, edges,
+    groups (stable ids) and their changes, and the health check."""
+
+    embedded: Embedded
+    rounds: SearchRounds | None
+    ph_pairs: DataFrame | None
+    scored: DataFrame | None
+    edges: DataFrame
+    groups: DataFrame
+    changes: DataFrame
+    health: Health
+
+
+# --------------------------------------------------------------------------------------
+# the two plans
 
 
 def run_dedup(
@@ -238,437 +395,755 @@ def run_dedup(
     warehouse: str,
     text_encoder: Callable[[], Encoder] | None = None,
 ) -> RunSummary:
-    """Run the whole job for one ``run_date`` and commit its four tables.
+    """Run the whole job for one ``run_date`` and commit its tables.
 
     ``text_encoder`` is the builder of the text model (default: the one ``cfg.embed.text``
-    names); tests pass a small one in.
-    """
+    names); tests pass a small one in. A night is full, or incremental when it continues the
+    match state of the night before it (``incremental.enabled``; docs/incremental.md)."""
     run_date = check_run_date(run_date)
+    run = Run(spark, cfg, input_path, run_date, warehouse, RunSummary(uuid.uuid4().hex, run_date, warehouse))
     started = dt.datetime.now(dt.timezone.utc)
-    summary = RunSummary(run_id=uuid.uuid4().hex, run_date=run_date, warehouse=warehouse)
-    timer = StageTimer()
-    sink = DeltaSink(warehouse)
-    persisted: list[DataFrame] = []
-
-    def keep(df: DataFrame) -> DataFrame:
-        df = _persist(df)
-        persisted.append(df)
-        return df
-
     try:
-        builder = text_encoder or TextEncoderBuilder.from_conf(cfg.embed.text)  # fail fast on a bad model path
-        # fail fast on a bad model directory or a pipeline it was not trained for; the built-in
-        # one on other settings: none, and the note says why (the threshold rule decides)
-        reranker, rerank_note = reranker_for(cfg)
-        if rerank_note:
-            log.warning("%s", rerank_note)
-        # the re-ranker's reference, the defaults' or none
-        health_ref, health_note = choose_reference(cfg if reranker is not None else cfg.without_reranker())
-        check_output_tables(spark, sink, cfg)  # fail fast on a table another writer changed
-        # reviewers' verdicts (listing-dedup decide), read once; applied after the components
-        decisions = Decisions.read(warehouse) if cfg.decisions.enabled else None
-
-        with timer.stage("ingest") as c:
-            ing = read_listings(spark, input_path, cfg.input)
-            persisted.extend(ing.cached)
-            summary.rows_in = ing.rows_in()
-            previous = last_succeeded_run(sink)
-            check_row_count(
-                summary.rows_in,
-                cfg.input,
-                previous_rows=previous.rows_in if previous else None,
-                previous_run=previous.describe() if previous else "",
-                path=input_path,
-            )
-            kept = keep(ing.kept)
-            rejects = keep(ing.rejects)
-            kept_counts = listing_counts(kept, has_image=ing.has_image_column)  # also the health's signals
-            summary.rows_kept = kept_counts["n"]
-            # the built-in re-ranker for the catalog's signals: the titles-only one where pHash is rare
-            cfg, coverage_note = for_coverage(cfg, kept_counts["phash"] / kept_counts["n"] if kept_counts["n"] else 0.0)
-            if coverage_note:
-                log.info("%s", coverage_note)
-                reranker, rerank_note = reranker_for(cfg)
-                health_ref, health_note = choose_reference(cfg if reranker is not None else cfg.without_reranker())
-                rerank_note = rerank_note or coverage_note
-            if ing.has_image_column:
-                summary.images_unreadable = kept_counts["image_error"]
-            by_reason = {r["reason"]: r["count"] for r in rejects.groupBy("reason").count().collect()}
-            summary.rejects_by_reason = by_reason
-            summary.rows_rejected = sum(by_reason.values())
-            if summary.rows_in != summary.rows_kept + summary.rows_rejected:
-                raise DedupError(
-                    f"row accounting broke: {summary.rows_in} in != {summary.rows_kept} kept + "
-                    f"{summary.rows_rejected} rejected"
-                )
-            c.update(rows_in=summary.rows_in, kept=summary.rows_kept, rejected=summary.rows_rejected)
-            check_kept_rows(
-                summary.rows_in,
-                summary.rows_kept,
-                cfg.input,
-                previous_in=previous.rows_in if previous else None,
-                previous_kept=previous.rows_kept if previous else None,
-                previous_run=previous.describe() if previous else "",
-                rejects_by_reason=by_reason,
-                path=input_path,
-            )
-            if summary.rows_in == 0:  # accepted by input.allow_empty / --allow-empty
-                log.warning("input %s holds no rows: the %s partitions will be empty", input_path, run_date)
-
-        signals = _run_signals(cfg, ing.has_image_column)
-        image_root = image_roots_for(input_path, cfg.input)  # the roots image files are read below
-        layout_weights = cfg.fusion.weights(signals)
-        cache = _embeddings_cache(cfg, warehouse, summary.run_id, builder, spark)
-        cache_staged: list = []  # the cache's staged writes (embed stage), committed after the data tables
-        with timer.stage("embed") as c:
-            sig = kept.where(F.length("title") > 0).select("posting_id", "title")
-            fail = cfg.testing.fail_once_stage
-            params = cfg.embed.lexical.params()
-            t_step = [time.perf_counter()]
-
-            def step(name: str) -> None:  # the seconds of the embed stage's steps, in its log line
-                now = time.perf_counter()
-                c[f"{name}_s"] = round(now - t_step[0], 1)
-                t_step[0] = now
-
-            def text_fn(df: DataFrame) -> DataFrame:
-                return embed_texts(df, "title", "v_text", builder, fail_stage=fail)
-
-            cached_text = cache is not None and "text" in layout_weights and "text" in cache.fingerprints
-            cached_lexical = cache is not None and "lexical" in layout_weights
-            title_signals = []
-            if cached_text:
-                title_signals.append(CachedSignal("text", cache.fingerprints["text"], "v_text"))
-            if cached_lexical:  # the hashed counts: today's idf and projection apply to them below
-                title_signals.append(CachedSignal("lexical", params.counts_fingerprint(), "lex_counts"))
-
-            def titles_fn(df: DataFrame) -> DataFrame:
-                # each signal reads the title only where its vector is missing (null elsewhere: not
-                # computed), so a changed lexical setting does not re-run the text encoder
-                for t in title_signals:
-                    df = df.withColumn("_title", F.when(F.col(need_column(t.name)), F.col("title")))
-                    if t.name == "text":
-                        fp_col = fingerprint_column("text")  # each vector's: the runtime its executor really used
-                        df = embed_texts(df, "_title", t.out_col, builder, fail_stage=fail, fingerprint_col=fp_col)
-                    else:
-                        df = lexical_counts(df, "_title", t.out_col, params, fail_stage=fail)
-                return df.drop("_title")
-
-            if title_signals:  # one lookup and one computing pass for both signals of the title
-                sig = cache.embed_signals(
-                    spark,
-                    sig,
-                    signals=title_signals,
-                    digest=content_digest_column(F.col("title")),
-                    embed_fn=titles_fn,
-                    keep=keep,
-                    content_cols=["title"],
-                )
-                step("title_cache")
-            # no layout step: the index's sample and shards depend on the rows alone (search/indexer.py)
-            if cached_text or cached_lexical:
-                # materialised without lineage: each cache join is a diamond in the plan, and every later
-                # stage's plan (INB, edges) would otherwise carry and print them all (a 30k-listing run's
-                # plan string filled the driver's heap)
-                sig = cut_lineage(sig)
-                step("materialise")
-            if "text" in layout_weights and not cached_text:
-                sig = text_fn(sig)
-            encoded_here = "text" in layout_weights and not cached_text
-            # sig is kept (computed once) when a later step reads it again: the encoder ran in it (no
-            # cache), it holds images, or a per-signal search (union) reads it
-            keep_sig = encoded_here or "image" in layout_weights or _union_reads(cfg, layout_weights)
-            columns = {s: f"v_{s}" for s in layout_weights}
-            transforms = {}
-            if "lexical" in layout_weights:
-                if cached_lexical:  # sig is materialised above: read twice (the catalog's idf, the vectors)
-                    idf = fit_idf_counts(sig, "lex_counts", params)
-                    step("idf")
-                    idf_bc = spark.sparkContext.broadcast(idf)
-                    if keep_sig:
-                        sig = embed_lexical_counts(sig, "lex_counts", "v_lexical", params, idf_bc, fail_stage=fail)
-                        sig = sig.drop("lex_counts")
-                    else:  # projected inside the fusion's pass: the vectors never go back to the JVM alone
-                        columns["lexical"] = "lex_counts"
-                        transforms["lexical"] = counts_to_vectors(params, idf_bc, fail_stage=fail)
-                else:
-                    idf = fit_idf(kept.where(F.length("title") > 0), "title", params)
-                    sig = embed_lexical(
-                        sig, "title", "v_lexical", params, spark.sparkContext.broadcast(idf), fail_stage=fail
-                    )
-            sig = sig.drop("title")
-            if "image" in layout_weights:
-                from listing_dedup.embed.image import ImageEncoderBuilder, embed_images
-
-                img = kept.where(F.col("image").isNotNull() & F.col("image_error").isNull())
-                img_builder = ImageEncoderBuilder.from_conf(cfg.embed.image)
-
-                def image_fn(df: DataFrame) -> DataFrame:
-                    fp_col = fingerprint_column("image") if cache is not None else None  # the executor's runtime
-                    return embed_images(df, "image", "v_image", img_builder, image_root, fingerprint_col=fp_col)
-
-                img = img.select("posting_id", "image")
-                if cache is not None:
-                    img = cache.embed(
-                        spark,
-                        img,
-                        signal="image",
-                        fingerprint=img_builder.fingerprint(spark=spark),
-                        digest=image_digest_column(F.col("image"), image_root),
-                        out_col="v_image",
-                        embed_fn=image_fn,
-                        keep=keep,
-                        digest_nullable=True,
-                    )
-                else:
-                    img = image_fn(img)
-                img = img.select("posting_id", "v_image")
-                sig = sig.join(img, "posting_id", "full")
-            # otherwise the vectors come from the materialised frame above (the lexical projection
-            # computed once, inside the fusion's pass) and only the fused vectors are kept
-            if keep_sig:
-                sig = keep(sig)
-            # the lexical block's length is the projection's; the others' from one row of the frame
-            dims = _signal_dims(sig, [s for s in layout_weights if s != "lexical"])
-            dims = {s: params.dim if s == "lexical" else dims[s] for s in layout_weights}
-            layout = Layout.of(dims, layout_weights)
-            fused = fuse(sig, {s: columns[s] for s in layout.signals}, layout, transforms=transforms)
-            emb = keep(fused.select("posting_id", "emb"))
-            summary.rows_embedded = emb.count()  # one row a listing of sig: no count of its own
-            step("fuse")
-            c.update(embedded=summary.rows_embedded, signals=",".join(layout.signals), dim=layout.dim)
-            if cache is not None:
-                summary.cache = {s: {"reused": u.reused, "computed": u.computed} for s, u in cache.uses.items()}
-                summary.cache_warning = cache.read_error  # an unreadable cache: recomputed, said in the summary
-                c.update(vectors_reused=cache.reused, vectors_computed=cache.computed)
-                # the new vectors are written now, while they are in memory (committed after the data
-                # tables); the cache's frames are then released
-                cache_staged = cache.stage(run_date, fail_stage=cfg.testing.fail_once_stage)
-                cache.release()
-                step("stage_cache")
-        fused_raw = emb
-
-        n_emb = summary.rows_embedded
-        quantizers: dict[str, Quantizer] = {}  # trained once a vector space, reused by the INB rounds
-        nbrs = neighbours_for(emb, cfg, n_emb, timer, quantizers=quantizers) if n_emb else None
-        first_nbrs = nbrs  # the pre-INB search (the re-ranker's raw_score)
-        for r, threshold in enumerate(cfg.inb.thresholds, start=1):
-            if nbrs is None:
-                break
-            with timer.stage(f"blend{r}") as c:
-                emb = keep(blend(emb, nbrs, threshold))
-                c["blended"] = emb.count()
-            nbrs = neighbours_for(emb, cfg, n_emb, timer, suffix=str(r), quantizers=quantizers)
-
-        ph_pairs = None
-        if cfg.phash.enabled:
-            with timer.stage("phash") as c:
-                # image_phash: given, or computed by the reader from the image (one decode)
-                ph_src = kept.select("posting_id", F.col("image_phash").alias("phash"))
-                # one pass finds the pairs and the listings of skipped blocks; banding by catalog size
-                found = keep(phash_found(ph_src, cfg.phash.max_bits, cfg.phash.max_bucket, n_rows=summary.rows_kept))
-                ph_pairs, skipped = split_found(found)
-                ph_pairs = keep(ph_pairs)
-                summary.signal_counts["phash_pairs"] = ph_pairs.count() // 2
-                summary.signal_counts["phash_skipped"] = skipped.count()
-                c.update(pairs=summary.signal_counts["phash_pairs"], skipped=summary.signal_counts["phash_skipped"])
-
-        vertices = kept.select("posting_id")
-        scored = None
-        if reranker is not None and nbrs is not None:
-            with timer.stage("rerank") as c:
-                frame = candidate_frame_spark(
-                    first_nbrs,
-                    nbrs,
-                    kept.select("posting_id", "title", "image_phash"),
-                    cfg.index.k,
-                    cfg.rerank.min_score,
-                )
-                # each round's result is materialised without lineage: the frame joins the
-                # searches several times, and every later stage would otherwise re-plan all of it
-                scored = rerank_spark(frame, reranker, cut=cut_lineage)
-                c["candidates"] = scored.count()
-                summary.signal_counts["reranked_pairs"] = c["candidates"]
-        # the edges every attempt shares: pHash pairs and the optional one-signal searches
-        extra_parts = [ph_pairs.select("src", "dst", "score")] if ph_pairs is not None else []
-        for s in layout_weights:
-            u = getattr(cfg.union, s)
-            if u.enabled and n_emb:
-                one = sig.where(F.col(f"v_{s}").isNotNull()).select("posting_id", F.col(f"v_{s}").alias("emb"))
-                s_nbrs = neighbours_for(one, cfg, n_emb, timer, suffix=f"_{s}", quantizers=quantizers, space=s)
-                mc = MatchConf(threshold=u.threshold, min2=u.min2, min2_threshold=u.min2_threshold)
-                extra_parts.append(select_edges(s_nbrs, mc))
-
-        def graph(use_reranker: bool, reference: HealthReference | None, note: str, suffix: str = ""):
-            """Edges -> components (margin, guard) -> health, with the re-ranker's probabilities
-            and rule or with the threshold rule on the fused score."""
-            rule = cfg.rerank.match() if use_reranker else cfg.match
-            margin = group_margin_of(cfg, reranker) if use_reranker else cfg.guard.group_margin
-            with timer.stage("edges" + suffix) as c:
-                parts = []
-                if use_reranker:
-                    parts.append(select_edges(scored, rule))
-                elif nbrs is not None:
-                    parts.append(select_edges(nbrs, rule))
-                edges = cut_lineage(_union_edges(spark, parts + extra_parts))  # components, health, write
-                if not use_reranker and rule.veto:  # the identifier veto on the rule's edges (match.veto)
-                    edges = cut_lineage(veto_edges(edges, kept, rule.veto_above))
-                edge_stats = edge_counts(edges)  # matches a listing too, for the health check
-                summary.n_edges = edge_stats["directed"] // 2  # both directions are stored
-                c["edges"] = summary.n_edges
-
-            with timer.stage("components" + suffix) as c:
-                group_edges = edges  # the edges that group listings: the match edges, or those the margin keeps
-                summary.signal_counts.pop("margin_cut", None)
-                summary.signal_counts.pop("guard_levels", None)
-                if margin > 0 and summary.n_edges:
-                    group_edges = keep(margin_cut(edges, margin))
-                    n_margin = summary.n_edges - group_edges.count() // 2
-                    summary.signal_counts["margin_cut"] = n_margin
-                    c["margin_cut"] = n_margin
-                if cfg.components.on_driver(summary.rows_kept, 2 * summary.n_edges):
-                    groups = keep(components_on_driver(vertices, group_edges.select("src", "dst")))
-                    c["where"] = "driver"
-                else:
-                    groups = keep(connected_components(vertices, group_edges.select("src", "dst")))
-                    c["where"] = "spark"
-                if decisions is not None:  # a cannot-link cuts its group, a must-link joins two (graph/constraints)
-                    groups, group_edges, edges = decisions.apply(
-                        spark,
-                        kept=kept,
-                        groups=groups,
-                        group_edges=group_edges,
-                        edges=edges,
-                        counts=summary.signal_counts,
-                    )
-                    groups = keep(groups)
-                if cfg.guard.mode == "split":
-                    groups, levels = split_large(
-                        spark,
-                        groups,
-                        group_edges,
-                        base_threshold=rule.min2_threshold if rule.min2 else rule.threshold,
-                        max_group=cfg.guard.max_group,
-                        step=cfg.guard.step,
-                        components_fn=connected_components,
-                        driver_max_vertices=cfg.guard.driver_max_vertices,
-                        driver_max_edges=cfg.guard.driver_max_edges,
-                    )
-                    groups = keep(groups)
-                    summary.signal_counts["guard_levels"] = levels
-                group_stats = group_counts(groups)  # with the group-size histogram of the health check
-                summary.n_groups = group_stats["groups"]
-                summary.n_grouped = group_stats["grouped"]
-                summary.n_singletons = group_stats["singletons"]
-                summary.largest_group = group_stats["largest"]
-                c.update(groups=summary.n_groups, singletons=summary.n_singletons)
-
-            with timer.stage("health" + suffix) as c:
-                health = run_health(
-                    cfg,
-                    kept=kept,
-                    edges=edges,
-                    groups=groups,
-                    pairs=nbrs,
-                    signals=signal_coverage(kept_counts, cfg, list(layout_weights), reranker=use_reranker),
-                    dense_signals=list(layout_weights),
-                    counts={"edge_stats": edge_stats, "group_stats": group_stats},
-                    guard_cut=summary.signal_counts.get("guard_levels", 0) > 0
-                    or summary.signal_counts.get("margin_cut", 0) > 0,
-                    reference=reference,
-                    reference_note=note,
-                )
-                c["health_warnings"] = len(health.warnings)
-            return edges, groups, health
-
-        edges, groups, summary.health = graph(scored is not None, health_ref, health_note)
-        if scored is not None and summary.health.warnings and cfg.rerank.fallback == "rule":
-            # the catalog is unlike the re-ranker's training rows: the threshold rule decides
-            refused = summary.health
-            log.warning(
-                "the re-ranker's run is flagged (%s): edges and groups redone with the threshold rule "
-                "(rerank.fallback: rule)",
-                ",".join(refused.warning_codes),
-            )
-            rule_ref, rule_note = choose_reference(cfg.without_reranker())
-            edges, groups, health = graph(False, rule_ref, rule_note, suffix="_rule")
-            summary.health = with_fallback(health, refused)
-            summary.signal_counts["rerank_fallback"] = 1
-        if rerank_note:
-            summary.health = dataclasses.replace(summary.health, notes=[rerank_note, *summary.health.notes])
-
-        with timer.stage("write") as c:
-            fail = cfg.testing.fail_once_stage
-            run_id = F.lit(summary.run_id).alias(RUN_ID_COLUMN)
-
-            def stage(df: DataFrame, table: str):  # the table's columns in order, the run's id last
-                cols = [c for c in OUTPUT_DATA_SCHEMAS[table].names if c != RUN_ID_COLUMN]
-                return sink.stage(
-                    df.select(*cols, run_id), table, run_date, fail_stage=fail, added_columns=ADDED_COLUMNS[table]
-                )
-
-            matches = match_sets(edges, vertices)
-            staged = {"matches": stage(matches, "matches"), "clusters": stage(groups, "clusters")}
-            staged["rejects"] = stage(rejects, "rejects")
-            if cfg.output.candidates and nbrs is not None:
-                cand = candidate_scores(
-                    nbrs.where(F.col("score") >= F.lit(cfg.output.candidates_min_score)),
-                    fused_raw,
-                    layout,
-                    ph_pairs,
-                    rerank_scores=scored,
-                )
-                staged["candidates"] = stage(cand, "candidates")
-            elif sink.table_exists("candidates"):  # an earlier run's candidates of the date go too
-                staged["candidates"] = sink.stage_empty(
-                    "candidates", run_date, OUTPUT_DATA_SCHEMAS["candidates"], added_columns=ADDED_COLUMNS["candidates"]
-                )
-            # every table (and the runs row to come) must fit before the first one moves
-            sink.check(staged.values())
-            if cache is not None:
-                cache.check(cache_staged)
-            check_runs_table(spark, sink)
-            for name in staged:
-                try:
-                    res = sink.commit(staged[name], crash_before_commit=cfg.testing.crash_before_commit)
-                except Exception as e:
-                    if not summary.table_versions:
-                        raise
-                    raise SinkError(
-                        f"committing table '{name}' failed after {_versions(summary.table_versions)} were "
-                        f"committed: {first_line(e)}; the date's tables are inconsistent until it is rerun"
-                    ) from e
-                summary.table_versions[name] = res.version
-            c["tables"] = len(staged)
-            if cache_staged:  # after the data: a cache that failed to land costs the next run time, no data
-                try:
-                    summary.table_versions.update(cache.commit(cache_staged))
-                except Exception as e:  # noqa: BLE001
-                    summary.cache_error = first_line(e)
-                    log.warning("the embeddings cache was not committed (the next run recomputes): %s", e)
-
-        summary.stage_seconds = {k: round(v, 3) for k, v in timer.seconds.items()}
-        try:
-            summary.table_versions["runs"] = write_run_row(
-                spark, sink, summary, cfg, input_path, started, status="succeeded"
-            )
-        except Exception as e:
-            raise RunRecordError(
-                f"the data tables were committed ({_versions(summary.table_versions)}) but the runs row was "
-                f"not recorded: {first_line(e)}; rerun {run_date} to record it (the rerun replaces the "
-                "date's partitions: idempotent)"
-            ) from e
-        return summary
+        setup = prepare(run, text_encoder)
+        listings = ingest(run)
+        setup = for_catalog(run, setup, listings)
+        night = plan_night(run, setup, listings)
+        if night.incremental:
+            matched = incremental_night(run, setup, listings, night)
+        else:
+            matched = full_night(run, setup, listings)
+        commit(run, setup, listings, night, matched)
+        record(run, started)
+        return run.summary
     except RunRecordError:
         raise  # the data is committed and good: a "failed" row would say otherwise
     except Exception as e:
-        summary.stage_seconds = {k: round(v, 3) for k, v in timer.seconds.items()}
+        run.summary.stage_seconds = {k: round(v, 3) for k, v in run.timer.seconds.items()}
         if not cfg.testing.crash_before_commit:  # a simulated driver crash writes nothing at all
             try:
-                write_run_row(spark, sink, summary, cfg, input_path, started, status="failed", error=str(e))
+                write_run_row(spark, run.sink, run.summary, run.cfg, input_path, started, status="failed", error=str(e))
             except Exception:  # noqa: BLE001 - never mask the original failure
                 log.warning("could not record the failed run in the runs table", exc_info=True)
         raise
     finally:
-        for df in persisted:
+        for df in run.persisted:
             df.unpersist()
+
+
+def full_night(run: Run, setup: Setup, listings: Listings) -> Matched:
+    """Every listing embedded (the cache's vectors reused), searched and blended."""
+    embedded = embed(run, setup, listings, epoch_idf=None)
+    n = run.summary.rows_embedded
+    rounds = full_rounds(embedded.emb, run.cfg, n, run.timer, run.keep, depth=_depth(run.cfg)) if n else None
+    return match(run, setup, listings, embedded, rounds)
+
+
+def incremental_night(run: Run, setup: Setup, listings: Listings, night: Night) -> Matched:
+    """The epoch's idf and quantizer; only the night's delta searched, only the listings whose
+    neighbourhood moved blended (search/rounds.delta_rounds); the later stages as a full night's."""
+    cfg = run.cfg
+    embedded = embed(run, setup, listings, epoch_idf=night.epoch.idf)
+    quantizer = Quantizer(night.epoch.centroids, 0)
+    if cfg.incremental.search_all:  # the reference: every listing searched on the epoch
+        rounds = full_rounds(
+            embedded.emb, cfg, run.summary.rows_embedded, run.timer, run.keep, depth=_depth(cfg), quantizer=quantizer
+        )
+        return match(run, setup, listings, embedded, rounds)
+    rounds = delta_rounds(
+        embedded.emb,
+        cfg,
+        run.summary.rows_embedded,
+        run.timer,
+        run.keep,
+        depth=_depth(cfg),
+        quantizer=quantizer,
+        delta=night.delta,
+        prev_lists=night.prev_lists,
+        prev_vectors=night.prev_vectors,
+        search_depth=cfg.incremental.search_depth or None,
+    )
+    run.summary.signal_counts.update({f"incremental_{k}": v for k, v in rounds.counts.items()})
+    return match(run, setup, listings, embedded, rounds)
+
+
+def match(run: Run, setup: Setup, listings: Listings, embedded: Embedded, rounds: SearchRounds | None) -> Matched:
+    """The stages after the search, the same in both plans: pHash pairs, the re-ranker, the
+    edges, components and health (with the re-ranker's fallback), and the stable group ids."""
+    ph_pairs = phash(run, listings)
+    scored = rerank(run, setup, listings, rounds)
+    extra = extra_edges(run, listings, embedded, ph_pairs)
+    edges, groups, health = group(run, setup, listings, rounds, scored, extra)
+    groups, changes = stable_ids(run, groups)
+    return Matched(embedded, rounds, ph_pairs, scored, edges, groups, changes, health)
+
+
+def _depth(cfg: DedupConfig) -> int:
+    """Neighbours a search keeps a listing: ``index.k``, plus the state's slack when kept."""
+    return cfg.index.k + (cfg.incremental.slack if cfg.incremental.enabled else 0)
+
+
+# --------------------------------------------------------------------------------------
+# the stages
+
+
+def prepare(run: Run, text_encoder: Callable[[], Encoder] | None) -> Setup:
+    """Fail fast: the text model's path, the re-ranker, the output tables' schemas, and (with
+    the incremental state) a date older than the newest state without ``--full``."""
+    cfg = run.cfg
+    builder = text_encoder or TextEncoderBuilder.from_conf(cfg.embed.text)  # fail fast on a bad model path
+    # fail fast on a bad model directory or a pipeline it was not trained for; the built-in
+    # one on other settings: none, and the note says why (the threshold rule decides)
+    reranker, rerank_note = reranker_for(cfg)
+    if rerank_note:
+        log.warning("%s", rerank_note)
+    # the re-ranker's reference, the defaults' or none
+    health_ref, health_note = choose_reference(cfg if reranker is not None else cfg.without_reranker())
+    check_output_tables(run.spark, run.sink, cfg)  # fail fast on a table another writer changed
+    # reviewers' verdicts (listing-dedup decide), read once; applied after the components
+    decisions = Decisions.read(run.warehouse) if cfg.decisions.enabled else None
+    seen = None
+    if cfg.incremental.enabled:
+        seen = state_dates(run.sink)
+        refuse_out_of_order(run.run_date, max(seen) if seen else None, cfg.incremental.full)
+    return Setup(builder, reranker, rerank_note, health_ref, health_note, decisions, seen)
+
+
+def ingest(run: Run) -> Listings:
+    """Read and validate the input: every row kept or rejected with a reason; the input-size guards."""
+    cfg, summary = run.cfg, run.summary
+    with run.timer.stage("ingest") as c:
+        ing = read_listings(run.spark, run.input_path, cfg.input)
+        run.persisted.extend(ing.cached)
+        summary.rows_in = ing.rows_in()
+        previous = last_succeeded_run(run.sink)
+        check_row_count(
+            summary.rows_in,
+            cfg.input,
+            previous_rows=previous.rows_in if previous else None,
+            previous_run=previous.describe() if previous else "",
+            path=run.input_path,
+        )
+        kept = run.keep(ing.kept)
+        rejects = run.keep(ing.rejects)
+        kept_counts = listing_counts(kept, has_image=ing.has_image_column)  # also the health's signals
+        summary.rows_kept = kept_counts["n"]
+        if ing.has_image_column:
+            summary.images_unreadable = kept_counts["image_error"]
+        by_reason = {r["reason"]: r["count"] for r in rejects.groupBy("reason").count().collect()}
+        summary.rejects_by_reason = by_reason
+        summary.rows_rejected = sum(by_reason.values())
+        if summary.rows_in != summary.rows_kept + summary.rows_rejected:
+            raise DedupError(
+                f"row accounting broke: {summary.rows_in} in != {summary.rows_kept} kept + "
+                f"{summary.rows_rejected} rejected"
+            )
+        c.update(rows_in=summary.rows_in, kept=summary.rows_kept, rejected=summary.rows_rejected)
+        check_kept_rows(
+            summary.rows_in,
+            summary.rows_kept,
+            cfg.input,
+            previous_in=previous.rows_in if previous else None,
+            previous_kept=previous.rows_kept if previous else None,
+            previous_run=previous.describe() if previous else "",
+            rejects_by_reason=by_reason,
+            path=run.input_path,
+        )
+        if summary.rows_in == 0:  # accepted by input.allow_empty / --allow-empty
+            log.warning("input %s holds no rows: the %s partitions will be empty", run.input_path, run.run_date)
+    signals = _run_signals(cfg, ing.has_image_column)
+    return Listings(
+        kept=kept,
+        rejects=rejects,
+        counts=kept_counts,
+        has_image=ing.has_image_column,
+        image_root=image_roots_for(run.input_path, cfg.input),  # the roots image files are read below
+        layout_weights=cfg.fusion.weights(signals),
+    )
+
+
+def for_catalog(run: Run, setup: Setup, listings: Listings) -> Setup:
+    """The built-in re-ranker for the catalog's signals: the titles-only one where pHash is rare
+    (graph/rerank.for_coverage); the run's conf, re-ranker and health reference follow it."""
+    n = listings.counts["n"]
+    cfg, coverage_note = for_coverage(run.cfg, listings.counts["phash"] / n if n else 0.0)
+    if not coverage_note:
+        return setup
+    log.info("%s", coverage_note)
+    run.cfg = cfg
+    reranker, rerank_note = reranker_for(cfg)
+    health_ref, health_note = choose_reference(cfg if reranker is not None else cfg.without_reranker())
+    return dataclasses.replace(
+        setup,
+        reranker=reranker,
+        rerank_note=rerank_note or coverage_note,
+        health_ref=health_ref,
+        health_note=health_note,
+    )
+
+
+def plan_night(run: Run, setup: Setup, listings: Listings) -> Night:
+    """Full or incremental, and why (lib/listing_dedup/incremental.py); the night's delta
+    against the state it would continue. A Night without a plan when the state is off."""
+    cfg, sink = run.cfg, run.sink
+    if not cfg.incremental.enabled:
+        return Night()
+    with run.timer.stage("delta") as c:
+        encoders = _encoder_fingerprints(run, setup, listings)
+        fingerprint = settings_fingerprint(cfg.to_dict(), cfg.incremental.slack, encoders)
+        digests = run.keep(
+            listing_digests_spark(listings.kept, has_image=listings.has_image, image_root=listings.image_root)
+        )
+        base = base_state(sink, run.run_date)
+        prev_date = previous_date(sink, run.run_date)
+        delta, counts, epoch, drift = None, {}, None, None
+        if base is not None and not cfg.incremental.full:
+            epoch = load_epoch(run.warehouse, base.epoch)
+            prev = read_state(run.spark, sink, "listing_state", base.run_date)
+            delta = cut_lineage(night_delta_spark(prev, digests))
+            counts = {k: 0 for k in DELTA_KINDS}
+            counts.update({r["kind"]: int(r["count"]) for r in delta.groupBy("kind").count().collect()})
+            drift = drift_since_epoch(
+                state_log(sink), base.epoch, run.run_date, counts["added"] + counts["changed"], epoch.listings
+            )
+        plan = choose_plan(
+            full=cfg.incremental.full,
+            base=base,
+            previous_date=prev_date,
+            epoch_fingerprint=epoch.fingerprint if epoch is not None else None,
+            fingerprint=fingerprint,
+            drift=drift,
+            max_drift=cfg.incremental.max_drift,
+        )
+        night = Night(plan, digests, delta, counts, fingerprint, epoch)
+        if plan.incremental:
+            rounds = 1 + len(cfg.inb.thresholds)
+            lists = read_state(run.spark, sink, "neighbours", base.run_date)
+            vecs = read_state(run.spark, sink, "vectors", base.run_date)
+            night.prev_lists = [lists.where(F.col("round") == r).select("src", "dst", "score") for r in range(rounds)]
+            night.prev_vectors = [None] + [
+                vecs.where(F.col("round") == r).select("posting_id", "emb") for r in range(1, rounds)
+            ]
+        run.summary.plan = f"{plan.kind}: {plan.reason}"
+        run.summary.signal_counts.update({f"night_{k}": v for k, v in counts.items()})
+        c.update(plan=plan.kind, **{k: v for k, v in counts.items()})
+        log.info("tonight's plan: %s (%s)", plan.kind, plan.reason)
+    return night
+
+
+def _encoder_fingerprints(run: Run, setup: Setup, listings: Listings) -> dict[str, Any]:
+    """What decides each dense signal's vectors (model files, runtime): part of the state's
+    settings fingerprint. An encoder without ``fingerprint()`` (a test's) is named by its type."""
+    out: dict[str, Any] = {}
+    if "text" in listings.layout_weights:
+        fp = getattr(setup.builder, "fingerprint", None)
+        out["text"] = fp(spark=run.spark) if callable(fp) else type(setup.builder).__name__
+    if "image" in listings.layout_weights:
+        from listing_dedup.embed.image import ImageEncoderBuilder
+
+        out["image"] = ImageEncoderBuilder.from_conf(run.cfg.embed.image).fingerprint(spark=run.spark)
+    return out
+
+
+def embed(run: Run, setup: Setup, listings: Listings, *, epoch_idf: Any) -> Embedded:
+    """The fused vector of every listing with a title or an image: the cache's vectors reused,
+    the missing ones computed; the lexical idf fitted on tonight's catalog, or the epoch's
+    (``epoch_idf``) on an incremental night."""
+    spark, cfg, timer, keep, summary, run_date = run.spark, run.cfg, run.timer, run.keep, run.summary, run.run_date
+    kept, image_root, layout_weights, builder = (
+        listings.kept,
+        listings.image_root,
+        listings.layout_weights,
+        setup.builder,
+    )
+    idf = None
+    cache = _embeddings_cache(cfg, run.warehouse, summary.run_id, builder, spark)
+    cache_staged: list = []  # the cache's staged writes (embed stage), committed after the data tables
+    with timer.stage("embed") as c:
+        sig = kept.where(F.length("title") > 0).select("posting_id", "title")
+        fail = cfg.testing.fail_once_stage
+        params = cfg.embed.lexical.params()
+        t_step = [time.perf_counter()]
+
+        def step(name: str) -> None:  # the seconds of the embed stage's steps, in its log line
+            now = time.perf_counter()
+            c[f"{name}_s"] = round(now - t_step[0], 1)
+            t_step[0] = now
+
+        def text_fn(df: DataFrame) -> DataFrame:
+            return embed_texts(df, "title", "v_text", builder, fail_stage=fail)
+
+        cached_text = cache is not None and "text" in layout_weights and "text" in cache.fingerprints
+        cached_lexical = cache is not None and "lexical" in layout_weights
+        title_signals = []
+        if cached_text:
+            title_signals.append(CachedSignal("text", cache.fingerprints["text"], "v_text"))
+        if cached_lexical:  # the hashed counts: today's idf and projection apply to them below
+            title_signals.append(CachedSignal("lexical", params.counts_fingerprint(), "lex_counts"))
+
+        def titles_fn(df: DataFrame) -> DataFrame:
+            # each signal reads the title only where its vector is missing (null elsewhere: not
+            # computed), so a changed lexical setting does not re-run the text encoder
+            for t in title_signals:
+                df = df.withColumn("_title", F.when(F.col(need_column(t.name)), F.col("title")))
+                if t.name == "text":
+                    fp_col = fingerprint_column("text")  # each vector's: the runtime its executor really used
+                    df = embed_texts(df, "_title", t.out_col, builder, fail_stage=fail, fingerprint_col=fp_col)
+                else:
+                    df = lexical_counts(df, "_title", t.out_col, params, fail_stage=fail)
+            return df.drop("_title")
+
+        if title_signals:  # one lookup and one computing pass for both signals of the title
+            sig = cache.embed_signals(
+                spark,
+                sig,
+                signals=title_signals,
+                digest=content_digest_column(F.col("title")),
+                embed_fn=titles_fn,
+                keep=keep,
+                content_cols=["title"],
+            )
+            step("title_cache")
+        # no layout step: the index's sample and shards depend on the rows alone (search/indexer.py)
+        if cached_text or cached_lexical:
+            # materialised without lineage: each cache join is a diamond in the plan, and every later
+            # stage's plan (INB, edges) would otherwise carry and print them all (a 30k-listing run's
+            # plan string filled the driver's heap)
+            sig = cut_lineage(sig)
+            step("materialise")
+        if "text" in layout_weights and not cached_text:
+            sig = text_fn(sig)
+        encoded_here = "text" in layout_weights and not cached_text
+        # sig is kept (computed once) when a later step reads it again: the encoder ran in it (no
+        # cache), it holds images, or a per-signal search (union) reads it
+        keep_sig = encoded_here or "image" in layout_weights or _union_reads(cfg, layout_weights)
+        columns = {s: f"v_{s}" for s in layout_weights}
+        transforms = {}
+        if "lexical" in layout_weights:
+            if cached_lexical:  # sig is materialised above: read twice (the catalog's idf, the vectors)
+                idf = epoch_idf if epoch_idf is not None else fit_idf_counts(sig, "lex_counts", params)
+                step("idf")
+                idf_bc = spark.sparkContext.broadcast(idf)
+                if keep_sig:
+                    sig = embed_lexical_counts(sig, "lex_counts", "v_lexical", params, idf_bc, fail_stage=fail)
+                    sig = sig.drop("lex_counts")
+                else:  # projected inside the fusion's pass: the vectors never go back to the JVM alone
+                    columns["lexical"] = "lex_counts"
+                    transforms["lexical"] = counts_to_vectors(params, idf_bc, fail_stage=fail)
+            else:
+                idf = (
+                    epoch_idf if epoch_idf is not None else fit_idf(kept.where(F.length("title") > 0), "title", params)
+                )
+                sig = embed_lexical(
+                    sig, "title", "v_lexical", params, spark.sparkContext.broadcast(idf), fail_stage=fail
+                )
+        sig = sig.drop("title")
+        if "image" in layout_weights:
+            from listing_dedup.embed.image import ImageEncoderBuilder, embed_images
+
+            img = kept.where(F.col("image").isNotNull() & F.col("image_error").isNull())
+            img_builder = ImageEncoderBuilder.from_conf(cfg.embed.image)
+
+            def image_fn(df: DataFrame) -> DataFrame:
+                fp_col = fingerprint_column("image") if cache is not None else None  # the executor's runtime
+                return embed_images(df, "image", "v_image", img_builder, image_root, fingerprint_col=fp_col)
+
+            img = img.select("posting_id", "image")
+            if cache is not None:
+                img = cache.embed(
+                    spark,
+                    img,
+                    signal="image",
+                    fingerprint=img_builder.fingerprint(spark=spark),
+                    digest=image_digest_column(F.col("image"), image_root),
+                    out_col="v_image",
+                    embed_fn=image_fn,
+                    keep=keep,
+                    digest_nullable=True,
+                )
+            else:
+                img = image_fn(img)
+            img = img.select("posting_id", "v_image")
+            sig = sig.join(img, "posting_id", "full")
+        # otherwise the vectors come from the materialised frame above (the lexical projection
+        # computed once, inside the fusion's pass) and only the fused vectors are kept
+        if keep_sig:
+            sig = keep(sig)
+        # the lexical block's length is the projection's; the others' from one row of the frame
+        dims = _signal_dims(sig, [s for s in layout_weights if s != "lexical"])
+        dims = {s: params.dim if s == "lexical" else dims[s] for s in layout_weights}
+        layout = Layout.of(dims, layout_weights)
+        fused = fuse(sig, {s: columns[s] for s in layout.signals}, layout, transforms=transforms)
+        emb = keep(fused.select("posting_id", "emb"))
+        summary.rows_embedded = emb.count()  # one row a listing of sig: no count of its own
+        step("fuse")
+        c.update(embedded=summary.rows_embedded, signals=",".join(layout.signals), dim=layout.dim)
+        if cache is not None:
+            summary.cache = {s: {"reused": u.reused, "computed": u.computed} for s, u in cache.uses.items()}
+            summary.cache_warning = cache.read_error  # an unreadable cache: recomputed, said in the summary
+            c.update(vectors_reused=cache.reused, vectors_computed=cache.computed)
+            # the new vectors are written now, while they are in memory (committed after the data
+            # tables); the cache's frames are then released
+            cache_staged = cache.stage(run_date, fail_stage=cfg.testing.fail_once_stage)
+            cache.release()
+            step("stage_cache")
+    return Embedded(emb, sig, layout, idf, cache, cache_staged)
+
+
+def phash(run: Run, listings: Listings) -> DataFrame | None:
+    """pHash pairs within ``phash.max_bits`` (both directions, with a score), or None when off."""
+    cfg, summary = run.cfg, run.summary
+    if not cfg.phash.enabled:
+        return None
+    with run.timer.stage("phash") as c:
+        # image_phash: given, or computed by the reader from the image (one decode)
+        ph_src = listings.kept.select("posting_id", F.col("image_phash").alias("phash"))
+        # one pass finds the pairs and the listings of skipped blocks; banding by catalog size
+        found = run.keep(phash_found(ph_src, cfg.phash.max_bits, cfg.phash.max_bucket, n_rows=summary.rows_kept))
+        ph_pairs, skipped = split_found(found)
+        ph_pairs = run.keep(ph_pairs)
+        summary.signal_counts["phash_pairs"] = ph_pairs.count() // 2
+        summary.signal_counts["phash_skipped"] = skipped.count()
+        c.update(pairs=summary.signal_counts["phash_pairs"], skipped=summary.signal_counts["phash_skipped"])
+    return ph_pairs
+
+
+def rerank(run: Run, setup: Setup, listings: Listings, rounds: SearchRounds | None) -> DataFrame | None:
+    """The re-ranker's probability of every candidate of the final search (None when off)."""
+    if setup.reranker is None or rounds is None:
+        return None
+    with run.timer.stage("rerank") as c:
+        frame = candidate_frame_spark(
+            rounds.first_nbrs,
+            rounds.nbrs,
+            listings.kept.select("posting_id", "title", "image_phash"),
+            run.cfg.index.k,
+            run.cfg.rerank.min_score,
+        )
+        # each round's result is materialised without lineage: the frame joins the
+        # searches several times, and every later stage would otherwise re-plan all of it
+        scored = rerank_spark(frame, setup.reranker, cut=cut_lineage)
+        c["candidates"] = scored.count()
+        run.summary.signal_counts["reranked_pairs"] = c["candidates"]
+    return scored
+
+
+def extra_edges(run: Run, listings: Listings, embedded: Embedded, ph_pairs: DataFrame | None) -> list[DataFrame]:
+    """The edges every attempt shares: pHash pairs and the optional one-signal searches."""
+    cfg = run.cfg
+    parts = [ph_pairs.select("src", "dst", "score")] if ph_pairs is not None else []
+    quantizers: dict[str, Quantizer] = {}
+    n_emb = run.summary.rows_embedded
+    for s in listings.layout_weights:
+        u = getattr(cfg.union, s)
+        if u.enabled and n_emb:
+            one = embedded.sig.where(F.col(f"v_{s}").isNotNull()).select("posting_id", F.col(f"v_{s}").alias("emb"))
+            s_nbrs = neighbours_for(one, cfg, n_emb, run.timer, suffix=f"_{s}", quantizers=quantizers, space=s)
+            mc = MatchConf(threshold=u.threshold, min2=u.min2, min2_threshold=u.min2_threshold)
+            parts.append(select_edges(s_nbrs, mc))
+    return parts
+
+
+def group(
+    run: Run,
+    setup: Setup,
+    listings: Listings,
+    rounds: SearchRounds | None,
+    scored: DataFrame | None,
+    extra: list[DataFrame],
+) -> tuple[DataFrame, DataFrame, Health]:
+    """Edges -> components -> health, with the re-ranker's rule; redone with the threshold rule
+    when the re-ranker's run is flagged (``rerank.fallback: rule``)."""
+    cfg, summary = run.cfg, run.summary
+    nbrs = rounds.nbrs if rounds is not None else None
+    edges, groups, health = graph(
+        run, listings, nbrs, scored, extra, setup, scored is not None, setup.health_ref, setup.health_note
+    )
+    if scored is not None and health.warnings and cfg.rerank.fallback == "rule":
+        # the catalog is unlike the re-ranker's training rows: the threshold rule decides
+        refused = health
+        log.warning(
+            "the re-ranker's run is flagged (%s): edges and groups redone with the threshold rule "
+            "(rerank.fallback: rule)",
+            ",".join(refused.warning_codes),
+        )
+        rule_ref, rule_note = choose_reference(cfg.without_reranker())
+        edges, groups, health = graph(run, listings, nbrs, scored, extra, setup, False, rule_ref, rule_note, "_rule")
+        health = with_fallback(health, refused)
+        summary.signal_counts["rerank_fallback"] = 1
+    if setup.rerank_note:
+        health = dataclasses.replace(health, notes=[setup.rerank_note, *health.notes])
+    summary.health = health
+    return edges, groups, health
+
+
+def graph(
+    run: Run,
+    listings: Listings,
+    nbrs: DataFrame | None,
+    scored: DataFrame | None,
+    extra: list[DataFrame],
+    setup: Setup,
+    use_reranker: bool,
+    reference: HealthReference | None,
+    note: str,
+    suffix: str = "",
+) -> tuple[DataFrame, DataFrame, Health]:
+    """Edges -> components (margin, guard) -> health, with the re-ranker's probabilities and
+    rule or with the threshold rule on the fused score."""
+    spark, cfg, timer, keep, summary = run.spark, run.cfg, run.timer, run.keep, run.summary
+    kept = listings.kept
+    vertices = kept.select("posting_id")
+    rule = cfg.rerank.match() if use_reranker else cfg.match
+    margin = group_margin_of(cfg, setup.reranker) if use_reranker else cfg.guard.group_margin
+    with timer.stage("edges" + suffix) as c:
+        parts = []
+        if use_reranker:
+            parts.append(select_edges(scored, rule))
+        elif nbrs is not None:
+            parts.append(select_edges(nbrs, rule))
+        edges = cut_lineage(_union_edges(spark, parts + extra))  # components, health, write
+        if not use_reranker and rule.veto:  # the identifier veto on the rule's edges (match.veto)
+            edges = cut_lineage(veto_edges(edges, kept, rule.veto_above))
+        edge_stats = edge_counts(edges)  # matches a listing too, for the health check
+        summary.n_edges = edge_stats["directed"] // 2  # both directions are stored
+        c["edges"] = summary.n_edges
+
+    with timer.stage("components" + suffix) as c:
+        group_edges = edges  # the edges that group listings: the match edges, or those the margin keeps
+        summary.signal_counts.pop("margin_cut", None)
+        summary.signal_counts.pop("guard_levels", None)
+        if margin > 0 and summary.n_edges:
+            group_edges = keep(margin_cut(edges, margin))
+            n_margin = summary.n_edges - group_edges.count() // 2
+            summary.signal_counts["margin_cut"] = n_margin
+            c["margin_cut"] = n_margin
+        if cfg.components.on_driver(summary.rows_kept, 2 * summary.n_edges):
+            groups = keep(components_on_driver(vertices, group_edges.select("src", "dst")))
+            c["where"] = "driver"
+        else:
+            groups = keep(connected_components(vertices, group_edges.select("src", "dst")))
+            c["where"] = "spark"
+        if setup.decisions is not None:  # a cannot-link cuts its group, a must-link joins two (graph/constraints)
+            groups, group_edges, edges = setup.decisions.apply(
+                spark,
+                kept=kept,
+                groups=groups,
+                group_edges=group_edges,
+                edges=edges,
+                counts=summary.signal_counts,
+            )
+            groups = keep(groups)
+        if cfg.guard.mode == "split":
+            groups, levels = split_large(
+                spark,
+                groups,
+                group_edges,
+                base_threshold=rule.min2_threshold if rule.min2 else rule.threshold,
+                max_group=cfg.guard.max_group,
+                step=cfg.guard.step,
+                components_fn=connected_components,
+                driver_max_vertices=cfg.guard.driver_max_vertices,
+                driver_max_edges=cfg.guard.driver_max_edges,
+            )
+            groups = keep(groups)
+            summary.signal_counts["guard_levels"] = levels
+        group_stats = group_counts(groups)  # with the group-size histogram of the health check
+        summary.n_groups = group_stats["groups"]
+        summary.n_grouped = group_stats["grouped"]
+        summary.n_singletons = group_stats["singletons"]
+        summary.largest_group = group_stats["largest"]
+        c.update(groups=summary.n_groups, singletons=summary.n_singletons)
+
+    with timer.stage("health" + suffix) as c:
+        health = run_health(
+            cfg,
+            kept=kept,
+            edges=edges,
+            groups=groups,
+            pairs=nbrs,
+            signals=signal_coverage(listings.counts, cfg, list(listings.layout_weights), reranker=use_reranker),
+            dense_signals=list(listings.layout_weights),
+            counts={"edge_stats": edge_stats, "group_stats": group_stats},
+            guard_cut=summary.signal_counts.get("guard_levels", 0) > 0
+            or summary.signal_counts.get("margin_cut", 0) > 0,
+            reference=reference,
+            reference_note=note,
+        )
+        c["health_warnings"] = len(health.warnings)
+    return edges, groups, health
+
+
+def stable_ids(run: Run, groups: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Tonight's groups keep the ids of the previous night's they continue (graph/lineage.py),
+    and the night's ``group_changes``: on the driver (pandas) for a catalog the components stage
+    would label there, else as Spark joins; a first night's ids are its components' own."""
+    spark, summary = run.spark, run.summary
+    with run.timer.stage("lineage") as c:
+        prev_date, prev = previous_clusters(spark, run.sink, run.run_date)
+        if prev is None:  # a first night: every group is new
+            ids, changes = groups.select("posting_id", "group_id", "group_size"), first_night_changes(groups)
+            kinds = {"new": summary.n_groups}
+            c["where"] = "first night"
+        elif run.cfg.components.on_driver(summary.rows_kept, 0):
+            ids_pd, changes_pd = assign_ids(
+                groups.select("posting_id", "group_id").toPandas(),
+                prev.toPandas(),
+                run.run_date,
+                prev_date,
+            )
+            ids = run.keep(spark.createDataFrame(ids_pd, "posting_id string, group_id string, group_size int"))
+            changes = run.keep(
+                spark.createDataFrame(changes_pd.astype(object).where(changes_pd.notna(), None), CHANGES_DDL)
+            )
+            kinds = change_counts(changes_pd)
+            c["where"] = "driver"
+        else:
+            ids, changes = assign_ids_spark(groups, prev, run.run_date, prev_date)
+            ids = run.keep(cut_lineage(ids))
+            check_unique(ids, run.run_date)
+            changes = run.keep(cut_lineage(changes))
+            kinds = {r["kind"]: int(r["count"]) for r in changes.groupBy("kind").count().collect()}
+            c["where"] = "spark"
+        for kind in CHANGE_KINDS:
+            summary.signal_counts[f"groups_{kind.split('-')[0]}"] = kinds.get(kind, 0)
+        c.update(previous=prev_date or "none", **{k.split("-")[0]: v for k, v in kinds.items() if v})
+    return ids, changes
+
+
+def commit(run: Run, setup: Setup, listings: Listings, night: Night, matched: Matched) -> None:
+    """Stage every table, check them all, then commit: the data tables, the match state, the
+    embeddings cache. A failure before the first commit leaves every table as it was."""
+    spark, cfg, sink, summary, run_date = run.spark, run.cfg, run.sink, run.summary, run.run_date
+    with run.timer.stage("write") as c:
+        fail = cfg.testing.fail_once_stage
+        run_id = F.lit(summary.run_id).alias(RUN_ID_COLUMN)
+
+        def stage(df: DataFrame, table: str):  # the table's columns in order, the run's id last
+            cols = [c for c in OUTPUT_DATA_SCHEMAS[table].names if c != RUN_ID_COLUMN]
+            return sink.stage(
+                df.select(*cols, run_id), table, run_date, fail_stage=fail, added_columns=ADDED_COLUMNS[table]
+            )
+
+        rounds = matched.rounds
+        nbrs = rounds.nbrs if rounds is not None else None
+        matches = match_sets(matched.edges, listings.kept.select("posting_id"))
+        staged = {"matches": stage(matches, "matches"), "clusters": stage(matched.groups, "clusters")}
+        staged["rejects"] = stage(listings.rejects, "rejects")
+        staged["group_changes"] = stage(matched.changes, "group_changes")
+        if cfg.output.candidates and nbrs is not None:
+            cand = candidate_scores(
+                nbrs.where(F.col("score") >= F.lit(cfg.output.candidates_min_score)),
+                matched.embedded.emb,
+                matched.embedded.layout,
+                matched.ph_pairs,
+                rerank_scores=matched.scored,
+            )
+            staged["candidates"] = stage(cand, "candidates")
+        elif sink.table_exists("candidates"):  # an earlier run's candidates of the date go too
+            staged["candidates"] = sink.stage_empty(
+                "candidates", run_date, OUTPUT_DATA_SCHEMAS["candidates"], added_columns=ADDED_COLUMNS["candidates"]
+            )
+        state = stage_state(run, night, matched) if night.keeps_state else {}
+        cache, cache_staged = matched.embedded.cache, matched.embedded.cache_staged
+        # every table (and the runs row to come) must fit before the first one moves
+        sink.check([*staged.values(), *state.values()])
+        if cache is not None:
+            cache.check(cache_staged)
+        check_runs_table(spark, sink)
+        if state:  # two runs must not update one state at once
+            check_state_unmoved(sink, run_date, setup.state_seen or set())
+        for name, s in [*staged.items(), *state.items()]:
+            try:
+                res = sink.commit(s, crash_before_commit=cfg.testing.crash_before_commit)
+            except Exception as e:
+                if not summary.table_versions:
+                    raise
+                raise SinkError(
+                    f"committing table '{name}' failed after {_versions(summary.table_versions)} were "
+                    f"committed: {first_line(e)}; the date's tables are inconsistent until it is rerun"
+                ) from e
+            summary.table_versions[name] = res.version
+        if state:
+            summary.table_versions[STATE_LOG] = log_state(run, night, matched)
+            prune_state(sink, previous_date(sink, run_date) or run_date)
+        c["tables"] = len(staged) + len(state)
+        if cache_staged:  # after the data: a cache that failed to land costs the next run time, no data
+            try:
+                summary.table_versions.update(cache.commit(cache_staged))
+            except Exception as e:  # noqa: BLE001
+                summary.cache_error = first_line(e)
+                log.warning("the embeddings cache was not committed (the next run recomputes): %s", e)
+
+
+def record(run: Run, started: dt.datetime) -> None:
+    """The ``runs`` row of a run whose tables are committed."""
+    summary = run.summary
+    summary.stage_seconds = {k: round(v, 3) for k, v in run.timer.seconds.items()}
+    try:
+        summary.table_versions["runs"] = write_run_row(
+            run.spark, run.sink, summary, run.cfg, run.input_path, started, status="succeeded"
+        )
+    except Exception as e:
+        raise RunRecordError(
+            f"the data tables were committed ({_versions(summary.table_versions)}) but the runs row was "
+            f"not recorded: {first_line(e)}; rerun {run.run_date} to record it (the rerun replaces the "
+            "date's partitions: idempotent)"
+        ) from e
+
+
+def stage_state(run: Run, night: Night, matched: Matched) -> dict[str, StagedWrite]:
+    """The match state tonight leaves for the next night (docs/incremental.md): the listings'
+    digests, each round's lists at depth and each blending round's vectors; a full night also
+    writes its epoch's files (the idf and the quantizer it fitted). None without a search."""
+    rounds = matched.rounds
+    if rounds is None:
+        return {}
+    sink, run_date, fail = run.sink, run.run_date, run.cfg.testing.fail_once_stage
+    if not night.incremental:
+        night.epoch = Epoch(
+            epoch_id=f"{run_date}.{run.summary.run_id[:12]}",
+            started=run_date,
+            reason=night.plan.reason,
+            fingerprint=night.fingerprint,
+            listings=run.summary.rows_embedded,
+            centroids=rounds.quantizer.centroids,
+            idf=matched.embedded.idf,
+        )
+        save_epoch(run.warehouse, night.epoch)
+    rid = F.lit(run.summary.run_id).alias("run_id")
+    lists = None
+    for r, df in enumerate(rounds.lists):
+        one = df.select(F.lit(r).cast("int").alias("round"), "src", "dst", "score", rid)
+        lists = one if lists is None else lists.unionByName(one)
+    staged = {
+        "listing_state": sink.stage(night.digests.select("posting_id", "digest", rid), "listing_state", run_date),
+        "neighbours": sink.stage(lists, "neighbours", run_date, fail_stage=fail),
+    }
+    if len(rounds.vectors) > 1:
+        vecs = None
+        for r, df in enumerate(rounds.vectors[1:], start=1):
+            one = df.select(F.lit(r).cast("int").alias("round"), "posting_id", "emb", rid)
+            vecs = one if vecs is None else vecs.unionByName(one)
+        staged["vectors"] = sink.stage(vecs, "vectors", run_date, fail_stage=fail)
+    else:
+        staged["vectors"] = sink.stage_empty("vectors", run_date, STATE_SCHEMAS["vectors"])
+    return staged
+
+
+def log_state(run: Run, night: Night, matched: Matched) -> int:
+    """Append tonight's ``state_log`` row (the state the next night continues); its version."""
+    counts = night.delta_counts if night.incremental else {}
+    rc = matched.rounds.counts if matched.rounds is not None else {}
+    row = (
+        run.summary.run_id,
+        night.plan.base.run_date if night.incremental else None,
+        night.epoch.epoch_id,
+        night.plan.kind,
+        night.plan.reason,
+        *(counts.get(k) for k in DELTA_KINDS),
+        rc.get("searched"),
+        rc.get("stale"),
+        dt.datetime.now(dt.timezone.utc),
+    )
+    df = run.spark.createDataFrame([row], STATE_LOG_DDL).coalesce(1)
+    return run.sink.write(df, STATE_LOG, run.run_date, mode="append").version

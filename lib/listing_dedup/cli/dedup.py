@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "input.allow_empty=true --set input.max_shrink=1.0 --set input.max_rejected_share=1.0)",
     )
     p.add_argument(
+        "--full",
+        action="store_true",
+        help="with incremental.enabled: run every night of this invocation full (a new epoch of the match "
+        "state), e.g. a date older than the state's newest (same as --set incremental.full=true)",
+    )
+    p.add_argument(
         "--verify-only",
         action="store_true",
         help="compute nothing: check the tables committed for --run-date and exit 1 if they are inconsistent",
@@ -69,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("the following arguments are required: --conf, --input")
     if args.allow_empty and args.verify_only:
         p.error("--allow-empty does not go with --verify-only")
+    if args.full and args.verify_only:
+        p.error("--full does not go with --verify-only")
+    if args.full:
+        args.overrides = [*args.overrides, "incremental.full=true"]
     if args.allow_empty:  # after the user's --set, so it wins
         args.overrides = [*args.overrides, *ALLOW_EMPTY_SETS]
     return args

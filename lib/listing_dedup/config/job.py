@@ -571,6 +571,30 @@ class RerankConf:
 
 
 @dataclass(frozen=True)
+class IncrementalConf:
+    """The incremental night (docs/incremental.md): with ``enabled`` the job keeps a match state
+    in the warehouse (the listings' digests, each search round's neighbour lists at ``index.k +
+    slack``, the blended vectors, the epoch's idf and quantizer) and a night that continues the
+    previous night's state searches only what changed. A full night (the first, ``--full``,
+    settings changed, or drift past ``max_drift``) starts an epoch."""
+
+    enabled: bool = False
+    slack: int = 16  # neighbours kept beyond index.k: a list survives this many deletions before a re-search
+    # neighbours an inserted listing's search returns: its reach into the other lists; 0 = index.k + slack
+    search_depth: int = 0
+    max_drift: float = 0.2  # a full night once the listings added or changed since the epoch pass this share
+    full: bool = False  # this night runs full and starts an epoch (the job's --full)
+    # an incremental night searches and blends every listing on the epoch's idf and quantizer: the
+    # reference an incremental night is compared with (bench/incremental.py, tests), not for production
+    search_all: bool = False
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.slack <= 1024, "incremental.slack", "must be in [0, 1024]")
+        _check(0 <= self.search_depth <= 4096, "incremental.search_depth", "must be in [0, 4096] (0 = k + slack)")
+        _check(0.0 < self.max_drift <= 10.0, "incremental.max_drift", "must be in (0, 10]")
+
+
+@dataclass(frozen=True)
 class TestingConf:
     """Fault injection for the reliability tests. Never set these in production profiles."""
 
@@ -612,6 +636,7 @@ class DedupConfig:
     cache: CacheConf = field(default_factory=CacheConf)
     decisions: DecisionsConf = field(default_factory=DecisionsConf)
     review: ReviewConf = field(default_factory=ReviewConf)
+    incremental: IncrementalConf = field(default_factory=IncrementalConf)
     testing: TestingConf = field(default_factory=TestingConf)
 
     def edge_match(self) -> MatchConf:

@@ -28,7 +28,7 @@ from listing_dedup.sink.schemas import spark_to_arrow_schema
 
 log = logging.getLogger(__name__)
 
-TABLES = ("matches", "clusters", "rejects", "runs")  # plus "candidates" when output.candidates is on
+TABLES = ("matches", "clusters", "rejects", "group_changes", "runs")  # plus "candidates" when output.candidates is on
 
 
 @dataclass
@@ -53,6 +53,7 @@ class RunSummary:
     health: Any = None  # listing_dedup.quality.health.Health of a run that got that far
     # embeddings cache: signal -> {"reused": distinct contents whose vector was cached, "computed": embedded}
     cache: dict[str, dict[str, int]] = field(default_factory=dict)
+    plan: str = ""  # full | incremental, and why (incremental.enabled; docs/incremental.md)
     cache_error: str = ""  # the cache's commit failed after the data tables committed (the data is fine)
     cache_warning: str = ""  # the cache could not be read: those vectors were recomputed (the run is fine)
 
@@ -82,6 +83,7 @@ class RunSummary:
             ),
             f"  bad images     {self.images_unreadable} (kept listings whose image is missing or does not decode)",
             f"  embedded       {self.rows_embedded}",
+            *([f"  plan           {self.plan}"] if self.plan else []),
             "  vectors        "
             + (
                 f"{self.vectors_reused} reused from the embeddings cache, {self.vectors_computed} computed ("

@@ -59,6 +59,20 @@ OUTPUT_DATA_SCHEMAS: dict[str, pa.Schema] = {
             _RUN_ID,
         ]
     ),
+    # the night's changes to the groups (graph/lineage.py): one row per new, merged, split,
+    # dissolved or continued-with-changes group
+    "group_changes": pa.schema(
+        [
+            ("kind", pa.string()),
+            ("old_id", pa.string()),
+            ("new_id", pa.string()),
+            ("old_size", pa.int32()),
+            ("new_size", pa.int32()),
+            ("shared", pa.int32()),
+            ("previous_date", pa.string()),
+            _RUN_ID,
+        ]
+    ),
 }
 # The columns of OUTPUT_DATA_SCHEMAS added after the first release: a table an earlier version
 # created lacks them; the job accepts it and adds them (nullable, a metadata-only commit) at its

@@ -7,7 +7,9 @@ Checks, against the latest ``runs`` row of that date:
 * ``clusters`` and ``matches`` hold exactly ``rows_kept`` rows with unique ``posting_id``s,
   the same ids in both;
 * ``rejects`` holds ``rows_rejected`` rows, with the per-reason counts the run recorded;
-* every group's ``group_id`` is its smallest ``posting_id`` and ``group_size`` its row count;
+* every listing has a ``group_id`` and every group's ``group_size`` is its row count (a
+  ``group_id`` is a stable id that continues across nights, graph/lineage.py: not necessarily a
+  member's posting_id);
 * match lists are symmetric (b in matches(a) <=> a in matches(b)) and hold only kept ids;
 * every row of the data tables (``candidates`` too, where that table exists) carries the
   ``run_id`` of that runs row: the job commits one table after the other, so a run stopped
@@ -171,9 +173,7 @@ def check_run(
 
     out.n_groups = int(s["n_groups"])
     if int(s["bad_group_id"]):
-        p.append(
-            f"{int(s['bad_group_id'])} groups whose group_id is not their smallest posting_id, e.g. {q.bad_group_ids()}"
-        )
+        p.append(f"listings without a group_id, e.g. {q.bad_group_ids()}")
     if int(s["bad_group_size"]):
         p.append(
             f"group_size differs from the number of rows of the group ({int(s['bad_group_size'])} group(s), "
@@ -337,7 +337,7 @@ class _Queries:
             F.max("group_size").alias("max_size"),
             F.count("group_size").alias("sizes"),
         )
-        self.bad_id = ~F.col("group_id").eqNullSafe(F.col("min_id"))
+        self.bad_id = F.col("group_id").isNull()
         rows = F.col("rows")
         self.bad_size = (F.col("sizes") != rows) | (F.col("min_size") != rows) | (F.col("max_size") != rows)
         # each listed pair (a, b) keyed by its unordered pair {lo, hi} (nulls first, so null ids
@@ -424,7 +424,8 @@ class _Queries:
         return self._first(self.per_id.where((F.col("m") == 0) & (F.col("r") > 0)), "posting_id")
 
     def bad_group_ids(self) -> list[Any]:
-        return self._first(self.per_group.where(self.bad_id), "group_id")
+        """The smallest posting_id of the listings without a group_id."""
+        return self._first(self.per_group.where(self.bad_id), "min_id")
 
     def bad_size_groups(self) -> list[Any]:
         return self._first(self.per_group.where(self.bad_size), "group_id")
