@@ -1,35 +1,42 @@
-"""Incremental nightly runs with the embeddings cache: what the second night costs.
+"""Incremental nights: what a night costs when it continues the previous night's match state.
 
-    nice -n 5 python bench/incremental.py [--products 10500] [--change 0.01] [--add 0.01]
-        [--work DIR] [--set key=value ...] [--resume] [--cold-beside]
+    nice -n 10 python bench/incremental.py [--products 10500] [--change 0.01] [--add 0.01]
+        [--delete 0.005] [--nights 2] [--work DIR] [--set key=value ...] [--fresh] [--cache-only]
 
-A generated catalog (lib/listing_dedup/quality/sample.py, the one ``make run`` uses; 10,500
-products are ~31,500 listings) runs through ``jobs/dedup_listings.py --conf conf/local.yaml``
-(the default local profile: text encoder, lexical, pHash; the cache on) in a child process:
+A generated catalog (lib/listing_dedup/quality/sample.py, the one ``make run`` uses; 33,000
+products are ~100k listings) runs through ``jobs/dedup_listings.py --conf conf/local.yaml`` (the
+default local profile; ``--set`` changes it, e.g. the lexical + pHash signal set of
+bench/scale.py) in a child process, with ``incremental.enabled=true`` (docs/incremental.md):
 
-1. night 1: the whole catalog into a fresh warehouse (an empty cache: every vector computed);
-2. night 2: 1 % of the listings changed (a new title; every other one also a new photo hash)
-   and 1 % added (listings of products from another seed), into the same warehouse;
-3. cold: night 2's input into a fresh warehouse with ``cache.enabled=false`` (after night 2, or
-   with ``--cold-beside`` at the same time: night 2 then runs on a busier machine, so its
-   seconds can only come out higher). ``--resume`` keeps a night 1 that ``--work`` already holds.
+1. night 1: the whole catalog into a fresh warehouse (a full night: it starts the epoch);
+2. nights 2..N: each night ``--change`` of the listings get a new title (every other one a new
+   photo hash too), ``--add`` of the catalog's size is added (products of another seed) and
+   ``--delete`` of it deleted; each night continues the previous one (incremental, unless its
+   drift starts an epoch: the summary's plan line says which);
+3. the reference of night N: a copy of the warehouse as night N-1 left it runs night N with
+   ``incremental.search_all=true`` (every listing searched and blended on the same epoch: the
+   full run an incremental night is compared with);
+4. with ``--fresh`` (and always for a chain, N > 2): night N's catalog in a fresh warehouse with
+   the incremental state off (its own idf and quantizer), and the matches' F1 against the
+   generated truth for both.
 
-Seconds of the embed stage come from each run's ``runs`` row (``stage_seconds``), the job's
-from ``finished_at - started_at`` (the job itself, not the JVM's start; the process's wall time
-is printed too). Night 2's ``clusters`` must equal the cold run's; a listing whose group differs
-is allowed only when a match pair the two runs disagree on has a fused score within 1e-5 of a
-threshold the edge rules or the guard use; every such difference is listed. (Since stop 23 the
-text encoder batches titles of one token length, unpadded, so a cached title's vector is the cold
-run's bits on the same machine, and the index's sample depends on the rows, not the layout.)
+Seconds come from each run's ``runs`` row (``finished_at - started_at``: the job, not the JVM's
+start); ``job_ratio`` = night N / its reference, ``embed_ratio`` = night 2's embed stage / night
+1's, ``same_groups`` = the share of night N's listings whose group (its set of members) is the
+reference's. ``--cache-only`` runs the bench of stop 16 instead (the embeddings cache alone,
+``incremental.enabled=false``: night 2 vs night 1 and a cold run).
 
-Final line: ``incremental embed_ratio=<night 2 / night 1> job_ratio=<night 2 / night 1>
-same_output=<true|false>``
+Final line: ``incremental n=<listings> job_ratio=<night N / reference> same_groups=<share>
+embed_ratio=<night 2 / night 1> deleted=<listings deleted on night N>``; a chain prints before it
+``chain nights=<N> same_groups_fresh=<share> f1_incremental=<..> f1_fresh=<..>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,32 +49,50 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 
-from listing_dedup.config import load_config  # noqa: E402
+from listing_dedup.quality.evaluate import evaluate_run  # noqa: E402
 from listing_dedup.quality.sample import generate_catalog  # noqa: E402
 from listing_dedup.sink.delta import read_table  # noqa: E402
 
 CONF = str(REPO / "conf" / "local.yaml")
-NIGHT1, NIGHT2 = "2026-12-01", "2026-12-02"
-EPS = 1e-5
+FIRST = dt.date(2026, 12, 1)
+INCREMENTAL = ["incremental.enabled=true"]
 
 
-def night_two(catalog: pd.DataFrame, change: float, add: float, seed: int) -> tuple[pd.DataFrame, int, int]:
-    """``catalog`` with ``change`` of its listings given a new title (every other one a new photo
-    hash too) and ``add`` of its size added as listings of new products."""
-    rng = np.random.default_rng(seed)
+def night_date(i: int) -> str:
+    return (FIRST + dt.timedelta(days=i - 1)).isoformat()
+
+
+def next_night(
+    catalog: pd.DataFrame, truth: pd.DataFrame, change: float, add: float, delete: float, seed: int, night: int
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """The next night's catalog and truth: ``change`` of the listings reworded (every other one a
+    new photo hash too), ``delete`` of them gone, ``add`` of the catalog's size added as listings
+    of new products (ids ``n<night>_...``)."""
+    rng = np.random.default_rng(seed + night)
     out = catalog.copy()
-    valid = out.index[out["posting_id"].notna() & out["title"].str.strip().astype(bool)]
+    valid = out.index[out["posting_id"].notna() & out["title"].fillna("").str.strip().astype(bool)]
     n_change = int(round(change * len(catalog)))
-    picked = rng.choice(valid, size=n_change, replace=False)
-    for i, idx in enumerate(picked):
+    n_delete = int(round(delete * len(catalog)))
+    picked = rng.choice(valid, size=n_change + n_delete, replace=False)
+    for i, idx in enumerate(picked[:n_change]):
         words = str(out.at[idx, "title"]).split()
-        out.at[idx, "title"] = " ".join([*words[1:], words[0], f"v{i}"])  # re-listed with a reworded title
+        out.at[idx, "title"] = " ".join([*words[1:], words[0], f"v{night}x{i}"])  # re-listed with a reworded title
         if i % 2 == 0:
             out.at[idx, "image_phash"] = f"{int(rng.integers(0, 2**63)):016x}"
+    gone = set(out.loc[picked[n_change:], "posting_id"])
+    out = out.drop(index=picked[n_change:])
     n_add = int(round(add * len(catalog)))
-    extra = generate_catalog(max(1, n_add // 3), seed=seed + 1000, with_bad_rows=False).listings.head(n_add)
-    extra = extra.assign(posting_id="new_" + extra["posting_id"])
-    return pd.concat([out, extra], ignore_index=True), n_change, len(extra)
+    sample = generate_catalog(max(1, n_add // 3), seed=seed * 1000 + night, with_bad_rows=False)
+    extra = sample.listings.head(n_add)
+    prefix = f"n{night}_"
+    extra = extra.assign(posting_id=prefix + extra["posting_id"])
+    extra_truth = sample.truth.assign(
+        posting_id=prefix + sample.truth["posting_id"], label_group=prefix + sample.truth["label_group"].astype(str)
+    )
+    extra_truth = extra_truth[extra_truth["posting_id"].isin(set(extra["posting_id"]))]
+    truth = pd.concat([truth[~truth["posting_id"].isin(gone)], extra_truth], ignore_index=True)
+    counts = {"changed": n_change, "added": len(extra), "deleted": len(gone)}
+    return pd.concat([out, extra], ignore_index=True), truth, counts
 
 
 def start_job(input_path: str, warehouse: str, run_date: str, sets: list[str]) -> tuple[subprocess.Popen, float]:
@@ -75,114 +100,80 @@ def start_job(input_path: str, warehouse: str, run_date: str, sets: list[str]) -
     cmd += ["--run-date", run_date, "--warehouse", warehouse]
     for s in sets:
         cmd += ["--set", s]
-    log = open(f"{warehouse}.log", "w")  # noqa: SIM115 - the child's log, closed with the process
+    log = open(f"{warehouse}.{run_date}.log", "w")  # noqa: SIM115 - the child's log, closed with the process
     return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True), time.monotonic()
 
 
-def finish_job(job: tuple[subprocess.Popen, float], warehouse: str, run_date: str) -> dict:
-    p, t0 = job
+def run_job(input_path: str, warehouse: str, run_date: str, sets: list[str]) -> dict:
+    p, t0 = start_job(input_path, warehouse, run_date, sets)
     rc = p.wait()
     wall = time.monotonic() - t0
     if rc != 0:
-        sys.exit(f"job failed ({rc}): {Path(f'{warehouse}.log').read_text()[-3000:]}")
+        sys.exit(f"job failed ({rc}): {Path(f'{warehouse}.{run_date}.log').read_text()[-3000:]}")
     return figures(warehouse, run_date, wall)
 
 
-def run_job(input_path: str, warehouse: str, run_date: str, sets: list[str]) -> dict:
-    return finish_job(start_job(input_path, warehouse, run_date, sets), warehouse, run_date)
-
-
 def figures(warehouse: str, run_date: str, wall: float | None) -> dict:
-    """A run's seconds and cache counts, from its (last succeeded) ``runs`` row."""
+    """A run's seconds, plan and counts, from its (last succeeded) ``runs`` row."""
     runs = read_table(warehouse, "runs", run_date)
-    runs = runs[runs["status"] == "succeeded"]
-    row = runs.sort_values("finished_at").iloc[-1]
+    row = runs[runs["status"] == "succeeded"].sort_values("finished_at").iloc[-1]
     stages = json.loads(row["stage_seconds"])
+    counts = json.loads(row["signal_counts"]) if isinstance(row.get("signal_counts"), str) else {}
     job_s = (row["finished_at"] - row["started_at"]).total_seconds()
-    res = {
-        "embed_s": float(stages["embed"]),
-        "job_s": float(job_s),
-        "wall_s": wall,
-        "stages": stages,
-        "reused": row.get("vectors_reused"),
-        "computed": row.get("vectors_computed"),
-    }
-    process = f"{wall:.1f} s" if wall is not None else "not timed: an earlier invocation ran it"
+    plan = plan_of(warehouse, run_date)
+    res = {"embed_s": float(stages.get("embed", 0.0)), "job_s": float(job_s), "stages": stages, "counts": counts}
+    res["plan"] = plan
+    searched = counts.get("incremental_searched")
     print(
-        f"{run_date} {Path(warehouse).name}: embed {res['embed_s']:.1f} s, job {job_s:.1f} s (process {process}), "
-        f"vectors reused {res['reused']} computed {res['computed']}; stages {stages}",
+        f"{run_date} {Path(warehouse).name}: {plan}; job {job_s:.1f} s (process {wall or 0:.1f} s), "
+        f"embed {res['embed_s']:.1f} s" + (f", searched {searched} listings" if searched is not None else "")
+        + f"; stages {stages}",
         flush=True,
-    )
+    )  # fmt: skip
     return res
 
 
-def _succeeded(warehouse: str, run_date: str) -> bool:
+def plan_of(warehouse: str, run_date: str) -> str:
     try:
-        return bool((read_table(warehouse, "runs", run_date)["status"] == "succeeded").any())
-    except Exception:  # noqa: BLE001 - no runs table yet
-        return False
+        log = read_table(warehouse, "state_log", run_date)
+    except Exception:  # noqa: BLE001 - no state kept (incremental off)
+        return "no state"
+    r = log.sort_values("committed_at").iloc[-1]
+    return f"{r['plan']} ({r['reason']})"
 
 
-def thresholds(sets: list[str]) -> list[float]:
-    """Every score threshold the edge rules and the guard compare a fused score with."""
-    cfg = load_config([CONF], sets)
-    m, g = cfg.match, cfg.guard
-    out = [m.threshold, m.relative_floor, m.mutual_floor, *cfg.inb.thresholds]
-    if m.min2:
-        out.append(m.min2_threshold)
-    base = m.min2_threshold if m.min2 else m.threshold
-    out += [base + k * g.step for k in range(1, 40) if base + k * g.step <= 1.0 + 1e-9]
-    return out
+def group_sets(warehouse: str, run_date: str) -> pd.Series:
+    """posting_id -> the frozenset of its group's members."""
+    c = read_table(warehouse, "clusters", run_date, columns=["posting_id", "group_id"])
+    members = c.groupby("group_id")["posting_id"].agg(frozenset)
+    return c.set_index("posting_id")["group_id"].map(members)
 
 
-def pair_scores(warehouse: str, run_date: str) -> dict[tuple[str, str], float]:
-    cand = read_table(warehouse, "candidates", run_date, columns=["posting_id", "candidate_id", "score"])
-    return {(a, b): float(s) for a, b, s in zip(cand["posting_id"], cand["candidate_id"], cand["score"])}
-
-
-def match_pairs(warehouse: str, run_date: str) -> set[tuple[str, str]]:
-    m = read_table(warehouse, "matches", run_date, columns=["posting_id", "match_ids"])
-    return {(a, b) for a, ids in zip(m["posting_id"], m["match_ids"]) for b in ids if a < b}
-
-
-def compare(inc_wh: str, cold_wh: str, sets: list[str]) -> tuple[bool, list[str]]:
-    """Night 2's clusters vs the cold run's: (same, the differences, each with its explanation). With
-    ``--compare-only`` the runs of an earlier invocation in ``--work`` are compared again."""
-    a = read_table(inc_wh, "clusters", NIGHT2).set_index("posting_id")["group_id"]
-    b = read_table(cold_wh, "clusters", NIGHT2).set_index("posting_id")["group_id"]
-    if a.index.sort_values().tolist() != b.index.sort_values().tolist():
-        return False, ["the two runs kept other listings"]
+def same_groups(a_wh: str, b_wh: str, run_date: str) -> tuple[float, int]:
+    """The share of listings whose group has the same members in both runs, and how many differ."""
+    a, b = group_sets(a_wh, run_date), group_sets(b_wh, run_date)
     b = b.reindex(a.index)
-    differ = a.index[a != b].tolist()
-    if not differ:
-        return True, []
-    ts = thresholds(sets)
-    pa_, pb_ = match_pairs(inc_wh, NIGHT2), match_pairs(cold_wh, NIGHT2)
-    sa, sb = pair_scores(inc_wh, NIGHT2), pair_scores(cold_wh, NIGHT2)
-    notes, ok = [], True
-    for pair in sorted(pa_ ^ pb_):
-        scores = [s.get(pair, s.get(pair[::-1])) for s in (sa, sb)]
-        near = [min(abs(x - t) for t in ts) for x in scores if x is not None]
-        allowed = bool(near) and min(near) <= EPS
-        ok &= allowed
-        notes.append(f"pair {pair}: scores {scores}, nearest threshold {min(near) if near else None} -> "
-                     f"{'within' if allowed else 'NOT within'} {EPS}")  # fmt: skip
-    if not (pa_ ^ pb_):  # the same matches: the guard's levels cut a group differently
-        cols = ["posting_id", "match_ids", "scores"]
-        both = [read_table(wh, "matches", NIGHT2, columns=cols).set_index("posting_id") for wh in (inc_wh, cold_wh)]
-        for pid in differ:
-            pairs = []
-            for m in both:
-                pairs += [(q, float(x)) for q, x in zip(m.loc[pid, "match_ids"], m.loc[pid, "scores"])]
-            near = [(min(abs(x - t) for t in ts), q, x) for q, x in pairs]
-            best = min(near) if near else None
-            allowed = best is not None and best[0] <= EPS
-            ok &= allowed
-            notes.append(f"{pid}: same match pairs, other group; its pair with {best[1] if best else None} scores "
-                         f"{best[2] if best else None}, {best[0] if best else None} from a guard/edge threshold -> "
-                         f"{'within' if allowed else 'NOT within'} {EPS}")  # fmt: skip
-    notes.append(f"{len(differ)} listings in other groups: {differ[:20]}")
-    return ok, notes
+    same = np.array([x == y for x, y in zip(a, b)])
+    return float(same.mean()) if len(same) else 1.0, int((~same).sum())
+
+
+def cache_only(args, work: Path) -> None:
+    """The embeddings cache's bench (stop 16): night 2 with the cache vs night 1 and a cold run."""
+    cat = generate_catalog(args.products, seed=args.seed, growth=args.growth)
+    day2, truth2, counts = next_night(cat.listings, cat.truth, args.change, args.add, 0.0, args.seed, 2)
+    p1, p2 = str(work / "night1.parquet"), str(work / "night2.parquet")
+    cat.listings.to_parquet(p1, index=False)
+    day2.to_parquet(p2, index=False)
+    inc, cold = str(work / "wh_cache"), str(work / "wh_cold")
+    r1 = run_job(p1, inc, night_date(1), args.sets)
+    r2 = run_job(p2, inc, night_date(2), args.sets)
+    rc = run_job(p2, cold, night_date(2), [*args.sets, "cache.enabled=false"])
+    share, n_diff = same_groups(inc, cold, night_date(2))
+    print(f"cold run: embed {rc['embed_s']:.1f} s, job {rc['job_s']:.1f} s; groups differing {n_diff}")
+    print(
+        f"incremental embed_ratio={r2['embed_s'] / r1['embed_s']:.3f} job_ratio={r2['job_s'] / r1['job_s']:.3f} "
+        f"same_output={'true' if n_diff == 0 else 'false'}"
+    )
 
 
 def main() -> None:
@@ -190,60 +181,64 @@ def main() -> None:
     ap.add_argument("--products", type=int, default=10500)
     ap.add_argument("--change", type=float, default=0.01)
     ap.add_argument("--add", type=float, default=0.01)
+    ap.add_argument("--delete", type=float, default=0.005)
+    ap.add_argument("--nights", type=int, default=2, help="nights in the chain (2: one incremental night)")
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument(
-        "--growth",
-        default="categories",
-        choices=["categories", "lines"],
-        help="the generator's rule past 3,000 products (quality/sample.py); the figures before stop 27 used 'lines'",
-    )
+    ap.add_argument("--growth", default="categories", choices=["categories", "lines"])
     ap.add_argument("--work", default="")
     ap.add_argument("--set", action="append", default=[], dest="sets")
-    ap.add_argument("--resume", action="store_true", help="keep night 1 when --work already holds it")
-    ap.add_argument("--compare-only", action="store_true", help="compare the runs --work holds again")
-    ap.add_argument(
-        "--cold-beside", action="store_true", help="run the cold run at the same time as night 2 (a busier night 2)"
-    )
+    ap.add_argument("--fresh", action="store_true", help="also a fresh full run of the last night (always for N > 2)")
+    ap.add_argument("--cache-only", action="store_true", help="the embeddings cache's bench of stop 16")
     args = ap.parse_args()
+    if args.nights < 2:
+        sys.exit("--nights must be >= 2")
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_incremental_"))
     work.mkdir(parents=True, exist_ok=True)
-    cat = generate_catalog(args.products, seed=args.seed, growth=args.growth).listings
-    day2, n_changed, n_added = night_two(cat, args.change, args.add, args.seed)
-    p1, p2 = str(work / "night1.parquet"), str(work / "night2.parquet")
-    cat.to_parquet(p1, index=False)
-    day2.to_parquet(p2, index=False)
-    print(f"catalog {len(cat)} listings; night 2: {n_changed} changed, {n_added} added ({len(day2)} rows)", flush=True)
-
-    inc, cold = str(work / "wh_incremental"), str(work / "wh_cold")
-    if args.compare_only:
-        same, notes = compare(inc, cold, args.sets)
-        for n in notes:
-            print("  " + n)
-        print(f"same_output={'true' if same else 'false'}")
+    if args.cache_only:
+        cache_only(args, work)
         return
-    if args.resume and _succeeded(inc, NIGHT1):  # night 1 done by an earlier invocation (same catalog)
-        r1 = figures(inc, NIGHT1, None)
-    else:
-        r1 = run_job(p1, inc, NIGHT1, args.sets)
-    cold_sets = [*args.sets, "cache.enabled=false"]
-    if args.cold_beside:  # the cold run beside night 2: night 2's seconds are those of a busier machine
-        cold_job = start_job(p2, cold, NIGHT2, cold_sets)
-        r2 = run_job(p2, inc, NIGHT2, args.sets)
-        rc = finish_job(cold_job, cold, NIGHT2)
-    else:
-        r2 = run_job(p2, inc, NIGHT2, args.sets)
-        rc = run_job(p2, cold, NIGHT2, cold_sets)
-    same, notes = compare(inc, cold, args.sets)
-    for n in notes:
-        print("  " + n)
-    vs_cold = f"embed {r2['embed_s'] / rc['embed_s']:.3f}, job {r2['job_s'] / rc['job_s']:.3f}"
+
+    sample = generate_catalog(args.products, seed=args.seed, growth=args.growth)
+    cat, truth = sample.listings, sample.truth
+    sets = [*args.sets, *INCREMENTAL]
+    inc, ref, fresh = str(work / "wh_incremental"), str(work / "wh_reference"), str(work / "wh_fresh")
+    path = str(work / "night1.parquet")
+    cat.to_parquet(path, index=False)
+    print(f"night 1: {len(cat)} listings", flush=True)
+    first = run_job(path, inc, night_date(1), sets)
+    results, counts = {1: first}, {}
+    for night in range(2, args.nights + 1):
+        cat, truth, counts = next_night(cat, truth, args.change, args.add, args.delete, args.seed, night)
+        path = str(work / f"night{night}.parquet")
+        cat.to_parquet(path, index=False)
+        print(f"night {night}: {len(cat)} listings ({counts})", flush=True)
+        if night == args.nights:  # the reference continues the same state, every listing searched
+            shutil.rmtree(ref, ignore_errors=True)
+            shutil.copytree(inc, ref)
+        results[night] = run_job(path, inc, night_date(night), sets)
+    last, date = args.nights, night_date(args.nights)
+    reference = run_job(path, ref, date, [*sets, "incremental.search_all=true"])
+    share, n_diff = same_groups(inc, ref, date)
     print(
-        f"cold run (cache off) on night 2: embed {rc['embed_s']:.1f} s, job {rc['job_s']:.1f} s; "
-        f"night 2 with the cache vs cold: {vs_cold}"
+        f"night {last} vs its reference (every listing searched on the same epoch): {n_diff} listings in other "
+        f"groups; job {results[last]['job_s']:.1f} s vs {reference['job_s']:.1f} s",
+        flush=True,
     )
+    if args.fresh or args.nights > 2:
+        full = run_job(path, fresh, date, args.sets)
+        share_fresh, n_fresh = same_groups(inc, fresh, date)
+        f1_inc = evaluate_run(inc, date, truth)["matches"]["f1"]
+        f1_fresh = evaluate_run(fresh, date, truth)["matches"]["f1"]
+        print(f"fresh full run of night {last}: job {full['job_s']:.1f} s; {n_fresh} listings in other groups")
+        print(
+            f"chain nights={last} same_groups_fresh={share_fresh:.4f} f1_incremental={f1_inc:.4f} "
+            f"f1_fresh={f1_fresh:.4f}"
+        )
+    n_last = len(group_sets(inc, date))
     print(
-        f"incremental embed_ratio={r2['embed_s'] / r1['embed_s']:.3f} job_ratio={r2['job_s'] / r1['job_s']:.3f} "
-        f"same_output={'true' if same else 'false'}"
+        f"incremental n={n_last} job_ratio={results[last]['job_s'] / reference['job_s']:.3f} "
+        f"same_groups={share:.4f} embed_ratio={results[2]['embed_s'] / first['embed_s']:.3f} "
+        f"deleted={counts['deleted']}"
     )
 
 
