@@ -154,6 +154,7 @@ LONGEST_FIRST = (
     "reliability/test_crash_and_concurrency.py",
     "reliability/test_data_safety.py",
     "reliability/test_rerun_retry_stable.py",
+    "reliability/test_incremental_nights.py",
     "test_rerank.py",
     "test_training.py",
     "test_health_job.py",
