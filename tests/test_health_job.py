@@ -223,7 +223,10 @@ def test_shopee_reranker_on_a_phash_free_catalog_is_flagged(spark, shopee_rerank
     assert ok.health.reference == ref.source and ok.health.top1_ks is not None
     assert ok.health.warning_codes == [], ok.as_text()
     # no pHash: the model reads phash_bits as 0 (identical images) on every pair
-    assert bad.health.warning_codes == ["signal_missing", "matches_exploding", "guard_cut"], bad.as_text()
+    # ... and its matches merge listings whose titles carry different codes (issue 30's check)
+    assert bad.health.warning_codes == ["signal_missing", "matches_exploding", "codes_differ", "guard_cut"], (
+        bad.as_text()
+    )
     text = bad.as_text()
     assert "WARNING signal_missing: signal phash is on 0.0% of the listings" in text
     assert "WARNING matches_exploding" in text and "WARNING guard_cut" in text
@@ -243,10 +246,11 @@ def test_shopee_reranker_on_a_phash_free_catalog_is_flagged(spark, shopee_rerank
 
     runs = read_table(wh, "runs").set_index("run_date")
     assert runs.loc["2026-05-01", "health_warnings"] == ""
-    assert runs.loc["2026-05-02", "health_warnings"] == "signal_missing,matches_exploding,guard_cut"
+    assert runs.loc["2026-05-02", "health_warnings"] == "signal_missing,matches_exploding,codes_differ,guard_cut"
     h = json.loads(runs.loc["2026-05-02", "health_json"])
     assert h["reference"] == ref.source and h["signals"]["phash"] == 0.0
-    assert [w["code"] for w in h["warnings"]] == ["signal_missing", "matches_exploding", "guard_cut"]
+    assert [w["code"] for w in h["warnings"]] == ["signal_missing", "matches_exploding", "codes_differ", "guard_cut"]
+    assert h["code_conflict_share"] > 0.5
 
     # rerank.fallback: rule (the default): the same flagged run writes the threshold rule's
     # matches and groups, and says so first
