@@ -266,3 +266,25 @@ def test_shopee_reranker_on_a_phash_free_catalog_is_flagged(spark, shopee_rerank
 
 def runs_after(wh):
     return read_table(wh, "runs").set_index("run_date")
+
+
+@pytest.mark.slow
+def test_builtin_defaults_on_a_phash_free_catalog_run_the_titles_only_model(spark, shared_data, tmp_path):
+    """The defaults (rerank.model: builtin) on a catalog without pHash (whole groups of Shopee
+    fold 2, no row of which the models trained on): the titles-only built-in re-ranker decides
+    (its note in the summary), judged against its own reference: no signal_missing, no fallback
+    to the rule (issue 30)."""
+    from listing_dedup.pipeline import run_dedup
+
+    catalog = _shopee(shared_data, 2, 600)
+    path = tmp_path / "listings.parquet"
+    catalog[["posting_id", "title"]].assign(image_phash=None).astype({"image_phash": "string"}).to_parquet(
+        path, index=False
+    )
+    cfg = load_config(["conf/local.yaml"], ["input.partitions=2", "index.n_shards=1", "output.candidates=false"])
+    out = run_dedup(spark=spark, cfg=cfg, input_path=str(path), run_date="2026-05-04", warehouse=str(tmp_path / "wh"))
+    text = out.as_text()
+    assert "the built-in titles-only re-ranker (builtin-titles" in text, text
+    assert out.signal_counts.get("reranked_pairs", 0) > 0 and "rerank_fallback" not in out.signal_counts, text
+    assert out.health.warning_codes == [], text
+    assert "amazon_google" in out.health.reference  # the titles-only model's training parts
