@@ -210,6 +210,8 @@ def _rebuild_lists(old_lists, gone, inserted, back, found, *, k: int, depth: int
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    from listing_dedup.graph.components import cut_lineage
+
     old = (
         old_lists.join(gone.withColumnRenamed("posting_id", "src"), "src", "left_anti")
         .join(inserted.withColumnRenamed("posting_id", "src"), "src", "left_anti")
@@ -233,6 +235,7 @@ def _rebuild_lists(old_lists, gone, inserted, back, found, *, k: int, depth: int
         .where(F.col("_r") <= depth)
         .select("src", "dst", "score")
     )
+    merged = cut_lineage(merged)  # the touched lists: read by the stale count and the output
     counts = merged.groupBy("src").agg(F.count(F.lit(1)).alias("n"))
     stale = (
         info.join(counts, "src", "left")
