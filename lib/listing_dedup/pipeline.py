@@ -56,8 +56,8 @@ from listing_dedup.embed.lexical import (
     lexical_counts,
 )
 from listing_dedup.errors import DedupError, RunRecordError, SinkError, first_line
-from listing_dedup.frames import empty_pairs_spark
-from listing_dedup.graph.components import components_on_driver, connected_components, cut_lineage
+from listing_dedup.frames import cut_lineage, empty_pairs_spark
+from listing_dedup.graph.components import components_on_driver, connected_components
 from listing_dedup.graph.edges import match_sets, select_edges, veto_edges
 from listing_dedup.graph.guard import margin_cut, split_large
 from listing_dedup.graph.lineage import (

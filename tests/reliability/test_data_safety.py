@@ -171,8 +171,10 @@ def test_runs_row_failure_after_the_data_commits_is_not_recorded_as_failed(spark
     after = versions(wh)
     assert {t: after[t] for t in DATA_TABLES} == {t: before[t] + 1 for t in DATA_TABLES}  # the data committed
     committed = ", ".join(f"{t} version {table_version(wh, t)}" for t in DATA_TABLES)
-    # and the embeddings cache's record of the date's keys (every vector was reused from the
-    # baseline's run: no new vectors, so no embeddings commit)
+    # then the night's group_changes (stable group ids), and the embeddings cache's record of the
+    # date's keys (every vector was reused from the baseline's run: no new vectors, so no
+    # embeddings commit)
+    committed += f", group_changes version {table_version(wh, 'group_changes')}"
     committed += f", embeddings_used version {table_version(wh, 'embeddings_used')}"
     assert one_line(err) == (
         f"error: the data tables were committed ({committed}) but the runs row was not recorded: committing "

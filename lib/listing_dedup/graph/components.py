@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from listing_dedup.errors import InputError
+from listing_dedup.frames import _cut_lineage, _has_checkpoint_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame
@@ -138,24 +139,6 @@ def _require_string_columns(df: DataFrame, names: Sequence[str], what: str) -> N
             raise InputError(f"{what} has no column '{name}' (columns: {sorted(fields)})")
         if not isinstance(fields[name], StringType):
             raise InputError(f"{what} column '{name}' must be a string, got {fields[name].simpleString()}")
-
-
-def _cut_lineage(df: DataFrame, reliable: bool) -> DataFrame:
-    """Materialise ``df`` and drop its lineage (reliable checkpoint when a directory is set)."""
-    return df.checkpoint(eager=True) if reliable else df.localCheckpoint(eager=True)
-
-
-def cut_lineage(df: DataFrame) -> DataFrame:
-    """Materialise ``df`` and drop its lineage (reliably when the SparkContext has a checkpoint
-    directory, else ``localCheckpoint``): later stages then plan against a short tree."""
-    return _cut_lineage(df, _has_checkpoint_dir(df))
-
-
-def _has_checkpoint_dir(df: DataFrame) -> bool:
-    try:
-        return bool(df.sparkSession.sparkContext.getCheckpointDir())
-    except (AttributeError, NotImplementedError):  # Spark Connect: no SparkContext
-        return False
 
 
 def _star_round(e: DataFrame) -> DataFrame:

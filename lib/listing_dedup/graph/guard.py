@@ -26,7 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from listing_dedup.graph.components import components_numpy, cut_lineage, edge_codes
+from listing_dedup.frames import cut_lineage
+from listing_dedup.graph.components import components_numpy, edge_codes
 
 
 def margin_keep(src: np.ndarray, dst: np.ndarray, score: np.ndarray, margin: float, n: int | None = None) -> np.ndarray:

@@ -169,7 +169,7 @@ def update_neighbours_spark(
     their weakest score a list, combined map-side, is the only wide step over them)."""
     from pyspark.sql import functions as F
 
-    from listing_dedup.graph.components import cut_lineage
+    from listing_dedup.frames import cut_lineage
 
     lists = lists.select("src", "dst", "score")
     gone = F.broadcast(removed.select("posting_id").distinct())
@@ -210,7 +210,7 @@ def _rebuild_lists(old_lists, gone, inserted, back, found, *, k: int, depth: int
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from listing_dedup.graph.components import cut_lineage
+    from listing_dedup.frames import cut_lineage
 
     old = (
         old_lists.join(gone.withColumnRenamed("posting_id", "src"), "src", "left_anti")
@@ -273,7 +273,7 @@ def search_delta(
     counts: ``searched``, ``stale``)."""
     from pyspark.sql import functions as F
 
-    from listing_dedup.graph.components import cut_lineage
+    from listing_dedup.frames import cut_lineage
     from listing_dedup.search.indexer import search
 
     inserted = cut_lineage(delta.where(F.col("kind").isin("added", "changed")).select("posting_id"))

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from listing_dedup.graph.components import cut_lineage
+from listing_dedup.frames import cut_lineage
 from listing_dedup.search.blender import blend
 from listing_dedup.search.incremental import search_delta
 from listing_dedup.search.indexer import Quantizer, build_index, search, train
