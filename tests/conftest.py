@@ -162,6 +162,12 @@ LONGEST_FIRST = (
     "test_cache.py",
     "test_backfill.py",
     "reliability/test_bad_input.py",
+    "test_decisions.py",
+    "test_search_rounds.py",
+    "reliability/test_cache_paths.py",
+    "reliability/test_secrets.py",
+    "reliability/test_cache_unreadable.py",
+    "test_gpu_bench.py",
 )
 
 
