@@ -33,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +46,7 @@ from listing_dedup.training.rerank_train import (  # noqa: E402
     train_from_candidates,
     write_reranker_dir,
 )
+from rerank_transfer import shopee_parts  # noqa: E402
 from robust import DEFAULT_CSV, DEFAULT_OTHER, TitleVectors  # noqa: E402
 
 log = logging.getLogger("rerank_titles")
@@ -54,14 +54,8 @@ WALMART_TRAIN = 8000
 
 
 def training_parts(dev: pd.DataFrame, other: str, max_title_chars: int, seed: int = 3) -> dict[str, pd.DataFrame]:
-    rng = np.random.default_rng(seed)
-    f3 = dev[dev["fold"].astype(int) == 3]
-    f4 = dev[dev["fold"].astype(int) == 4]
-    groups = f4["label_group"].unique()
-    whole = set(rng.permutation(groups)[: int(0.3 * len(groups))])
-    rest = f4[~f4["label_group"].isin(whole)]
-    one = rest.iloc[rng.permutation(len(rest))].drop_duplicates("label_group")
-    parts = {"f3": R._frame(f3), "f4_single": R._frame(pd.concat([f4[f4["label_group"].isin(whole)], one]))}
+    f3, _, f4_single = shopee_parts(dev, seed)
+    parts = {"f3": R._frame(f3), "f4_single": R._frame(f4_single)}
     g = R.sample_catalog(400, 11, max_title_chars)
     g["posting_id"] = "g11:" + g["posting_id"]
     g["label_group"] = "g11:" + g["label_group"]

@@ -51,10 +51,9 @@ from robust import DEFAULT_CSV, TitleVectors, fast_health  # noqa: E402
 log = logging.getLogger("rerank_transfer")
 
 
-def training_catalog(dev: pd.DataFrame, max_title_chars: int, mix: str = "dense", seed: int = 3) -> pd.DataFrame:
-    """The mixed-shape training catalog (see the module docstring); ``fold`` names each part.
-    ``mix``: "dense" adds folds 3 and 4 together as one more part (the density of two folds)
-    and keeps one generated sample; "shapes" has no dense part and two samples."""
+def shopee_parts(dev: pd.DataFrame, seed: int = 3) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Fold 3, fold 4, and fold 4 with 41 % singletons: 30 % of its groups whole, one listing
+    of every other group (the training parts both re-ranker benches share)."""
     rng = np.random.default_rng(seed)
     f3 = dev[dev["fold"].astype(int) == 3]
     f4 = dev[dev["fold"].astype(int) == 4]
@@ -62,7 +61,15 @@ def training_catalog(dev: pd.DataFrame, max_title_chars: int, mix: str = "dense"
     whole = set(rng.permutation(groups)[: int(0.3 * len(groups))])
     rest = f4[~f4["label_group"].isin(whole)]
     one = rest.iloc[rng.permutation(len(rest))].drop_duplicates("label_group")
-    parts = [f3.assign(fold="f3"), pd.concat([f4[f4["label_group"].isin(whole)], one]).assign(fold="f4_single")]
+    return f3, f4, pd.concat([f4[f4["label_group"].isin(whole)], one])
+
+
+def training_catalog(dev: pd.DataFrame, max_title_chars: int, mix: str = "dense", seed: int = 3) -> pd.DataFrame:
+    """The mixed-shape training catalog (see the module docstring); ``fold`` names each part.
+    ``mix``: "dense" adds folds 3 and 4 together as one more part (the density of two folds)
+    and keeps one generated sample; "shapes" has no dense part and two samples."""
+    f3, f4, f4_single = shopee_parts(dev, seed)
+    parts = [f3.assign(fold="f3"), f4_single.assign(fold="f4_single")]
     if mix == "dense":  # ids made unique (fold 3 is in two parts); labels kept, so the
         # out-of-fold models hold a group out of both parts at once
         dense = pd.concat([f3, f4]).assign(fold="f34_dense")
