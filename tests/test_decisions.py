@@ -253,3 +253,22 @@ def test_review_queue_command_writes_the_nights_queue(nights, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         assert rq_cli.main(argv) == 0
     assert len(read_table(wh, "review_queue", NIGHT2)) == len(q)
+
+
+@pytest.mark.slow
+def test_every_match_says_why_it_was_kept(nights):
+    """The matches table explains each match (graph/explain.py): d1-e1 (a must-link between two
+    singletons) says so; the threshold rule's matches say ``threshold`` with the lexical cosine
+    (the only signal) equal to the searched score; no pHash in the catalog: no distance."""
+    m = read_table(nights["wh"], "matches", NIGHT1).set_index("posting_id")
+    assert list(m.loc["d1", "match_ids"]) == ["e1"] and list(m.loc["d1", "kept_by"]) == ["must-link"]
+    a1 = dict(zip(m.loc["a1", "match_ids"], m.loc["a1", "kept_by"]))
+    assert a1 == {"a2": "threshold"}  # a1 != a3 was decided: that match is gone
+    for pid, row in m.iterrows():
+        n = len(row["match_ids"])
+        assert len(row["kept_by"]) == len(row["signal_scores"]) == len(row["phash_distance"]) == n, pid
+        assert all(pd.isna(d) for d in row["phash_distance"])
+        for s, sig, why in zip(row["scores"], row["signal_scores"], row["kept_by"]):
+            sig = dict(sig)
+            if why == "threshold":
+                assert abs(sig["lexical"] - s) < 1e-4 and abs(sig["fused"] - s) < 1e-4, (pid, sig, s)

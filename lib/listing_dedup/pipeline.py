@@ -58,7 +58,8 @@ from listing_dedup.embed.lexical import (
 from listing_dedup.errors import DedupError, RunRecordError, SinkError, first_line
 from listing_dedup.frames import cut_lineage, empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components
-from listing_dedup.graph.edges import match_sets, select_edges, veto_edges
+from listing_dedup.graph.edges import select_edges, veto_edges
+from listing_dedup.graph.explain import matches_of_run
 from listing_dedup.graph.guard import margin_cut, split_large
 from listing_dedup.graph.lineage import (
     CHANGE_KINDS,
@@ -99,7 +100,7 @@ from listing_dedup.quality.run_health import (
 from listing_dedup.search.incremental import DELTA_KINDS, night_delta_spark
 from listing_dedup.search.indexer import Quantizer, build_index, search, train
 from listing_dedup.search.phash_match import phash_found, split_found
-from listing_dedup.search.rounds import SearchRounds, delta_rounds, full_rounds
+from listing_dedup.search.rounds import SearchRounds, delta_rounds, full_rounds, ranked
 from listing_dedup.sink.cache import (
     CachedSignal,
     EmbeddingCache,
@@ -113,6 +114,7 @@ from listing_dedup.sink.delta import DeltaSink, StagedWrite
 from listing_dedup.sink.runs import RunSummary, check_runs_table, last_succeeded_run, write_run_row
 from listing_dedup.sink.schemas import ADDED_COLUMNS, OUTPUT_DATA_SCHEMAS, RUN_ID_COLUMN
 from listing_dedup.sink.state import (
+    STATE_ADDED_COLUMNS,
     STATE_LOG,
     STATE_LOG_DDL,
     STATE_SCHEMAS,
@@ -619,7 +621,8 @@ def plan_night(run: Run, setup: Setup, listings: Listings) -> Night:
             rounds = 1 + len(cfg.inb.thresholds)
             lists = read_state(run.spark, sink, "neighbours", base.run_date)
             vecs = read_state(run.spark, sink, "vectors", base.run_date)
-            night.prev_lists = [lists.where(F.col("round") == r).select("src", "dst", "score") for r in range(rounds)]
+            cols = [c for c in ("src", "dst", "score", "rank") if c in lists.columns]  # rank: a state since it
+            night.prev_lists = [lists.where(F.col("round") == r).select(*cols) for r in range(rounds)]
             night.prev_vectors = [None] + [
                 vecs.where(F.col("round") == r).select("posting_id", "emb") for r in range(1, rounds)
             ]
@@ -1026,7 +1029,7 @@ def commit(run: Run, setup: Setup, listings: Listings, night: Night, matched: Ma
 
         rounds = matched.rounds
         nbrs = rounds.nbrs if rounds is not None else None
-        matches = match_sets(matched.edges, listings.kept.select("posting_id"))
+        matches = matches_of_run(run, setup, listings, matched)  # with why each match was kept (graph/explain)
         staged = {"matches": stage(matches, "matches"), "clusters": stage(matched.groups, "clusters")}
         staged["rejects"] = stage(listings.rejects, "rejects")
         staged["group_changes"] = stage(matched.changes, "group_changes")
@@ -1113,11 +1116,13 @@ def stage_state(run: Run, night: Night, matched: Matched) -> dict[str, StagedWri
     rid = F.lit(run.summary.run_id).alias("run_id")
     lists = None
     for r, df in enumerate(rounds.lists):
-        one = df.select(F.lit(r).cast("int").alias("round"), "src", "dst", "score", rid)
+        one = ranked(df).select(F.lit(r).cast("int").alias("round"), "src", "dst", "score", "rank", rid)
         lists = one if lists is None else lists.unionByName(one)
     staged = {
         "listing_state": sink.stage(night.digests.select("posting_id", "digest", rid), "listing_state", run_date),
-        "neighbours": sink.stage(lists, "neighbours", run_date, fail_stage=fail),
+        "neighbours": sink.stage(
+            lists, "neighbours", run_date, fail_stage=fail, added_columns=STATE_ADDED_COLUMNS["neighbours"]
+        ),
     }
     if len(rounds.vectors) > 1:
         vecs = None

@@ -43,8 +43,18 @@ _F32 = pa.float32()
 RUN_ID_COLUMN = "run_id"
 _RUN_ID = (RUN_ID_COLUMN, pa.string())
 OUTPUT_DATA_SCHEMAS: dict[str, pa.Schema] = {
+    # kept_by / signal_scores / phash_distance: why each match was kept, aligned with match_ids
+    # (graph/explain.py: the rule or model, the per-signal scores at edge time, the pHash distance)
     "matches": pa.schema(
-        [("posting_id", pa.string()), ("match_ids", pa.list_(pa.string())), ("scores", pa.list_(_F32)), _RUN_ID]
+        [
+            ("posting_id", pa.string()),
+            ("match_ids", pa.list_(pa.string())),
+            ("scores", pa.list_(_F32)),
+            ("kept_by", pa.list_(pa.string())),
+            ("signal_scores", pa.list_(pa.map_(pa.string(), _F32))),
+            ("phash_distance", pa.list_(pa.int32())),
+            _RUN_ID,
+        ]
     ),
     "clusters": pa.schema(
         [("posting_id", pa.string()), ("group_id", pa.string()), ("group_size", pa.int32()), _RUN_ID]
@@ -78,6 +88,7 @@ OUTPUT_DATA_SCHEMAS: dict[str, pa.Schema] = {
 # created lacks them; the job accepts it and adds them (nullable, a metadata-only commit) at its
 # next commit, where the earlier rows read null (DeltaSink.check / commit, ``added_columns``).
 ADDED_COLUMNS: dict[str, tuple[str, ...]] = {t: (RUN_ID_COLUMN,) for t in OUTPUT_DATA_SCHEMAS}
+ADDED_COLUMNS["matches"] = ("kept_by", "signal_scores", "phash_distance", RUN_ID_COLUMN)  # issue 32's explanations
 
 # The reviewers' tables (sink/decisions.py, ``listing-dedup decide``), appended, partitioned by the
 # UTC date the command ran (``run_date``): ``decisions`` holds the accepted verdicts (the latest per
