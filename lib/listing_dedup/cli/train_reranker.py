@@ -7,6 +7,15 @@ The conf stack is the one the dedup job will run with (encoder, fusion weights, 
 the re-ranker's features are computed under it. RERANKER_DIR/overlay.yaml, passed as the
 last --conf to jobs/dedup_listings.py, turns the re-ranker on with the thresholds chosen
 out-of-fold. See lib/listing_dedup/training/rerank_train.py and docs/quality.md.
+
+    python jobs/train_reranker.py --conf ... --decisions WAREHOUSE --input LISTINGS.parquet --out RERANKER_DIR
+
+``--decisions``: also learn from the reviewers' ``decisions`` table of the warehouse
+(``listing-dedup decide``; lib/listing_dedup/training/decisions.py). With a labelled input (a
+``label_group`` column or ``--truth``) each decided candidate pair takes its verdict as its label
+(together with the file); without one, the input is the catalog the decisions were made on and
+the conf's re-ranker is refitted on its decided candidate pairs (instead of a labelled file; its
+thresholds kept, its health reference recomputed on the catalog). docs/review.md.
 Exit codes: 0 ok, 2 bad arguments/config/input, 1 runtime failure.
 """
 
@@ -22,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--truth", help="Parquet/CSV posting_id,label_group (else the input's label_group column)")
     p.add_argument("--out", required=True, help="re-ranker model directory to write")
     p.add_argument("--cache-dir", help="cache the text embeddings of the split here")
+    p.add_argument("--decisions", metavar="WAREHOUSE", help="also learn from this warehouse's decisions table")
     args = p.parse_args(argv)
     configure_logging(args.log_level)
 
@@ -31,8 +41,28 @@ def main(argv: list[str] | None = None) -> int:
         from listing_dedup.training.rerank_train import train_reranker, write_reranker_dir
 
         cfg = load_config(args.conf, args.overrides)
+        if args.decisions:
+            from listing_dedup.training.decisions import read_for_training, refit_from_decisions, write_refit_dir
+
+            decisions, catalog = read_for_training(args.decisions, args.input, args.truth, cfg)
+            if catalog is not None:  # no labels: refit the conf's re-ranker on the decisions alone
+                refit = refit_from_decisions(catalog, cfg, decisions, cache_dir=args.cache_dir)
+                write_refit_dir(args.out, refit, cfg, source=f"{args.decisions} on {args.input}")
+                print(
+                    f"re-ranker: {args.out} ({refit.base} refitted on the decisions: {refit.used.line()}); "
+                    f"health reference recomputed on the {len(catalog)} listings\n"
+                    f"  use it: --conf ... --conf {args.out}/overlay.yaml",
+                    flush=True,
+                )
+                return 0
         df = load_split(args.input, args.truth, cfg.input.max_title_chars)
-        res = train_reranker(df, cfg, cache_dir=args.cache_dir)
+        if args.decisions:
+            from listing_dedup.training.decisions import train_with_decisions
+
+            res, used = train_with_decisions(df, cfg, decisions, cache_dir=args.cache_dir)
+            print(f"decisions: {used.line()}")
+        else:
+            res = train_reranker(df, cfg, cache_dir=args.cache_dir)
         write_reranker_dir(args.out, res, cfg, source=args.input)
         b = res.best
         print(f"re-ranker: {args.out} ({len(df)} labelled listings, {len(res.parts)} parts)")
