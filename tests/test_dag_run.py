@@ -1,8 +1,9 @@
 """The nightly DAG executed for real: Airflow 3 (``airflow dags test``, a temp AIRFLOW_HOME with
 its sqlite database) runs both SparkSubmitOperators through spark-submit, client mode, against a
 standalone Spark cluster on loopback (one master, one worker; bin/spark_cluster.py, stopped by
-pid at the end, also on failure). Then it runs the same date again: an idempotent retry through
-Airflow leaves the same clusters.
+pid at the end, also on failure). One DAG run: a rerun of a date is the same job run again, which
+tests/reliability/test_rerun_retry_stable.py checks in-process (same tables, a new version), so a
+second Airflow run here would only repeat its ~60 s of spark-submits.
 
 The deployment is configuration only: the ``spark_default`` connection and the DAG's Variables
 come from AIRFLOW_CONN_* / AIRFLOW_VAR_* environment variables (the standalone recipe of
@@ -143,8 +144,8 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dag_runs(cluster, tmp_path_factory):
-    """Two ``airflow dags test`` runs of the same date: per run (exit code, output, task states,
-    seconds, clusters); plus the warehouse, the sample and the folder."""
+    """One ``airflow dags test`` run of the date: (exit code, output, task states, seconds,
+    clusters); plus the warehouse, the sample and the folder."""
     tmp = tmp_path_factory.mktemp("dag_run")
     home, dist, root, wh = tmp / "airflow", tmp / "dist", tmp / "listings", str(tmp / "warehouse")
     (home / "dags").mkdir(parents=True)
@@ -195,15 +196,13 @@ def dag_runs(cluster, tmp_path_factory):
 
     rc, out = run_airflow(["db", "migrate"], env=env, cwd=tmp, timeout=300)
     assert rc == 0, out[-5000:]
-    runs = []
-    for i in range(2):
-        t0 = time.monotonic()
-        rc, out = run_airflow(["dags", "test", DAG_ID, DATE], env=env, cwd=tmp, timeout=900, home=home)
-        seconds = time.monotonic() - t0
-        (tmp / f"dags-test-{i + 1}.log").write_text(f"{seconds:.1f} s, exit {rc}\n{out}")
-        states = task_states(home)
-        assert states == {"dedup": "success", "verify": "success", "dag_run": "success"}, out[-6000:]
-        runs.append({"rc": rc, "out": out, "states": states, "seconds": seconds, "clusters": clusters_of(wh)})
+    t0 = time.monotonic()
+    rc, out = run_airflow(["dags", "test", DAG_ID, DATE], env=env, cwd=tmp, timeout=900, home=home)
+    seconds = time.monotonic() - t0
+    (tmp / "dags-test.log").write_text(f"{seconds:.1f} s, exit {rc}\n{out}")
+    states = task_states(home)
+    assert states == {"dedup": "success", "verify": "success", "dag_run": "success"}, out[-6000:]
+    runs = [{"rc": rc, "out": out, "states": states, "seconds": seconds, "clusters": clusters_of(wh)}]
     return {"runs": runs, "warehouse": wh, "sample": sample, "tmp": tmp}
 
 
@@ -222,7 +221,7 @@ def test_airflow_runs_both_tasks_through_spark_submit_on_the_cluster(dag_runs, c
     with urllib.request.urlopen(cluster.web_ui + "/json/", timeout=10) as resp:  # noqa: S310 - loopback
         apps = json.load(resp)["completedapps"]
     names = sorted(a["name"] for a in apps)
-    assert names == sorted(["listing-dedup-" + DATE, "listing-dedup-verify-" + DATE] * 2), names
+    assert names == sorted(["listing-dedup-" + DATE, "listing-dedup-verify-" + DATE]), names
     assert all(a["state"] == "FINISHED" for a in apps)
 
 
@@ -231,10 +230,10 @@ def test_the_date_is_in_all_four_tables_and_rows_add_up(dag_runs):
     wh, sample = dag_runs["warehouse"], dag_runs["sample"]
     n_in = len(sample.listings)
     runs = read_table(wh, "runs", DATE)
-    assert runs["status"].tolist() == ["succeeded", "succeeded"]  # one row per attempt
-    assert runs["rows_in"].tolist() == [n_in, n_in]
-    assert (runs["rows_kept"] + runs["rows_rejected"]).tolist() == [n_in, n_in]
-    assert runs["rows_rejected"].tolist() == [sample.n_bad_rows] * 2
+    assert runs["status"].tolist() == ["succeeded"]  # one row per attempt
+    assert runs["rows_in"].tolist() == [n_in]
+    assert (runs["rows_kept"] + runs["rows_rejected"]).tolist() == [n_in]
+    assert runs["rows_rejected"].tolist() == [sample.n_bad_rows]
     kept = int(runs["rows_kept"].iloc[-1])
     clusters, matches, rejects = (read_table(wh, t, DATE) for t in ("clusters", "matches", "rejects"))
     assert len(clusters) == len(matches) == clusters["posting_id"].nunique() == kept
@@ -251,11 +250,10 @@ def test_the_date_is_in_all_four_tables_and_rows_add_up(dag_runs):
 
 
 @pytest.mark.slow
-def test_second_dag_run_of_the_date_leaves_the_same_clusters(dag_runs):
-    first, second = dag_runs["runs"]
-    assert len(first["clusters"]) > 0
-    assert second["clusters"] == first["clusters"]
-    assert sum(1 for p, g in first["clusters"].items() if p != g) > 0  # there are groups, not only singletons
+def test_the_dag_run_found_groups(dag_runs):
+    (run,) = dag_runs["runs"]
+    assert len(run["clusters"]) > 0
+    assert sum(1 for p, g in run["clusters"].items() if p != g) > 0  # there are groups, not only singletons
 
 
 @pytest.mark.slow
