@@ -76,6 +76,11 @@ def main() -> int:
     ap.add_argument("--cache-dir", default=str(ROOT / "data" / "cache"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-loo", action="store_true", help="train only the model on every part")
+    ap.add_argument(
+        "--no-prior-shift",
+        action="store_true",
+        help="write prior_shift: false (the job keeps the trained thresholds on every catalog)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = load_config(args.conf or [str(ROOT / "conf" / "local.yaml")], args.overrides)
@@ -103,7 +108,9 @@ def main() -> int:
         t0 = time.perf_counter()
         res = train_from_candidates([pcs[n] for n in names], cfg, select="pair")
         out = Path(args.out) / run
-        write_reranker_dir(out, res, cfg, source="titles only (pHash removed): " + "+".join(names))
+        write_reranker_dir(
+            out, res, cfg, source="titles only (pHash removed): " + "+".join(names), prior_shift=not args.no_prior_shift
+        )
         print(
             f"rerank_titles model={run} parts={'+'.join(names)} threshold={res.threshold} min2={res.min2_threshold} "
             f"group_margin={res.group_margin} oof_f1={res.best['f1']:.4f} oof_f1_min={res.best['f1_min']:.4f} "

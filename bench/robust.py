@@ -67,7 +67,9 @@ from listing_dedup.graph.rerank import (  # noqa: E402
     candidate_frame,
     for_coverage,
     group_margin_of,
+    histogram_of,
     model_dir_of,
+    prior_shifted,
     reranker_for,
 )
 from listing_dedup.quality import robust as R  # noqa: E402
@@ -298,7 +300,11 @@ def run_conf(cat: Catalog, cfg: DedupConfig, titles_model: str | None = None) ->
     ph = cat.phash(cfg.phash.max_bits) if cfg.phash.enabled else None
     rows = (frame["src"].to_numpy(), frame["dst"].to_numpy(), prob)
     by = "re-ranker" if cfg.rerank.model == BUILTIN else f"re-ranker {Path(cfg.rerank.model).name}"
-    out = {**score_edges(cat, rows, cfg.rerank.match(), ph, guard), "by": by}
+    rr, shift_note = prior_shifted(cfg.rerank, model, *histogram_of(prob))  # as the job (rerank_rule_spark)
+    if shift_note:
+        by += f" (prior {rr.threshold:.3f})"
+        log.info("%s: %s", cat.name, shift_note)
+    out = {**score_edges(cat, rows, rr.match(), ph, guard), "by": by}
     reference, _ = choose_reference(cfg)
     top1 = pd.Series(final[2], dtype=np.float64).groupby(final[0]).max()
     codes = fast_health(cat.df, cat.part.ids, out["_graph"], top1, cfg, reference).warning_codes

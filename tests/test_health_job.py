@@ -288,3 +288,5 @@ def test_builtin_defaults_on_a_phash_free_catalog_run_the_titles_only_model(spar
     assert out.signal_counts.get("reranked_pairs", 0) > 0 and "rerank_fallback" not in out.signal_counts, text
     assert out.health.warning_codes == [], text
     assert "amazon_google" in out.health.reference  # the titles-only model's training parts
+    # its thresholds moved to this catalog's estimated share of matches (graph/rerank.prior_shifted)
+    assert any(n.startswith("prior shift: ") for n in out.health.notes), text

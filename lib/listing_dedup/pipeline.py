@@ -74,6 +74,7 @@ from listing_dedup.graph.rerank import (
     candidate_frame_spark,
     for_coverage,
     group_margin_of,
+    rerank_rule_spark,
     rerank_spark,
     reranker_for,
 )
@@ -896,7 +897,7 @@ def graph(
     spark, cfg, timer, keep, summary = run.spark, run.cfg, run.timer, run.keep, run.summary
     kept = listings.kept
     vertices = kept.select("posting_id")
-    rule = cfg.rerank.match() if use_reranker else cfg.match
+    rule, shift = rerank_rule_spark(cfg, setup.reranker, scored) if use_reranker else (cfg.match, "")
     margin = group_margin_of(cfg, setup.reranker) if use_reranker else cfg.guard.group_margin
     with timer.stage("edges" + suffix) as c:
         parts = []
@@ -973,6 +974,8 @@ def graph(
             reference_note=note,
         )
         c["health_warnings"] = len(health.warnings)
+    if shift:  # the titles model's thresholds moved to this catalog's share of matches (issue 30)
+        health = dataclasses.replace(health, notes=[*health.notes, shift])
     return edges, groups, health
 
 

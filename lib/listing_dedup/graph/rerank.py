@@ -617,6 +617,101 @@ def load_reranker(model_dir: str | Path) -> Reranker:
 
 
 # --------------------------------------------------------------------------------------
+# prior shift (issue 30): a catalog's share of true matches among its candidates, read from the
+# model's own probabilities without labels, moves the probability thresholds
+
+PRIOR_BINS = 1000  # probabilities are counted in this many bins (the job collects the counts)
+
+
+def estimate_prior(p: np.ndarray, weight: np.ndarray | None, train_prior: float, iters: int = 500) -> float:
+    """The share of matches among a catalog's candidates, re-estimated from the model's
+    probabilities ``p`` (each counted ``weight`` times; a histogram's bin centres and counts) by
+    the EM of Saerens, Latinne and Decaestecker (2002, "Adjusting the outputs of a classifier to
+    new a priori probabilities"): the posteriors are re-weighted by the ratio of the new prior to
+    the training one (``train_prior``: the positive share of the training candidates) and the
+    prior set to their mean, until it stops moving. No labels: the model's probabilities are
+    taken as calibrated given the pair, only the share of matches is assumed to differ."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    w = np.ones_like(p) if weight is None else np.asarray(weight, dtype=np.float64)
+    total = w.sum()
+    if total <= 0 or not 0.0 < train_prior < 1.0:
+        return float(train_prior)
+    prior = float(train_prior)
+    for _ in range(iters):
+        r, q = prior / train_prior, (1.0 - prior) / (1.0 - train_prior)
+        post = r * p / (r * p + q * (1.0 - p))
+        new = float((w * post).sum() / total)
+        if abs(new - prior) < 1e-9:
+            return new
+        prior = new
+    return prior
+
+
+def shifted_threshold(t: float, prior: float, train_prior: float) -> float:
+    """The probability threshold under the training prior that a threshold ``t`` on the
+    posterior under ``prior`` comes to (the re-weighted posterior >= t, solved for the model's
+    probability): above ``t`` where the catalog holds fewer matches than the training rows."""
+    if not 0.0 < train_prior < 1.0 or t <= 0.0 or t >= 1.0:
+        return float(t)
+    prior = min(max(prior, 1e-9), 1.0 - 1e-9)
+    r, q = prior / train_prior, (1.0 - prior) / (1.0 - train_prior)
+    return float(t * q / (r * (1.0 - t) + t * q))
+
+
+def histogram_of(p: np.ndarray, bins: int = PRIOR_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Bin centres and counts of probabilities in [0, 1] (what the job collects from Spark)."""
+    idx = np.clip(np.floor(np.asarray(p, dtype=np.float64) * bins), 0, bins - 1).astype(np.int64)
+    counts = np.bincount(idx, minlength=bins).astype(np.float64)
+    return (np.arange(bins) + 0.5) / bins, counts
+
+
+def prior_shifted(rerank_conf, model: Reranker, centres: np.ndarray, counts: np.ndarray):
+    """``(conf, note)``: ``rerank_conf`` (a RerankConf) with its threshold and min2 threshold
+    moved to the catalog's estimated share of matches (:func:`estimate_prior`) when the model's
+    reranker.json asks for it (``prior_shift: true`` with its ``train_prior``); else unchanged
+    and "". ``centres, counts``: the histogram of the catalog's candidate probabilities."""
+    meta = model.meta
+    train_prior = meta.get("train_prior")
+    if not meta.get("prior_shift") or train_prior is None or float(np.sum(counts)) <= 0:
+        return rerank_conf, ""
+    tp = float(train_prior)
+    prior = estimate_prior(centres, counts, tp)
+    t = shifted_threshold(rerank_conf.threshold, prior, tp)
+    m2 = min(shifted_threshold(rerank_conf.min2_threshold, prior, tp), t)
+    conf = dataclasses.replace(rerank_conf, threshold=round(t, 6), min2_threshold=round(m2, 6))
+    note = (
+        f"prior shift: {prior:.2%} of the candidates estimated to match (training {tp:.2%}): "
+        f"probability threshold {rerank_conf.threshold:g} -> {t:.3f}, min2 {rerank_conf.min2_threshold:g} -> {m2:.3f}"
+    )
+    return conf, note
+
+
+def probability_histogram_spark(scored, bins: int = PRIOR_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`histogram_of` of a scored frame's ``score`` (one aggregation; <= ``bins`` rows
+    reach the driver)."""
+    from pyspark.sql import functions as F
+
+    b = F.least(F.greatest(F.floor(F.col("score") * bins), F.lit(0)), F.lit(bins - 1)).cast("int")
+    rows = scored.select(b.alias("b")).groupBy("b").count().collect()
+    counts = np.zeros(bins)
+    for r in rows:
+        counts[int(r["b"])] = float(r["count"])
+    return (np.arange(bins) + 0.5) / bins, counts
+
+
+def rerank_rule_spark(cfg, model: Reranker, scored):
+    """The edge rule (a MatchConf) of the re-ranker's run on the job's scored candidates, and a
+    note: ``rerank.match()``, its thresholds prior-shifted where the model asks
+    (:func:`prior_shifted`)."""
+    if not model.meta.get("prior_shift"):
+        return cfg.rerank.match(), ""
+    conf, note = prior_shifted(cfg.rerank, model, *probability_histogram_spark(scored))
+    if note:
+        log.info("%s", note)
+    return conf.match(), note
+
+
+# --------------------------------------------------------------------------------------
 # Spark layer
 
 

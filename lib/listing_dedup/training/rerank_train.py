@@ -433,8 +433,20 @@ def _plain(v: Any) -> Any:
 # the model directory
 
 
-def write_reranker_dir(out: str | Path, res: RerankResult, cfg: DedupConfig, *, source: str) -> dict:
-    """Write the model directory; returns the overlay it wrote (also as ``overlay.yaml``)."""
+def train_prior(parts: list[dict]) -> float | None:
+    """The share of matches among the training candidates (``parts``: metrics.json's, each with
+    ``candidates`` and ``positives``); None without candidates."""
+    n = sum(int(p.get("candidates", 0)) for p in parts)
+    return round(sum(int(p.get("positives", 0)) for p in parts) / n, 6) if n else None
+
+
+def write_reranker_dir(
+    out: str | Path, res: RerankResult, cfg: DedupConfig, *, source: str, prior_shift: bool = False
+) -> dict:
+    """Write the model directory; returns the overlay it wrote (also as ``overlay.yaml``).
+    ``prior_shift``: the job moves this model's thresholds to each catalog's estimated share of
+    matches (graph/rerank.prior_shifted); ``train_prior`` (the share among the training
+    candidates, which that estimate starts from) is always written."""
     import lightgbm as lgb
 
     d = Path(out)
@@ -457,6 +469,8 @@ def write_reranker_dir(out: str | Path, res: RerankResult, cfg: DedupConfig, *, 
         "min2_threshold": res.min2_threshold,
         "group_margin": res.group_margin,
         "min_score": cfg.rerank.min_score,
+        "train_prior": train_prior(res.parts),
+        "prior_shift": bool(prior_shift),
         "phash_max_bits": cfg.phash.max_bits if cfg.phash.enabled else None,
         "trained_on": source,
         "lightgbm": {"version": lgb.__version__, "rounds": cfg.rerank.train.rounds, "params": _lgb_params(cfg)},
