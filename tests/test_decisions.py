@@ -160,7 +160,9 @@ def _job(spark, catalog, wh, date):
     from listing_dedup.cli import dedup as dedup_cli
     from test_job import CONF, SETS
 
-    sets = [x for s in [*SETS, "output.candidates=true"] for x in ("--set", s)]
+    # the job writes its queue; every candidate in the candidates table, which the standalone command ranks
+    nightly = ["output.candidates=true", "output.candidates_min_score=-1", "review.nightly=true", "review.max_pairs=5"]
+    sets = [x for s in [*SETS, *nightly] for x in ("--set", s)]
     argv = ["--conf", *CONF, "--input", catalog, "--run-date", date, "--warehouse", wh, *sets]
     out, err = io.StringIO(), io.StringIO()
     with restored_conf(spark), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -272,3 +274,24 @@ def test_every_match_says_why_it_was_kept(nights):
             sig = dict(sig)
             if why == "threshold":
                 assert abs(sig["lexical"] - s) < 1e-4 and abs(sig["fused"] - s) < 1e-4, (pid, sig, s)
+
+
+@pytest.mark.slow
+def test_the_nightly_job_writes_its_review_queue(nights):
+    """review.nightly: each night's run writes its review_queue (capped by review.max_pairs, the
+    decided pairs left out, titles and per-signal scores, the run's id), the same pairs in the
+    same order as the standalone command ranks from that night's committed tables."""
+    from listing_dedup.quality.review import queue_from_tables
+
+    wh = nights["wh"]
+    q = read_table(wh, "review_queue", NIGHT1).sort_values("rank", ignore_index=True)
+    assert q["rank"].tolist() == [1, 2, 3, 4, 5]  # review.max_pairs=5
+    assert not {("a1", "a3"), ("b1", "b2"), ("d1", "e1")} & set(zip(q["posting_id_a"], q["posting_id_b"]))
+    assert q["title_a"].notna().all() and q["signal_scores"].map(len).gt(0).all()
+    assert (q["run_id"] == read_table(wh, "clusters", NIGHT1)["run_id"][0]).all()
+    _, _, counts = nights["night1"]
+    assert counts["review_queue_pairs"] == 5 and "review_queue_failed" not in counts
+    tables = queue_from_tables(wh, NIGHT1, max_pairs=5)
+    cols = ["posting_id_a", "posting_id_b", "reason", "group_a", "group_b"]
+    assert q[cols].values.tolist() == tables[cols].values.tolist()
+    assert q["priority"].round(5).tolist() == tables["priority"].round(5).tolist()

@@ -36,6 +36,42 @@ def test_queue_ranks_merges_cuts_then_uncertainty_and_leaves_decided_pairs_out()
     assert len(review_queue(pairs, groups, threshold=0.5, max_pairs=2)) == 2
 
 
+def test_the_spark_queue_ranks_as_the_pandas_one(spark):
+    """review_queue_spark (the nightly job's) on the hand-worked pairs: the pandas ranking's rows,
+    order and priorities (the pandas queue's expected values are worked by hand above)."""
+    from listing_dedup.quality.review import QUEUE_COLUMNS, review_queue_spark
+
+    rows = [
+        ("a", "b", 0.99, True),
+        ("c", "a", 0.52, True),
+        ("a", "c", 0.40, False),
+        ("d", "e", 0.90, True),
+        ("f", "g", 0.95, True),
+        ("h", "i", 0.50, False),
+        ("y", "x", 0.10, False),
+    ]
+    groups = {"a": "a", "b": "a", "c": "a", "d": "d", "e": "e", "f": "f", "g": "f", "x": "f", "y": "f"}
+    prev = {"a": "a", "b": "a", "c": "a", "f": "f", "x": "f", "g": "g", "y": "g"}
+
+    def frame(d):
+        return spark.createDataFrame(pd.DataFrame(list(d.items()), columns=["posting_id", "group_id"]))
+
+    pairs = spark.createDataFrame(pd.DataFrame(rows, columns=["a", "b", "probability", "edge"]))
+    got = review_queue_spark(
+        pairs, frame(groups), threshold=0.5, max_pairs=4, prev_groups=frame(prev), decided=[("i", "h")]
+    )
+    want = review_queue(
+        pd.DataFrame(rows, columns=["a", "b", "probability", "edge"]),
+        groups,
+        threshold=0.5,
+        max_pairs=4,
+        prev_groups=prev,
+        decided=[("i", "h")],
+    )
+    assert list(got.columns) == list(QUEUE_COLUMNS)
+    pd.testing.assert_frame_equal(got, want[list(QUEUE_COLUMNS)], check_dtype=False)
+
+
 def _chromium() -> str | None:
     import shutil
 

@@ -89,6 +89,7 @@ from listing_dedup.incremental import (
 from listing_dedup.ingest.images import image_roots_for
 from listing_dedup.ingest.reader import check_kept_rows, check_row_count, read_listings
 from listing_dedup.quality.health import Health, HealthReference, decide, with_fallback
+from listing_dedup.quality.review import nightly_queue
 from listing_dedup.quality.run_health import (
     choose_reference,
     edge_counts,
@@ -416,6 +417,7 @@ def run_dedup(
         else:
             matched = full_night(run, setup, listings)
         commit(run, setup, listings, night, matched)
+        nightly_queue(run, setup, listings, matched)  # review.nightly: the night's review_queue (quality/review)
         record(run, started)
         return run.summary
     except RunRecordError:

@@ -330,9 +330,11 @@ class DecisionsConf:
 @dataclass(frozen=True)
 class ReviewConf:
     """The review queue (``listing-dedup review-queue``; lib/listing_dedup/quality/review.py): at
-    most ``max_pairs`` pairs a night, the least certain and most consequential first."""
+    most ``max_pairs`` pairs a night, the least certain and most consequential first.
+    ``nightly``: the job itself writes the night's ``review_queue`` after its commit."""
 
     max_pairs: int = 200
+    nightly: bool = False
 
     def __post_init__(self) -> None:
         _check(self.max_pairs >= 1, "review.max_pairs", "must be >= 1")

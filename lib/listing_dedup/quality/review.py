@@ -93,6 +93,182 @@ def review_queue(
     return p[list(QUEUE_COLUMNS) + rest]
 
 
+# --------------------------------------------------------------------------- Spark (the nightly job)
+
+
+def review_queue_spark(
+    pairs,
+    groups,
+    *,
+    threshold: float,
+    max_pairs: int,
+    prev_groups=None,
+    decided: Iterable[tuple] = (),
+) -> pd.DataFrame:
+    """:func:`review_queue` over Spark frames, the top ``max_pairs`` collected (pandas, the
+    columns :data:`QUEUE_COLUMNS`): ``pairs`` (``a``, ``b``, ``probability``, ``edge``),
+    ``groups`` / ``prev_groups`` (``posting_id``, ``group_id``). The same ranking: only the
+    queue's rows reach the driver, not the night's candidates."""
+    from pyspark.sql import functions as F
+
+    if max_pairs < 0:
+        raise ValueError(f"max_pairs must be >= 0, got {max_pairs}")
+    spark = pairs.sparkSession
+    p = pairs.where(F.col("a") != F.col("b")).select(
+        F.least("a", "b").alias("posting_id_a"),
+        F.greatest("a", "b").alias("posting_id_b"),
+        F.struct(F.col("probability").cast("double").alias("p"), F.col("edge").cast("boolean").alias("e")).alias("_s"),
+    )
+    p = p.groupBy("posting_id_a", "posting_id_b").agg(F.max("_s").alias("_s"))
+    p = p.select("posting_id_a", "posting_id_b", F.col("_s.p").alias("probability"), F.col("_s.e").alias("edge"))
+    done = sorted({(min(a, b), max(a, b)) for a, b in decided})
+    if done:
+        d = spark.createDataFrame(
+            pd.DataFrame(done, columns=["posting_id_a", "posting_id_b"]), "posting_id_a string, posting_id_b string"
+        )
+        p = p.join(F.broadcast(d), ["posting_id_a", "posting_id_b"], "left_anti")
+    g = groups.select("posting_id", "group_id")
+    sized = g.join(g.groupBy("group_id").count(), "group_id").select("posting_id", "group_id", "count")
+    for side in ("a", "b"):
+        p = p.join(
+            sized.select(
+                F.col("posting_id").alias(f"posting_id_{side}"),
+                F.col("group_id").alias(f"group_{side}"),
+                F.col("count").cast("long").alias(f"group_size_{side}"),
+            ),
+            f"posting_id_{side}",
+            "left",
+        ).withColumn(f"group_size_{side}", F.coalesce(f"group_size_{side}", F.lit(1).cast("long")))
+    span = max(threshold, 1.0 - threshold, 1e-9)
+    near = F.greatest(F.lit(0.0), F.least(F.lit(1.0), 1.0 - F.abs(F.col("probability") - F.lit(threshold)) / span))
+    same = F.col("group_a") == F.col("group_b")
+    cut = F.col("edge") & F.coalesce(~same, F.lit(False))
+    merge = F.lit(False)
+    if prev_groups is not None:
+        pg = prev_groups.select("posting_id", "group_id")
+        psized = pg.join(pg.groupBy("group_id").count(), "group_id")
+        for side in ("a", "b"):
+            p = p.join(
+                psized.select(
+                    F.col("posting_id").alias(f"posting_id_{side}"),
+                    F.col("group_id").alias(f"_pg_{side}"),
+                    F.col("count").alias(f"_ps_{side}"),
+                ),
+                f"posting_id_{side}",
+                "left",
+            )
+        merge = F.coalesce(
+            same & (F.col("_pg_a") != F.col("_pg_b")) & (F.col("_ps_a") >= 2) & (F.col("_ps_b") >= 2), F.lit(False)
+        )
+    p = p.withColumn("_cut", cut).withColumn("_merge", merge)
+    p = p.withColumn("priority", near + F.col("_cut").cast("double") + F.col("_merge").cast("double"))
+    p = p.withColumn(
+        "reason", F.when(F.col("_merge"), "new_merge").when(F.col("_cut"), "guard_cut").otherwise("near_threshold")
+    )
+    moved = F.when(same, F.col("group_size_a")).otherwise(F.col("group_size_a") + F.col("group_size_b"))
+    top = (
+        p.withColumn("_moved", moved)
+        .orderBy(F.col("priority").desc(), F.col("_moved").desc(), "posting_id_a", "posting_id_b")
+        .limit(int(max_pairs))
+        .select(*[c for c in QUEUE_COLUMNS if c != "rank"], "_moved")
+        .toPandas()
+    )
+    top = top.sort_values(
+        ["priority", "_moved", "posting_id_a", "posting_id_b"], ascending=[False, False, True, True], kind="mergesort"
+    ).drop(columns="_moved")
+    top["rank"] = np.arange(1, len(top) + 1)
+    for c in ("group_size_a", "group_size_b"):
+        top[c] = top[c].astype(np.int64)
+    return top[list(QUEUE_COLUMNS)].reset_index(drop=True)
+
+
+def nightly_queue(run, setup, listings, matched) -> int | None:
+    """The night's ``review_queue`` written by the job itself (``review.nightly``), right after its
+    commit: the rule's scored candidates (the re-ranker's probabilities where its edges were kept,
+    else the search's fused scores) against its threshold, tonight's match edges and groups, the
+    previous date's groups, the ``decisions`` pairs left out; titles, image paths (string
+    ``image`` values) and per-signal scores of the queued pairs; at most ``review.max_pairs``.
+    ``run``, ``setup``, ``listings``, ``matched``: the pipeline's stage objects. The data tables
+    are committed by then: a failure here is a warning (``review_queue_failed``), never a failed
+    run. Returns the table's version (None when off or failed)."""
+    import logging
+
+    from pyspark.sql import functions as F
+
+    log = logging.getLogger(__name__)
+    cfg, summary = run.cfg, run.summary
+    if not cfg.review.nightly or matched.rounds is None:
+        return None
+    try:
+        from listing_dedup.embed.fusion import candidate_scores
+        from listing_dedup.sink.state import previous_clusters
+
+        use_reranker = matched.scored is not None and not summary.signal_counts.get("rerank_fallback")
+        scored = matched.scored if use_reranker else matched.rounds.nbrs
+        threshold = float(cfg.rerank.threshold if use_reranker else cfg.match.threshold)
+        edges = matched.edges.select("src", "dst").withColumn("edge", F.lit(True))
+        pairs = (
+            scored.select("src", "dst", F.col("score").alias("probability"))
+            .join(edges, ["src", "dst"], "left")
+            .select(
+                F.col("src").alias("a"),
+                F.col("dst").alias("b"),
+                "probability",
+                F.coalesce("edge", F.lit(False)).alias("edge"),
+            )
+        )
+        _, prev = previous_clusters(run.spark, run.sink, run.run_date)
+        decided = []
+        if setup.decisions is not None:
+            d = setup.decisions.latest
+            decided = list(zip(d["posting_id_a"], d["posting_id_b"]))
+        q = review_queue_spark(
+            pairs,
+            matched.groups,
+            threshold=threshold,
+            max_pairs=cfg.review.max_pairs,
+            prev_groups=prev,
+            decided=decided,
+        )
+        ids = sorted(set(q["posting_id_a"]) | set(q["posting_id_b"]))
+        spark = run.spark
+        ids_df = spark.createDataFrame(pd.DataFrame({"posting_id": ids}), "posting_id string")
+        kept = listings.kept
+        has_path = "image" in kept.columns and dict(kept.dtypes).get("image") == "string"
+        image = F.col("image") if has_path else F.lit(None).cast("string")
+        side = (
+            kept.join(F.broadcast(ids_df), "posting_id").select("posting_id", "title", image.alias("image")).toPandas()
+        )
+        title, img = dict(zip(side["posting_id"], side["title"])), dict(zip(side["posting_id"], side["image"]))
+        # both directions: the re-ranker scored a pair in the direction(s) the search proposed it
+        fwd = pd.DataFrame({"src": q["posting_id_a"], "dst": q["posting_id_b"]})
+        both = pd.concat([fwd, fwd.rename(columns={"src": "dst", "dst": "src"})], ignore_index=True)
+        qpairs = spark.createDataFrame(both.assign(score=np.float32(0.0)), "src string, dst string, score float")
+        sig = candidate_scores(
+            qpairs, matched.embedded.emb, matched.embedded.layout, matched.ph_pairs, rerank_scores=matched.scored
+        ).toPandas()
+        maps: dict = {}
+        for a, b, m in zip(sig["posting_id"], sig["candidate_id"], sig["signal_scores"]):
+            key = (min(a, b), max(a, b))
+            merged = maps.setdefault(key, {})
+            for k, x in _as_dict(m).items():
+                merged[k] = max(merged.get(k, x), x)
+        for s in ("a", "b"):
+            q[f"title_{s}"] = q[f"posting_id_{s}"].map(title)
+            q[f"image_{s}"] = q[f"posting_id_{s}"].map(lambda x: img.get(x) if isinstance(img.get(x), str) else None)
+        q["signal_scores"] = [maps.get((a, b), {}) for a, b in zip(q["posting_id_a"], q["posting_id_b"])]
+        q["run_id"] = summary.run_id
+        version = write_queue(run.warehouse, run.run_date, q)
+    except Exception as e:  # noqa: BLE001 - the night's data is committed: a queue that failed is a warning
+        log.warning("the night's review queue was not written: %s", e)
+        summary.signal_counts["review_queue_failed"] = 1
+        return None
+    summary.signal_counts["review_queue_pairs"] = len(q)
+    summary.table_versions["review_queue"] = version
+    log.info("review_queue %s: %d pairs (version %d)", run.run_date, len(q), version)
+    return version
+
+
 # --------------------------------------------------------------------------- from a night's tables
 
 
