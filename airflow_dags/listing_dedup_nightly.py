@@ -10,7 +10,10 @@ at its previous version. Separate applications would have to write and re-read t
 embeddings and neighbour lists between tasks and would lose that all-or-nothing commit; a
 retry of the one ``dedup`` task redoes the date from its input, idempotently (the date's
 partitions are replaced, never appended). ``verify`` reads the committed tables back and
-fails the DAG run when they are inconsistent (see lib/listing_dedup/sink/verify.py).
+fails the DAG run when they are inconsistent (see lib/listing_dedup/sink/verify.py). The
+reviewers' loop needs no task of its own: the ``dedup`` task honours the ``decisions`` table and,
+with ``review.nightly`` in the profile (conf/cluster.yaml), writes the night's ``review_queue``
+after its commit from the frames it holds (docs/review.md).
 
 Settings (Airflow Variables; the default applies when a Variable is not set). The defaults are
 YARN's: cluster deploy mode, the packed virtualenv shipped with ``spark.archives``, one GPU per
