@@ -84,6 +84,10 @@ def test_incremental_rounds_equal_a_full_night(spark):
         np.testing.assert_array_equal(blended_inc[p], blended_full[p], err_msg=p)
     for got, want in ((inc.first_nbrs, full.first_nbrs), (inc.nbrs, full.nbrs)):
         assert by_src(got) == by_src(want)
+    # each round's lists carry every row's rank in its list (what the state keeps: the top k is a filter)
+    for lists in (*inc.lists, *full.lists):
+        pdf = lists.toPandas().sort_values(["src", "score", "dst"], ascending=[True, False, True])
+        assert (pdf["rank"].to_numpy() == pdf.groupby("src").cumcount().to_numpy() + 1).all()
     # and the full night is the brute force's (the reference the equality above rests on)
     s = x2 @ x2.T
     want0 = {

@@ -23,7 +23,7 @@ from listing_dedup.sink.state import StateRef
 
 FULL, INCREMENTAL = "full", "incremental"
 # the conf sections whose settings shape the vectors and the lists a state holds
-SHAPING_SECTIONS = ("embed", "fusion", "index", "inb")
+SHAPING_SECTIONS = ("embed", "fusion", "index", "inb", "phash")  # phash: the state keeps its pairs
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def choose_plan(
 
 
 def listing_digests_spark(kept: Any, *, has_image: bool, image_root: str = "") -> Any:
-    """``posting_id, digest`` of tonight's kept listings: what the signals read (the cleaned
+    """``posting_id, digest, phash`` of tonight's kept listings: what the signals read (the cleaned
     title, the image's bytes, the pHash: :func:`listing_dedup.search.incremental.listing_digest_column`)."""
     from pyspark.sql import functions as F
 
@@ -98,4 +98,8 @@ def listing_digests_spark(kept: Any, *, has_image: bool, image_root: str = "") -
     from listing_dedup.sink.cache import image_digest_column
 
     image = image_digest_column(F.col("image"), image_root) if has_image else F.lit(None).cast("string")
-    return kept.select("posting_id", listing_digest_column(F.col("title"), image, F.col("image_phash")).alias("digest"))
+    return kept.select(
+        "posting_id",
+        listing_digest_column(F.col("title"), image, F.col("image_phash")).alias("digest"),
+        F.col("image_phash").alias("phash"),  # kept in the state: a changed listing's old hash leaves its blocks
+    )

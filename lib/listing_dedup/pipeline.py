@@ -55,7 +55,7 @@ from listing_dedup.embed.lexical import (
     fit_idf_counts,
     lexical_counts,
 )
-from listing_dedup.errors import DedupError, RunRecordError, SinkError, first_line
+from listing_dedup.errors import DedupError, InputError, RunRecordError, SinkError, first_line
 from listing_dedup.frames import cut_lineage, empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components
 from listing_dedup.graph.edges import select_edges, veto_edges
@@ -102,7 +102,7 @@ from listing_dedup.quality.run_health import (
 from listing_dedup.search.incremental import DELTA_KINDS, night_delta_spark
 from listing_dedup.search.indexer import Quantizer, build_index, search, train
 from listing_dedup.search.phash_match import phash_found, split_found
-from listing_dedup.search.rounds import SearchRounds, delta_rounds, full_rounds, ranked
+from listing_dedup.search.rounds import SearchRounds, delta_rounds, full_rounds, ranked, rule_rows
 from listing_dedup.sink.cache import (
     CachedSignal,
     EmbeddingCache,
@@ -348,6 +348,7 @@ class Night:
     epoch: Epoch | None = None
     prev_lists: list[DataFrame] = field(default_factory=list)
     prev_vectors: list[DataFrame | None] = field(default_factory=list)
+    prev_listings: DataFrame | None = None  # the continued night's listing_state
 
     @property
     def keeps_state(self) -> bool:
@@ -468,13 +469,21 @@ def incremental_night(run: Run, setup: Setup, listings: Listings, night: Night) 
         search_depth=cfg.incremental.search_depth or None,
     )
     run.summary.signal_counts.update({f"incremental_{k}": v for k, v in rounds.counts.items()})
-    return match(run, setup, listings, embedded, rounds)
+    return match(run, setup, listings, embedded, rounds, night)
 
 
-def match(run: Run, setup: Setup, listings: Listings, embedded: Embedded, rounds: SearchRounds | None) -> Matched:
-    """The stages after the search, the same in both plans: pHash pairs, the re-ranker, the
-    edges, components and health (with the re-ranker's fallback), and the stable group ids."""
-    ph_pairs = phash(run, listings)
+def match(
+    run: Run,
+    setup: Setup,
+    listings: Listings,
+    embedded: Embedded,
+    rounds: SearchRounds | None,
+    night: Night | None = None,
+) -> Matched:
+    """The stages after the search, the same in both plans: pHash pairs (an incremental night's
+    from the state's and its delta), the re-ranker, the edges, components and health (with the
+    re-ranker's fallback), and the stable group ids."""
+    ph_pairs = phash(run, listings, night)
     scored = rerank(run, setup, listings, rounds)
     extra = extra_edges(run, listings, embedded, ph_pairs)
     edges, groups, health = group(run, setup, listings, rounds, scored, extra)
@@ -621,6 +630,7 @@ def plan_night(run: Run, setup: Setup, listings: Listings) -> Night:
         )
         night = Night(plan, digests, delta, counts, fingerprint, epoch)
         if plan.incremental:
+            night.prev_listings = prev
             rounds = 1 + len(cfg.inb.thresholds)
             lists = read_state(run.spark, sink, "neighbours", base.run_date)
             vecs = read_state(run.spark, sink, "vectors", base.run_date)
@@ -795,22 +805,75 @@ def embed(run: Run, setup: Setup, listings: Listings, *, epoch_idf: Any) -> Embe
     return Embedded(emb, sig, layout, idf, cache, cache_staged)
 
 
-def phash(run: Run, listings: Listings) -> DataFrame | None:
-    """pHash pairs within ``phash.max_bits`` (both directions, with a score), or None when off."""
+def phash(run: Run, listings: Listings, night: Night | None = None) -> DataFrame | None:
+    """pHash pairs within ``phash.max_bits`` (both directions, with a score), or None when off.
+    An incremental night takes the state's pairs and searches only the blocks its delta touches
+    (:func:`_phash_delta`); a full night, or one whose state cannot be continued, all blocks."""
     cfg, summary = run.cfg, run.summary
     if not cfg.phash.enabled:
         return None
     with run.timer.stage("phash") as c:
-        # image_phash: given, or computed by the reader from the image (one decode)
-        ph_src = listings.kept.select("posting_id", F.col("image_phash").alias("phash"))
-        # one pass finds the pairs and the listings of skipped blocks; banding by catalog size
-        found = run.keep(phash_found(ph_src, cfg.phash.max_bits, cfg.phash.max_bucket, n_rows=summary.rows_kept))
-        ph_pairs, skipped = split_found(found)
-        ph_pairs = run.keep(ph_pairs)
+        got = _phash_delta(run, listings, night) if night is not None and night.incremental else None
+        if got is not None:
+            ph_pairs, n_skipped = got
+            c["where"] = "delta"
+            summary.signal_counts["phash_delta"] = 1  # the state's pairs and the delta's blocks
+        else:
+            # image_phash: given, or computed by the reader from the image (one decode)
+            ph_src = listings.kept.select("posting_id", F.col("image_phash").alias("phash"))
+            # one pass finds the pairs and the listings of skipped blocks; banding by catalog size
+            found = run.keep(phash_found(ph_src, cfg.phash.max_bits, cfg.phash.max_bucket, n_rows=summary.rows_kept))
+            ph_pairs, skipped = split_found(found)
+            ph_pairs = run.keep(ph_pairs)
+            n_skipped = skipped.count()
         summary.signal_counts["phash_pairs"] = ph_pairs.count() // 2
-        summary.signal_counts["phash_skipped"] = skipped.count()
+        summary.signal_counts["phash_skipped"] = n_skipped
         c.update(pairs=summary.signal_counts["phash_pairs"], skipped=summary.signal_counts["phash_skipped"])
     return ph_pairs
+
+
+def _phash_delta(run: Run, listings: Listings, night: Night) -> tuple[DataFrame, int] | None:
+    """An incremental night's pHash pairs (search/phash_match.phash_pairs_delta, on the driver):
+    the continued night's pairs, less those of removed listings and of the blocks the delta
+    touches, plus those blocks searched again; exactly a full search's pairs. None (the full
+    search runs) when the state has no pairs or old hashes (a state of an older version), or when
+    tonight's catalog size picks another banding than the continued night's."""
+    from listing_dedup.search.phash_match import choose_banding, phash_pairs_delta
+
+    cfg, spark = run.cfg, run.spark
+    prev = night.prev_listings
+    if prev is None or "phash" not in prev.columns:
+        return None
+    try:
+        prev_pairs = read_state(spark, run.sink, "phash_pairs", night.plan.base.run_date)
+    except InputError:  # no phash_pairs table: a state of an older version
+        return None
+    n_prev = prev.count()
+    banding = choose_banding(cfg.phash.max_bits, run.summary.rows_kept, cfg.phash.max_bucket)
+    if banding != choose_banding(cfg.phash.max_bits, n_prev, cfg.phash.max_bucket):
+        return None
+    cur = listings.kept.where(F.col("image_phash").isNotNull()).select("posting_id", "image_phash").toPandas()
+    delta = night.delta
+    inserted = delta.where(F.col("kind").isin("added", "changed")).select("posting_id").toPandas()["posting_id"]
+    removed = (
+        delta.where(F.col("kind").isin("deleted", "changed"))
+        .select("posting_id")
+        .join(prev.select("posting_id", "phash"), "posting_id", "left")
+        .toPandas()
+    )
+    pairs, n_skipped = phash_pairs_delta(
+        cur["posting_id"],
+        cur["image_phash"],
+        set(inserted),
+        prev_pairs.toPandas(),
+        set(removed["posting_id"]),
+        removed["phash"].dropna(),
+        cfg.phash.max_bits,
+        cfg.phash.max_bucket,
+        banding,
+    )
+    out = spark.createDataFrame(pairs[["src", "dst", "bits", "score"]], "src string, dst string, bits int, score float")
+    return run.keep(out), n_skipped
 
 
 def rerank(run: Run, setup: Setup, listings: Listings, rounds: SearchRounds | None) -> DataFrame | None:
@@ -861,8 +924,9 @@ def group(
     when the re-ranker's run is flagged (``rerank.fallback: rule``)."""
     cfg, summary = run.cfg, run.summary
     nbrs = rounds.nbrs if rounds is not None else None
+    lists = rounds.lists[-1] if rounds is not None else None  # ranked: the rule reads a prefix of each
     edges, groups, health = graph(
-        run, listings, nbrs, scored, extra, setup, scored is not None, setup.health_ref, setup.health_note
+        run, listings, nbrs, scored, extra, setup, scored is not None, setup.health_ref, setup.health_note, lists=lists
     )
     if scored is not None and health.warnings and cfg.rerank.fallback == "rule":
         # the catalog is unlike the re-ranker's training rows: the threshold rule decides
@@ -873,7 +937,9 @@ def group(
             ",".join(refused.warning_codes),
         )
         rule_ref, rule_note = choose_reference(cfg.without_reranker())
-        edges, groups, health = graph(run, listings, nbrs, scored, extra, setup, False, rule_ref, rule_note, "_rule")
+        edges, groups, health = graph(
+            run, listings, nbrs, scored, extra, setup, False, rule_ref, rule_note, "_rule", lists=lists
+        )
         health = with_fallback(health, refused)
         summary.signal_counts["rerank_fallback"] = 1
     if setup.rerank_note:
@@ -893,9 +959,11 @@ def graph(
     reference: HealthReference | None,
     note: str,
     suffix: str = "",
+    lists: DataFrame | None = None,
 ) -> tuple[DataFrame, DataFrame, Health]:
     """Edges -> components (margin, guard) -> health, with the re-ranker's probabilities and
-    rule or with the threshold rule on the fused score."""
+    rule or with the threshold rule on the fused score. ``lists``: the last round's ranked lists,
+    whose rows the threshold rule reads (search/rounds.rule_rows) instead of the whole top k."""
     spark, cfg, timer, keep, summary = run.spark, run.cfg, run.timer, run.keep, run.summary
     kept = listings.kept
     vertices = kept.select("posting_id")
@@ -906,7 +974,8 @@ def graph(
         if use_reranker:
             parts.append(select_edges(scored, rule))
         elif nbrs is not None:
-            parts.append(select_edges(nbrs, rule))
+            rows = rule_rows(lists, cfg.index.k, rule) if lists is not None else nbrs
+            parts.append(select_edges(rows, rule))
         edges = cut_lineage(_union_edges(spark, parts + extra))  # components, health, write
         if not use_reranker and rule.veto:  # the identifier veto on the rule's edges (match.veto)
             edges = cut_lineage(veto_edges(edges, kept, rule.veto_above))
@@ -1124,7 +1193,12 @@ def stage_state(run: Run, night: Night, matched: Matched) -> dict[str, StagedWri
         one = ranked(df).select(F.lit(r).cast("int").alias("round"), "src", "dst", "score", "rank", rid)
         lists = one if lists is None else lists.unionByName(one)
     staged = {
-        "listing_state": sink.stage(night.digests.select("posting_id", "digest", rid), "listing_state", run_date),
+        "listing_state": sink.stage(
+            night.digests.select("posting_id", "digest", "phash", rid),
+            "listing_state",
+            run_date,
+            added_columns=STATE_ADDED_COLUMNS["listing_state"],
+        ),
         "neighbours": sink.stage(
             lists, "neighbours", run_date, fail_stage=fail, added_columns=STATE_ADDED_COLUMNS["neighbours"]
         ),
@@ -1137,6 +1211,11 @@ def stage_state(run: Run, night: Night, matched: Matched) -> dict[str, StagedWri
         staged["vectors"] = sink.stage(vecs, "vectors", run_date, fail_stage=fail)
     else:
         staged["vectors"] = sink.stage_empty("vectors", run_date, STATE_SCHEMAS["vectors"])
+    if matched.ph_pairs is not None:  # each pair once; none with pHash off (the settings fingerprint has it)
+        one = matched.ph_pairs.where(F.col("src") < F.col("dst")).select("src", "dst", "bits", rid)
+        staged["phash_pairs"] = sink.stage(one, "phash_pairs", run_date, fail_stage=fail)
+    else:
+        staged["phash_pairs"] = sink.stage_empty("phash_pairs", run_date, STATE_SCHEMAS["phash_pairs"])
     return staged
 
 

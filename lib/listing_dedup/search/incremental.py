@@ -156,11 +156,14 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def update_neighbours_spark(
-    lists: DataFrame, removed: DataFrame, found: DataFrame, *, k: int, depth: int
-) -> tuple[DataFrame, DataFrame]:
+    lists: DataFrame, removed: DataFrame, found: DataFrame, *, k: int, depth: int, with_touched: bool = False
+) -> tuple[DataFrame, DataFrame] | tuple[DataFrame, DataFrame, DataFrame]:
     """:func:`update_neighbours` on Spark: ``lists`` and ``found`` are ``src, dst, score``,
     ``removed`` has ``posting_id``. Returns (tonight's lists without the stale srcs' rows, the
-    stale srcs as ``posting_id``), both lazy.
+    stale srcs as ``posting_id``), both lazy, and with ``with_touched`` the srcs whose lists it
+    rebuilt (``posting_id``; every other list passes as it was). When ``lists`` carries each row's ``rank`` (1 =
+    nearest), so does the result: the untouched lists keep theirs, the rebuilt ones are ranked
+    by the update's own window (the later stages' top ``k`` is then a filter, not a shuffle).
 
     Only the lists that can change are rebuilt: those that lost a neighbour, those an inserted
     listing enters (it beats their weakest neighbour), and the removed and inserted listings'
@@ -171,7 +174,8 @@ def update_neighbours_spark(
 
     from listing_dedup.frames import cut_lineage
 
-    lists = lists.select("src", "dst", "score")
+    has_rank = "rank" in lists.columns
+    lists = lists.select("src", "dst", "score", *(["rank"] if has_rank else []))
     gone = F.broadcast(removed.select("posting_id").distinct())
     inserted = found.select(F.col("src").alias("posting_id")).distinct()
     back = found.join(F.broadcast(inserted.withColumnRenamed("posting_id", "dst")), "dst", "left_anti").select(
@@ -199,14 +203,17 @@ def update_neighbours_spark(
         found,
         k=k,
         depth=depth,
+        rank=has_rank,
     )
+    if with_touched:
+        return untouched.unionByName(rebuilt), stale, touched.select(F.col("src").alias("posting_id"))
     return untouched.unionByName(rebuilt), stale
 
 
-def _rebuild_lists(old_lists, gone, inserted, back, found, *, k: int, depth: int):
+def _rebuild_lists(old_lists, gone, inserted, back, found, *, k: int, depth: int, rank: bool = False):
     """The lists of the touched srcs (``old_lists``: their rows before tonight; ``back``: the
     inserted listings' rows reversed into them): the update, the stale srcs, the inserted
-    listings' own lists."""
+    listings' own lists (with their ``rank`` when ``rank``)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -233,7 +240,7 @@ def _rebuild_lists(old_lists, gone, inserted, back, found, *, k: int, depth: int
         .where(F.col("floor").isNull() | F.col("full_before") | (F.col("score") >= F.col("floor")))
         .withColumn("_r", F.row_number().over(by_src))
         .where(F.col("_r") <= depth)
-        .select("src", "dst", "score")
+        .select("src", "dst", "score", F.col("_r").alias("rank"))
     )
     merged = cut_lineage(merged)  # the touched lists: read by the stale count and the output
     counts = merged.groupBy("src").agg(F.count(F.lit(1)).alias("n"))
@@ -246,10 +253,10 @@ def _rebuild_lists(old_lists, gone, inserted, back, found, *, k: int, depth: int
         found.select("src", "dst", "score")
         .withColumn("_r", F.row_number().over(by_src))
         .where(F.col("_r") <= depth)
-        .drop("_r")
+        .withColumnRenamed("_r", "rank")
     )
     out = merged.join(stale.withColumnRenamed("posting_id", "src"), "src", "left_anti").unionByName(mine)
-    return out, stale
+    return (out if rank else out.drop("rank")), stale
 
 
 def search_delta(
@@ -262,7 +269,8 @@ def search_delta(
     depth: int,
     search_depth: int | None = None,
     fail_stage: str = "",
-) -> tuple[DataFrame, dict[str, int]]:
+    with_touched: bool = False,
+) -> tuple[DataFrame, dict[str, int]] | tuple[DataFrame, dict[str, int], DataFrame]:
     """Tonight's neighbour lists from yesterday's and the delta: the inserted listings
     (``added``, ``changed``) searched against ``index`` (tonight's vectors: ``emb``), every
     other list updated (:func:`update_neighbours_spark`), and the stale ones searched again.
@@ -270,7 +278,8 @@ def search_delta(
     ``delta``: ``posting_id, kind`` (:func:`night_delta_spark`); ``search_depth`` (default
     ``depth``): how many neighbours an inserted listing's search returns, the reach of its
     symmetric insertion into other lists. Returns (``src, dst, score`` materialised, the
-    counts: ``searched``, ``stale``)."""
+    counts: ``searched``, ``stale``), and with ``with_touched`` the srcs whose lists were
+    rebuilt (``posting_id``, materialised: every other list is the previous one row for row)."""
     from pyspark.sql import functions as F
 
     from listing_dedup.frames import cut_lineage
@@ -284,10 +293,18 @@ def search_delta(
         found = search(index, queries, search_depth or depth, fail_stage=fail_stage, n_queries=n_ins)
     else:
         found = emb.sparkSession.createDataFrame([], "src string, dst string, score float")
-    lists, stale = update_neighbours_spark(prev_lists, removed, cut_lineage(found), k=k, depth=depth)
+    lists, stale, touched = update_neighbours_spark(
+        prev_lists, removed, cut_lineage(found), k=k, depth=depth, with_touched=True
+    )
     stale = cut_lineage(stale)
     n_stale = stale.count()
     if n_stale:
-        again = search(index, emb.join(stale, "posting_id"), depth, fail_stage=fail_stage, n_queries=n_stale)
-        lists = lists.unionByName(again.select("src", "dst", "score"))
-    return cut_lineage(lists), {"searched": n_ins + n_stale, "stale": n_stale}
+        ranks = "rank" in lists.columns
+        again = search(
+            index, emb.join(stale, "posting_id"), depth, fail_stage=fail_stage, n_queries=n_stale, with_rank=ranks
+        )
+        lists = lists.unionByName(again.select("src", "dst", "score", *(["rank"] if ranks else [])))
+    counts = {"searched": n_ins + n_stale, "stale": n_stale}
+    if with_touched:
+        return cut_lineage(lists), counts, touched
+    return cut_lineage(lists), counts

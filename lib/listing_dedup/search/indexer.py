@@ -738,11 +738,13 @@ def search(
     nprobe: int | None = None,
     fail_stage: str = "",
     n_queries: int | None = None,
+    with_rank: bool = False,
 ) -> Any:
     """Top-``k`` neighbours (``k`` defaults to ``IndexConf.k``) of each query in the index,
     never the query itself (same ``posting_id``): a lazy DataFrame ``src, dst, score``
-    (string, string, float), at most ``k`` rows per ``src``. ``nprobe`` overrides the
-    configured one (capped at ``nlist``; ``nprobe >= nlist`` with flat storage is exact).
+    (string, string, float), at most ``k`` rows per ``src``; ``with_rank`` adds ``rank`` (int,
+    1 = nearest; score desc, then dst), which the search's own top-``k`` window computes anyway.
+    ``nprobe`` overrides the configured one (capped at ``nlist``; ``nprobe >= nlist`` with flat storage is exact).
     ``n_queries`` (default: the index's row count, as for a self-join) sizes the chunks.
     ``fail_stage`` is ``TestingConf.fail_once_stage``: ``"search"`` makes the first attempt
     of one task of this stage fail (fault-injection tests only)."""
@@ -772,7 +774,8 @@ def search(
         _search_fn(index.folder, index.d, k, index.storage, index.rescore_factor, index.scan, index.device), PAIR_SCHEMA
     )
     w = Window.partitionBy("src").orderBy(F.col("score").desc(), F.col("dst").asc())
-    out = hits.withColumn("_rank", F.row_number().over(w)).filter(F.col("_rank") <= k).drop("_rank")
+    out = hits.withColumn("_rank", F.row_number().over(w)).filter(F.col("_rank") <= k)
+    out = out.withColumnRenamed("_rank", "rank") if with_rank else out.drop("_rank")
     log.info(
         "index search (planned, lazy): k=%d nprobe=%d lists=%d shards=%d non_empty_shards=%d chunks=%d "
         "storage=%s exact=%s seconds=%.2f",

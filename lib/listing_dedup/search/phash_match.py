@@ -237,6 +237,59 @@ def phash_pairs_pandas(ids, hexes, max_bits: int, max_bucket: int, banding: Band
     return _finish([_directed(ids, i, j, bits)]), len(skipped)
 
 
+def phash_pairs_delta(
+    ids,
+    hexes,
+    inserted,
+    prev_pairs: pd.DataFrame,
+    removed,
+    removed_hexes,
+    max_bits: int,
+    max_bucket: int,
+    banding: Banding,
+) -> tuple[pd.DataFrame, int]:
+    """Tonight's pHash pairs from yesterday's and the night's delta, equal to
+    :func:`phash_pairs_pandas` of tonight's listings with the same ``banding`` (the pairs within
+    ``max_bits`` whose owning block, the one of their smallest shared key, is not skipped).
+
+    ``ids`` / ``hexes``: tonight's listings with a hash; ``inserted``: those of them whose hash
+    is new tonight (added, changed); ``prev_pairs``: yesterday's pairs ``src, dst, bits``
+    (each once, ``src < dst``); ``removed``: the ids whose old version left (deleted, changed),
+    ``removed_hexes`` their old hashes (those that had one). A block changes only when a key of
+    an inserted hash or of a removed one falls in it (the set ``K``): yesterday's pairs owned by
+    another block, between listings that stay, are kept as they are; the blocks of ``K`` are
+    searched again whole (so a block that grew past ``max_bucket``, or fell under it, gets
+    tonight's verdict). The pairs searched: those of ``|K|`` blocks, not the catalog's.
+
+    Returns (pairs ``src, dst, bits, score`` both directions, sorted as :func:`_finish`, the
+    number of listings in skipped blocks: every block's size is counted, a sort of the keys)."""
+    ids = np.asarray(ids, dtype=object)
+    values = hash_ints(pd.Series(hexes, dtype=object))
+    keys = band_keys(values, banding)
+    ins = np.isin(ids, np.asarray(list(inserted), dtype=object))
+    old_keys = band_keys(hash_ints(pd.Series(list(removed_hexes), dtype=object)), banding)
+    touched = np.unique(np.concatenate([keys[ins].reshape(-1), old_keys.reshape(-1)]))
+    flat = keys.reshape(-1)
+    rows = np.repeat(np.arange(keys.shape[0]), keys.shape[1])
+    order = np.argsort(flat, kind="stable")
+    flat, rows = flat[order], rows[order]
+    starts, sizes = _runs(flat)
+    skipped = np.unique(rows[np.repeat(sizes > max_bucket, sizes)])
+    in_k = np.isin(flat, touched)
+    i, j, bits, _ = pairs_in_sorted_blocks(flat[in_k], rows[in_k], values, max_bits, max_bucket, banding)
+    fresh = _directed(ids, i, j, bits)
+    gone = set(removed)
+    prev = prev_pairs[["src", "dst", "bits"]]
+    prev = prev[~prev["src"].isin(gone) & ~prev["dst"].isin(gone)]
+    where = pd.Series(np.arange(len(ids)), index=pd.Index(ids))
+    a, b = where.reindex(prev["src"]).to_numpy(), where.reindex(prev["dst"]).to_numpy()
+    alive = ~(np.isnan(a) | np.isnan(b)) if len(prev) else np.zeros(0, dtype=bool)
+    prev, a, b = prev[alive], a[alive].astype(np.int64), b[alive].astype(np.int64)
+    owner = smallest_shared_key(values[a], values[b], banding)
+    prev = prev[~np.isin(owner, touched)]
+    return _finish([prev, fresh]), len(skipped)
+
+
 def _both_directions(one: pd.DataFrame) -> pd.DataFrame:
     rev = one.rename(columns={"src": "dst", "dst": "src"})[["src", "dst", "bits"]]
     return pd.concat([one, rev], ignore_index=True)

@@ -74,12 +74,24 @@ def previous_clusters(spark: Any, sink: DeltaSink, run_date: str) -> tuple[str |
 # the state's Delta tables (partitioned by run_date, committed after the data tables): their data columns
 _RID = ("run_id", pa.string())
 STATE_SCHEMAS: dict[str, pa.Schema] = {
-    "listing_state": pa.schema([("posting_id", pa.string()), ("digest", pa.string()), _RID]),
+    "listing_state": pa.schema([("posting_id", pa.string()), ("digest", pa.string()), ("phash", pa.string()), _RID]),
     "neighbours": pa.schema(
-        [("round", pa.int32()), ("src", pa.string()), ("dst", pa.string()), ("score", pa.float32()), _RID]
+        [
+            ("round", pa.int32()),
+            ("src", pa.string()),
+            ("dst", pa.string()),
+            ("score", pa.float32()),
+            ("rank", pa.int32()),  # 1 = nearest (score desc, then dst): a night's top k is a filter
+            _RID,
+        ]
     ),
     "vectors": pa.schema([("round", pa.int32()), ("posting_id", pa.string()), ("emb", pa.list_(pa.float32())), _RID]),
+    # the night's pHash pairs, each once (src < dst): the next night searches only the blocks its delta touches
+    "phash_pairs": pa.schema([("src", pa.string()), ("dst", pa.string()), ("bits", pa.int32()), _RID]),
 }
+# columns a state table gained after its first version: a table without them is still read (the
+# reader makes them: rounds.ranked) and gains them at its next commit
+STATE_ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"neighbours": ("rank",), "listing_state": ("phash",)}
 STATE_LOG = "state_log"  # one row a committed night's state (appended)
 STATE_LOG_DDL = (
     "run_id string, base_date string, epoch string, plan string, reason string, "
@@ -232,10 +244,14 @@ def check_state_unmoved(sink: DeltaSink, run_date: str, seen: set[str]) -> None:
 
 def read_state(spark: Any, sink: DeltaSink, table: str, run_date: str) -> Any:
     """A state table's ``run_date`` partition as a Spark DataFrame (its data columns, no
-    ``run_id``)."""
-    from listing_dedup.sink.verify import snapshot_frame
+    ``run_id``; a column of ``STATE_ADDED_COLUMNS`` the table does not have yet is left out)."""
+    from listing_dedup.sink.verify import snapshot_files, snapshot_frame
 
     cols = tuple(n for n in STATE_SCHEMAS[table].names if n != "run_id")
+    added = STATE_ADDED_COLUMNS.get(table, ())
+    if added:
+        _, arrow = snapshot_files(sink.warehouse, table, run_date, storage_options=sink.storage_options)
+        cols = tuple(c for c in cols if c not in added or c in arrow.names)
     return snapshot_frame(spark, sink.warehouse, table, run_date, cols, storage_options=sink.storage_options)
 
 
