@@ -28,6 +28,7 @@ catalog out: no setting is chosen on the catalog it is scored on).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -40,7 +41,9 @@ sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from listing_dedup.config import load_config  # noqa: E402
+from listing_dedup.graph.rerank import FEATURES, ID_FEATURES  # noqa: E402
 from listing_dedup.quality import robust as R  # noqa: E402
+from listing_dedup.training import rerank_train  # noqa: E402
 from listing_dedup.training.rerank_train import (  # noqa: E402
     part_candidates,
     train_from_candidates,
@@ -77,6 +80,11 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-loo", action="store_true", help="train only the model on every part")
     ap.add_argument(
+        "--no-identifiers",
+        action="store_true",
+        help="ablation: train on the pair features without the identifier ones (graph/rerank.FEATURES)",
+    )
+    ap.add_argument(
         "--no-prior-shift",
         action="store_true",
         help="write prior_shift: false (the job keeps the trained thresholds on every catalog)",
@@ -101,6 +109,10 @@ def main() -> int:
             100 * pcs[name].y.mean(),
             time.perf_counter() - t0,
         )
+    if args.no_identifiers:  # the identifier features are the last columns of IDENTIFIER_FEATURE_SET
+        assert tuple(rerank_train.TRAIN_FEATURES) == FEATURES + ID_FEATURES
+        rerank_train.TRAIN_FEATURES = FEATURES  # what the fit names and the model directory records
+        pcs = {k: dataclasses.replace(v, X=v.X[:, : len(FEATURES)]) for k, v in pcs.items()}
     runs = {"all": list(pcs)}
     if not args.skip_loo:
         runs.update({f"loo_{s}": [p for p in pcs if p != s] for s in R.OTHER_SHOPS if s in pcs})

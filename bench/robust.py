@@ -305,6 +305,9 @@ def run_conf(cat: Catalog, cfg: DedupConfig, titles_model: str | None = None) ->
         by += f" (prior {rr.threshold:.3f})"
         log.info("%s: %s", cat.name, shift_note)
     out = {**score_edges(cat, rows, rr.match(), ph, guard), "by": by}
+    if shift_note:  # the same probabilities under the trained thresholds (the LOO choice of the shift)
+        plain = score_edges(cat, rows, cfg.rerank.match(), ph, guard)
+        out["noshift"] = {k: plain[k] for k in ("f1", "pf1", "pp", "pr", "cf1")}
     reference, _ = choose_reference(cfg)
     top1 = pd.Series(final[2], dtype=np.float64).groupby(final[0]).max()
     codes = fast_health(cat.df, cat.part.ids, out["_graph"], top1, cfg, reference).warning_codes
@@ -456,6 +459,11 @@ def main() -> int:
             + " ".join(f"{k}={c[k]['f1']:.4f}/{c[k]['pf1']:.4f}/{c[k]['cf1']:.4f}" for k in COLUMNS)
             + f" new_P={c['new']['p']:.3f} new_R={c['new']['r']:.3f} new_by={c['new']['by'].replace(' ', '_')}"
             + f" oracle_by={c['oracle']['by'].replace(' ', '_')}"
+            + (
+                f" new_noshift={c['new']['noshift']['f1']:.4f}/{c['new']['noshift']['pf1']:.4f}"
+                if "noshift" in c["new"]
+                else ""
+            )
             + "".join(
                 f" {k}_mpl={2 * c[k]['edges'] / cat.n:.2f} {k}_code_conflicts={c[k]['code_conflict_share']:.2f}"
                 for k in ("new", "rule")

@@ -17,6 +17,7 @@ from listing_dedup.graph.rerank import (
     histogram_of,
     load_reranker,
     prior_shifted,
+    probability_histogram_spark,
     shifted_threshold,
 )
 from listing_dedup.training.rerank_train import train_prior
@@ -89,3 +90,15 @@ def test_builtin_models_prior_shift_only_for_titles():
     assert not load_reranker(BUILTIN).meta.get("prior_shift")
     titles = load_reranker(BUILTIN_TITLES).meta
     assert titles["prior_shift"] is True and 0.0 < titles["train_prior"] < 1.0
+
+
+def test_probability_histogram_spark_equals_numpy(spark):
+    p = np.array([0.0, 0.0004, 0.3505, 0.3509, 0.9999, 1.0], dtype=np.float32)
+    scored = spark.createDataFrame(
+        [(str(i), str(i + 1), float(x)) for i, x in enumerate(p)], "src string, dst string, score float"
+    )
+    centres, counts = probability_histogram_spark(scored)
+    want_centres, want_counts = histogram_of(p)
+    assert np.allclose(centres, want_centres) and np.array_equal(counts, want_counts)
+    # by hand: bins 0 (0.0 and 0.0004), 350 (twice) and 999 (0.9999 and 1.0: the last bin holds 1.0)
+    assert {int(i): int(c) for i, c in enumerate(counts) if c} == {0: 2, 350: 2, 999: 2}
