@@ -161,13 +161,34 @@ def _params(model: Any, n_rows: int) -> dict[str, Any]:
     return params
 
 
-def refit_model(model: Any, frame: pd.DataFrame, y: np.ndarray, *, rounds: int = REFIT_ROUNDS) -> Any:
+def _graph_inputs(frame: pd.DataFrame):
+    codes, uniq = pd.factorize(pd.concat([frame["src"], frame["dst"]], ignore_index=True))
+    return codes[: len(frame)], codes[len(frame) :], len(uniq)
+
+
+def probabilities(model: Any, frame: pd.DataFrame, X: np.ndarray | None = None) -> np.ndarray:
+    """``model.round_probabilities(frame)[-1]`` with the pair features ``X`` given (a caller that
+    scores one frame with several models computes them once)."""
+    from listing_dedup.graph.rerank import graph_features, pair_features
+
+    X = pair_features(frame, model.features) if X is None else X
+    p = model.pair_probability(X)
+    if model.graph_rounds and len(frame):
+        src, dst, n = _graph_inputs(frame)
+        for r in range(1, model.graph_rounds + 1):
+            p = model.graph_probability(r, X, graph_features(src, dst, p, n, model.graph_floor))
+    return p
+
+
+def refit_model(
+    model: Any, frame: pd.DataFrame, y: np.ndarray, *, rounds: int = REFIT_ROUNDS, X: np.ndarray | None = None
+) -> Any:
     """A :class:`listing_dedup.graph.rerank.Reranker` boosted ``rounds`` more trees in each of
     ``model``'s rounds on the candidate rows of ``frame`` whose ``y`` is decided (0/1; -1 left
     out): the pair model on the pair features, each graph round on the pair features and the
     graph features of the refitted previous round over the whole frame (as the job computes
-    them). No decided row, or one verdict only: ``model`` unchanged (nothing to learn a boundary
-    from)."""
+    them); ``X``: the frame's pair features when already computed. No decided row, or one
+    verdict only: ``model`` unchanged (nothing to learn a boundary from)."""
     import lightgbm as lgb
 
     from listing_dedup.graph.rerank import Reranker, graph_features, pair_features
@@ -176,13 +197,12 @@ def refit_model(model: Any, frame: pd.DataFrame, y: np.ndarray, *, rounds: int =
     yy = np.asarray(y)[hit].astype(np.float64)
     if not hit.any() or yy.min() == yy.max():
         return model
-    X = pair_features(frame, model.features)
+    X = pair_features(frame, model.features) if X is None else X
     params = _params(model, int(hit.sum()))
-    codes, uniq = pd.factorize(pd.concat([frame["src"], frame["dst"]], ignore_index=True))
-    src, dst = codes[: len(frame)], codes[len(frame) :]
+    src, dst, n = _graph_inputs(frame)
     texts, prev = [], None
     for r in range(model.graph_rounds + 1):
-        feats = X if r == 0 else np.column_stack([X, graph_features(src, dst, prev, len(uniq), model.graph_floor)])
+        feats = X if r == 0 else np.column_stack([X, graph_features(src, dst, prev, n, model.graph_floor)])
         base = model.booster(r)
         booster = lgb.train(
             params,
@@ -294,6 +314,7 @@ __all__ = [
     "DecisionRows",
     "Refit",
     "decision_labels",
+    "probabilities",
     "refit_from_decisions",
     "read_for_training",
     "refit_model",
