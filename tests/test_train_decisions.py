@@ -16,7 +16,7 @@ from listing_dedup.cli import train_reranker as rr_cli
 from listing_dedup.config import load_config
 from listing_dedup.graph.rerank import load_reranker
 from listing_dedup.quality.sample import generate_catalog
-from listing_dedup.training.decisions import UNDECIDED, decision_labels, row_labels
+from listing_dedup.training.decisions import UNDECIDED, decision_labels, labels_with_decisions, row_labels
 from listing_dedup.training.rerank_train import part_candidates
 
 LEX = ["embed.text.enabled=false"]  # lexical + pHash only: no text model
@@ -36,6 +36,46 @@ def test_the_latest_verdict_labels_both_directions_of_a_candidate_pair():
     assert sorted(zip(lab["a"], lab["b"], lab["y"].tolist())) == [("a", "b", 0), ("c", "d", 1)]
     y = row_labels(np.array(["a", "b", "d", "a"]), np.array(["b", "a", "c", "c"]), lab)
     assert y.tolist() == [0, 0, 1, UNDECIDED]
+
+
+def _groups(df):
+    return sorted(sorted(g) for g in df.groupby("label_group")["posting_id"].apply(list))
+
+
+def test_the_tuning_split_labelled_with_decisions_together_and_instead():
+    d = pd.DataFrame(
+        [("p4", "p1", "same"), ("p2", "p3", "different"), ("p5", "p6", "same"), ("p1", "zz", "same")],
+        columns=["posting_id_a", "posting_id_b", "verdict"],
+    )
+    ids = ["p1", "p2", "p3", "p4", "p5", "p6"]
+    labelled = pd.DataFrame({"posting_id": ids, "title": "t", "label_group": ["g1", "g1", "g1", "g2", "g3", "g4"]})
+    out, counts = labels_with_decisions(labelled, d)
+    assert _groups(out) == [["p1", "p2", "p4"], ["p3"], ["p5", "p6"]]
+    assert counts == {"joined": 2, "taken_out": 1, "conflicts": 0, "listings": 6}
+    alone, counts = labels_with_decisions(labelled.drop(columns="label_group").assign(extra=1), d)
+    assert _groups(alone) == [["p1", "p4"], ["p2"], ["p3"], ["p5", "p6"]] and counts["listings"] == 6
+    # x != y inside one group, then y = z where z is x's group-mate: a partition cannot honour both
+    g = pd.DataFrame({"posting_id": ["x", "y", "z"], "title": "t", "label_group": "g"})
+    d2 = pd.DataFrame(
+        [("x", "y", "different"), ("y", "z", "same")], columns=["posting_id_a", "posting_id_b", "verdict"]
+    )
+    assert labels_with_decisions(g, d2)[1]["conflicts"] == 1
+
+
+def test_tune_with_decisions_needs_some(tmp_path):
+    from listing_dedup.cli import tune as tune_cli
+
+    path = tmp_path / "c.parquet"
+    pd.DataFrame({"posting_id": ["a", "b"], "title": ["x", "y"]}).to_parquet(path, index=False)
+    argv = ["--conf", "conf/local.yaml", "--input", str(path), "--out", str(tmp_path / "t.yaml")]
+    rc, _, err = _run(tune_cli.main, [*argv, "--decisions", str(tmp_path / "wh")])
+    assert rc == 2 and "no decisions" in err and err.count("\n") == 1
+    v = tmp_path / "v.csv"
+    v.write_text("posting_id_a,posting_id_b,verdict\na,b,same\n")
+    assert _run(decide_cli.main, ["--warehouse", str(tmp_path / "wh"), "--input", str(v)])[0] == 0
+    rc, out, err = _run(tune_cli.main, [*argv, "--decisions", str(tmp_path / "wh")])
+    assert rc == 2 and "only 2 labelled listings with the decisions" in err, err
+    assert "decisions: joined 1, taken_out 0, conflicts 0, listings 2" in out
 
 
 def _run(main, argv):

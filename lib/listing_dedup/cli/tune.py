@@ -10,6 +10,12 @@ distribution and matches a listing on the split), which the overlay names in
 ``health.reference`` so that the job's health check compares a catalog against the data the
 setting was tuned on. Exit codes: 0 ok,
 2 bad arguments/config/input, 1 failure. See lib/listing_dedup/quality/tune.py for the method.
+
+``--decisions WAREHOUSE``: the reviewers' verdicts of that warehouse's ``decisions`` table
+label the split too (lib/listing_dedup/training/decisions.labels_with_decisions): with a labelled
+input a ``same`` pair joins two label groups and a ``different`` pair takes a listing out of one;
+without labels the decided listings alone are the split, grouped by their ``same`` verdicts.
+The health reference follows: it is computed on the split so labelled.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", type=int, default=3, help="group-disjoint catalogs when the input has no fold column")
     p.add_argument("--cache-dir", help="cache the text embeddings of the split here")
     p.add_argument("--csv", help="also write every setting's mean scores to this CSV")
+    p.add_argument("--decisions", metavar="WAREHOUSE", help="also label the split with this warehouse's decisions")
     args = p.parse_args(argv)
     if args.parts < 2:
         p.error("--parts must be >= 2")
@@ -42,7 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         import yaml
 
         cfg = load_config(args.conf, args.overrides)
-        df = load_split(args.input, args.truth, cfg.input.max_title_chars)
+        if args.decisions:
+            from listing_dedup.errors import InputError
+            from listing_dedup.training.decisions import labels_with_decisions, read_for_training
+
+            decisions, catalog = read_for_training(args.decisions, args.input, args.truth, cfg)
+            df = catalog if catalog is not None else load_split(args.input, args.truth, cfg.input.max_title_chars)
+            df, counts = labels_with_decisions(df, decisions)
+            print("decisions: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            if len(df) < 10:
+                raise InputError(f"only {len(df)} labelled listings with the decisions: too few to tune on")
+        else:
+            df = load_split(args.input, args.truth, cfg.input.max_title_chars)
         grid, parts = Grid(), []
         ranked, _, abl, overlay = tune(df, cfg, grid, n_parts=args.parts, cache_dir=args.cache_dir, parts_out=parts)
         with pd.option_context("display.width", 200, "display.max_columns", 20):

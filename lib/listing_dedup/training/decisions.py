@@ -314,6 +314,7 @@ __all__ = [
     "DecisionRows",
     "Refit",
     "decision_labels",
+    "labels_with_decisions",
     "probabilities",
     "refit_from_decisions",
     "read_for_training",
@@ -353,3 +354,65 @@ def read_for_training(warehouse: str, input_path: str, truth: str | None, cfg: A
     df = df.dropna(subset=["posting_id"]).drop_duplicates("posting_id").reset_index(drop=True)
     df["title"] = df["title"].map(lambda t: clean_title(t, cfg.input.max_title_chars))
     return decisions, df
+
+
+# --------------------------------------------------------------------------- the tuning job's labels
+
+
+def labels_with_decisions(df: pd.DataFrame, decisions: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Listings labelled for ``jobs/tune.py --decisions`` (a partition into ``label_group``s, which
+    the tuning scores row-wise). The honoured decisions (graph/constraints.resolve_links, the
+    latest first) on the listings of ``df``:
+
+    * ``df`` with a ``label_group`` column (together with a labelled file): a ``same`` pair of two
+      label groups joins them; a ``different`` pair inside one label group takes its ``b`` listing
+      out of that group (alone, with any listing a ``same`` decision ties to it);
+    * without one (instead of a labelled file): only the decided listings, grouped by their
+      ``same`` decisions (a listing with ``different`` verdicts only is alone).
+
+    Returns the labelled rows and counts (``joined``, ``taken_out``, ``listings``, and ``conflicts``:
+    ``different`` pairs a ``same`` decision into another listing of the file's group rejoined,
+    which a partition cannot honour)."""
+    from listing_dedup.graph.constraints import DIFFERENT, SAME, latest_first, resolve_links
+
+    d = decisions.copy()
+    a, b = d["posting_id_a"].astype(str), d["posting_id_b"].astype(str)
+    d["posting_id_a"], d["posting_id_b"] = np.minimum(a, b), np.maximum(a, b)
+    d = latest_first(d)
+    known = set(df["posting_id"].astype(str))
+    links = [
+        (x, y, v) for x, y, v in zip(d["posting_id_a"], d["posting_id_b"], d["verdict"]) if x in known and y in known
+    ]
+    ok = resolve_links(links)
+    same = [(x, y) for (x, y, v), k in zip(links, ok) if k and v == SAME]
+    diff = [(x, y) for (x, y, v), k in zip(links, ok) if k and v == DIFFERENT]
+    labelled = "label_group" in df.columns
+    out = df.copy()
+    out["posting_id"] = out["posting_id"].astype(str)
+    if not labelled:
+        decided = {x for pair in same + diff for x in pair}
+        out = out[out["posting_id"].isin(decided)].reset_index(drop=True)
+        out["label_group"] = out["posting_id"]
+    label = dict(zip(out["posting_id"], out["label_group"].astype(str)))
+    taken = 0
+    for x, y in diff:  # a different pair inside one label group: y leaves it
+        if label[x] == label[y]:
+            label[y] = f"decided:{y}"
+            taken += 1
+    parent: dict[str, str] = {}
+
+    def find(g: str) -> str:
+        while parent.get(g, g) != g:
+            g = parent[g]
+        return g
+
+    joined = 0
+    for x, y in same:
+        gx, gy = find(label[x]), find(label[y])
+        if gx != gy:
+            parent[max(gx, gy)] = min(gx, gy)
+            joined += 1
+    out["label_group"] = out["posting_id"].map(lambda p: find(label[p]))
+    final = dict(zip(out["posting_id"], out["label_group"]))
+    conflicts = sum(final[x] == final[y] for x, y in diff)  # a same chain through the file's groups rejoined them
+    return out, {"joined": joined, "taken_out": taken, "conflicts": int(conflicts), "listings": len(out)}
