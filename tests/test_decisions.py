@@ -295,3 +295,19 @@ def test_the_nightly_job_writes_its_review_queue(nights):
     cols = ["posting_id_a", "posting_id_b", "reason", "group_a", "group_b"]
     assert q[cols].values.tolist() == tables[cols].values.tolist()
     assert q["priority"].round(5).tolist() == tables["priority"].round(5).tolist()
+
+
+@pytest.mark.slow
+def test_the_report_links_the_nights_review_page(nights, tmp_path):
+    """jobs/evaluate.py --report: the report of a night with a review queue writes review.html (the
+    queue's pairs side by side, titles shown) and links it."""
+    from listing_dedup.quality.report import write_report
+
+    wh = nights["wh"]
+    groups, _, _ = nights["night1"]
+    truth = pd.DataFrame({"posting_id": list(groups), "label_group": [p[0] for p in groups]})
+    path = write_report(wh, NIGHT1, truth, tmp_path)
+    assert '<a href="review.html">Review page</a>: the 5 pairs' in path.read_text()
+    page = (tmp_path / "review.html").read_text()
+    q = read_table(wh, "review_queue", NIGHT1).sort_values("rank")
+    assert all(t in page for t in q["title_a"]) and page.count('class="rank"') == 5

@@ -511,8 +511,10 @@ img{max-width:96px;max-height:96px}
 """
 
 
-def render_report(report: Report, out_dir: str | os.PathLike) -> Path:
-    """Write ``report.html``, ``curves.png`` and ``cluster_sizes.png`` into ``out_dir``."""
+def render_report(report: Report, out_dir: str | os.PathLike, *, review_pairs: int | None = None) -> Path:
+    """Write ``report.html``, ``curves.png`` and ``cluster_sizes.png`` into ``out_dir``;
+    ``review_pairs``: the date's review queue holds that many pairs and ``review.html`` (the
+    review page, :func:`write_review_page`) is linked."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -561,6 +563,12 @@ def render_report(report: Report, out_dir: str | os.PathLike) -> Path:
     )
     ms, cs = report.matches_scores, report.clusters_scores
     stage_seconds = run.get("stage_seconds") or ""
+    review_html = (
+        f'<p><a href="review.html">Review page</a>: the {review_pairs} pairs of this night\'s review queue the job is '
+        "least sure of, side by side (answer them with <code>listing-dedup decide</code>).</p>"
+        if review_pairs
+        else ""
+    )
     doc = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>listing-dedup report {_e(d.run_date)}</title>
 <style>{_CSS}</style></head><body>
@@ -575,6 +583,7 @@ def render_report(report: Report, out_dir: str | os.PathLike) -> Path:
 <tr><th>match threshold</th><td>{_e(report.threshold)}</td></tr>
 <tr><th>stage seconds</th><td><code>{_e(stage_seconds)}</code></td></tr>
 </table>
+{review_html}
 <h2>Scores (row-wise mean over {ms.n} listings with a known group)</h2>
 <table><tr><th></th><th>F1</th><th>precision</th><th>recall</th></tr>
 <tr><td>matches</td><td class=num>{_fmt(ms.f1)}</td><td class=num>{_fmt(ms.precision)}</td>
@@ -617,6 +626,29 @@ def write_report(
     data = load_report_data(warehouse, run_date, truth, image_root=image_root)
     t1 = time.perf_counter()
     report = build_report(data, samples=samples)
-    path = render_report(report, out_dir)
+    review = write_review_page(warehouse, run_date, out_dir, image_root=data.image_root)
+    path = render_report(report, out_dir, review_pairs=review)
     log.info("report %s: load %.2fs, %s, total %.2fs", path, t1 - t0, report.seconds, time.perf_counter() - t0)
     return path
+
+
+def write_review_page(
+    warehouse: str, run_date: str, out_dir: str | os.PathLike, *, image_root: str = "", top: int = 50
+) -> int | None:
+    """The report's review page: ``out_dir/review.html`` with the top ``top`` pairs of the date's
+    ``review_queue`` side by side (quality/review.review_page; thumbnails of image paths below
+    ``image_root``). Returns the queue's pair count, None when the date has no queue (the
+    nightly job's ``review.nightly`` or ``listing-dedup review-queue`` writes it)."""
+    from listing_dedup.quality.review import review_page
+
+    if not _table_exists(warehouse, "review_queue"):
+        return None
+    q = read_table(warehouse, "review_queue", run_date)
+    if q.empty:
+        return None
+    q = q.sort_values("rank", ignore_index=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    page = review_page(q, image_roots=image_root or None, top=top, title=f"Review queue {run_date}")
+    (out / "review.html").write_text(page, encoding="utf-8")
+    return len(q)
