@@ -133,6 +133,21 @@ def figures(warehouse: str, run_date: str, wall: float | None) -> dict:
     return res
 
 
+def print_stages(runs: dict[str, dict]) -> None:
+    """The runs' stage seconds side by side (a markdown table), then the incremental counts."""
+    names = list(dict.fromkeys(k for r in runs.values() for k in r["stages"]))
+    print("| run | job s | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for label, r in runs.items():
+        cells = " | ".join(f"{r['stages'][n]:.1f}" if n in r["stages"] else "" for n in names)
+        print(f"| {label} | {r['job_s']:.1f} | {cells} |")
+    for label, r in runs.items():
+        keys = [k for k in sorted(r["counts"]) if k.startswith(("incremental_", "night_", "phash"))]
+        if keys:
+            print(f"{label}: " + ", ".join(f"{k}={r['counts'][k]}" for k in keys))
+    sys.stdout.flush()
+
+
 def plan_of(warehouse: str, run_date: str) -> str:
     try:
         log = read_table(warehouse, "state_log", run_date)
@@ -219,6 +234,7 @@ def main() -> None:
     last, date = args.nights, night_date(args.nights)
     reference = run_job(path, ref, date, [*sets, "incremental.search_all=true"])
     share, n_diff = same_groups(inc, ref, date)
+    print_stages({"night 1 (full)": first, f"night {last} incremental": results[last], "reference": reference})
     print(
         f"night {last} vs its reference (every listing searched on the same epoch): {n_diff} listings in other "
         f"groups; job {results[last]['job_s']:.1f} s vs {reference['job_s']:.1f} s",
