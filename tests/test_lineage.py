@@ -280,6 +280,11 @@ def test_base_state_and_a_concurrent_commit(spark, tmp_path):
     check_state_unmoved(sink, "2026-12-03", seen)  # the same date: a rerun's race is idempotent
     with pytest.raises(StateConflictError, match="2026-12-03"):
         check_state_unmoved(sink, "2026-12-05", seen)
+    # a night that crashed after its state's commit (its runs row never says succeeded) is not continued
+    night("2026-12-06")
+    night("2026-12-07", status="failed", plan="incremental", base="2026-12-06")
+    assert base_state(sink, "2026-12-08").run_date == "2026-12-06"
+    assert base_state(sink, "2026-12-07").run_date == "2026-12-06"  # its rerun continues the night before
 
 
 def test_prune_state_keeps_the_date_a_rerun_continues(spark, tmp_path):
