@@ -2,6 +2,7 @@
 
     nice -n 10 python bench/incremental.py [--products 10500] [--change 0.01] [--add 0.01]
         [--delete 0.005] [--nights 2] [--work DIR] [--set key=value ...] [--fresh] [--cache-only]
+        [--shopee-fold 1 [--shopee-drop 0.02]]
 
 A generated catalog (lib/listing_dedup/quality/sample.py, the one ``make run`` uses; 33,000
 products are ~100k listings) runs through ``jobs/dedup_listings.py --conf conf/local.yaml`` (the
@@ -24,7 +25,10 @@ Seconds come from each run's ``runs`` row (``finished_at - started_at``: the job
 start); ``job_ratio`` = night N / its reference, ``embed_ratio`` = night 2's embed stage / night
 1's, ``same_groups`` = the share of night N's listings whose group (its set of members) is the
 reference's. ``--cache-only`` runs the bench of stop 16 instead (the embeddings cache alone,
-``incremental.enabled=false``: night 2 vs night 1 and a cold run).
+``incremental.enabled=false``: night 2 vs night 1 and a cold run). ``--shopee-fold F`` runs
+Shopee's fold ``F`` (``../shared/data``) as night 2 of the fold without ``--shopee-drop`` of its
+listings: the incremental night, its reference and a fresh full run, matches F1 against the labels
+(final line ``shopee fold=F n=.. added=.. f1_incremental=.. f1_full=.. same_groups=.. job_ratio=..``).
 
 Final line: ``incremental n=<listings> job_ratio=<night N / reference> same_groups=<share>
 embed_ratio=<night 2 / night 1> deleted=<listings deleted on night N>``; a chain prints before it
@@ -191,6 +195,36 @@ def cache_only(args, work: Path) -> None:
     )
 
 
+def shopee_night(args, work: Path) -> None:
+    """Shopee fold ``--shopee-fold`` as night 2 of the fold minus ``--shopee-drop`` of its
+    listings (night 1, full): the incremental night beside its reference (the same epoch, every
+    listing searched) and a fresh full run of the fold, matches F1 against the fold's labels."""
+    df = pd.read_csv(args.shopee_csv)
+    df = df[df["fold"] == args.shopee_fold].reset_index(drop=True)
+    truth = df[["posting_id", "label_group"]]
+    fold = df[["posting_id", "title", "image_phash"]]  # the image files are not in the data folder
+    rng = np.random.default_rng(args.seed)
+    dropped = rng.choice(len(fold), int(round(args.shopee_drop * len(fold))), replace=False)
+    p1, p2 = str(work / "night1.parquet"), str(work / "night2.parquet")
+    fold.drop(index=dropped).to_parquet(p1, index=False)
+    fold.to_parquet(p2, index=False)
+    sets = [*args.sets, *INCREMENTAL]
+    inc, ref, fresh = str(work / "wh_incremental"), str(work / "wh_reference"), str(work / "wh_fresh")
+    print(f"Shopee fold {args.shopee_fold}: {len(fold)} listings, night 1 without {len(dropped)}", flush=True)
+    run_job(p1, inc, night_date(1), sets)
+    shutil.copytree(inc, ref)
+    night = run_job(p2, inc, night_date(2), sets)
+    reference = run_job(p2, ref, night_date(2), [*sets, "incremental.search_all=true"])
+    full = run_job(p2, fresh, night_date(2), args.sets)
+    share, n_diff = same_groups(inc, ref, night_date(2))
+    f1 = {n: evaluate_run(w, night_date(2), truth)["matches"]["f1"] for n, w in (("inc", inc), ("full", fresh))}
+    print_stages({"night 2 incremental": night, "reference": reference, "fresh full": full})
+    print(
+        f"shopee fold={args.shopee_fold} n={len(fold)} added={len(dropped)} f1_incremental={f1['inc']:.4f} "
+        f"f1_full={f1['full']:.4f} same_groups={share:.4f} job_ratio={night['job_s'] / full['job_s']:.3f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--products", type=int, default=10500)
@@ -204,6 +238,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--fresh", action="store_true", help="also a fresh full run of the last night (always for N > 2)")
     ap.add_argument("--cache-only", action="store_true", help="the embeddings cache's bench of stop 16")
+    ap.add_argument("--shopee-fold", type=int, default=None, help="Shopee fold as night 2")
+    ap.add_argument("--shopee-drop", type=float, default=0.02)
+    ap.add_argument("--shopee-csv", default=str(REPO.parent / "shared" / "data" / "shopee" / "listings_dev.csv"))
     args = ap.parse_args()
     if args.nights < 2:
         sys.exit("--nights must be >= 2")
@@ -211,6 +248,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if args.cache_only:
         cache_only(args, work)
+        return
+    if args.shopee_fold is not None:
+        shopee_night(args, work)
         return
 
     sample = generate_catalog(args.products, seed=args.seed, growth=args.growth)

@@ -288,7 +288,7 @@ def search_delta(
     inserted = cut_lineage(delta.where(F.col("kind").isin("added", "changed")).select("posting_id"))
     removed = delta.where(F.col("kind").isin("deleted", "changed")).select("posting_id")
     n_ins = inserted.count()
-    queries = emb.join(inserted, "posting_id")
+    queries = emb.join(F.broadcast(inserted), "posting_id")  # narrow: the vectors are not shuffled
     if n_ins:
         found = search(index, queries, search_depth or depth, fail_stage=fail_stage, n_queries=n_ins)
     else:
@@ -301,7 +301,12 @@ def search_delta(
     if n_stale:
         ranks = "rank" in lists.columns
         again = search(
-            index, emb.join(stale, "posting_id"), depth, fail_stage=fail_stage, n_queries=n_stale, with_rank=ranks
+            index,
+            emb.join(F.broadcast(stale), "posting_id"),
+            depth,
+            fail_stage=fail_stage,
+            n_queries=n_stale,
+            with_rank=ranks,
         )
         lists = lists.unionByName(again.select("src", "dst", "score", *(["rank"] if ranks else [])))
     counts = {"searched": n_ins + n_stale, "stale": n_stale}

@@ -204,12 +204,21 @@ def delta_rounds(
     prev_lists: list[DataFrame],
     prev_vectors: list[DataFrame | None],
     search_depth: int | None = None,
+    blend_reach: int = 4,
 ) -> SearchRounds:
     """The incremental night's rounds. ``delta``: ``posting_id, kind`` of tonight against the
     state (:func:`~listing_dedup.search.incremental.night_delta_spark`); ``prev_lists[r]`` the
     state's lists of round ``r``, ``prev_vectors[r]`` its vectors of round ``r >= 1``
     (``posting_id, emb``; index 0 unused: tonight's fused vectors of unchanged listings are
-    yesterday's, the cache's bits); ``quantizer`` the epoch's."""
+    yesterday's, the cache's bits); ``quantizer`` the epoch's. ``search_depth`` (default
+    ``depth`` in round 0, ``blend_reach * depth`` in the blending rounds): how many neighbours an
+    inserted listing's search returns, its reach into other lists. A re-blended listing leaves
+    every list that held it and re-enters those its own search returns: in a dense catalog many
+    more lists hold it than its top ``depth`` holds (the kNN graph is not symmetric), and a list
+    that loses more than its slack goes stale and is searched again in full; a deeper reach of
+    the re-blended listings' searches (whose cost is the probed lists' scan, not ``k``) puts
+    them back into more of those lists: fewer stale lists, and fewer lists that miss a listing
+    whose search did not reach them (the approximation of module search/incremental.py)."""
     from pyspark.sql import functions as F
 
     k = cfg.index.k
@@ -221,6 +230,7 @@ def delta_rounds(
     counts.update({r["kind"]: int(r["count"]) for r in delta.groupBy("kind").count().collect()})
 
     def round_search(vecs, round_delta, prev, suffix):
+        reach = search_depth or (depth if not suffix else blend_reach * depth)
         with timer.stage(f"index{suffix}") as c:
             index = build_index(vecs, cfg.index, n_rows=n_rows, quantizer=quantizer)
             c["lists"] = index.nlist
@@ -233,7 +243,7 @@ def delta_rounds(
                     round_delta,
                     k=k,
                     depth=depth,
-                    search_depth=search_depth,
+                    search_depth=reach,
                     fail_stage=fail,
                     with_touched=True,
                 )
