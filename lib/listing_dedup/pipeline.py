@@ -836,13 +836,16 @@ def _phash_delta(run: Run, listings: Listings, night: Night) -> tuple[DataFrame,
     """An incremental night's pHash pairs (search/phash_match.phash_pairs_delta, on the driver):
     the continued night's pairs, less those of removed listings and of the blocks the delta
     touches, plus those blocks searched again; exactly a full search's pairs. None (the full
-    search runs) when the state has no pairs or old hashes (a state of an older version), or when
-    tonight's catalog size picks another banding than the continued night's."""
+    search runs) when the state has no pairs or old hashes (a state of an older version), when
+    tonight's catalog size picks another banding than the continued night's, or past
+    ``components.driver_max_vertices`` listings (the driver sorts every listing's band keys)."""
     from listing_dedup.search.phash_match import choose_banding, phash_pairs_delta
 
     cfg, spark = run.cfg, run.spark
     prev = night.prev_listings
     if prev is None or "phash" not in prev.columns:
+        return None
+    if not cfg.components.on_driver(run.summary.rows_kept, 0):  # every listing's keys are sorted on the driver
         return None
     try:
         prev_pairs = read_state(spark, run.sink, "phash_pairs", night.plan.base.run_date)
