@@ -162,15 +162,6 @@ def explain_pairs(pdf: pd.DataFrame, rule: EdgeRule, layout: Any) -> pd.DataFram
 # --------------------------------------------------------------------------- Spark
 
 
-def _undirected(df: Any, name: str) -> Any:
-    """``src < dst`` pairs of a directed ``src, dst, score`` frame, each pair's best score as ``name``."""
-    from pyspark.sql import functions as F
-
-    return df.groupBy(F.least("src", "dst").alias("src"), F.greatest("src", "dst").alias("dst")).agg(
-        F.max(F.col("score").cast("double")).alias(name)
-    )
-
-
 def explain_edges(
     edges: Any,
     *,
@@ -193,11 +184,29 @@ def explain_edges(
 
     spark = edges.sparkSession
     und = edges.where(F.col("src") < F.col("dst")).select("src", "dst", F.col("score").cast("float").alias("score"))
-    for frame, name in ((rule_scores, "_rule"), (rerank_scores, "_rr"), (phash_pairs, "_ph")):
-        if frame is not None:
-            und = und.join(_undirected(frame.select("src", "dst", "score"), name), ["src", "dst"], "left")
-        else:
-            und = und.withColumn(name, F.lit(None).cast("double"))
+    # the rule's, the re-ranker's and the pHash pairs' scores: one union, one aggregation, one join
+    tagged = [
+        f.select(
+            F.least("src", "dst").alias("src"),
+            F.greatest("src", "dst").alias("dst"),
+            F.lit(name).alias("_t"),
+            F.col("score").cast("double").alias("_v"),
+        )
+        for f, name in ((rule_scores, "_rule"), (rerank_scores, "_rr"), (phash_pairs, "_ph"))
+        if f is not None
+    ]
+    names = ("_rule", "_rr", "_ph")
+    if tagged:
+        scores = tagged[0]
+        for t in tagged[1:]:
+            scores = scores.unionByName(t)
+        scores = scores.groupBy("src", "dst").agg(
+            *[F.max(F.when(F.col("_t") == n, F.col("_v"))).alias(n) for n in names]
+        )
+        und = und.join(scores, ["src", "dst"], "left")
+    else:
+        for n in names:
+            und = und.withColumn(n, F.lit(None).cast("double"))
     pairs = sorted({(min(a, b), max(a, b)) for a, b in must_links if a != b})
     if pairs:
         must = spark.createDataFrame(pd.DataFrame(pairs, columns=["src", "dst"]), "src string, dst string")
@@ -205,15 +214,17 @@ def explain_edges(
         und = und.withColumn("_must", F.coalesce("_must", F.lit(False)))
     else:
         und = und.withColumn("_must", F.lit(False))
-    hashes = kept.select("posting_id", F.col("image_phash").cast("string").alias("h"))
-    und = und.join(hashes.select(F.col("posting_id").alias("src"), F.col("h").alias("_ha")), "src", "left")
-    und = und.join(hashes.select(F.col("posting_id").alias("dst"), F.col("h").alias("_hb")), "dst", "left")
+    # each end's pHash and fused vector: one frame, joined once per end
+    side = kept.select("posting_id", F.col("image_phash").cast("string").alias("h"))
     if fused is not None and layout is not None:
-        und = und.join(fused.select(F.col("posting_id").alias("src"), F.col("emb").alias("_ea")), "src", "left")
-        und = und.join(fused.select(F.col("posting_id").alias("dst"), F.col("emb").alias("_eb")), "dst", "left")
+        side = side.join(fused.select("posting_id", "emb"), "posting_id", "left")
     else:
-        und = und.withColumn("_ea", F.lit(None).cast("array<float>")).withColumn(
-            "_eb", F.lit(None).cast("array<float>")
+        side = side.withColumn("emb", F.lit(None).cast("array<float>"))
+    for end, x in (("src", "a"), ("dst", "b")):
+        und = und.join(
+            side.select(F.col("posting_id").alias(end), F.col("h").alias(f"_h{x}"), F.col("emb").alias(f"_e{x}")),
+            end,
+            "left",
         )
 
     def _explain(batches):
