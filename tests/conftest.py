@@ -166,7 +166,6 @@ LONGEST_FIRST = (
     "test_search_rounds.py",
     "reliability/test_cache_paths.py",
     "reliability/test_secrets.py",
-    "reliability/test_cache_unreadable.py",
     "test_gpu_bench.py",
 )
 

@@ -611,3 +611,32 @@ def test_read_errors_are_classified_by_their_cause():
     e = reader.read_error(odd, RuntimeError(f"[FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER] {odd} is not a Parquet file"))
     assert isinstance(e, InputError) and e.exit_code == 2
     assert str(e).startswith(f"cannot read input Parquet at {odd}: [FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER]")
+
+
+# --------------------------------------------------------------------------------------
+# 7. an embeddings cache that cannot be read fails no run (issue 29 row 10)
+
+
+@pytest.mark.slow
+def test_a_corrupt_cache_file_is_recomputed_and_the_run_succeeds(spark, baseline, tmp_path):
+    """A Parquet file of the ``embeddings`` table that the Delta log lists but that does not
+    decode is skipped, the contents it held are recomputed, and the summary says so; the run's
+    tables are the ones a readable cache gives (the baseline's, computed with the cache whole)."""
+    path, wh = baseline[0], Path(copy_of(baseline, tmp_path))
+    before = snapshot(str(wh), DATE)
+    assert len(read_table(str(wh), "embeddings")) == len(CATALOG)  # the baseline filled the cache
+    files = sorted((wh / "embeddings").rglob("*.parquet"))
+    assert files
+    files[0].write_bytes(b"PAR1" + b"\x00not parquet" * 50 + b"PAR1")  # listed by the log, does not decode
+
+    rc, err, again = job(spark, config(*LEXICAL), path, DATE, str(wh))
+    assert rc == 0, err  # the old code: exit 1 on FAILED_READ_FILE
+    assert again.rows_in == again.rows_kept + again.rows_rejected == len(CATALOG)
+    assert again.cache_warning.startswith(f"the embeddings cache at {wh.resolve() / 'embeddings'} could not be read (")
+    text = again.as_text()
+    assert "; WARNING: the embeddings cache at " in text and "recomputed" in text
+    assert again.cache["lexical"]["computed"] >= 1  # what the corrupt file held
+    assert again.cache["lexical"]["reused"] + again.cache["lexical"]["computed"] == len(CATALOG)
+    for t, df in snapshot(str(wh), DATE).items():  # the same tables as with a readable cache
+        drop = [c for c in ("run_id",) if c in df.columns]  # each run's own id
+        pd.testing.assert_frame_equal(df.drop(columns=drop), before[t].drop(columns=drop))
