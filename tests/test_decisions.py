@@ -155,13 +155,15 @@ def test_catalog_digests_equal_the_jobs(spark, tmp_path):
 NIGHT1, NIGHT2 = "2026-03-02", "2026-03-03"
 
 
-def _job(spark, catalog, wh, date):
+def _job(spark, catalog, wh, date, queue=False):
     from conftest import restored_conf
     from listing_dedup.cli import dedup as dedup_cli
     from test_job import CONF, SETS
 
-    # the job writes its queue; every candidate in the candidates table, which the standalone command ranks
-    nightly = ["output.candidates=true", "output.candidates_min_score=-1", "review.nightly=true", "review.max_pairs=5"]
+    # every candidate in the candidates table, which the standalone command ranks; with ``queue`` the
+    # job writes its own queue too
+    nightly = ["output.candidates=true", "output.candidates_min_score=-1", "review.max_pairs=5"]
+    nightly += ["review.nightly=true"] if queue else []
     sets = [x for s in [*SETS, *nightly] for x in ("--set", s)]
     argv = ["--conf", *CONF, "--input", catalog, "--run-date", date, "--warehouse", wh, *sets]
     out, err = io.StringIO(), io.StringIO()
@@ -180,7 +182,7 @@ def nights(spark, tmp_path_factory):
     """The tiny catalog of tests/test_job.py groups a1-a2-a3, b1-b2 and c1-c2; d1 and e1 are
     singletons. A reviewer says a1 != a3 and b1 != b2 (a cut each) and d1 = e1 (a join), with the
     catalog (digests). Night 1, night 2 (b2's title changed) and a rerun of night 2, each with
-    the candidates table (the review queue reads it)."""
+    the candidates table (the review queue reads it); night 1 writes its own review queue (review.nightly)."""
     from test_job import ROWS
 
     tmp = tmp_path_factory.mktemp("decisions_job")
@@ -201,7 +203,7 @@ def nights(spark, tmp_path_factory):
         "decided": decided,
         "wh": wh,
         "cat2": cat2,
-        "night1": _job(spark, cat1, wh, NIGHT1),
+        "night1": _job(spark, cat1, wh, NIGHT1, queue=True),
         "night2": _job(spark, cat2, wh, NIGHT2),
         "rerun": _job(spark, cat2, wh, NIGHT2),
     }
