@@ -74,16 +74,34 @@ def job(spark, cfg, input_path: str, run_date: str, warehouse: str) -> tuple[int
     return rc, err.getvalue(), out.get("summary")
 
 
+def _plain(v):
+    """A comparable explanation value: a map's pairs sorted with 4-digit scores, a null distance None."""
+    if isinstance(v, (list, tuple, np.ndarray)) and len(v) and isinstance(v[0], tuple):
+        return sorted((k, round(float(x), 4)) for k, x in v)
+    if isinstance(v, dict):
+        return sorted((k, round(float(x), 4)) for k, x in v.items())
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    return v
+
+
 def snapshot(warehouse: str, run_date: str) -> dict[str, pd.DataFrame]:
     """The date's rows of the three data tables, sorted, in comparable form."""
     snap = {}
     for t in DATA_TABLES:
         df = read_table(warehouse, t, run_date).drop(columns=["run_date"])
         if t == "matches":
-            order = [sorted(zip(m, s)) for m, s in zip(df["match_ids"], df["scores"])]
+            order = [
+                sorted(range(len(m)), key=lambda i, m=m, s=s: (m[i], s[i]))
+                for m, s in zip(df["match_ids"], df["scores"])
+            ]
             df = df.assign(
-                match_ids=[[m for m, _ in o] for o in order], scores=[[round(float(s), 4) for _, s in o] for o in order]
+                match_ids=[[m[i] for i in o] for m, o in zip(df["match_ids"], order)],
+                scores=[[round(float(s[i]), 4) for i in o] for s, o in zip(df["scores"], order)],
             )
+            for c in ("kept_by", "signal_scores", "phash_distance"):  # issue 32's explanations, in that order
+                if c in df.columns:
+                    df[c] = [[_plain(v[i]) for i in o] if v is not None else None for v, o in zip(df[c], order)]
         df = df.sort_values([c for c in ("posting_id", "reason", "raw") if c in df.columns], na_position="first")
         snap[t] = df.reset_index(drop=True)
     return snap
