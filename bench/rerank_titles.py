@@ -79,6 +79,7 @@ def main() -> int:
     ap.add_argument("--cache-dir", default=str(ROOT / "data" / "cache"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--skip-loo", action="store_true", help="train only the model on every part")
+    ap.add_argument("--only", default="", help="comma-separated models to train (all, loo_<shop>; default: every one)")
     ap.add_argument(
         "--no-identifiers",
         action="store_true",
@@ -116,6 +117,8 @@ def main() -> int:
     runs = {"all": list(pcs)}
     if not args.skip_loo:
         runs.update({f"loo_{s}": [p for p in pcs if p != s] for s in R.OTHER_SHOPS if s in pcs})
+    if args.only:
+        runs = {k: v for k, v in runs.items() if k in args.only.split(",")}
     for run, names in runs.items():
         t0 = time.perf_counter()
         res = train_from_candidates([pcs[n] for n in names], cfg, select="pair")
