@@ -287,6 +287,9 @@ def test_model_directory_round_trip_overlay_and_checks(trained, tmp_path):
     assert meta["features"] == list(IDENTIFIER_FEATURE_SET) and meta["threshold"] == res.threshold
     metrics = json.loads((out / "metrics.json").read_text())
     assert sum(metrics["importance"].values()) == pytest.approx(1.0)
+    # the share of matches among the training candidates, for the prior shift (off: jobs/train_reranker.py's default)
+    pos, cand = sum(p["positives"] for p in metrics["parts"]), sum(p["candidates"] for p in metrics["parts"])
+    assert meta["train_prior"] == pytest.approx(pos / cand, abs=1e-6) and meta["prior_shift"] is False
     model = load_reranker(out)
     assert model.graph_rounds == 1 and meta["graph_rounds"] == 1 and metrics["rounds"][1]["round"] == 1
     frame = pd.concat([_frame(), _frame(score=0.3, title_dst="Gelas kaca 250 ml set 6")], ignore_index=True)
