@@ -39,6 +39,9 @@ catalogs without any training row. On a catalog where fewer than half the listin
 (graph/rerank.for_coverage; trained by bench/rerank_titles.py on Shopee folds 3-4, a sample of
 seed 11 and the other shops' catalogs): ``--titles-model CATALOG=DIR`` scores a catalog with a
 model trained without it (that bench's ``loo_<catalog>``: leave one catalog out).
+A titles-only model whose reranker.json asks for it (``prior_shift``) has its thresholds moved
+to the catalog's estimated share of matches, as the job does (graph/rerank.prior_shifted); the
+catalog's line then also prints ``new_noshift``: the same probabilities under its trained thresholds.
 --check-job-figure asserts that the fast path gives the job's documented fold-1 figure for the
 old defaults (matches 0.827, clusters 0.762 through the job, docs/quality.md).
 """
