@@ -59,7 +59,7 @@ from listing_dedup.errors import DedupError, InputError, RunRecordError, SinkErr
 from listing_dedup.frames import cut_lineage, empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components
 from listing_dedup.graph.edges import select_edges, veto_edges
-from listing_dedup.graph.explain import matches_of_run
+from listing_dedup.graph.explain import matches_of_run, unexplained_match_sets
 from listing_dedup.graph.guard import margin_cut, split_large
 from listing_dedup.graph.lineage import (
     CHANGE_KINDS,
@@ -1106,7 +1106,10 @@ def commit(run: Run, setup: Setup, listings: Listings, night: Night, matched: Ma
 
         rounds = matched.rounds
         nbrs = rounds.nbrs if rounds is not None else None
-        matches = matches_of_run(run, setup, listings, matched)  # with why each match was kept (graph/explain)
+        if cfg.output.explanations:  # with why each match was kept (graph/explain)
+            matches = matches_of_run(run, setup, listings, matched)
+        else:
+            matches = unexplained_match_sets(matched.edges, listings.kept.select("posting_id"))
         staged = {"matches": stage(matches, "matches"), "clusters": stage(matched.groups, "clusters")}
         staged["rejects"] = stage(listings.rejects, "rejects")
         staged["group_changes"] = stage(matched.changes, "group_changes")

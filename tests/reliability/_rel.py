@@ -32,8 +32,9 @@ SETS = [
 DATA_TABLES = ("matches", "clusters", "rejects")
 # For runs that test the commit path, not the signals: the lexical signal alone (no text model to
 # load, the largest fixed cost of a child process after Spark's start-up), no pHash stage (their
-# catalogs have no images) and no candidates table.
-LEXICAL = ("embed.text.enabled=false", "phash.enabled=false", "output.candidates=false")
+# catalogs have no images), no candidates table and no explanation pass (the matches' kept_by /
+# signal_scores / phash_distance stay null: tests/test_decisions.py and test_explain.py check them).
+LEXICAL = ("embed.text.enabled=false", "phash.enabled=false", "output.candidates=false", "output.explanations=false")
 
 
 def cache_versions(warehouse: str) -> dict[str, int | None]:

@@ -106,6 +106,15 @@ def test_the_job_checks_every_output_schema_it_declares(baseline):
         ]
 
 
+def test_without_explanations_the_matches_keep_their_columns_null(baseline):
+    """``output.explanations: false`` (the baseline's LEXICAL set): the same matches table, its
+    explanation columns null (not recorded) where the default run fills them (test_decisions)."""
+    m = read_table(str(baseline[1]), "matches", DATE).set_index("posting_id")
+    assert sorted(m.loc["a1", "match_ids"]) == ["a2"] and sorted(m.loc["b1", "match_ids"]) == ["b2"]
+    for c in ("kept_by", "signal_scores", "phash_distance"):
+        assert m[c].isna().all(), c
+
+
 def test_incompatible_table_fails_the_run_before_any_work(spark, baseline, tmp_path):
     path, _ = baseline
     wh = copy_of(baseline, tmp_path)

@@ -27,7 +27,7 @@ from listing_dedup.sink.verify import verify_run
 pytestmark = pytest.mark.slow  # whole job runs
 
 D0, D1, D2, D3 = "2026-06-30", "2026-07-01", "2026-07-02", "2026-07-03"
-SIGNALS = (*LEXICAL, "inb.thresholds=[0.7]", "phash.enabled=true")
+SIGNALS = (*LEXICAL, "inb.thresholds=[0.7]", "phash.enabled=true", "output.explanations=true")  # compared too
 INC = ("incremental.enabled=true", "incremental.slack=4", "incremental.search_depth=4096")
 
 

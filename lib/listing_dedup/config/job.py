@@ -291,6 +291,10 @@ class OutputConf:
 
     candidates: bool = False
     candidates_min_score: float = 0.3  # only neighbours at or above this fused score
+    # why each match was kept (graph/explain.py): the matches table's kept_by, signal_scores and
+    # phash_distance; false leaves them null and skips that pass (about 1.4 s of a 190-listing
+    # run's write stage; docs/benchmarks.md)
+    explanations: bool = True
 
     def __post_init__(self) -> None:
         _check(-1.0 <= self.candidates_min_score <= 1.0, "output.candidates_min_score", "must be in [-1, 1]")

@@ -277,6 +277,24 @@ def explained_match_sets(explained: Any, vertices: Any) -> Any:
     )
 
 
+def unexplained_match_sets(edges: Any, vertices: Any) -> Any:
+    """The ``matches`` rows without explanations (``output.explanations: false``): the plain
+    :func:`listing_dedup.graph.edges.match_sets` with ``kept_by``, ``signal_scores`` and
+    ``phash_distance`` null (not recorded), so the table keeps one schema either way."""
+    from pyspark.sql import functions as F
+
+    from listing_dedup.graph.edges import match_sets
+
+    return match_sets(edges, vertices).select(
+        "posting_id",
+        "match_ids",
+        "scores",
+        F.lit(None).cast("array<string>").alias("kept_by"),
+        F.lit(None).cast("array<map<string,float>>").alias("signal_scores"),
+        F.lit(None).cast("array<int>").alias("phash_distance"),
+    )
+
+
 def matches_of_run(run: Any, setup: Any, listings: Any, matched: Any) -> Any:
     """The ``matches`` rows of a run (the pipeline's commit stage): its final match edges
     explained with what its stages produced (``run``, ``setup``, ``listings``, ``matched``: the
