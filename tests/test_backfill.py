@@ -22,7 +22,12 @@ SETS = [
     "index.n_shards=2",
     "input.partitions=2",
     "spark.conf.spark.sql.shuffle.partitions=2",
-    "embed.text.enabled=false",  # the loop is under test, not the text model: the lexical signal alone
+    # the loop is under test, not the signals: the lexical signal alone, no pHash stage (no
+    # images here), no candidates table, no explanation pass
+    "embed.text.enabled=false",
+    "phash.enabled=false",
+    "output.candidates=false",
+    "output.explanations=false",
 ]
 
 

@@ -182,7 +182,8 @@ FAST = [  # a small pair model (no graph round): what is under test is the catal
     "rerank.train.graph_rounds=0",
     "rerank.train.min_data_in_leaf=20",
 ]
-JOB = [*LEX, "index.exact_below=100000", "index.n_shards=1", "input.partitions=2", "output.candidates=false"]
+JOB = [*LEX, "index.exact_below=100000", "index.n_shards=1", "input.partitions=2", "output.candidates=false",
+       "output.explanations=false"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +282,10 @@ def test_builtin_defaults_on_a_phash_free_catalog_run_the_titles_only_model(spar
     catalog[["posting_id", "title"]].assign(image_phash=None).astype({"image_phash": "string"}).to_parquet(
         path, index=False
     )
-    cfg = load_config(["conf/local.yaml"], ["input.partitions=2", "index.n_shards=1", "output.candidates=false"])
+    cfg = load_config(
+        ["conf/local.yaml"],
+        ["input.partitions=2", "index.n_shards=1", "output.candidates=false", "output.explanations=false"],
+    )
     out = run_dedup(spark=spark, cfg=cfg, input_path=str(path), run_date="2026-05-04", warehouse=str(tmp_path / "wh"))
     text = out.as_text()
     assert "the built-in titles-only re-ranker (builtin-titles" in text, text
