@@ -112,22 +112,15 @@ def _count(labels: pd.DataFrame, src_ids, dst_ids, y: np.ndarray) -> DecisionRow
 def train_with_decisions(df: pd.DataFrame, cfg: Any, decisions: pd.DataFrame, *, cache_dir: str | None = None):
     """:func:`listing_dedup.training.rerank_train.train_reranker` on the labelled split ``df``
     with every decided candidate pair labelled by its verdict. Returns (RerankResult, DecisionRows)."""
-    from listing_dedup.quality.tune import split_parts, text_vectors
-    from listing_dedup.training.rerank_train import _check_signals, part_candidates, train_from_candidates
+    from listing_dedup.training.rerank_train import labelled_parts, train_from_candidates
 
     labels = decision_labels(decisions)
     seconds: dict[str, float] = {}
+    pcs = labelled_parts(df, cfg, seconds, cache_dir=cache_dir)
     t0 = time.perf_counter()
-    _check_signals(cfg)
-    vecs = text_vectors(df, cfg, cache_dir)
-    seconds["embed"] = time.perf_counter() - t0
-    pos = pd.Series(np.arange(len(df)), index=df["posting_id"])
-    t0 = time.perf_counter()
-    pcs, counted, n_changed = [], [], 0
-    for i, sub in enumerate(split_parts(df, cfg.rerank.train.parts)):
-        tv = None if vecs is None else vecs[pos[sub["posting_id"]].to_numpy()]
-        name = str(sub["fold"].iloc[0]) if "fold" in sub.columns else str(i)
-        pc = part_candidates(name, sub, cfg, tv)
+    counted, n_changed = [], 0
+    for pc in pcs:
+        name = pc.part.name
         ids = pc.part.ids
         s_ids, d_ids = ids[pc.frame["src"].to_numpy()], ids[pc.frame["dst"].to_numpy()]
         y = row_labels(s_ids, d_ids, labels)
@@ -137,8 +130,7 @@ def train_with_decisions(df: pd.DataFrame, cfg: Any, decisions: pd.DataFrame, *,
         pc.y = np.where(hit, y, pc.y).astype(pc.y.dtype)
         counted.append((s_ids, d_ids, y))
         log.info("part %s: %d candidate rows decided, %d labels changed by a verdict", name, int(hit.sum()), changed)
-        pcs.append(pc)
-    seconds["candidates"] = time.perf_counter() - t0
+    seconds["candidates"] += time.perf_counter() - t0
     s_all = np.concatenate([c[0] for c in counted]) if counted else np.array([], dtype=object)
     d_all = np.concatenate([c[1] for c in counted]) if counted else np.array([], dtype=object)
     y_all = np.concatenate([c[2] for c in counted]) if counted else np.array([], dtype=np.int8)

@@ -316,6 +316,15 @@ def choose_group_margin(
 def train_reranker(df: pd.DataFrame, cfg: DedupConfig, *, cache_dir: str | None = None) -> RerankResult:
     """Fit the re-ranker on a labelled split (see the module docstring)."""
     seconds: dict[str, float] = {}
+    return train_from_candidates(labelled_parts(df, cfg, seconds, cache_dir=cache_dir), cfg, seconds)
+
+
+def labelled_parts(
+    df: pd.DataFrame, cfg: DedupConfig, seconds: dict[str, float], *, cache_dir: str | None = None
+) -> list[PartCandidates]:
+    """The searching half of :func:`train_reranker`: the labelled split ``df`` embedded and cut
+    into its parts, each part's candidates with their labels (``seconds`` gains ``embed`` and
+    ``candidates``)."""
     t0 = time.perf_counter()
     _check_signals(cfg)
     vecs = text_vectors(df, cfg, cache_dir)
@@ -335,7 +344,7 @@ def train_reranker(df: pd.DataFrame, cfg: DedupConfig, *, cache_dir: str | None 
             100 * pcs[-1].y.mean() if len(pcs[-1].y) else 0,
         )
     seconds["candidates"] = time.perf_counter() - t0
-    return train_from_candidates(pcs, cfg, seconds)
+    return pcs
 
 
 def train_from_candidates(
