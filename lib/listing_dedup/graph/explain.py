@@ -107,13 +107,15 @@ def kept_by(rule: EdgeRule, *, must: bool, rule_score: Any, phash_pair: bool) ->
 
 
 def phash_distance(a: Any, b: Any) -> int | None:
-    """Hamming distance of two 16-hex-digit pHashes; None when either is missing or malformed."""
-    if not isinstance(a, str) or not isinstance(b, str):
-        return None
-    try:
-        return int(bin(int(a, 16) ^ int(b, 16)).count("1"))
-    except ValueError:
-        return None
+    """Hamming distance of two 16-hex-digit pHashes; None when either is missing or malformed
+    (:func:`listing_dedup.graph.rerank.phash_bits`, the re-ranker's own, on one pair)."""
+    return _distances([a], [b])[0]
+
+
+def _distances(a: Sequence, b: Sequence) -> list[int | None]:
+    from listing_dedup.graph.rerank import phash_bits
+
+    return [None if np.isnan(d) else int(d) for d in phash_bits(a, b)]
 
 
 def explain_pairs(pdf: pd.DataFrame, rule: EdgeRule, layout: Any) -> pd.DataFrame:
@@ -136,7 +138,8 @@ def explain_pairs(pdf: pd.DataFrame, rule: EdgeRule, layout: Any) -> pd.DataFram
         for j, i in enumerate(idx):
             maps[i] = {s: float(v[j]) for s, v in per.items() if not np.isnan(v[j])}
             maps[i]["fused"] = float(fused[j])
-    labels, dist = [], []
+    labels = []
+    dist = _distances(pdf["_ha"].tolist(), pdf["_hb"].tolist())
     for i in range(n):
         rr, ph = pdf["_rr"].iat[i], pdf["_ph"].iat[i]
         if _present(rr):
@@ -146,7 +149,6 @@ def explain_pairs(pdf: pd.DataFrame, rule: EdgeRule, layout: Any) -> pd.DataFram
         labels.append(
             kept_by(rule, must=bool(pdf["_must"].iat[i]), rule_score=pdf["_rule"].iat[i], phash_pair=_present(ph))
         )
-        dist.append(phash_distance(pdf["_ha"].iat[i], pdf["_hb"].iat[i]))
     return pd.DataFrame(
         {
             "src": pdf["src"].to_numpy(),
