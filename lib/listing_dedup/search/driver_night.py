@@ -1,0 +1,528 @@
+"""The incremental night's search rounds on the driver: the driver plan of docs/incremental.md.
+
+An incremental night of a catalog that fits the driver (``incremental.driver_max_listings``)
+keeps its match state as arrays in files, not as Delta rows, and updates them with numpy: a
+handful of array operations instead of the Spark plan's dozens of small jobs
+(:func:`listing_dedup.search.rounds.delta_rounds`, whose fixed cost, not its rows, was the night's
+cost at 7k-30k listings: docs/benchmarks.md). The same algorithm as the Spark plan, array for
+frame:
+
+* the night's listings are the continued night's less the removed (deleted, changed) plus the
+  delta's vectors (added, changed), in ``posting_id`` order; a listing's row in every array is
+  its place in that order (so an index order is a ``posting_id`` order: the ties' order of the
+  Spark plan, score desc then ``dst``);
+* each round's lists are ``(n, depth)`` int32 neighbour rows (-1: none) and float32 scores, best
+  first; the update (:func:`update_lists`) is :func:`listing_dedup.search.incremental.
+  update_neighbours` (its pandas reference) on arrays: the removed leave every list, an
+  inserted listing enters the lists its own search returned when it beats their weakest
+  neighbour, lists that lost more than their slack are searched again (*stale*);
+* the search (:func:`search_rows`) probes the epoch's quantizer and scans the probed lists
+  exactly (search/indexer's ``probe_lists`` and ``scan_lists``: the Spark search's own
+  primitives), over every listing's vector stored list by list; each listing's list assignment
+  is kept in the state, so only the delta is assigned;
+* INB: the listings whose blended vector changes (:func:`affected_rows`, as
+  ``rounds.blend_affected``) are blended again (:func:`blend_rows`: the sums of
+  ``search/blender.blend`` in its order, bit for bit), the others keep yesterday's vectors.
+
+State files (:func:`save_state`, :func:`load_state`): ``<warehouse>/_state/lists/<run_date>/
+<run_id>/``, ``ids.npy`` and per round ``r<r>_ids.npy``, ``r<r>_scores.npy``,
+``r<r>_vectors.npy``, ``r<r>_assign.npy``; ``meta.json`` last. Written before the night's
+commits and read by the next night through the ``state_log`` row that names the run: a night
+that crashes before its ``state_log`` row leaves an unreferenced folder, never a changed state.
+Memory: :func:`bytes_per_listing`."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from listing_dedup.search.indexer import assign_lists, list_layout, probe_lists, scan_lists
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "_state/lists"
+_NONE = -1  # an empty slot of a list
+_GONE = -2  # a neighbour that left tonight's catalog (deleted, or changed and no longer embedded)
+
+
+@dataclass
+class RoundArrays:
+    """One search round of a night: each listing's list at ``depth`` (``ids``: rows, -1 none;
+    ``scores``: float32, -inf none; best first: score desc, then row), the round's vectors and
+    each vector's IVF list under the epoch's quantizer."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    vectors: np.ndarray
+    assign: np.ndarray
+
+
+@dataclass
+class DriverState:
+    """A night's lists and vectors on the driver: ``ids`` the sorted ``posting_id``s (row ``i``
+    of every array is ``ids[i]``), ``rounds[r]`` round ``r``'s arrays (round 0: the fused vectors
+    and the pre-INB lists)."""
+
+    ids: np.ndarray
+    rounds: list[RoundArrays]
+    depth: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+
+def bytes_per_listing(d: int, depth: int, rounds: int) -> int:
+    """What one listing costs the driver plan's state, per round: its list (``depth`` int32 rows
+    and float32 scores), its vector (``d`` float32) and its IVF list (int32); plus its id (~16
+    bytes). The search also copies a round's vectors list by list (``4 d`` more while it runs).
+    Lexical 1024-d, ``depth`` 66, one INB round: 9.3 KB, so 1M listings hold ~9.3 GB."""
+    return rounds * (8 * depth + 4 * d + 4) + 16
+
+
+# --------------------------------------------------------------------------------------
+# the search
+
+
+@dataclass
+class Layout:
+    """A round's vectors stored list by list (search/indexer.list_layout): ``order`` maps a
+    stored row back to a listing's row; within a list the rows keep ``posting_id`` order, as
+    the Spark index's shards store them."""
+
+    order: np.ndarray
+    vectors: np.ndarray
+    offsets: np.ndarray
+
+
+def layout_of(vectors: np.ndarray, assign: np.ndarray, nlist: int) -> Layout:
+    order, offsets = list_layout(assign, nlist)
+    return Layout(order, np.ascontiguousarray(vectors[order]), offsets)
+
+
+def search_rows(
+    vectors: np.ndarray,
+    layout: Layout,
+    centroids: np.ndarray,
+    nprobe: int,
+    rows: np.ndarray,
+    k: int,
+    chunk: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each listing of ``rows``' top ``k`` neighbours (never itself) among every listing, the
+    ``nprobe`` lists nearest its vector scanned exactly: ``(ids, scores)`` of shape
+    ``(len(rows), k)``, best first (score desc, then row: ``posting_id``), -1 / -inf padded. The
+    Spark search's result (search/indexer.search with the same quantizer, ``nprobe`` and flat
+    storage) up to exact ties at the k-th place and the scan's last float bit."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out_i = np.full((len(rows), k), _NONE, dtype=np.int32)
+    out_s = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    if len(rows) == 0 or k == 0:
+        return out_i, out_s
+    kk = min(k + 1, len(layout.order))  # one extra: the query itself is among the results
+    for a in range(0, len(rows), chunk):
+        q = rows[a : a + chunk]
+        x = np.ascontiguousarray(vectors[q])
+        probe = probe_lists(x, centroids, nprobe)
+        d_mat, i_mat = scan_lists(x, probe, layout.vectors, layout.offsets, kk)
+        idx = np.where(i_mat >= 0, layout.order[np.maximum(i_mat, 0)], _NONE)
+        ok = (idx >= 0) & (idx != q[:, None])
+        sc = np.where(ok, d_mat, -np.inf).astype(np.float32)
+        key = np.where(ok, idx, np.iinfo(np.int64).max)
+        o = np.lexsort((key, -sc), axis=1)[:, :k]
+        got = o.shape[1]
+        out_s[a : a + len(q), :got] = np.take_along_axis(sc, o, 1)
+        out_i[a : a + len(q), :got] = np.where(np.take_along_axis(ok, o, 1), np.take_along_axis(idx, o, 1), _NONE)
+    return out_i, out_s
+
+
+# --------------------------------------------------------------------------------------
+# the update
+
+
+def _sorted_rows(src: np.ndarray, dst: np.ndarray, score: np.ndarray, n: int, depth: int):
+    """Flat ``src, dst, score`` entries as ``(n, depth)`` lists: each src's best ``depth`` by
+    score desc then dst, -1 / -inf padded; and each src's count."""
+    ids = np.full((n, depth), _NONE, dtype=np.int32)
+    scores = np.full((n, depth), -np.inf, dtype=np.float32)
+    counts = np.zeros(n, dtype=np.int64)
+    if len(src) == 0:
+        return ids, scores, counts
+    o = np.lexsort((dst, -score.astype(np.float32), src))
+    src, dst, score = src[o], dst[o], score[o]
+    starts = np.flatnonzero(np.r_[True, src[1:] != src[:-1]])
+    first = np.repeat(starts, np.diff(np.r_[starts, len(src)]))
+    pos = np.arange(len(src)) - first
+    keep = pos < depth
+    ids[src[keep], pos[keep]] = dst[keep]
+    scores[src[keep], pos[keep]] = score[keep]
+    np.add.at(counts, src[keep], 1)
+    return ids, scores, counts
+
+
+def update_lists(
+    prev_ids: np.ndarray,
+    prev_scores: np.ndarray,
+    inserted: np.ndarray,
+    found_ids: np.ndarray,
+    found_scores: np.ndarray,
+    *,
+    k: int,
+    depth: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The lists after tonight's delta (:func:`listing_dedup.search.incremental.update_neighbours`
+    on arrays). ``prev_ids`` / ``prev_scores``: yesterday's lists in tonight's rows (``(n,
+    depth)``; -1 none, -2 a neighbour gone tonight; the rows of inserted listings are not read);
+    ``inserted``: bool ``(n,)``, the listings searched tonight (added, changed: their old
+    versions leave every list); ``found_ids`` / ``found_scores``: their search's results, one
+    row each in row order (``np.flatnonzero(inserted)``), best first.
+
+    Returns ``(ids, scores, stale, touched)``: tonight's lists (the inserted listings' own from
+    their search; a stale list's rows are its old ones, the caller searches it again), the
+    stale rows (lists that lost a neighbour and kept fewer than ``k`` exact ones) and the
+    rows whose lists were rebuilt (every other list is yesterday's)."""
+    n = len(inserted)
+    inserted = np.asarray(inserted, dtype=bool)
+    ins_rows = np.flatnonzero(inserted)
+    valid = prev_ids != _NONE
+    lost = valid & ((prev_ids == _GONE) | inserted[np.maximum(prev_ids, 0)] & (prev_ids >= 0))
+    lost &= ~inserted[:, None]
+    count = valid.sum(1)
+    # the weakest neighbour each list held before tonight: below it the list is not exact
+    floor = np.where(valid, prev_scores, np.inf).min(1) if prev_ids.shape[1] else np.full(n, np.inf)
+    full_before = count < depth  # a list shorter than depth held every listing it could
+    # the inserted listings' rows reversed into the lists of their neighbours (unchanged ones)
+    f_ok = found_ids >= 0
+    b_src = found_ids[f_ok].astype(np.int64)
+    b_dst = np.repeat(ins_rows, f_ok.sum(1))
+    b_sc = found_scores[f_ok]
+    into = ~inserted[b_src]
+    b_src, b_dst, b_sc = b_src[into], b_dst[into], b_sc[into]
+    enters = full_before[b_src] | (b_sc >= floor[b_src])
+    b_src, b_dst, b_sc = b_src[enters], b_dst[enters], b_sc[enters]
+    lost_any = lost.any(1)
+    touched = lost_any.copy()
+    touched[b_src] = True
+    touched &= ~inserted
+    rows = np.flatnonzero(touched)
+    held = valid[rows] & ~lost[rows]
+    src = np.concatenate([np.repeat(rows, held.sum(1)), b_src])
+    dst = np.concatenate([prev_ids[rows][held].astype(np.int64), b_dst])
+    sc = np.concatenate([prev_scores[rows][held], b_sc]).astype(np.float32)
+    r_ids, r_sc, r_n = _sorted_rows(src, dst, sc, n, depth)
+    ids = np.where(valid, prev_ids, _NONE).astype(np.int32)
+    scores = np.where(valid, prev_scores, -np.inf).astype(np.float32)
+    ids[rows], scores[rows] = r_ids[rows], r_sc[rows]
+    stale = np.flatnonzero(lost_any & ~full_before & (r_n < k) & ~inserted)
+    # the inserted listings' own lists: their search's best depth
+    got = min(depth, found_ids.shape[1])
+    ids[ins_rows] = _NONE
+    scores[ins_rows] = -np.inf
+    ids[ins_rows, :got] = found_ids[:, :got]
+    scores[ins_rows, :got] = found_scores[:, :got]
+    touched[ins_rows] = True
+    return ids, scores, stale, touched
+
+
+# --------------------------------------------------------------------------------------
+# INB
+
+
+def affected_rows(
+    prev_ids: np.ndarray,
+    prev_scores: np.ndarray,
+    now_ids: np.ndarray,
+    now_scores: np.ndarray,
+    changed: np.ndarray,
+    k: int,
+    threshold: float,
+) -> np.ndarray:
+    """Bool ``(n,)``: the listings whose blended vector changes tonight (``rounds.blend_affected``
+    on arrays): those whose vector changed (``changed``), those whose neighbours at or above
+    ``threshold`` among the top ``k`` differ between yesterday's lists (``prev_*`` in tonight's
+    rows, -2 a neighbour gone) and tonight's (another neighbour or another score), and those
+    with such a neighbour among ``changed``. Scores are compared with the threshold in double,
+    as the Spark plan does. The lists are sorted, so the rows above the threshold are a prefix
+    and two prefixes hold the same pairs exactly when they are equal slot by slot."""
+    t = float(threshold)
+    k = min(k, prev_ids.shape[1], now_ids.shape[1])
+    a_ok = (prev_ids[:, :k] != _NONE) & (prev_scores[:, :k].astype(np.float64) >= t)
+    b_ok = (now_ids[:, :k] >= 0) & (now_scores[:, :k].astype(np.float64) >= t)
+    a = np.where(a_ok, prev_ids[:, :k], -3)
+    b = np.where(b_ok, now_ids[:, :k], -3)
+    a_s = np.where(a_ok, prev_scores[:, :k], 0.0)
+    b_s = np.where(b_ok, now_scores[:, :k], 0.0)
+    moved = (a != b).any(1) | (a_s != b_s).any(1)
+    via = (b_ok & changed[np.maximum(now_ids[:, :k], 0)]).any(1)
+    return moved | via | changed
+
+
+def blend_rows(
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    scores: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    threshold: float,
+    max_entries: int = 1 << 15,
+) -> np.ndarray:
+    """One INB round for ``rows`` alone: ``normalize(E_i + sum_j s_ij E_j)`` over the neighbours
+    ``j`` of ``i`` at or above ``threshold`` among its top ``k``, float32 ``(len(rows), d)``.
+    Summed as search/blender.blend sums on Spark (float64, a listing's rows in ``posting_id``
+    order with itself among them, ``np.add.reduceat``), so the vectors are its bits."""
+    rows = np.asarray(rows, dtype=np.int64)
+    d = vectors.shape[1]
+    out = np.empty((len(rows), d), dtype=np.float32)
+    if not len(rows):
+        return out
+    kk = min(k, ids.shape[1])
+    nb, ns = ids[rows, :kk], scores[rows, :kk]
+    ok = (nb >= 0) & (ns.astype(np.float64) >= float(threshold))
+    per = 1 + ok.sum(1)
+    ends = np.cumsum(per)
+    a = 0
+    while a < len(rows):
+        b = max(a + 1, int(np.searchsorted(ends, (ends[a - 1] if a else 0) + max_entries, side="right")))
+        loc = np.arange(a, b)
+        cnt = ok[a:b].sum(1)
+        who = np.concatenate([loc, np.repeat(loc, cnt)])
+        idx = np.concatenate([rows[a:b], nb[a:b][ok[a:b]].astype(np.int64)])
+        w = np.concatenate([np.ones(b - a), ns[a:b][ok[a:b]].astype(np.float64)])
+        o = np.lexsort((idx, who))
+        who, idx, w = who[o], idx[o], w[o]
+        starts = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])
+        v = np.add.reduceat(w[:, None] * vectors[idx].astype(np.float64), starts, axis=0)
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        out[a:b] = np.where(norms > 0, v / np.where(norms > 0, norms, 1.0), v).astype(np.float32)
+        a = b
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# a night
+
+
+def _remap(prev_ids: np.ndarray, now_ids: np.ndarray) -> np.ndarray:
+    """Each of yesterday's rows' row tonight (-1: gone)."""
+    if not len(now_ids):
+        return np.full(len(prev_ids), -1, dtype=np.int64)
+    pos = np.searchsorted(now_ids, prev_ids)
+    pos = np.minimum(pos, len(now_ids) - 1)
+    return np.where(now_ids[pos] == prev_ids, pos, -1).astype(np.int64)
+
+
+def _carry_lists(prev: RoundArrays, pos: np.ndarray, keep_rows: np.ndarray, n: int, depth: int):
+    """Yesterday's lists in tonight's rows: the rows of ``keep_rows`` (yesterday's rows whose
+    list continues) moved to ``pos``; a neighbour gone tonight is -2; other rows empty."""
+    ids = np.full((n, depth), _NONE, dtype=np.int32)
+    scores = np.full((n, depth), -np.inf, dtype=np.float32)
+    w = min(depth, prev.ids.shape[1])
+    old = prev.ids[keep_rows, :w].astype(np.int64)
+    moved = np.where(old >= 0, np.where(pos[np.maximum(old, 0)] >= 0, pos[np.maximum(old, 0)], _GONE), _NONE)
+    ids[pos[keep_rows], :w] = moved
+    scores[pos[keep_rows], :w] = prev.scores[keep_rows, :w]
+    return ids, scores
+
+
+def _carry_rows(prev: np.ndarray, pos: np.ndarray, keep_rows: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, *prev.shape[1:]), dtype=prev.dtype)
+    out[pos[keep_rows]] = prev[keep_rows]
+    return out
+
+
+def driver_rounds(
+    prev: DriverState,
+    *,
+    removed: Any,
+    new_ids: Any,
+    new_vectors: np.ndarray,
+    centroids: np.ndarray,
+    nprobe: int,
+    k: int,
+    depth: int,
+    thresholds: tuple[float, ...] | list[float],
+    search_depth: int | None = None,
+    blend_reach: int = 4,
+) -> DriverState:
+    """Tonight's rounds from yesterday's state (:func:`listing_dedup.search.rounds.delta_rounds`
+    on arrays). ``removed``: the posting_ids whose old versions leave (deleted, changed);
+    ``new_ids`` / ``new_vectors``: the fused vectors of the listings searched tonight (added,
+    changed, embedded tonight); ``centroids``, ``nprobe``: the epoch's quantizer and the index's
+    probes. ``search_depth`` (default ``depth`` in round 0, ``blend_reach * depth`` in the
+    blending rounds): the reach of an inserted listing's search. Counts as the Spark plan's
+    (``searched``, ``stale``, ``touched``, ``blended1``, ``searched1``...)."""
+    new_ids = np.asarray([str(p) for p in new_ids], dtype=str)
+    o = np.argsort(new_ids, kind="stable")
+    new_ids, new_vectors = new_ids[o], np.asarray(new_vectors, dtype=np.float32)[o]
+    removed = np.asarray(sorted({str(p) for p in removed}), dtype=str)
+    kept_prev = prev.ids[~np.isin(prev.ids, removed) & ~np.isin(prev.ids, new_ids)]
+    ids = np.union1d(kept_prev, new_ids).astype(str)
+    n = len(ids)
+    pos = _remap(prev.ids, ids)
+    inserted = np.isin(ids, new_ids)
+    # yesterday's rows whose list and vectors continue: present tonight and not searched again
+    keep_rows = np.flatnonzero((pos >= 0) & ~inserted[np.maximum(pos, 0)])
+    ins_rows = np.flatnonzero(inserted)
+    nlist = len(centroids)
+    counts: dict[str, int] = {}
+    out: list[RoundArrays] = []
+
+    def round_search(vectors, assign, changed, r) -> RoundArrays:
+        suffix = str(r) if r else ""
+        reach = search_depth or (depth if r == 0 else blend_reach * depth)
+        p_ids, p_sc = _carry_lists(prev.rounds[r], pos, keep_rows, n, depth)
+        layout = layout_of(vectors, assign, nlist)
+        rows = np.flatnonzero(changed)
+        f_ids, f_sc = search_rows(vectors, layout, centroids, nprobe, rows, reach)
+        l_ids, l_sc, stale, touched = update_lists(p_ids, p_sc, changed, f_ids, f_sc, k=k, depth=depth)
+        if len(stale):
+            s_ids, s_sc = search_rows(vectors, layout, centroids, nprobe, stale, depth)
+            l_ids[stale], l_sc[stale] = s_ids, s_sc
+        counts[f"searched{suffix}"] = int(len(rows) + len(stale))
+        counts[f"stale{suffix}"] = int(len(stale))
+        counts[f"touched{suffix}"] = int(touched.sum())
+        return RoundArrays(l_ids, l_sc, vectors, assign)
+
+    v0 = _carry_rows(prev.rounds[0].vectors, pos, keep_rows, n)
+    v0[ins_rows] = new_vectors
+    a0 = _carry_rows(prev.rounds[0].assign, pos, keep_rows, n)
+    a0[ins_rows] = assign_lists(new_vectors, centroids).astype(a0.dtype)
+    out.append(round_search(v0, a0, inserted, 0))
+    changed = inserted
+    for r, threshold in enumerate(thresholds, start=1):
+        p_ids, p_sc = _carry_lists(prev.rounds[r - 1], pos, keep_rows, n, depth)
+        now = out[-1]
+        affected = affected_rows(p_ids, p_sc, now.ids, now.scores, changed, k, threshold)
+        a_rows = np.flatnonzero(affected)
+        vr = _carry_rows(prev.rounds[r].vectors, pos, keep_rows, n)
+        vr[a_rows] = blend_rows(now.vectors, now.ids, now.scores, a_rows, k, threshold)
+        ar = _carry_rows(prev.rounds[r].assign, pos, keep_rows, n)
+        ar[a_rows] = assign_lists(vr[a_rows], centroids).astype(ar.dtype)
+        counts[f"blended{r}"] = int(len(a_rows))
+        out.append(round_search(vr, ar, affected, r))
+        changed = affected
+    return DriverState(ids, out, depth, counts)
+
+
+def full_state(
+    lists: list[pd.DataFrame], vectors: list[tuple[Any, np.ndarray]], centroids: np.ndarray, depth: int
+) -> DriverState:
+    """A night's state from its searched rounds (the Spark plan's, collected): ``lists[r]``
+    round ``r``'s ``src, dst, score, rank`` (rank 1 = nearest; ranks past ``depth`` dropped),
+    ``vectors[r]`` its ``(posting_ids, vectors)`` in any row order (every round the same
+    listings); each vector's IVF list is assigned here."""
+    ids = None
+    rounds = []
+    for df, (v_ids, v) in zip(lists, vectors, strict=True):
+        v_ids = np.asarray([str(p) for p in v_ids], dtype=str)
+        o = np.argsort(v_ids, kind="stable")
+        if ids is None:
+            ids = v_ids[o]
+        elif not np.array_equal(ids, v_ids[o]):
+            raise ValueError("the rounds' vectors hold different listings")
+        n = len(ids)
+        v = np.ascontiguousarray(np.asarray(v, dtype=np.float32)[o])
+        l_ids = np.full((n, depth), _NONE, dtype=np.int32)
+        l_sc = np.full((n, depth), -np.inf, dtype=np.float32)
+        src = np.searchsorted(ids, df["src"].to_numpy(dtype=str))
+        dst = np.searchsorted(ids, df["dst"].to_numpy(dtype=str))
+        rank = df["rank"].to_numpy(dtype=np.int64) - 1
+        ok = rank < depth
+        l_ids[src[ok], rank[ok]] = dst[ok]
+        l_sc[src[ok], rank[ok]] = df["score"].to_numpy(dtype=np.float32)[ok]
+        rounds.append(RoundArrays(l_ids, l_sc, v, assign_lists(v, centroids).astype(np.int32)))
+    return DriverState(ids if ids is not None else np.zeros(0, dtype=str), rounds, depth)
+
+
+def top_k_frame(state: DriverState, r: int, k: int) -> pd.DataFrame:
+    """Round ``r``'s top ``k`` as rows ``src, dst, score, rank`` (what the later stages read)."""
+    rd = state.rounds[r]
+    kk = min(k, rd.ids.shape[1])
+    ok = rd.ids[:, :kk] >= 0
+    src = np.repeat(np.arange(state.n), ok.sum(1))
+    return pd.DataFrame(
+        {
+            "src": state.ids[src].astype(object),
+            "dst": state.ids[rd.ids[:, :kk][ok]].astype(object),
+            "score": rd.scores[:, :kk][ok].astype(np.float32),
+            "rank": (np.nonzero(ok)[1] + 1).astype(np.int32),
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------
+# the state's files
+
+
+def state_folder(warehouse: str, run_date: str, run_id: str) -> str:
+    return f"{str(warehouse).rstrip('/')}/{STATE_DIR}/{run_date}/{run_id}"
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def save_state(warehouse: str, run_date: str, run_id: str, state: DriverState) -> str:
+    """Write ``state`` under :func:`state_folder` (``meta.json`` last: a folder without it is
+    incomplete and never read)."""
+    from listing_dedup.search.indexer import _write_bytes
+
+    folder = state_folder(warehouse, run_date, run_id)
+    _write_bytes(f"{folder}/ids.npy", _npy(state.ids))
+    for r, rd in enumerate(state.rounds):
+        for name, a in (("ids", rd.ids), ("scores", rd.scores), ("vectors", rd.vectors), ("assign", rd.assign)):
+            _write_bytes(f"{folder}/r{r}_{name}.npy", _npy(np.ascontiguousarray(a)))
+    meta = {"rounds": len(state.rounds), "depth": state.depth, "n": state.n}
+    _write_bytes(f"{folder}/meta.json", json.dumps(meta, sort_keys=True).encode())
+    return folder
+
+
+def has_state(warehouse: str, run_date: str, run_id: str) -> bool:
+    from listing_dedup.search.indexer import _fs
+
+    filesystem, path = _fs(f"{state_folder(warehouse, run_date, run_id)}/meta.json")
+    import pyarrow.fs as pafs
+
+    return filesystem.get_file_info(path).type == pafs.FileType.File
+
+
+def load_state(warehouse: str, run_date: str, run_id: str) -> DriverState:
+    from listing_dedup.search.indexer import _read_bytes
+
+    folder = state_folder(warehouse, run_date, run_id)
+    meta = json.loads(_read_bytes(f"{folder}/meta.json"))
+
+    def arr(name: str) -> np.ndarray:
+        return np.load(io.BytesIO(_read_bytes(f"{folder}/{name}.npy")), allow_pickle=False)
+
+    rounds = [
+        RoundArrays(arr(f"r{r}_ids"), arr(f"r{r}_scores"), arr(f"r{r}_vectors"), arr(f"r{r}_assign"))
+        for r in range(int(meta["rounds"]))
+    ]
+    return DriverState(arr("ids"), rounds, int(meta["depth"]))
+
+
+def prune_states(warehouse: str, keep_from: str) -> None:
+    """Remove the state folders of dates before ``keep_from`` (the date tonight continued: kept,
+    with tonight's). A failure is logged only."""
+    import pyarrow.fs as pafs
+
+    from listing_dedup.search.indexer import _fs
+
+    filesystem, root = _fs(f"{str(warehouse).rstrip('/')}/{STATE_DIR}")
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        for info in infos:
+            if info.type == pafs.FileType.Directory and info.base_name < keep_from:
+                filesystem.delete_dir(info.path)
+    except OSError as e:
+        log.warning("could not prune the list state before %s: %s", keep_from, e)

@@ -1,0 +1,182 @@
+"""The driver plan of an incremental night (search/driver_night.py): its list update against the
+pandas reference (search/incremental.update_neighbours), and a whole night's rounds against a
+full night computed by brute force (numpy top-k, search/blender.blend_numpy for INB) on the same
+catalog: an exact index (one list) and the inserted listings' search reaching every listing, so
+the two must agree. No Spark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from listing_dedup.search.blender import blend_numpy
+from listing_dedup.search.driver_night import (
+    DriverState,
+    RoundArrays,
+    driver_rounds,
+    has_state,
+    load_state,
+    prune_states,
+    save_state,
+    update_lists,
+)
+from listing_dedup.search.incremental import update_neighbours
+
+K, DEPTH, T = 4, 6, 0.6
+
+
+def catalog(seed: int, n: int = 150, d: int = 6, n_centres: int = 35):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_centres, d))
+    x = centres[rng.integers(0, n_centres, n)] + 0.35 * rng.normal(size=(n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return rng, centres, x.astype(np.float32)
+
+
+def brute(x: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best ``depth`` other rows (score desc, then row), -1 / -inf padded."""
+    s = (x.astype(np.float64) @ x.astype(np.float64).T).astype(np.float32)
+    np.fill_diagonal(s, -np.inf)
+    n = len(x)
+    ids = np.full((n, depth), -1, dtype=np.int32)
+    sc = np.full((n, depth), -np.inf, dtype=np.float32)
+    for i in range(n):
+        o = np.lexsort((np.arange(n), -s[i]))[: min(depth, n - 1)]
+        ids[i, : len(o)], sc[i, : len(o)] = o, s[i, o]
+    return ids, sc
+
+
+def full_night(x: np.ndarray) -> list[RoundArrays]:
+    """Round 0 and one INB round by brute force (the reference of a full night)."""
+    i0, s0 = brute(x, DEPTH)
+    ok = (i0[:, :K] >= 0) & (s0[:, :K].astype(np.float64) >= T)
+    src = np.repeat(np.arange(len(x)), ok.sum(1))
+    x1 = blend_numpy(x, src, i0[:, :K][ok], s0[:, :K][ok])
+    i1, s1 = brute(x1, DEPTH)
+    one = np.zeros(len(x), dtype=np.int32)  # one IVF list: every vector in list 0
+    return [RoundArrays(i0, s0, x, one), RoundArrays(i1, s1, x1, one)]
+
+
+def night_two(seed: int, n_deleted: int = 5):
+    """Yesterday's catalog and tonight's: ``n_deleted`` deleted, 4 changed (a new vector), 6 added."""
+    rng, centres, x = catalog(seed)
+    ids = np.array([f"p{i:03d}" for i in range(len(x))])
+    tonight = dict(zip(ids.tolist(), x))
+    deleted = rng.choice(ids, n_deleted, replace=False)
+    for p in deleted:
+        del tonight[p]
+    changed = rng.choice(sorted(tonight), 4, replace=False)
+    new = {}
+    for p in [*changed, *(f"n{i:02d}" for i in range(6))]:
+        v = centres[rng.integers(0, len(centres))] + 0.35 * rng.normal(size=x.shape[1])
+        new[p] = (v / np.linalg.norm(v)).astype(np.float32)
+    tonight.update(new)
+    return ids, x, tonight, set(deleted) | set(changed), new
+
+
+def test_update_lists_equals_the_pandas_reference():
+    """Yesterday's lists, tonight's removed and inserted listings and the inserted ones' search:
+    the array update gives the reference's lists (rows and scores) and the same stale lists."""
+    n_stale = 0
+    for seed in (1, 2, 3):
+        ids, x, tonight, removed, new = night_two(seed, n_deleted=25)
+        prev_i, prev_s = brute(x, DEPTH)
+        now_ids = np.array(sorted(tonight))
+        xn = np.stack([tonight[p] for p in now_ids])
+        inserted = np.isin(now_ids, list(new))
+        # the inserted listings' search against tonight's catalog, at a reach of DEPTH (the ANN
+        # plan's: not exhaustive, so the floor rule and stale lists are exercised)
+        all_i, all_s = brute(xn, DEPTH)
+        f_i, f_s = all_i[inserted], all_s[inserted]
+        # yesterday's lists in tonight's rows (-2: a neighbour gone tonight)
+        where = {p: i for i, p in enumerate(now_ids)}
+        p_i = np.full((len(now_ids), DEPTH), -1, dtype=np.int32)
+        p_s = np.full((len(now_ids), DEPTH), -np.inf, dtype=np.float32)
+        for r, p in enumerate(ids):
+            if p in where and p not in new:
+                p_i[where[p]] = [where.get(ids[j], -2) if j >= 0 else -1 for j in prev_i[r]]
+                p_s[where[p]] = prev_s[r]
+        got_i, got_s, stale, _ = update_lists(p_i, p_s, inserted, f_i, f_s, k=K, depth=DEPTH)
+
+        lists = pd.DataFrame(
+            [(ids[r], ids[j], prev_s[r, c]) for r in range(len(ids)) for c, j in enumerate(prev_i[r]) if j >= 0],
+            columns=["src", "dst", "score"],
+        )
+        found = pd.DataFrame(
+            [
+                (now_ids[r], now_ids[j], all_s[r, c])
+                for r in np.flatnonzero(inserted)
+                for c, j in enumerate(all_i[r])
+                if j >= 0
+            ],
+            columns=["src", "dst", "score"],
+        )
+        gone = removed | {p for p in ids if p not in tonight}
+        want, want_stale = update_neighbours(lists, gone, found, k=K, depth=DEPTH)
+        assert {now_ids[s] for s in stale} == want_stale
+        n_stale += len(want_stale)
+        rows = [
+            (now_ids[r], now_ids[j], float(got_s[r, c]))
+            for r in range(len(now_ids))
+            if now_ids[r] not in want_stale
+            for c, j in enumerate(got_i[r])
+            if j >= 0
+        ]
+        mine = pd.DataFrame(rows, columns=["src", "dst", "score"])
+        key = ["src", "dst"]
+        pd.testing.assert_frame_equal(
+            mine.sort_values(key).reset_index(drop=True),
+            want.assign(score=want["score"].astype(float)).sort_values(key).reset_index(drop=True),
+        )
+    assert n_stale, "the cases exercise stale lists"
+
+
+def test_a_driver_night_equals_a_full_night_of_its_catalog():
+    """Yesterday's full night, tonight's delta through driver_rounds with an exhaustive reach:
+    tonight's lists of both rounds and the blended vectors are those of a full night of
+    tonight's catalog (brute force), and only part of the catalog was searched and blended."""
+    ids, x, tonight, removed, new = night_two(4)
+    prev = DriverState(ids, full_night(x), DEPTH)
+    now_ids = np.array(sorted(tonight))
+    xn = np.stack([tonight[p] for p in now_ids])
+    got = driver_rounds(
+        prev,
+        removed=removed | {p for p in ids if p not in tonight},
+        new_ids=list(new),
+        new_vectors=np.stack(list(new.values())),
+        centroids=np.ones((1, x.shape[1]), dtype=np.float32) / np.sqrt(x.shape[1]),
+        nprobe=1,
+        k=K,
+        depth=DEPTH,
+        thresholds=(T,),
+        search_depth=len(now_ids),
+    )
+    want = full_night(xn)
+    assert list(got.ids) == list(now_ids)
+    for r in (0, 1):
+        g, w = got.rounds[r], want[r]
+        # each list is a prefix of the full night's (the slack past k is spent by deletions), at least k long
+        held = g.ids >= 0
+        assert (held.sum(1) >= K).all() and (held[:, :-1] >= held[:, 1:]).all()
+        np.testing.assert_array_equal(np.where(held, g.ids, -1), np.where(held, w.ids, -1))
+        np.testing.assert_allclose(np.where(held, g.scores, 0), np.where(held, w.scores, 0), rtol=0, atol=2e-6)
+        np.testing.assert_allclose(g.vectors, w.vectors, rtol=0, atol=2e-6)
+    assert got.counts["searched"] < len(now_ids) // 4
+    assert 0 < got.counts["blended1"] < len(now_ids)
+
+
+def test_the_state_files_round_trip_and_a_partial_folder_is_no_state(tmp_path):
+    ids, x, *_ = night_two(5)
+    state = DriverState(ids, full_night(x), DEPTH)
+    wh = str(tmp_path)
+    save_state(wh, "2026-07-01", "run1", state)
+    back = load_state(wh, "2026-07-01", "run1")
+    assert list(back.ids) == list(ids) and back.depth == DEPTH
+    for a, b in zip(back.rounds, state.rounds, strict=True):
+        for f in ("ids", "scores", "vectors", "assign"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert has_state(wh, "2026-07-01", "run1") and not has_state(wh, "2026-07-01", "run2")
+    save_state(wh, "2026-07-02", "run3", state)
+    (tmp_path / "_state/lists/2026-07-02/run3/meta.json").unlink()  # a crash before the folder was complete
+    assert not has_state(wh, "2026-07-02", "run3")
+    prune_states(wh, "2026-07-02")
+    assert not has_state(wh, "2026-07-01", "run1")
