@@ -1,4 +1,4 @@
-"""Train the titles-only re-ranker (no pHash; identifier features) on catalogs of several shapes,
+"""Train the titles-only re-ranker (no pHash; identifier and attribute features) on catalogs of several shapes,
 other shops' included, leaving one catalog out for each other-shop catalog it is scored on.
 
     python bench/rerank_titles.py --out data/models/titles [--cache-dir data/cache]
@@ -10,7 +10,9 @@ alone, as a shop without precomputed pHash runs):
 - ``f3``: Shopee tuning fold 3 as it is (every listing has a twin);
 - ``f4_single``: tuning fold 4, 30 % of its groups whole and one listing of each other group;
 - ``g11``: the generated sample of seed 11 (product lines sharing names and codes);
-- ``amazon_google``, ``wdc_products``: the other shops' catalogs whole;
+- ``amazon_google``, ``wdc_products``: the other shops' catalogs whole (with their optional
+  ``brand`` / ``price`` attributes, and walmart_amazon's ``modelno`` as ``model``, cleaned as the
+  reader cleans them: the attribute features of graph/rerank.ATTR_FEATURES);
 - ``walmart_amazon``: whole label groups of it drawn until 8,000 listings (the catalog's own mix:
   93 % without a duplicate), to keep the training time down.
 
@@ -83,7 +85,7 @@ def main() -> int:
     ap.add_argument(
         "--no-identifiers",
         action="store_true",
-        help="ablation: train on the pair features without the identifier ones (graph/rerank.FEATURES)",
+        help="ablation: train on the pair features without the identifier and attribute ones (graph/rerank.FEATURES)",
     )
     ap.add_argument(
         "--no-prior-shift",
@@ -110,8 +112,8 @@ def main() -> int:
             100 * pcs[name].y.mean(),
             time.perf_counter() - t0,
         )
-    if args.no_identifiers:  # the identifier features are the last columns of IDENTIFIER_FEATURE_SET
-        assert tuple(rerank_train.TRAIN_FEATURES) == FEATURES + ID_FEATURES
+    if args.no_identifiers:  # the identifier (and attribute) features follow FEATURES in the training set
+        assert tuple(rerank_train.TRAIN_FEATURES)[: len(FEATURES) + len(ID_FEATURES)] == FEATURES + ID_FEATURES
         rerank_train.TRAIN_FEATURES = FEATURES  # what the fit names and the model directory records
         pcs = {k: dataclasses.replace(v, X=v.X[:, : len(FEATURES)]) for k, v in pcs.items()}
     runs = {"all": list(pcs)}

@@ -69,6 +69,7 @@ from listing_dedup.graph.rerank import (  # noqa: E402
     BUILTIN_TITLES,
     candidate_frame,
     for_coverage,
+    frame_attributes,
     group_margin_of,
     histogram_of,
     model_dir_of,
@@ -296,7 +297,13 @@ def run_conf(cat: Catalog, cfg: DedupConfig, titles_model: str | None = None) ->
     k = cfg.index.k
     final = cat.search(w, tuple(cfg.inb.thresholds), k)
     frame = candidate_frame(
-        cat.search(w, (), k), final, cat.df["title"].tolist(), cat.df["image_phash"].tolist(), k, cfg.rerank.min_score
+        cat.search(w, (), k),
+        final,
+        cat.df["title"].tolist(),
+        cat.df["image_phash"].tolist(),
+        k,
+        cfg.rerank.min_score,
+        frame_attributes(cat.df),  # the optional model / brand / price, as the job's frame carries them
     )
     prob = model.round_probabilities(frame)[-1]
     guard = dataclasses.replace(cfg.guard, group_margin=group_margin_of(cfg, model))

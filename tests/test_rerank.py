@@ -13,6 +13,8 @@ import yaml
 from listing_dedup.config import load_config
 from listing_dedup.errors import ConfigError
 from listing_dedup.graph.rerank import (
+    ATTRIBUTE_FEATURE_SET,
+    ATTRIBUTE_FRAME_COLUMNS,
     FEATURES,
     FRAME_COLUMNS,
     GRAPH_FEATURES,
@@ -220,6 +222,27 @@ def test_spark_candidate_frame_and_scores_equal_numpy(spark):
     alone = rerank_spark(frame, one).toPandas().sort_values(["src", "dst"], ignore_index=True)
     np.testing.assert_allclose(alone["score"], one.predict(ref), atol=1e-6)
     assert not np.allclose(alone["score"], scored["score"])
+
+    # the optional attributes (issue 30) ride along to both ends, the same in both frames
+    n = len(ids)
+    attrs = {
+        "model": [f"M{i % 9}" if i % 3 else None for i in range(n)],
+        "brand": [f"b{i % 4}" if i % 2 else None for i in range(n)],
+        "price": [float(i) if i % 5 else None for i in range(n)],
+    }
+    ref = candidate_frame(base, final, titles, phashes, k, min_score=0.2, attributes=attrs)
+    ref = ref.assign(src=ids[ref["src"]], dst=ids[ref["dst"]]).sort_values(["src", "dst"], ignore_index=True)
+    listings = spark.createDataFrame(
+        pd.DataFrame({"posting_id": ids, "title": titles, "image_phash": phashes, **attrs}),
+        "posting_id string, title string, image_phash string, model string, brand string, price double",
+    )
+    frame = candidate_frame_spark(_pairs_df(spark, ids, base), _pairs_df(spark, ids, final), listings, k, 0.2)
+    got = frame.toPandas().sort_values(["src", "dst"], ignore_index=True)
+    assert list(got.columns) == ["src", "dst", *FRAME_COLUMNS, *ATTRIBUTE_FRAME_COLUMNS]
+    np.testing.assert_allclose(
+        pair_features(got, ATTRIBUTE_FEATURE_SET), pair_features(ref, ATTRIBUTE_FEATURE_SET), atol=1e-6
+    )
+    assert got["model_dst"].tolist() == ref["model_dst"].tolist()
 
 
 def _labelled(seed, n_products=120):

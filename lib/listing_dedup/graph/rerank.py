@@ -91,7 +91,20 @@ FEATURES = (
 # trained on FEATURES alone keep loading and scoring as before.
 ID_FEATURES = ("code_shared", "code_shared_len", "code_conflict", "quantity_conflicts", "codes_min")
 IDENTIFIER_FEATURE_SET = FEATURES + ID_FEATURES
-FEATURE_SETS = (FEATURES, IDENTIFIER_FEATURE_SET)  # the pair-feature lists a model may be trained on
+# the optional listing attributes (issue 30; the reader's ``model`` / ``brand`` / ``price``, null when
+# a catalog lacks them): whether the brands agree (1), conflict (0) or cannot be compared (NaN; one
+# brand alone counts as agreeing when the other title holds it), whether the model numbers agree (1:
+# equal, or one side's model found in the other's title; 0.5: one side's model not in the other's
+# title; 0: both given and different; NaN: none given) and the prices' absolute log ratio (NaN unless
+# both are positive). A model trained on ATTRIBUTE_FEATURE_SET also reads each side's ``model`` into
+# its codes (the ID_FEATURES); the older sets read the titles alone, as they were trained.
+ATTR_FEATURES = ("brand_agree", "model_agree", "price_ratio")
+ATTRIBUTE_FEATURE_SET = IDENTIFIER_FEATURE_SET + ATTR_FEATURES
+# the pair-feature lists a model may be trained on
+FEATURE_SETS = (FEATURES, IDENTIFIER_FEATURE_SET, ATTRIBUTE_FEATURE_SET)
+# the attributes a candidate frame carries for both ends when the listings have them
+FRAME_ATTRIBUTES = ("model", "brand", "price")
+ATTRIBUTE_FRAME_COLUMNS = tuple(f"{a}_{s}" for a in FRAME_ATTRIBUTES for s in ("src", "dst"))
 
 # a graph round's model reads FEATURES + these, computed from the previous round's probabilities
 GRAPH_FEATURES = (
@@ -155,23 +168,32 @@ def phash_bits(a: Sequence, b: Sequence) -> np.ndarray:
     return out
 
 
-def identifier_features(titles_a: Sequence, titles_b: Sequence) -> dict[str, np.ndarray]:
-    """The :data:`ID_FEATURES` of each pair of titles (each title's identifiers extracted once)."""
+def _text(v: object) -> str:
+    return "" if v is None or (isinstance(v, float) and v != v) else str(v)
+
+
+def identifier_features(
+    titles_a: Sequence, titles_b: Sequence, models_a: Sequence | None = None, models_b: Sequence | None = None
+) -> dict[str, np.ndarray]:
+    """The :data:`ID_FEATURES` of each pair of titles (each title's identifiers extracted once);
+    ``models_*``: each side's optional ``model`` attribute, merged into its codes (None: titles alone)."""
     from listing_dedup.embed.identifiers import identifiers
 
-    cache: dict[str, Any] = {}
+    cache: dict[tuple[str, str], Any] = {}
 
-    def ids(t: object):
-        key = "" if t is None or (isinstance(t, float) and t != t) else str(t)
+    def ids(t: object, m: object):
+        key = (_text(t), _text(m))
         got = cache.get(key)
         if got is None:
-            got = cache[key] = identifiers(key)
+            got = cache[key] = identifiers(key[0], key[1] or None)
         return got
 
     n = len(titles_a)
+    ma = models_a if models_a is not None else [None] * n
+    mb = models_b if models_b is not None else [None] * n
     out = {f: np.zeros(n) for f in ID_FEATURES}
     for i, (ta, tb) in enumerate(zip(titles_a, titles_b, strict=True)):
-        a, b = ids(ta), ids(tb)
+        a, b = ids(ta, ma[i]), ids(tb, mb[i])
         shared = a.codes & b.codes
         out["code_shared"][i] = float(bool(shared))
         out["code_shared_len"][i] = max((len(c) for c in shared), default=0)
@@ -181,6 +203,51 @@ def identifier_features(titles_a: Sequence, titles_b: Sequence) -> dict[str, np.
         )
         out["codes_min"][i] = min(len(a.codes), len(b.codes))
     return out
+
+
+def _squash(v: object) -> str:
+    """Lower-case letters and digits only: ``"Hewlett-Packard"`` -> ``"hewlettpackard"``."""
+    return re.sub(r"[^0-9a-z]", "", _text(v).lower())
+
+
+def _price(v: object) -> float:
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return np.nan
+    return x if np.isfinite(x) and x > 0 else np.nan
+
+
+def attribute_features(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The :data:`ATTR_FEATURES` of a candidate frame (its ``model_*`` / ``brand_*`` / ``price_*``
+    columns; a frame without them: every value NaN)."""
+    n = len(frame)
+
+    def col(c: str) -> list:
+        return frame[c].tolist() if c in frame.columns else [None] * n
+
+    ta, tb = [_squash(t) for t in col("title_src")], [_squash(t) for t in col("title_dst")]
+    brand, model = np.full(n, np.nan), np.full(n, np.nan)
+    for out, a_vals, b_vals, alone_miss in (
+        (brand, col("brand_src"), col("brand_dst"), np.nan),
+        (model, col("model_src"), col("model_dst"), 0.5),
+    ):
+        for i, (va, vb) in enumerate(zip(a_vals, b_vals, strict=True)):
+            a, b = _squash(va), _squash(vb)
+            if len(a) < 2:
+                a = ""
+            if len(b) < 2:
+                b = ""
+            if a and b:
+                out[i] = float(a in b or b in a)
+            elif a or b:  # one side's value alone: found in the other's title?
+                v, other = (a, tb[i]) if a else (b, ta[i])
+                out[i] = 1.0 if v in other else alone_miss
+    pa = np.array([_price(v) for v in col("price_src")], dtype=np.float64)
+    pb = np.array([_price(v) for v in col("price_dst")], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.abs(np.log(pa) - np.log(pb))
+    return {"brand_agree": brand, "model_agree": model, "price_ratio": ratio}
 
 
 def pair_features(frame: pd.DataFrame, names: Sequence[str] = FEATURES) -> np.ndarray:
@@ -232,8 +299,16 @@ def pair_features(frame: pd.DataFrame, names: Sequence[str] = FEATURES) -> np.nd
         len_min=np.minimum(la, lb),
         len_diff=np.abs(la - lb),
     )
+    with_attributes = any(f in names for f in ATTR_FEATURES)
     if any(f in names for f in ID_FEATURES):
-        out.update(identifier_features(ta, tb))
+        models = (
+            (frame["model_src"].tolist(), frame["model_dst"].tolist())
+            if with_attributes and "model_src" in frame.columns
+            else (None, None)
+        )
+        out.update(identifier_features(ta, tb, *models))
+    if with_attributes:
+        out.update(attribute_features(frame))
     return np.column_stack([out[name] for name in names]) if n else np.zeros((0, len(names)))
 
 
@@ -344,11 +419,13 @@ def candidate_frame(
     phashes: Sequence,
     k: int,
     min_score: float = -1.0,
+    attributes: Mapping[str, Sequence] | None = None,
 ) -> pd.DataFrame:
     """The candidate frame over row indices: ``base`` is the first (pre-INB) search and
     ``final`` the last one, each ``(src, dst, score)`` sorted like ``tuning.knn``. Rows are the
     final candidates with ``score >= min_score``; columns ``src``, ``dst`` (row indices) and
-    those of :data:`FRAME_COLUMNS`."""
+    those of :data:`FRAME_COLUMNS`, then ``<a>_src`` / ``<a>_dst`` for each of
+    :data:`FRAME_ATTRIBUTES` that ``attributes`` (name -> one value a listing) holds."""
     n = len(titles)
     fs, fd, fsc = final
     bs, bd, bsc = base
@@ -372,7 +449,18 @@ def candidate_frame(
         cols[f"{name}_src"] = stats[name][s]
         cols[f"{name}_dst"] = stats[name][d]
     cols.update(phash_src=phash_arr[s], phash_dst=phash_arr[d], title_src=titles_arr[s], title_dst=titles_arr[d])
+    for a in FRAME_ATTRIBUTES:
+        if attributes is not None and attributes.get(a) is not None:
+            vals = pd.Series(list(attributes[a]), dtype=object)
+            arr = vals.where(vals.notna(), None).to_numpy(dtype=object)
+            cols[f"{a}_src"], cols[f"{a}_dst"] = arr[s], arr[d]
     return pd.DataFrame(cols)
+
+
+def frame_attributes(df: pd.DataFrame) -> dict[str, Sequence] | None:
+    """The :data:`FRAME_ATTRIBUTES` columns ``df`` has (for :func:`candidate_frame`), None if none."""
+    got = {a: df[a].tolist() for a in FRAME_ATTRIBUTES if a in df.columns}
+    return got or None
 
 
 # --------------------------------------------------------------------------------------
@@ -717,7 +805,8 @@ def rerank_rule_spark(cfg, model: Reranker, scored):
 
 def candidate_frame_spark(base_nbrs, final_nbrs, listings, k: int, min_score: float = -1.0):
     """The candidate frame on Spark (lazy): ``base_nbrs`` / ``final_nbrs`` are the first and the
-    last search (``src, dst, score``), ``listings`` has ``posting_id, title, image_phash``."""
+    last search (``src, dst, score``), ``listings`` has ``posting_id, title, image_phash`` and
+    any of the optional :data:`FRAME_ATTRIBUTES` (carried to both ends, as :func:`candidate_frame`)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -736,7 +825,13 @@ def candidate_frame_spark(base_nbrs, final_nbrs, listings, k: int, min_score: fl
     base = base_nbrs.select("src", "dst", F.col("score").cast("double").alias("raw_score"))
     raw_top1 = base.groupBy("src").agg(F.max("raw_score").alias("raw_top1_src"))
     rev = fin.select(F.col("dst").alias("src"), F.col("src").alias("dst"), F.col("rank").alias("rev_rank"))
-    info = listings.select("posting_id", F.col("title"), F.col("image_phash").cast("string").alias("phash"))
+    attrs = [a for a in FRAME_ATTRIBUTES if a in listings.columns]  # the optional attributes it has
+    info = listings.select(
+        "posting_id",
+        F.col("title"),
+        F.col("image_phash").cast("string").alias("phash"),
+        *[F.col(a).alias(f"_a_{a}") for a in attrs],
+    )
 
     def side(suffix: str, key: str):
         cols = [F.col(c).alias(f"{c}_{suffix}") for c in STATS]
@@ -747,6 +842,7 @@ def candidate_frame_spark(base_nbrs, final_nbrs, listings, k: int, min_score: fl
             F.col("posting_id").alias(key),
             F.col("title").alias(f"title_{suffix}"),
             F.col("phash").alias(f"phash_{suffix}"),
+            *[F.col(f"_a_{a}").alias(f"{a}_{suffix}") for a in attrs],
         )
 
     cand = fin.where(s >= F.lit(float(min_score)))
@@ -759,7 +855,7 @@ def candidate_frame_spark(base_nbrs, final_nbrs, listings, k: int, min_score: fl
         .withColumn("rev_rank", F.coalesce(F.col("rev_rank"), F.lit(float(k))))
         .join(side_info("src", "src"), "src", "left")
         .join(side_info("dst", "dst"), "dst", "left")
-        .select("src", "dst", *FRAME_COLUMNS)
+        .select("src", "dst", *FRAME_COLUMNS, *[f"{a}_{x}" for a in attrs for x in ("src", "dst")])
     )
 
 

@@ -37,10 +37,24 @@ input folder when that is empty) and ``input.image_roots``. A storage failure re
 (permission denied, connection refused, a root that is not there) fails the run (exit 1).
 
 Hostile files: only the known columns are read (another column, whatever its name, e.g.
-``price.usd``, only travels into ``raw``); a string field that is not valid UTF-8, a file of
-the folder whose column types differ from the first file's, or a corrupt file is an
+``price.usd``, only travels into ``raw``; the optional attributes below are known ones); a
+string field that is not valid UTF-8, a file of the folder whose column types differ from the
+first file's, or a corrupt file is an
 :class:`InputError` (exit 2) naming the file (and the column and row): the query's failure is
 classified by :func:`listing_dedup.ingest.failures.job_failure`.
+
+Optional attributes (issue 30; never required): ``brand``, ``model`` (or ``modelno``),
+``category``, ``price`` and ``description``, when the input has them, are validated
+(:func:`listing_dedup.ingest.rows.validate_attributes`) and kept as columns of ``kept`` (``price``
+a double, the others cleaned text, ``model`` under that name whichever column it came from). A bad
+value never rejects its row: the listing's title and image still work, and an optional field must
+not cost a listing; it is nulled and counted instead (:func:`nulled_attributes`: a price that is not
+one number >= 0, e.g. ``"call us"``, ``"-5"``; the job adds ``price_nulled`` to the run's signal
+counts and logs a warning). Text attributes are cleaned like titles and cut at
+``rows.ATTRIBUTE_MAX_CHARS``; invalid UTF-8 in them fails the read like a title's (exit 2). Any
+scalar type is read (a model number stored as a number is text); a struct, array, map, binary,
+boolean or date attribute column is an :class:`InputError` (exit 2) naming it. The re-ranker's
+candidate frame carries ``model`` / ``brand`` / ``price`` of both ends (graph/rerank.ATTR_FEATURES).
 
 Column types: ``posting_id``, ``title`` and ``image_phash`` must be strings and ``image`` a
 string (path) or binary (encoded bytes); any other type is an :class:`InputError` (exit 2)
@@ -67,14 +81,24 @@ from listing_dedup.config import InputConf
 from listing_dedup.errors import InputError
 from listing_dedup.ingest.failures import BAD_INPUT, STORAGE_SIGNS, read_error
 from listing_dedup.ingest.images import ImageRoots, image_roots_for
-from listing_dedup.ingest.rows import DUPLICATE_POSTING_ID, OUTPUT_COLUMNS, RowRules, validate_rows
+from listing_dedup.ingest.rows import (
+    ATTRIBUTES,
+    DUPLICATE_POSTING_ID,
+    MODEL_ALIASES,
+    OUTPUT_COLUMNS,
+    RowRules,
+    validate_attributes,
+    validate_rows,
+)
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = {"posting_id": (T.StringType,), "title": (T.StringType,)}
 OPTIONAL_COLUMNS = {"image": (T.StringType, T.BinaryType), "image_phash": (T.StringType,)}
 KEPT_COLUMNS = ("posting_id", "title", "image", "image_phash", "image_error")
-__all__ = ["STORAGE_SIGNS", "read_error", "read_input", "read_listings", "validate"]
+# the optional attributes' accepted types: text ones any scalar (read as text), the price a number or text
+_SCALAR = (T.StringType, T.NumericType, T.NullType)
+__all__ = ["STORAGE_SIGNS", "nulled_attributes", "read_error", "read_input", "read_listings", "validate"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +112,10 @@ class Ingested:
     # DataFrames the reader persisted (the validated rows when images are decoded, so that
     # ``kept`` and ``rejects`` do not decode every image twice); the caller unpersists them
     cached: tuple[DataFrame, ...] = ()
+    # the optional attributes read (ingest/rows.ATTRIBUTES the input has; kept carries them) and,
+    # when any, the validated rows with ``reason`` and ``attributes_nulled`` (for nulled_attributes)
+    attributes: tuple[str, ...] = ()
+    checked: DataFrame | None = None
 
     def rows_in(self) -> int:
         return self.source.count()
@@ -225,6 +253,45 @@ def check_schema(df: DataFrame) -> DataFrame:
     return df
 
 
+def attribute_sources(df: DataFrame) -> dict[str, str]:
+    """The optional attributes the input has: attribute -> its column (``model`` is read from
+    ``model``, else ``modelno``). A column of a non-scalar type (struct, array, map, binary,
+    boolean, date) is an :class:`InputError` naming it: it cannot hold a brand or a price."""
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    out: dict[str, str] = {}
+    for a in ATTRIBUTES:
+        names = MODEL_ALIASES if a == "model" else (a,)
+        col = next((c for c in names if c in fields), None)
+        if col is None:
+            continue
+        if not isinstance(fields[col], _SCALAR):
+            raise InputError(
+                f"input column '{col}' (the optional {a} attribute) has type {fields[col].simpleString()}, "
+                "expected a string or a number"
+            )
+        out[a] = col
+    return out
+
+
+def nulled_attributes(ing: Ingested) -> dict[str, int]:
+    """Kept listings whose optional attribute held a bad value (a price that is not one number
+    >= 0) and was nulled, by attribute (``<attribute>_nulled``; one aggregate; {} when the input has
+    no attribute or none was nulled). Logged as a warning; the job adds it to the run's signal counts."""
+    if ing.checked is None:
+        return {}
+    kept = ing.checked.where(F.col("reason").isNull() & F.col("attributes_nulled").isNotNull())
+    names = [a for a in ing.attributes if a == "price"]  # the only attribute a value can be bad in
+    if not names:
+        return {}
+    row = kept.agg(
+        *[F.sum(F.when(F.col("attributes_nulled").contains(a), 1).otherwise(0)).alias(a) for a in names]
+    ).first()
+    out = {f"{a}_nulled": int(row[a] or 0) for a in names if row[a]}
+    for k, n in out.items():
+        log.warning("%d kept listings had a bad %s (not one number >= 0): nulled, the listing kept", n, k[:-7])
+    return out
+
+
 def _quoted(name: str):
     """A column by its exact name (``price.usd`` is a name, not a struct field)."""
     return F.col("`" + name.replace("`", "``") + "`")
@@ -279,7 +346,8 @@ def validate(df: DataFrame, cfg: InputConf, image_root: str | ImageRoots = "") -
         else ImageRoots.build(image_root, tuple(cfg.image_roots), max_bytes=cfg.max_image_bytes)
     )
     rules = RowRules(max_title_chars=cfg.max_title_chars, images=roots)
-    checked = [c for c in ("posting_id", "title", "image", "image_phash") if c in original_columns]
+    attrs = attribute_sources(df)
+    checked = [c for c in ("posting_id", "title", "image", "image_phash", *attrs.values()) if c in original_columns]
     checked = [c for c in checked if isinstance(df.schema[c].dataType, T.StringType)]
     none = F.lit(None).cast("string")
 
@@ -288,6 +356,15 @@ def validate(df: DataFrame, cfg: InputConf, image_root: str | ImageRoots = "") -
     @F.pandas_udf(out_schema)
     def _validate(ids: pd.Series, titles: pd.Series, images: pd.Series, phashes: pd.Series) -> pd.DataFrame:
         return validate_rows(ids, titles, images, phashes, rules)
+
+    attr_fields = [T.StructField(a, T.DoubleType() if a == "price" else T.StringType()) for a in attrs]
+    attr_schema = T.StructType([*attr_fields, T.StructField("attributes_nulled", T.StringType())])
+    attr_names = list(attrs)
+
+    @F.pandas_udf(attr_schema)
+    def _attributes(*cols: pd.Series) -> pd.DataFrame:
+        cleaned, nulled = validate_attributes(dict(zip(attr_names, cols, strict=True)))
+        return cleaned.assign(attributes_nulled=nulled)
 
     image_col = F.col("image") if has_image else none
     phash_col = F.col("image_phash") if "image_phash" in original_columns else none
@@ -299,6 +376,8 @@ def validate(df: DataFrame, cfg: InputConf, image_root: str | ImageRoots = "") -
         image_col.alias("_image_in"),
         # the title carries the UTF-8 guard of every string column into the UDF: it always runs first
         _validate(F.col("posting_id"), _utf8_checked(df, checked, "title"), image_col, phash_col).alias("_v"),
+        # the optional attributes (ingest/rows.validate_attributes): a bad value is nulled, never a reject
+        *([_attributes(*[_quoted(c).cast("string") for c in attrs.values()]).alias("_a")] if attrs else []),
     )
     staged = staged.select(
         "_row",
@@ -307,6 +386,7 @@ def validate(df: DataFrame, cfg: InputConf, image_root: str | ImageRoots = "") -
         *[F.col(f"_v.{c}").alias(c) for c in OUTPUT_COLUMNS if c != "image"],
         # bytes values stay as read (the UDF returns stripped paths only)
         (F.when(F.length("_image_in") > 0, F.col("_image_in")) if binary_image else F.col("_v.image")).alias("image"),
+        *[F.col(f"_a.{a}").alias(a) for a in [*attrs, "attributes_nulled"] if attrs],
     )
     # rank valid rows sharing an id by input order; the first is kept
     w = Window.partitionBy("posting_id", F.col("reason").isNull()).orderBy("_row")
@@ -317,14 +397,22 @@ def validate(df: DataFrame, cfg: InputConf, image_root: str | ImageRoots = "") -
         ),
     )
     cached: tuple[DataFrame, ...] = ()
-    if has_image:  # kept and rejects read it: each image decoded once
+    if has_image or attrs:  # kept, rejects (and the attributes' count) read it: each row validated once
         staged = staged.persist(StorageLevel.MEMORY_AND_DISK)
         cached = (staged,)
-    kept = staged.where(F.col("reason").isNull()).select(*KEPT_COLUMNS)
+    kept = staged.where(F.col("reason").isNull()).select(*KEPT_COLUMNS, *attrs)
     if cfg.partitions:
         kept = kept.repartition(cfg.partitions)
     rejects = staged.where(F.col("reason").isNotNull()).select(F.col("_raw_id").alias("posting_id"), "reason", "raw")
-    return Ingested(kept=kept, rejects=rejects, has_image_column=has_image, source=source, cached=cached)
+    return Ingested(
+        kept=kept,
+        rejects=rejects,
+        has_image_column=has_image,
+        source=source,
+        cached=cached,
+        attributes=tuple(attrs),
+        checked=staged if attrs else None,
+    )
 
 
 def read_listings(spark: SparkSession, path: str, cfg: InputConf) -> Ingested:

@@ -38,6 +38,13 @@ from listing_dedup.ingest.images import ImageRoots, load_image
 from listing_dedup.ingest.phash import phash_hex
 from listing_dedup.ingest.titles import clean_title
 
+# the optional listing attributes (issue 30): read when the input has them, never required; a bad
+# value never rejects its row (the listing's title and image still work): it is nulled and counted
+ATTRIBUTES = ("brand", "model", "category", "price", "description")
+MODEL_ALIASES = ("model", "modelno")  # the input column read as ``model`` (the first one present)
+ATTRIBUTE_MAX_CHARS = {"brand": 200, "model": 200, "category": 500, "description": 5000}  # longer: cut
+_PRICE_NUMBER = re.compile(r"\d[\d.,' ]*\d|\d")
+
 NULL_POSTING_ID = "null_posting_id"
 NO_TITLE_NO_IMAGE = "no_title_no_image"
 MALFORMED_IMAGE_PHASH = "malformed_image_phash"
@@ -130,3 +137,79 @@ def validate_rows(
     phashes = image_phash if image_phash is not None else [None] * n
     rows = [validate_row(i, t, im, ph, rules) for i, t, im, ph in zip(posting_id, title, images, phashes, strict=True)]
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), index=posting_id.index, dtype=object)
+
+
+def clean_attribute_text(value: Any, max_chars: int) -> str | None:
+    """A text attribute cleaned like a title (:func:`clean_title`: escapes, NFC, whitespace, cut
+    to ``max_chars``); None when absent or blank. Any scalar is read as its text (a model number
+    stored as a number is still a model number)."""
+    if _null(value):
+        return None
+    return clean_title(value, max_chars) or None
+
+
+def parse_price(value: Any) -> tuple[float | None, bool]:
+    """``(price, bad)``: a price as a float >= 0, from a number or a text holding one number with
+    an optional currency (``"$1,409.99"``, ``"€134,00"``, ``"69.71 gbp"``, ``"3.99E1"``); ``(None,
+    False)`` when absent or blank; ``(None, True)`` when present but not one finite number >= 0
+    (``"call us"``, ``"-5"``, ``"1-2"``, ``inf``). A comma followed by exactly 1-2 digits at the end
+    is a decimal comma; other commas, apostrophes and spaces group thousands."""
+    if _null(value):
+        return None, False
+    if isinstance(value, bool):
+        return None, True
+    if isinstance(value, (int, float)):
+        x = float(value)
+        return (x, False) if x == x and x not in (float("inf"), float("-inf")) and x >= 0 else (None, True)
+    s = str(value).strip()
+    if not s:
+        return None, False
+    try:  # plain and scientific notation ("39.9", "3.99E1")
+        x = float(s)
+        return (x, False) if x == x and abs(x) != float("inf") and x >= 0 else (None, True)
+    except ValueError:
+        pass
+    nums = _PRICE_NUMBER.findall(s)
+    if len(nums) != 1 or "-" in s:
+        return None, True
+    n = nums[0].replace("'", "").replace(" ", "")
+    if "," in n and "." in n:  # the later one is the decimal mark
+        n = n.replace(",", "") if n.rfind(".") > n.rfind(",") else n.replace(".", "").replace(",", ".")
+    elif "," in n:
+        head, _, tail = n.rpartition(",")
+        n = (head.replace(",", "") + "." + tail) if len(tail) in (1, 2) else n.replace(",", "")
+    elif n.count(".") > 1:
+        return None, True
+    try:
+        return float(n), False
+    except ValueError:
+        return None, True
+
+
+def validate_attributes(columns: dict[str, pd.Series]) -> tuple[pd.DataFrame, pd.Series]:
+    """The optional attributes of some rows: ``columns`` maps each of :data:`ATTRIBUTES` the input
+    has to its aligned series. Returns (the cleaned values: text columns as str or None, ``price``
+    as float or NaN; one column per given attribute, same index) and, per row, the names of the
+    attributes that held a bad value and were nulled (comma-joined, None when none)."""
+    names = [a for a in ATTRIBUTES if a in columns]
+    if not names:
+        return pd.DataFrame(index=pd.RangeIndex(0)), pd.Series([], dtype=object)
+    index = columns[names[0]].index
+    out: dict[str, list] = {}
+    nulled: list[list[str]] = [[] for _ in range(len(index))]
+    for a in names:
+        vals = columns[a].tolist()
+        if a == "price":
+            got = []
+            for i, v in enumerate(vals):
+                x, bad = parse_price(v)
+                got.append(float("nan") if x is None else x)
+                if bad:
+                    nulled[i].append(a)
+            out[a] = got
+        else:
+            out[a] = [clean_attribute_text(v, ATTRIBUTE_MAX_CHARS[a]) for v in vals]
+    frame = pd.DataFrame(
+        {a: pd.Series(out[a], index=index, dtype="float64" if a == "price" else object) for a in names}
+    )
+    return frame, pd.Series([",".join(x) if x else None for x in nulled], index=index, dtype=object)

@@ -27,11 +27,12 @@ import numpy as np
 import pandas as pd
 
 from listing_dedup.graph.guard import margin_keep, split_large_numpy
+from listing_dedup.ingest.rows import ATTRIBUTES, validate_attributes
 from listing_dedup.ingest.titles import clean_title
 
 COLUMNS = ["posting_id", "title", "image_phash", "label_group"]
-# optional listing attributes a catalog may carry (other shops' files; never required)
-ATTRIBUTES = ["brand", "model", "category", "price", "description"]
+# optional listing attributes a catalog may carry (other shops' files; never required): ATTRIBUTES,
+# ingest/rows.py's
 OTHER_SHOPS = ("amazon_google", "walmart_amazon", "wdc_products")  # ../shared/data/other_shops/<name>.csv
 _HEX16 = r"[0-9a-fA-F]{16}"
 
@@ -54,6 +55,10 @@ def labelled_listings(df: pd.DataFrame, max_title_chars: int = 1000) -> pd.DataF
     ok = ph.notna() & ph.astype(str).str.fullmatch(_HEX16)
     out["image_phash"] = np.where(ok, ph.astype(str).str.lower(), None)
     has_title = out["title"].str.len() > 0
+    attrs = {a: out[a] for a in ATTRIBUTES if a in out.columns}
+    if attrs:  # cleaned as the reader cleans them (a bad value nulled)
+        cleaned, _ = validate_attributes(attrs)
+        out = out.assign(**{a: cleaned[a] for a in cleaned.columns})
     return _frame(out[has_title | ok])
 
 

@@ -37,13 +37,14 @@ from listing_dedup import __version__
 from listing_dedup.config import DedupConfig, MatchConf
 from listing_dedup.errors import ConfigError, InputError
 from listing_dedup.graph.rerank import (
+    ATTRIBUTE_FEATURE_SET,
     FORMAT,
     GRAPH_FEATURES,
-    IDENTIFIER_FEATURE_SET,
     MODEL_JSON,
     MODEL_TXT,
     VERSION,
     candidate_frame,
+    frame_attributes,
     graph_features,
     graph_model_file,
     pair_features,
@@ -135,7 +136,9 @@ def part_candidates(name: str, df: pd.DataFrame, cfg: DedupConfig, text: np.ndar
         raise ConfigError("config key 'embed': the re-ranker needs the text or the lexical signal")
     base, final = searched_lists(x, cfg)
     phashes = df["image_phash"].tolist() if "image_phash" in df.columns else [None] * len(df)
-    frame = candidate_frame(base, final, df["title"].tolist(), phashes, cfg.index.k, cfg.rerank.min_score)
+    frame = candidate_frame(
+        base, final, df["title"].tolist(), phashes, cfg.index.k, cfg.rerank.min_score, frame_attributes(df)
+    )
     src, dst = frame["src"].to_numpy(), frame["dst"].to_numpy()
     y = (part.scorer.lab[src] == part.scorer.lab[dst]).astype(np.int8)
     # as the job counts them (quality/run_health.signal_coverage): the re-ranker always reads pHash
@@ -189,7 +192,7 @@ def _lgb_params(cfg: DedupConfig) -> dict[str, Any]:
 
 
 # the pair features a new model is trained on: the identifier features since issue 30
-TRAIN_FEATURES = IDENTIFIER_FEATURE_SET
+TRAIN_FEATURES = ATTRIBUTE_FEATURE_SET
 
 
 def feature_names(graph_round: int) -> list[str]:
