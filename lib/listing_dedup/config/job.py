@@ -593,8 +593,14 @@ class IncrementalConf:
     # an incremental night searches and blends every listing on the epoch's idf and quantizer: the
     # reference an incremental night is compared with (bench/incremental.py, tests), not for production
     search_all: bool = False
+    # the driver plan (search/driver_night.py): a catalog of at most this many listings keeps its
+    # lists and vectors as arrays in files and an incremental night updates them with numpy on the
+    # driver (~9.3 KB a listing at lexical 1024-d, depth 66, one INB round: 4.6 GB at 500k); above
+    # it the Spark plan runs (Delta tables). 0: always the Spark plan
+    driver_max_listings: int = 500_000
 
     def __post_init__(self) -> None:
+        _check(self.driver_max_listings >= 0, "incremental.driver_max_listings", "must be >= 0")
         _check(0 <= self.slack <= 1024, "incremental.slack", "must be in [0, 1024]")
         _check(0 <= self.search_depth <= 4096, "incremental.search_depth", "must be in [0, 4096] (0 = k + slack)")
         _check(0.0 < self.max_drift <= 10.0, "incremental.max_drift", "must be in (0, 10]")

@@ -36,6 +36,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -337,6 +339,11 @@ def _carry_rows(prev: np.ndarray, pos: np.ndarray, keep_rows: np.ndarray, n: int
     return out
 
 
+@contextmanager
+def _no_stage(name: str) -> Iterator[dict[str, int]]:
+    yield {}
+
+
 def driver_rounds(
     prev: DriverState,
     *,
@@ -350,6 +357,7 @@ def driver_rounds(
     thresholds: tuple[float, ...] | list[float],
     search_depth: int | None = None,
     blend_reach: int = 4,
+    stage: Any = None,
 ) -> DriverState:
     """Tonight's rounds from yesterday's state (:func:`listing_dedup.search.rounds.delta_rounds`
     on arrays). ``removed``: the posting_ids whose old versions leave (deleted, changed);
@@ -357,7 +365,9 @@ def driver_rounds(
     changed, embedded tonight); ``centroids``, ``nprobe``: the epoch's quantizer and the index's
     probes. ``search_depth`` (default ``depth`` in round 0, ``blend_reach * depth`` in the
     blending rounds): the reach of an inserted listing's search. Counts as the Spark plan's
-    (``searched``, ``stale``, ``touched``, ``blended1``, ``searched1``...)."""
+    (``searched``, ``stale``, ``touched``, ``blended1``, ``searched1``...); ``stage``: a
+    ``StageTimer.stage`` the rounds are timed by (``search``, ``blend1``, ``search1``...)."""
+    stage = stage or _no_stage
     new_ids = np.asarray([str(p) for p in new_ids], dtype=str)
     o = np.argsort(new_ids, kind="stable")
     new_ids, new_vectors = new_ids[o], np.asarray(new_vectors, dtype=np.float32)[o]
@@ -390,23 +400,29 @@ def driver_rounds(
         counts[f"touched{suffix}"] = int(touched.sum())
         return RoundArrays(l_ids, l_sc, vectors, assign)
 
-    v0 = _carry_rows(prev.rounds[0].vectors, pos, keep_rows, n)
-    v0[ins_rows] = new_vectors
-    a0 = _carry_rows(prev.rounds[0].assign, pos, keep_rows, n)
-    a0[ins_rows] = assign_lists(new_vectors, centroids).astype(a0.dtype)
-    out.append(round_search(v0, a0, inserted, 0))
+    with stage("search") as c:
+        v0 = _carry_rows(prev.rounds[0].vectors, pos, keep_rows, n)
+        v0[ins_rows] = new_vectors
+        a0 = _carry_rows(prev.rounds[0].assign, pos, keep_rows, n)
+        a0[ins_rows] = assign_lists(new_vectors, centroids).astype(a0.dtype)
+        out.append(round_search(v0, a0, inserted, 0))
+        c.update(searched=counts["searched"], stale=counts["stale"], touched=counts["touched"])
     changed = inserted
     for r, threshold in enumerate(thresholds, start=1):
-        p_ids, p_sc = _carry_lists(prev.rounds[r - 1], pos, keep_rows, n, depth)
-        now = out[-1]
-        affected = affected_rows(p_ids, p_sc, now.ids, now.scores, changed, k, threshold)
-        a_rows = np.flatnonzero(affected)
-        vr = _carry_rows(prev.rounds[r].vectors, pos, keep_rows, n)
-        vr[a_rows] = blend_rows(now.vectors, now.ids, now.scores, a_rows, k, threshold)
-        ar = _carry_rows(prev.rounds[r].assign, pos, keep_rows, n)
-        ar[a_rows] = assign_lists(vr[a_rows], centroids).astype(ar.dtype)
-        counts[f"blended{r}"] = int(len(a_rows))
-        out.append(round_search(vr, ar, affected, r))
+        with stage(f"blend{r}") as c:
+            p_ids, p_sc = _carry_lists(prev.rounds[r - 1], pos, keep_rows, n, depth)
+            now = out[-1]
+            affected = affected_rows(p_ids, p_sc, now.ids, now.scores, changed, k, threshold)
+            a_rows = np.flatnonzero(affected)
+            vr = _carry_rows(prev.rounds[r].vectors, pos, keep_rows, n)
+            vr[a_rows] = blend_rows(now.vectors, now.ids, now.scores, a_rows, k, threshold)
+            ar = _carry_rows(prev.rounds[r].assign, pos, keep_rows, n)
+            ar[a_rows] = assign_lists(vr[a_rows], centroids).astype(ar.dtype)
+            counts[f"blended{r}"] = int(len(a_rows))
+            c["blended"] = counts[f"blended{r}"]
+        with stage(f"search{r}") as c:
+            out.append(round_search(vr, ar, affected, r))
+            c.update(searched=counts[f"searched{r}"], stale=counts[f"stale{r}"], touched=counts[f"touched{r}"])
         changed = affected
     return DriverState(ids, out, depth, counts)
 
@@ -526,3 +542,95 @@ def prune_states(warehouse: str, keep_from: str) -> None:
                 filesystem.delete_dir(info.path)
     except OSError as e:
         log.warning("could not prune the list state before %s: %s", keep_from, e)
+
+
+# --------------------------------------------------------------------------------------
+# the thin Spark layer: what the job hands the driver plan and takes back
+
+
+def incremental_rounds(
+    emb: Any,
+    delta: Any,
+    prev: DriverState,
+    quantizer: Any,
+    cfg: Any,
+    *,
+    depth: int,
+    timer: Any,
+    keep: Any,
+    with_first: bool = False,
+) -> Any:
+    """An incremental night's rounds on the driver, as a :class:`~listing_dedup.search.rounds.
+    SearchRounds` the later stages read like the Spark plan's: ``emb`` tonight's fused vectors
+    (only the delta's are collected: the others are the state's, the cache's bits), ``delta``
+    ``posting_id, kind``, ``prev`` the continued night's state, ``quantizer`` the epoch's. The
+    last round's top ``k`` (with its ``rank``) goes back to Spark as one frame (``nbrs`` and the
+    rule's ``lists[-1]``), the first round's only ``with_first`` (the re-ranker reads it)."""
+    from pyspark.sql import functions as F
+
+    from listing_dedup.search.indexer import as_matrix
+    from listing_dedup.search.rounds import SearchRounds
+
+    spark = emb.sparkSession
+    k = cfg.index.k
+    with timer.stage("search") as c:
+        moved = delta.where(F.col("kind") != "unchanged").toPandas()
+        removed = moved.loc[moved["kind"].isin(["deleted", "changed"]), "posting_id"]
+        ins = F.broadcast(delta.where(F.col("kind").isin("added", "changed")).select("posting_id"))
+        got = emb.join(ins, "posting_id").select("posting_id", "emb").toPandas()
+        d = prev.rounds[0].vectors.shape[1]
+        new_vectors = as_matrix(got["emb"], d) if len(got) else np.zeros((0, d), dtype=np.float32)
+        c["delta_vectors"] = len(got)
+    state = driver_rounds(
+        prev,
+        removed=removed.tolist(),
+        new_ids=got["posting_id"].tolist(),
+        new_vectors=new_vectors,
+        centroids=quantizer.centroids,
+        nprobe=cfg.index.nprobe,
+        k=k,
+        depth=depth,
+        thresholds=tuple(cfg.inb.thresholds),
+        search_depth=cfg.incremental.search_depth or None,
+        stage=timer.stage,
+    )
+    with timer.stage("lists") as c:
+        schema = "src string, dst string, score float, rank int"
+        last = keep(spark.createDataFrame(top_k_frame(state, len(state.rounds) - 1, k), schema))
+        c["rows"] = last.count()
+        first = None
+        if with_first:
+            first = keep(spark.createDataFrame(top_k_frame(state, 0, k), schema)).select("src", "dst", "score")
+    nbrs = last.select("src", "dst", "score")
+    lists: list[Any] = [None] * (len(state.rounds) - 1) + [last]
+    return SearchRounds(lists, [emb], first, nbrs, quantizer, dict(state.counts), driver=state)
+
+
+def state_of_rounds(rounds: Any, depth: int) -> DriverState:
+    """A night's state from the Spark plan's rounds (a full night, the reference, or an
+    incremental night of the Spark plan): every round's lists and vectors collected."""
+    from listing_dedup.search.indexer import as_matrix
+    from listing_dedup.search.rounds import ranked
+
+    lists = [ranked(df).select("src", "dst", "score", "rank").toPandas() for df in rounds.lists]
+    vectors = []
+    for df in rounds.vectors:
+        pdf = df.select("posting_id", "emb").toPandas()
+        d = rounds.quantizer.d
+        vectors.append((pdf["posting_id"], as_matrix(pdf["emb"], d) if len(pdf) else np.zeros((0, d), np.float32)))
+    return full_state(lists, vectors, rounds.quantizer.centroids, depth)
+
+
+def state_frames(spark: Any, state: DriverState) -> tuple[list[Any], list[Any]]:
+    """The state's lists and blended vectors as the Spark plan reads them from the Delta state
+    (``src, dst, score, rank`` each round; ``posting_id, emb`` each blending round, None for
+    round 0): a night whose catalog outgrew ``incremental.driver_max_listings`` continues a
+    state the driver plan kept."""
+    lists, vectors = [], [None]
+    schema = "src string, dst string, score float, rank int"
+    for r, rd in enumerate(state.rounds):
+        lists.append(spark.createDataFrame(top_k_frame(state, r, rd.ids.shape[1]), schema))
+        if r:
+            pdf = pd.DataFrame({"posting_id": state.ids.astype(object), "emb": list(rd.vectors)})
+            vectors.append(spark.createDataFrame(pdf, "posting_id string, emb array<float>"))
+    return lists, vectors

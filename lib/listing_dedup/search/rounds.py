@@ -58,6 +58,9 @@ class SearchRounds:
     nbrs: Any
     quantizer: Quantizer
     counts: dict[str, int] = field(default_factory=dict)
+    # the driver plan's arrays (search/driver_night.DriverState): the state tonight leaves as
+    # files; None for the Spark plan's rounds (their state is collected when the catalog fits)
+    driver: Any = None
 
 
 def top_k(lists: DataFrame, k: int, depth: int) -> DataFrame:
