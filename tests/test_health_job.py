@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -284,13 +285,34 @@ def test_builtin_defaults_on_a_phash_free_catalog_run_the_titles_only_model(spar
     )
     cfg = load_config(
         ["conf/local.yaml"],
-        ["input.partitions=2", "index.n_shards=1", "output.candidates=false", "output.explanations=false"],
+        ["input.partitions=2", "index.n_shards=1", "output.candidates=false", "review.nightly=true"],
     )
-    out = run_dedup(spark=spark, cfg=cfg, input_path=str(path), run_date="2026-05-04", warehouse=str(tmp_path / "wh"))
+    wh = str(tmp_path / "wh")
+    out = run_dedup(spark=spark, cfg=cfg, input_path=str(path), run_date="2026-05-04", warehouse=wh)
     text = out.as_text()
     assert "the built-in titles-only re-ranker (builtin-titles" in text, text
     assert out.signal_counts.get("reranked_pairs", 0) > 0 and "rerank_fallback" not in out.signal_counts, text
     assert out.health.warning_codes == [], text
     assert "amazon_google" in out.health.reference  # the titles-only model's training parts
     # its thresholds moved to this catalog's estimated share of matches (graph/rerank.prior_shifted)
-    assert any(n.startswith("prior shift: ") for n in out.health.notes), text
+    shift = [n for n in out.health.notes if n.startswith("prior shift: ")]
+    assert shift, text
+    # the explanations and the review queue read the rule as applied, shifted (not rerank.threshold)
+    m = re.search(r"probability threshold ([0-9.]+) -> ([0-9.]+), min2 [0-9.]+ -> ([0-9.]+)", shift[0])
+    unshifted, t, t2 = (float(g) for g in m.groups())
+    assert abs(t - unshifted) > 0.01, shift  # the catalog moves it: the check below can tell the two apart
+    matches = read_table(wh, "matches")
+    seen = 0
+    for row in matches.itertuples():
+        for why, sig in zip(row.kept_by, row.signal_scores):
+            p = dict(sig)["rerank"]
+            if abs(p - t) < 1e-3 or abs(p - t2) < 1e-3:
+                continue  # the note rounds to 3 decimals
+            assert why.startswith("reranker:builtin"), why
+            assert why.endswith(":min2") == (p < t), (why, p, t)
+            seen += 1
+    assert seen > 0
+    queue = read_table(wh, "review_queue")  # one night: no previous groups, so no new_merge rows
+    assert len(queue) > 0 and set(queue["reason"]) <= {"near_threshold", "guard_cut"}
+    near = 1.0 - (queue["probability"] - t).abs() / max(t, 1.0 - t)  # the priority of docs/review.md
+    np.testing.assert_allclose(queue["priority"], near + (queue["reason"] == "guard_cut"), atol=2e-3)

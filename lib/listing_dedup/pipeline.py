@@ -385,6 +385,8 @@ class Matched:
     groups: DataFrame
     changes: DataFrame
     health: Health
+    rule: MatchConf  # the rule that kept the edges, as applied (the titles model's prior-shifted thresholds)
+    reranked: bool  # the re-ranker's edges were kept (no fallback to the threshold rule)
 
 
 # --------------------------------------------------------------------------------------
@@ -486,9 +488,10 @@ def match(
     ph_pairs = phash(run, listings, night)
     scored = rerank(run, setup, listings, rounds)
     extra = extra_edges(run, listings, embedded, ph_pairs)
-    edges, groups, health = group(run, setup, listings, rounds, scored, extra)
+    edges, groups, health, rule = group(run, setup, listings, rounds, scored, extra)
     groups, changes = stable_ids(run, groups)
-    return Matched(embedded, rounds, ph_pairs, scored, edges, groups, changes, health)
+    reranked = scored is not None and not run.summary.signal_counts.get("rerank_fallback")
+    return Matched(embedded, rounds, ph_pairs, scored, edges, groups, changes, health, rule, reranked)
 
 
 def _depth(cfg: DedupConfig) -> int:
@@ -922,13 +925,13 @@ def group(
     rounds: SearchRounds | None,
     scored: DataFrame | None,
     extra: list[DataFrame],
-) -> tuple[DataFrame, DataFrame, Health]:
+) -> tuple[DataFrame, DataFrame, Health, MatchConf]:
     """Edges -> components -> health, with the re-ranker's rule; redone with the threshold rule
-    when the re-ranker's run is flagged (``rerank.fallback: rule``)."""
+    when the re-ranker's run is flagged (``rerank.fallback: rule``). The rule is the one applied."""
     cfg, summary = run.cfg, run.summary
     nbrs = rounds.nbrs if rounds is not None else None
     lists = rounds.lists[-1] if rounds is not None else None  # ranked: the rule reads a prefix of each
-    edges, groups, health = graph(
+    edges, groups, health, rule = graph(
         run, listings, nbrs, scored, extra, setup, scored is not None, setup.health_ref, setup.health_note, lists=lists
     )
     if scored is not None and health.warnings and cfg.rerank.fallback == "rule":
@@ -940,7 +943,7 @@ def group(
             ",".join(refused.warning_codes),
         )
         rule_ref, rule_note = choose_reference(cfg.without_reranker())
-        edges, groups, health = graph(
+        edges, groups, health, rule = graph(
             run, listings, nbrs, scored, extra, setup, False, rule_ref, rule_note, "_rule", lists=lists
         )
         health = with_fallback(health, refused)
@@ -948,7 +951,7 @@ def group(
     if setup.rerank_note:
         health = dataclasses.replace(health, notes=[setup.rerank_note, *health.notes])
     summary.health = health
-    return edges, groups, health
+    return edges, groups, health, rule
 
 
 def graph(
@@ -963,9 +966,10 @@ def graph(
     note: str,
     suffix: str = "",
     lists: DataFrame | None = None,
-) -> tuple[DataFrame, DataFrame, Health]:
+) -> tuple[DataFrame, DataFrame, Health, MatchConf]:
     """Edges -> components (margin, guard) -> health, with the re-ranker's probabilities and
-    rule or with the threshold rule on the fused score. ``lists``: the last round's ranked lists,
+    rule or with the threshold rule on the fused score; and the rule applied (the titles model's
+    thresholds prior-shifted to the catalog: graph/rerank.rerank_rule_spark). ``lists``: the last round's ranked lists,
     whose rows the threshold rule reads (search/rounds.rule_rows) instead of the whole top k."""
     spark, cfg, timer, keep, summary = run.spark, run.cfg, run.timer, run.keep, run.summary
     kept = listings.kept
@@ -1050,7 +1054,7 @@ def graph(
         c["health_warnings"] = len(health.warnings)
     if shift:  # the titles model's thresholds moved to this catalog's share of matches (issue 30)
         health = dataclasses.replace(health, notes=[*health.notes, shift])
-    return edges, groups, health
+    return edges, groups, health, rule
 
 
 def stable_ids(run: Run, groups: DataFrame) -> tuple[DataFrame, DataFrame]:

@@ -54,24 +54,24 @@ class EdgeRule:
     union: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, cfg: Any, use_reranker: bool) -> EdgeRule:
-        """The rule of a run under ``cfg`` (``use_reranker``: the re-ranker's edges were kept, no fallback)."""
+    def of(cls, cfg: Any, rule: Any, reranked: bool) -> EdgeRule:
+        """The rule of a run under ``cfg`` as the graph stage applied it: ``rule`` (a MatchConf:
+        the titles model's thresholds are prior-shifted to the catalog, so not ``cfg``'s);
+        ``reranked``: the re-ranker's edges were kept (no fallback), named by ``rerank.model``."""
         union = tuple(s for s in ("text", "lexical", "image") if getattr(getattr(cfg.union, s), "enabled", False))
-        if use_reranker:
-            m = cfg.rerank.match()
+        if reranked:
             name = str(cfg.rerank.model)
             name = name if "/" not in name and "\\" not in name else Path(name).name
-            return cls(f"reranker:{name}", m.threshold, m.min2, m.min2_threshold, union=union)
-        m = cfg.match
+            return cls(f"reranker:{name}", rule.threshold, rule.min2, rule.min2_threshold, union=union)
         return cls(
             None,
-            m.threshold,
-            m.min2,
-            m.min2_threshold,
-            m.relative,
-            m.relative_floor,
-            m.mutual_rank,
-            m.mutual_floor,
+            rule.threshold,
+            rule.min2,
+            rule.min2_threshold,
+            rule.relative,
+            rule.relative_floor,
+            rule.mutual_rank,
+            rule.mutual_floor,
             union,
         )
 
@@ -303,8 +303,7 @@ def matches_of_run(run: Any, setup: Any, listings: Any, matched: Any) -> Any:
     pipeline's stage objects)."""
     from listing_dedup.graph.constraints import SAME, resolve_links
 
-    use_reranker = matched.scored is not None and not run.summary.signal_counts.get("rerank_fallback")
-    rule = EdgeRule.of(run.cfg, use_reranker)
+    rule = EdgeRule.of(run.cfg, matched.rule, matched.reranked)
     nbrs = matched.rounds.nbrs if matched.rounds is not None else None
     must: list[tuple[str, str]] = []
     if setup.decisions is not None:
@@ -316,7 +315,7 @@ def matches_of_run(run: Any, setup: Any, listings: Any, matched: Any) -> Any:
         rule=rule,
         fused=matched.embedded.emb if run.summary.rows_embedded else None,
         layout=matched.embedded.layout,
-        rule_scores=matched.scored if use_reranker else nbrs,
+        rule_scores=matched.scored if matched.reranked else nbrs,
         rerank_scores=matched.scored,
         phash_pairs=matched.ph_pairs,
         must_links=must,

@@ -203,9 +203,8 @@ def nightly_queue(run, setup, listings, matched) -> int | None:
         from listing_dedup.embed.fusion import candidate_scores
         from listing_dedup.sink.state import previous_clusters
 
-        use_reranker = matched.scored is not None and not summary.signal_counts.get("rerank_fallback")
-        scored = matched.scored if use_reranker else matched.rounds.nbrs
-        threshold = float(cfg.rerank.threshold if use_reranker else cfg.match.threshold)
+        scored = matched.scored if matched.reranked else matched.rounds.nbrs
+        threshold = float(matched.rule.threshold)  # as applied: the titles model's is prior-shifted
         edges = matched.edges.select("src", "dst").withColumn("edge", F.lit(True))
         pairs = (
             scored.select("src", "dst", F.col("score").alias("probability"))
