@@ -162,11 +162,12 @@ def test_labelled_listings_clean_the_attributes_as_the_reader_does():
             "title": ["t1", "t2"],
             "label_group": ["g", "g"],
             "brand": [" Acme ", None],
+            "modelno": ["AB-12", None],
             "price": ["€1.234,50", "n/a"],
         }
     )
     out = labelled_listings(df)
-    assert out["brand"].tolist() == ["Acme", None]
+    assert out["brand"].tolist() == ["Acme", None] and out["model"].tolist() == ["AB-12", None]
     assert out.loc[0, "price"] == pytest.approx(1234.5) and math.isnan(out.loc[1, "price"])
 
 

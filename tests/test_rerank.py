@@ -307,7 +307,7 @@ def test_model_directory_round_trip_overlay_and_checks(trained, tmp_path):
     assert ref == res.health_reference and ref.score == "fused" and "out-of-fold" in ref.source
     assert ref.settings["rerank"]["threshold"] == res.threshold and len(ref.top1_quantiles) == 19
     meta = json.loads((out / "reranker.json").read_text())
-    assert meta["features"] == list(IDENTIFIER_FEATURE_SET) and meta["threshold"] == res.threshold
+    assert meta["features"] == list(ATTRIBUTE_FEATURE_SET) and meta["threshold"] == res.threshold
     metrics = json.loads((out / "metrics.json").read_text())
     assert sum(metrics["importance"].values()) == pytest.approx(1.0)
     # the share of matches among the training candidates, for the prior shift (off: jobs/train_reranker.py's default)
@@ -319,7 +319,7 @@ def test_model_directory_round_trip_overlay_and_checks(trained, tmp_path):
     frame = frame.assign(src=["a", "b"], dst=["b", "a"])
     import lightgbm as lgb
 
-    X = pair_features(frame, IDENTIFIER_FEATURE_SET)  # a model trained now reads the identifier features
+    X = pair_features(frame, ATTRIBUTE_FEATURE_SET)  # a model trained now reads the identifier and attribute features
     p1 = lgb.Booster(model_str=res.model_texts[0]).predict(X)
     G = graph_features(np.array([0, 1]), np.array([1, 0]), p1, 2, meta["graph_floor"])
     p2 = lgb.Booster(model_str=res.model_texts[1]).predict(np.column_stack([X, G]))
@@ -383,7 +383,7 @@ def test_builtin_titles_reranker_is_chosen_by_phash_coverage():
     assert titles.rerank.min2 == (meta["min2_threshold"] is not None)
     assert "10% of the listings have a pHash" in note and BUILTIN_TITLES in note
     got, why = reranker_for(titles)
-    assert got is not None and why == "" and got.features == IDENTIFIER_FEATURE_SET
+    assert got is not None and why == "" and got.features == ATTRIBUTE_FEATURE_SET
     ref, _ = choose_reference(titles)
     assert ref == read_reference(BUILTIN_TITLES) and ref.signals.get("phash", 0.0) == 0.0  # trained without pHash
     # the threshold rule or a model directory of one's own: unchanged

@@ -213,3 +213,18 @@ def validate_attributes(columns: dict[str, pd.Series]) -> tuple[pd.DataFrame, pd
         {a: pd.Series(out[a], index=index, dtype="float64" if a == "price" else object) for a in names}
     )
     return frame, pd.Series([",".join(x) if x else None for x in nulled], index=index, dtype=object)
+
+
+def listing_attributes(df: pd.DataFrame) -> pd.DataFrame:
+    """The optional attributes of a pandas frame of listings as the reader keeps them: the
+    :data:`ATTRIBUTES` it has (``model`` from ``model``, else ``modelno``), cleaned by
+    :func:`validate_attributes` (a bad value nulled); no column when it has none."""
+    cols = {}
+    for a in ATTRIBUTES:
+        col = next((c for c in (MODEL_ALIASES if a == "model" else (a,)) if c in df.columns), None)
+        if col is not None:
+            cols[a] = df[col]
+    if not cols:
+        return pd.DataFrame(index=df.index)
+    cleaned, _ = validate_attributes(cols)
+    return cleaned

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from listing_dedup.graph.guard import margin_keep, split_large_numpy
-from listing_dedup.ingest.rows import ATTRIBUTES, validate_attributes
+from listing_dedup.ingest.rows import ATTRIBUTES, listing_attributes
 from listing_dedup.ingest.titles import clean_title
 
 COLUMNS = ["posting_id", "title", "image_phash", "label_group"]
@@ -55,10 +55,8 @@ def labelled_listings(df: pd.DataFrame, max_title_chars: int = 1000) -> pd.DataF
     ok = ph.notna() & ph.astype(str).str.fullmatch(_HEX16)
     out["image_phash"] = np.where(ok, ph.astype(str).str.lower(), None)
     has_title = out["title"].str.len() > 0
-    attrs = {a: out[a] for a in ATTRIBUTES if a in out.columns}
-    if attrs:  # cleaned as the reader cleans them (a bad value nulled)
-        cleaned, _ = validate_attributes(attrs)
-        out = out.assign(**{a: cleaned[a] for a in cleaned.columns})
+    attrs = listing_attributes(out)  # cleaned as the reader cleans them (a bad value nulled)
+    out = out.assign(**{a: attrs[a] for a in attrs.columns})
     return _frame(out[has_title | ok])
 
 

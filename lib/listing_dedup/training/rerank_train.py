@@ -50,6 +50,7 @@ from listing_dedup.graph.rerank import (
     pair_features,
     pipeline_fingerprint,
 )
+from listing_dedup.ingest.rows import listing_attributes
 from listing_dedup.quality.health import REFERENCE_FILE, HealthReference, reference_from, write_reference
 from listing_dedup.quality.robust import cluster_scores, job_groups, rule_edges, rule_edges_any_order
 from listing_dedup.quality.tune import (
@@ -136,9 +137,8 @@ def part_candidates(name: str, df: pd.DataFrame, cfg: DedupConfig, text: np.ndar
         raise ConfigError("config key 'embed': the re-ranker needs the text or the lexical signal")
     base, final = searched_lists(x, cfg)
     phashes = df["image_phash"].tolist() if "image_phash" in df.columns else [None] * len(df)
-    frame = candidate_frame(
-        base, final, df["title"].tolist(), phashes, cfg.index.k, cfg.rerank.min_score, frame_attributes(df)
-    )
+    attrs = frame_attributes(listing_attributes(df))  # the optional model / brand / price, as the reader keeps them
+    frame = candidate_frame(base, final, df["title"].tolist(), phashes, cfg.index.k, cfg.rerank.min_score, attrs)
     src, dst = frame["src"].to_numpy(), frame["dst"].to_numpy()
     y = (part.scorer.lab[src] == part.scorer.lab[dst]).astype(np.int8)
     # as the job counts them (quality/run_health.signal_coverage): the re-ranker always reads pHash
