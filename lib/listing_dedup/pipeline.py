@@ -87,7 +87,7 @@ from listing_dedup.incremental import (
     settings_fingerprint,
 )
 from listing_dedup.ingest.images import image_roots_for
-from listing_dedup.ingest.reader import check_kept_rows, check_row_count, read_listings
+from listing_dedup.ingest.reader import check_kept_rows, check_row_count, nulled_attributes, read_listings
 from listing_dedup.quality.health import Health, HealthReference, decide, with_fallback
 from listing_dedup.quality.review import nightly_queue
 from listing_dedup.quality.run_health import (
@@ -546,6 +546,7 @@ def ingest(run: Run) -> Listings:
         summary.rows_kept = kept_counts["n"]
         if ing.has_image_column:
             summary.images_unreadable = kept_counts["image_error"]
+        summary.signal_counts.update(nulled_attributes(ing))  # optional attributes' bad values, nulled (issue 30)
         by_reason = {r["reason"]: r["count"] for r in rejects.groupBy("reason").count().collect()}
         summary.rejects_by_reason = by_reason
         summary.rows_rejected = sum(by_reason.values())
@@ -890,7 +891,7 @@ def rerank(run: Run, setup: Setup, listings: Listings, rounds: SearchRounds | No
         frame = candidate_frame_spark(
             rounds.first_nbrs,
             rounds.nbrs,
-            listings.kept.select("posting_id", "title", "image_phash"),
+            listings.kept,  # posting_id, title, image_phash and the optional model / brand / price (issue 30)
             run.cfg.index.k,
             run.cfg.rerank.min_score,
         )
