@@ -87,7 +87,7 @@ from listing_dedup.incremental import (
     settings_fingerprint,
 )
 from listing_dedup.ingest.images import image_roots_for
-from listing_dedup.ingest.reader import check_kept_rows, check_row_count, nulled_attributes, read_listings
+from listing_dedup.ingest.reader import check_kept_rows, check_row_count, read_listings
 from listing_dedup.quality.health import Health, HealthReference, decide, with_fallback
 from listing_dedup.quality.review import nightly_queue
 from listing_dedup.quality.run_health import (
@@ -98,6 +98,15 @@ from listing_dedup.quality.run_health import (
     limits_of,
     listing_counts,
     signal_coverage,
+)
+from listing_dedup.search.driver_night import (
+    has_state,
+    incremental_rounds,
+    load_state,
+    prune_states,
+    save_state,
+    state_frames,
+    state_of_rounds,
 )
 from listing_dedup.search.incremental import DELTA_KINDS, night_delta_spark
 from listing_dedup.search.indexer import Quantizer, build_index, search, train
@@ -349,6 +358,7 @@ class Night:
     prev_lists: list[DataFrame] = field(default_factory=list)
     prev_vectors: list[DataFrame | None] = field(default_factory=list)
     prev_listings: DataFrame | None = None  # the continued night's listing_state
+    driver_base: bool = False  # the continued night's lists and vectors are files (the driver plan's)
 
     @property
     def keeps_state(self) -> bool:
@@ -457,6 +467,27 @@ def incremental_night(run: Run, setup: Setup, listings: Listings, night: Night) 
             embedded.emb, cfg, run.summary.rows_embedded, run.timer, run.keep, depth=_depth(cfg), quantizer=quantizer
         )
         return match(run, setup, listings, embedded, rounds)
+    if night.driver_base:
+        with run.timer.stage("load_state"):
+            base = night.plan.base
+            prev = load_state(run.warehouse, base.run_date, base.run_id)
+        if _driver_plan(run):  # the driver plan: numpy on the state's arrays (search/driver_night.py)
+            rounds = incremental_rounds(
+                embedded.emb,
+                night.delta,
+                prev,
+                quantizer,
+                cfg,
+                depth=_depth(cfg),
+                timer=run.timer,
+                keep=run.keep,
+                with_first=setup.reranker is not None,
+            )
+            run.summary.signal_counts["incremental_driver"] = 1
+            run.summary.signal_counts.update({f"incremental_{k}": v for k, v in rounds.counts.items()})
+            return match(run, setup, listings, embedded, rounds, night)
+        # the catalog outgrew the driver plan: its state's arrays as the Spark plan's frames
+        night.prev_lists, night.prev_vectors = state_frames(run.spark, prev)
     rounds = delta_rounds(
         embedded.emb,
         cfg,
@@ -492,6 +523,14 @@ def match(
     groups, changes = stable_ids(run, groups)
     reranked = scored is not None and not run.summary.signal_counts.get("rerank_fallback")
     return Matched(embedded, rounds, ph_pairs, scored, edges, groups, changes, health, rule, reranked)
+
+
+def _driver_plan(run: Run) -> bool:
+    """Whether tonight's lists are the driver plan's arrays (search/driver_night.py): the
+    catalog within ``incremental.driver_max_listings`` and the index's flat storage (the
+    driver scans exactly; ``sq8``'s compressed scan is the Spark plan's)."""
+    cfg = run.cfg
+    return run.summary.rows_kept <= cfg.incremental.driver_max_listings and cfg.index.storage == "flat"
 
 
 def _depth(cfg: DedupConfig) -> int:
@@ -546,7 +585,6 @@ def ingest(run: Run) -> Listings:
         summary.rows_kept = kept_counts["n"]
         if ing.has_image_column:
             summary.images_unreadable = kept_counts["image_error"]
-        summary.signal_counts.update(nulled_attributes(ing))  # optional attributes' bad values, nulled (issue 30)
         by_reason = {r["reason"]: r["count"] for r in rejects.groupBy("reason").count().collect()}
         summary.rejects_by_reason = by_reason
         summary.rows_rejected = sum(by_reason.values())
@@ -635,6 +673,7 @@ def plan_night(run: Run, setup: Setup, listings: Listings) -> Night:
         night = Night(plan, digests, delta, counts, fingerprint, epoch)
         if plan.incremental:
             night.prev_listings = prev
+            night.driver_base = has_state(run.warehouse, base.run_date, base.run_id)
             rounds = 1 + len(cfg.inb.thresholds)
             lists = read_state(run.spark, sink, "neighbours", base.run_date)
             vecs = read_state(run.spark, sink, "vectors", base.run_date)
@@ -891,7 +930,7 @@ def rerank(run: Run, setup: Setup, listings: Listings, rounds: SearchRounds | No
         frame = candidate_frame_spark(
             rounds.first_nbrs,
             rounds.nbrs,
-            listings.kept,  # posting_id, title, image_phash and the optional model / brand / price (issue 30)
+            listings.kept.select("posting_id", "title", "image_phash"),
             run.cfg.index.k,
             run.cfg.rerank.min_score,
         )
@@ -1099,6 +1138,11 @@ def commit(run: Run, setup: Setup, listings: Listings, night: Night, matched: Ma
     """Stage every table, check them all, then commit: the data tables, the match state, the
     embeddings cache. A failure before the first commit leaves every table as it was."""
     spark, cfg, sink, summary, run_date = run.spark, run.cfg, run.sink, run.summary, run.run_date
+    rounds = matched.rounds
+    if night.keeps_state and rounds is not None and rounds.driver is None and _driver_plan(run):
+        with run.timer.stage("state") as c:  # the Spark plan's rounds as the driver plan's arrays
+            rounds.driver = state_of_rounds(rounds, _depth(cfg))
+            c["listings"] = rounds.driver.n
     with run.timer.stage("write") as c:
         fail = cfg.testing.fail_once_stage
         run_id = F.lit(summary.run_id).alias(RUN_ID_COLUMN)
@@ -1154,6 +1198,7 @@ def commit(run: Run, setup: Setup, listings: Listings, night: Night, matched: Ma
         if state:
             summary.table_versions[STATE_LOG] = log_state(run, night, matched)
             prune_state(sink, previous_date(sink, run_date) or run_date)
+            prune_states(run.warehouse, previous_date(sink, run_date) or run_date)
         c["tables"] = len(staged) + len(state)
         if cache_staged:  # after the data: a cache that failed to land costs the next run time, no data
             try:
@@ -1199,21 +1244,26 @@ def stage_state(run: Run, night: Night, matched: Matched) -> dict[str, StagedWri
         )
         save_epoch(run.warehouse, night.epoch)
     rid = F.lit(run.summary.run_id).alias("run_id")
-    lists = None
-    for r, df in enumerate(rounds.lists):
-        one = ranked(df).select(F.lit(r).cast("int").alias("round"), "src", "dst", "score", "rank", rid)
-        lists = one if lists is None else lists.unionByName(one)
     staged = {
         "listing_state": sink.stage(
             night.digests.select("posting_id", "digest", "phash", rid),
             "listing_state",
             run_date,
             added_columns=STATE_ADDED_COLUMNS["listing_state"],
-        ),
-        "neighbours": sink.stage(
-            lists, "neighbours", run_date, fail_stage=fail, added_columns=STATE_ADDED_COLUMNS["neighbours"]
-        ),
+        )
     }
+    if rounds.driver is not None:  # the lists and vectors as files, read through this night's state_log row
+        save_state(run.warehouse, run_date, run.summary.run_id, rounds.driver)
+        for t in ("neighbours", "vectors"):
+            staged[t] = sink.stage_empty(t, run_date, STATE_SCHEMAS[t], added_columns=STATE_ADDED_COLUMNS.get(t, ()))
+        return _stage_phash_pairs(run, matched, staged, rid)
+    lists = None
+    for r, df in enumerate(rounds.lists):
+        one = ranked(df).select(F.lit(r).cast("int").alias("round"), "src", "dst", "score", "rank", rid)
+        lists = one if lists is None else lists.unionByName(one)
+    staged["neighbours"] = sink.stage(
+        lists, "neighbours", run_date, fail_stage=fail, added_columns=STATE_ADDED_COLUMNS["neighbours"]
+    )
     if len(rounds.vectors) > 1:
         vecs = None
         for r, df in enumerate(rounds.vectors[1:], start=1):
@@ -1222,7 +1272,13 @@ def stage_state(run: Run, night: Night, matched: Matched) -> dict[str, StagedWri
         staged["vectors"] = sink.stage(vecs, "vectors", run_date, fail_stage=fail)
     else:
         staged["vectors"] = sink.stage_empty("vectors", run_date, STATE_SCHEMAS["vectors"])
-    if matched.ph_pairs is not None:  # each pair once; none with pHash off (the settings fingerprint has it)
+    return _stage_phash_pairs(run, matched, staged, rid)
+
+
+def _stage_phash_pairs(run: Run, matched: Matched, staged: dict[str, StagedWrite], rid) -> dict[str, StagedWrite]:
+    """The night's pHash pairs, each once; none with pHash off (the settings fingerprint has it)."""
+    sink, run_date, fail = run.sink, run.run_date, run.cfg.testing.fail_once_stage
+    if matched.ph_pairs is not None:
         one = matched.ph_pairs.where(F.col("src") < F.col("dst")).select("src", "dst", "bits", rid)
         staged["phash_pairs"] = sink.stage(one, "phash_pairs", run_date, fail_stage=fail)
     else:

@@ -2,8 +2,9 @@
 night with listings changed, added and deleted that continues its match state; its tables equal
 a full search of the same catalog on the same epoch (``incremental.search_all``); its rerun is
 idempotent; a date older than the state is refused (exit 2, one line); a state another run
-committed meanwhile fails the run cleanly (exit 1, no table moved). One small generated catalog,
-lexical signal and one INB round; the inserted listings' search reaches every listing
+committed meanwhile fails the run cleanly (exit 1, no table moved; that run is past
+``incremental.driver_max_listings``, so the Spark plan continues the driver plan's state). One
+small generated catalog, lexical signal and one INB round; the inserted listings' search reaches every listing
 (``incremental.search_depth``), so the incremental night must give exactly the full run's edges.
 
 Four job runs and one refused at its start, shared by the checks: the second night runs first as
@@ -20,6 +21,7 @@ import pytest
 from _rel import LEXICAL, config, groups, job, snapshot, versions
 from listing_dedup import pipeline
 from listing_dedup.quality.sample import generate_catalog
+from listing_dedup.search.driver_night import has_state
 from listing_dedup.sink.delta import read_table
 from listing_dedup.sink.state import STATE_LOG
 from listing_dedup.sink.verify import verify_run
@@ -97,7 +99,9 @@ def nights(spark, tmp_path_factory):
     before = versions(wh)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "stage_state", racing)
-        out["race"] = job(spark, cfg, p2, D3, wh)
+        # past incremental.driver_max_listings: the Spark plan continues the driver plan's state
+        # (its arrays as frames)
+        out["race"] = job(spark, config(*SIGNALS, *INC, "incremental.driver_max_listings=0"), p2, D3, wh)
     out["race_before"], out["race_after"] = before, versions(wh)
     return out
 
@@ -114,6 +118,11 @@ def test_the_second_night_is_incremental_and_searches_the_delta_only(nights):
     assert 0 < sc["incremental_blended1"] < r2.rows_embedded
     # pHash: the state's pairs and the blocks the delta touches (the reference searched all blocks)
     assert sc["phash_delta"] == 1 and "phash_delta" not in nights["full"].signal_counts
+    # the driver plan (the catalog is under incremental.driver_max_listings): the lists and vectors
+    # are files named by the night's run, the Delta state's lists and vectors partitions empty
+    assert sc["incremental_driver"] == 1 and "incremental_driver" not in nights["full"].signal_counts
+    assert has_state(nights["wh"], D1, r1.run_id) and has_state(nights["wh"], D2, r2.run_id)
+    assert read_table(nights["wh"], "neighbours", D2).empty and read_table(nights["wh"], "vectors", D2).empty
 
 
 def test_the_incremental_night_equals_a_full_search_on_the_epoch(nights):
