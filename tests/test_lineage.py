@@ -180,9 +180,9 @@ def random_nights(rng: random.Random, n: int) -> tuple[pd.DataFrame, pd.DataFram
     return frame(prev), frame(cur)
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_spark_equals_the_pandas_reference(spark, seed):
-    prev, cur = random_nights(random.Random(seed), 120)
+def test_spark_equals_the_pandas_reference(spark):
+    # one random pair of nights of 240 listings (two seeds of 120 cost two Spark passes, no more cases)
+    prev, cur = random_nights(random.Random(1), 240)
     want_ids, want_ch = assign_ids(cur, prev, RUN, PREV)
     assert change_counts(want_ch)["merged"] and change_counts(want_ch)["split"]  # the cases occur
     g, ch = assign_ids_spark(spark.createDataFrame(cur), spark.createDataFrame(prev), RUN, PREV)
