@@ -285,7 +285,13 @@ def test_builtin_defaults_on_a_phash_free_catalog_run_the_titles_only_model(spar
     )
     cfg = load_config(
         ["conf/local.yaml"],
-        ["input.partitions=2", "index.n_shards=1", "output.candidates=false", "review.nightly=true"],
+        [
+            "input.partitions=2",
+            "index.n_shards=1",
+            "output.candidates=true",
+            "output.candidates_min_score=-1",
+            "review.nightly=true",
+        ],  # fmt: skip
     )
     wh = str(tmp_path / "wh")
     out = run_dedup(spark=spark, cfg=cfg, input_path=str(path), run_date="2026-05-04", warehouse=wh)
@@ -316,3 +322,8 @@ def test_builtin_defaults_on_a_phash_free_catalog_run_the_titles_only_model(spar
     assert len(queue) > 0 and set(queue["reason"]) <= {"near_threshold", "guard_cut"}
     near = 1.0 - (queue["probability"] - t).abs() / max(t, 1.0 - t)  # the priority of docs/review.md
     np.testing.assert_allclose(queue["priority"], near + (queue["reason"] == "guard_cut"), atol=2e-3)
+    # ... and so does the review-queue command, from the committed tables (the runs row's health)
+    from listing_dedup.quality.review import queue_from_tables
+
+    tables = queue_from_tables(wh, "2026-05-04", max_pairs=len(queue))
+    assert tables["priority"].round(5).tolist() == queue.sort_values("rank")["priority"].round(5).tolist()

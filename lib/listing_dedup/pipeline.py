@@ -1094,6 +1094,7 @@ def graph(
         c["health_warnings"] = len(health.warnings)
     if shift:  # the titles model's thresholds moved to this catalog's share of matches (issue 30)
         health = dataclasses.replace(health, notes=[*health.notes, shift])
+    health = dataclasses.replace(health, edge_threshold=float(rule.threshold))  # the runs row's, as applied
     return edges, groups, health, rule
 
 

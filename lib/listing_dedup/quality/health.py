@@ -208,6 +208,9 @@ class Health:
     score: str = "fused"  # the score the top-1 figures are of
     notes: list[str] = field(default_factory=list)
     code_conflict_share: float | None = None  # of the sampled matched pairs with codes on both titles, none shared
+    # the threshold the run's edges were kept at, on its ``score`` as applied (the titles model's is
+    # prior-shifted to the catalog, so not the conf's): what the review-queue command ranks against
+    edge_threshold: float | None = None
 
     @property
     def ok(self) -> bool:

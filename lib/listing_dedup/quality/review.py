@@ -328,6 +328,9 @@ def queue_from_tables(
     else:
         prob = cand["score"].astype(np.float64)
         threshold = float(conf.get("match", {}).get("threshold", 0.5))
+    health = json.loads(row["health_json"].iloc[-1]) if len(row) and row["health_json"].iloc[-1] else {}
+    if health.get("edge_threshold") is not None:  # as applied (a runs row before it: the conf's)
+        threshold = float(health["edge_threshold"])
     m = read_table(warehouse, "matches", run_date, columns=["posting_id", "match_ids"])
     m = m.explode("match_ids").dropna()
     edges = {(min(a, b), max(a, b)) for a, b in zip(m["posting_id"], m["match_ids"])}
