@@ -34,10 +34,14 @@ PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || tru
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-15s %s\n", $$1, $$2}'
 
+# --no-compile: pip would byte-compile every module it installs (Airflow, torch, pyspark: about
+# 50 s of a fresh setup on 2 cores, docs/benchmarks.md); Python compiles the ones a run imports
+PIP_INSTALL := $(PY) -m pip install -q --no-compile
+
 $(STAMP): setup.py
 	@command -v java >/dev/null || { echo "error: Spark needs a Java runtime (JDK 17) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]' 2>&1 | $(PIP_QUIET)
+	$(PIP_INSTALL) -e '.[dev]' 2>&1 | $(PIP_QUIET)
 	touch $@
 
 setup: $(STAMP) ## create .venv and install the project with its pinned dependencies
@@ -53,9 +57,12 @@ run: setup sample ## run the job on the sample with local Spark, then score it
 	@echo "score against the sample's known groups:"
 	$(PY) jobs/evaluate.py --warehouse $(WAREHOUSE) --run-date $(RUN_DATE) --truth $(SAMPLE)/truth.csv
 
-$(EXTRAS_STAMP): setup.py | $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,airflow,package]' 2>&1 | $(PIP_QUIET)
-	touch $@
+# one pip run for everything (`make test` on a fresh machine resolves once, not twice)
+$(EXTRAS_STAMP): setup.py
+	@command -v java >/dev/null || { echo "error: Spark needs a Java runtime (JDK 17) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) -e '.[dev,airflow,package]' 2>&1 | $(PIP_QUIET)
+	touch $(STAMP) $@
 
 airflow: $(EXTRAS_STAMP) ## add Airflow 3 + the Spark provider and venv-pack to .venv (about 2 min)
 
@@ -95,10 +102,10 @@ cluster-up: setup ## a standalone Spark cluster on 127.0.0.1:CLUSTER_PORT (maste
 cluster-down: ## stop the cluster of make cluster-up (by the pids it recorded)
 	$(PY) bin/spark_cluster.py down --state-dir $(CLUSTER_STATE)
 
-test: setup airflow ## run the whole test suite (CPU, local Spark, PYTEST_WORKERS=2 processes; prints its wall time and the 15 slowest)
+test: airflow ## run the whole test suite (CPU, local Spark, PYTEST_WORKERS=2 processes; prints its wall time and the 15 slowest)
 	$(PY) -m pytest -q $(PYTEST_PAR) --durations=15 $(PYTEST_ARGS) tests
 
-test-fast: setup airflow ## the suite without the tests marked slow (job runs, child processes): the edit loop
+test-fast: airflow ## the suite without the tests marked slow (job runs, child processes): the edit loop
 	$(PY) -m pytest -q $(PYTEST_PAR) -m "not slow" --durations=10 $(PYTEST_ARGS) tests
 
 lint: setup ## ruff
