@@ -107,6 +107,7 @@ from listing_dedup.search.driver_night import (
     save_state,
     state_frames,
     state_of_rounds,
+    to_frame,
 )
 from listing_dedup.search.incremental import DELTA_KINDS, night_delta_spark
 from listing_dedup.search.indexer import Quantizer, build_index, search, train
@@ -918,7 +919,7 @@ def _phash_delta(run: Run, listings: Listings, night: Night) -> tuple[DataFrame,
         cfg.phash.max_bucket,
         banding,
     )
-    out = spark.createDataFrame(pairs[["src", "dst", "bits", "score"]], "src string, dst string, bits int, score float")
+    out = to_frame(spark, pairs[["src", "dst", "bits", "score"]], "src string, dst string, bits int, score float")
     return run.keep(out), n_skipped
 
 
@@ -1116,10 +1117,8 @@ def stable_ids(run: Run, groups: DataFrame) -> tuple[DataFrame, DataFrame]:
                 run.run_date,
                 prev_date,
             )
-            ids = run.keep(spark.createDataFrame(ids_pd, "posting_id string, group_id string, group_size int"))
-            changes = run.keep(
-                spark.createDataFrame(changes_pd.astype(object).where(changes_pd.notna(), None), CHANGES_DDL)
-            )
+            ids = run.keep(to_frame(spark, ids_pd, "posting_id string, group_id string, group_size int"))
+            changes = run.keep(to_frame(spark, changes_pd.astype(object).where(changes_pd.notna(), None), CHANGES_DDL))
             kinds = change_counts(changes_pd)
             c["where"] = "driver"
         else:

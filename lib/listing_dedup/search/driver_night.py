@@ -596,14 +596,21 @@ def incremental_rounds(
     )
     with timer.stage("lists") as c:
         schema = "src string, dst string, score float, rank int"
-        last = keep(spark.createDataFrame(top_k_frame(state, len(state.rounds) - 1, k), schema))
+        last = keep(to_frame(spark, top_k_frame(state, len(state.rounds) - 1, k), schema))
         c["rows"] = last.count()
         first = None
         if with_first:
-            first = keep(spark.createDataFrame(top_k_frame(state, 0, k), schema)).select("src", "dst", "score")
+            first = keep(to_frame(spark, top_k_frame(state, 0, k), schema)).select("src", "dst", "score")
     nbrs = last.select("src", "dst", "score")
     lists: list[Any] = [None] * (len(state.rounds) - 1) + [last]
     return SearchRounds(lists, [emb], first, nbrs, quantizer, dict(state.counts), driver=state)
+
+
+def to_frame(spark: Any, pdf: pd.DataFrame, schema: str) -> Any:
+    """``pdf`` as a Spark frame of ``spark.default.parallelism`` partitions: Arrow makes one a
+    record batch (780 for the 1.6M rows of a 30k catalog's top k), and every later stage would
+    run that many tasks (the edges stage took 70 s instead of 6 on them, docs/benchmarks.md)."""
+    return spark.createDataFrame(pdf, schema).coalesce(max(1, spark.sparkContext.defaultParallelism))
 
 
 def state_of_rounds(rounds: Any, depth: int) -> DriverState:
@@ -629,8 +636,8 @@ def state_frames(spark: Any, state: DriverState) -> tuple[list[Any], list[Any]]:
     lists, vectors = [], [None]
     schema = "src string, dst string, score float, rank int"
     for r, rd in enumerate(state.rounds):
-        lists.append(spark.createDataFrame(top_k_frame(state, r, rd.ids.shape[1]), schema))
+        lists.append(to_frame(spark, top_k_frame(state, r, rd.ids.shape[1]), schema))
         if r:
             pdf = pd.DataFrame({"posting_id": state.ids.astype(object), "emb": list(rd.vectors)})
-            vectors.append(spark.createDataFrame(pdf, "posting_id string, emb array<float>"))
+            vectors.append(to_frame(spark, pdf, "posting_id string, emb array<float>"))
     return lists, vectors
