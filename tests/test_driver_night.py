@@ -17,9 +17,11 @@ from listing_dedup.search.driver_night import (
     load_state,
     prune_states,
     save_state,
+    scan_probed,
     update_lists,
 )
 from listing_dedup.search.incremental import update_neighbours
+from listing_dedup.search.indexer import list_layout, probe_lists, scan_lists
 
 K, DEPTH, T = 4, 6, 0.6
 
@@ -180,3 +182,20 @@ def test_the_state_files_round_trip_and_a_partial_folder_is_no_state(tmp_path):
     assert not has_state(wh, "2026-07-02", "run3")
     prune_states(wh, "2026-07-02")
     assert not has_state(wh, "2026-07-01", "run1")
+
+
+def test_scan_probed_is_scan_lists():
+    """The driver's scan of many queries at once gives indexer.scan_lists's result (the Spark
+    search's scan): several IVF lists, a few probed a query, k larger than some lists."""
+    rng, _, x = catalog(6, n=400, d=8)
+    centroids = x[rng.choice(len(x), 9, replace=False)]
+    lists = np.argmax(x @ centroids.T, axis=1)
+    order, offsets = list_layout(lists, len(centroids))
+    stored = np.ascontiguousarray(x[order])
+    q = x[rng.choice(len(x), 60, replace=False)]
+    probe = probe_lists(q, centroids, 3)
+    for k in (5, 40):
+        want_s, want_i = scan_lists(q, probe, stored, offsets, k)
+        got_s, got_i = scan_probed(q, probe, stored, offsets, k)
+        np.testing.assert_array_equal(got_i, want_i)
+        np.testing.assert_array_equal(got_s, want_s)
