@@ -228,13 +228,12 @@ def test_spark_candidate_frame_and_scores_equal_numpy(spark):
     attrs = {
         "model": [f"M{i % 9}" if i % 3 else None for i in range(n)],
         "brand": [f"b{i % 4}" if i % 2 else None for i in range(n)],
-        "price": [float(i) if i % 5 else None for i in range(n)],
     }
     ref = candidate_frame(base, final, titles, phashes, k, min_score=0.2, attributes=attrs)
     ref = ref.assign(src=ids[ref["src"]], dst=ids[ref["dst"]]).sort_values(["src", "dst"], ignore_index=True)
     listings = spark.createDataFrame(
-        pd.DataFrame({"posting_id": ids, "title": titles, "image_phash": phashes, **attrs}),
-        "posting_id string, title string, image_phash string, model string, brand string, price double",
+        pd.DataFrame({"posting_id": ids, "title": titles, "image_phash": phashes, "price": 1.0, **attrs}),
+        "posting_id string, title string, image_phash string, price double, model string, brand string",
     )
     frame = candidate_frame_spark(_pairs_df(spark, ids, base), _pairs_df(spark, ids, final), listings, k, 0.2)
     got = frame.toPandas().sort_values(["src", "dst"], ignore_index=True)

@@ -91,19 +91,21 @@ FEATURES = (
 # trained on FEATURES alone keep loading and scoring as before.
 ID_FEATURES = ("code_shared", "code_shared_len", "code_conflict", "quantity_conflicts", "codes_min")
 IDENTIFIER_FEATURE_SET = FEATURES + ID_FEATURES
-# the optional listing attributes (issue 30; the reader's ``model`` / ``brand`` / ``price``, null when
-# a catalog lacks them): whether the brands agree (1), conflict (0) or cannot be compared (NaN; one
-# brand alone counts as agreeing when the other title holds it), whether the model numbers agree (1:
-# equal, or one side's model found in the other's title; 0.5: one side's model not in the other's
-# title; 0: both given and different; NaN: none given) and the prices' absolute log ratio (NaN unless
-# both are positive). A model trained on ATTRIBUTE_FEATURE_SET also reads each side's ``model`` into
-# its codes (the ID_FEATURES); the older sets read the titles alone, as they were trained.
-ATTR_FEATURES = ("brand_agree", "model_agree", "price_ratio")
+# the optional listing attributes (issue 30; the reader's ``model`` / ``brand``, null when a catalog
+# lacks them): whether the brands agree (1), conflict (0) or cannot be compared (NaN; one brand alone
+# counts as agreeing when the other title holds it) and whether the model numbers agree (1: equal, or
+# one side's model found in the other's title; 0.5: one side's model not in the other's title; 0:
+# both given and different; NaN: none given). A model trained on ATTRIBUTE_FEATURE_SET also reads
+# each side's ``model`` into its codes (the ID_FEATURES); the older sets read the titles alone, as
+# they were trained. The price is read and validated but not a feature: without its currency two
+# shops' prices of one product are not comparable (a price ratio cost the leave-one-out model on
+# wdc_products, offers in USD, EUR, GBP, AUD, ..., 0.55 -> 0.42 row-wise F1; docs/quality.md).
+ATTR_FEATURES = ("brand_agree", "model_agree")
 ATTRIBUTE_FEATURE_SET = IDENTIFIER_FEATURE_SET + ATTR_FEATURES
 # the pair-feature lists a model may be trained on
 FEATURE_SETS = (FEATURES, IDENTIFIER_FEATURE_SET, ATTRIBUTE_FEATURE_SET)
 # the attributes a candidate frame carries for both ends when the listings have them
-FRAME_ATTRIBUTES = ("model", "brand", "price")
+FRAME_ATTRIBUTES = ("model", "brand")
 ATTRIBUTE_FRAME_COLUMNS = tuple(f"{a}_{s}" for a in FRAME_ATTRIBUTES for s in ("src", "dst"))
 
 # a graph round's model reads FEATURES + these, computed from the previous round's probabilities
@@ -210,17 +212,9 @@ def _squash(v: object) -> str:
     return re.sub(r"[^0-9a-z]", "", _text(v).lower())
 
 
-def _price(v: object) -> float:
-    try:
-        x = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return np.nan
-    return x if np.isfinite(x) and x > 0 else np.nan
-
-
 def attribute_features(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The :data:`ATTR_FEATURES` of a candidate frame (its ``model_*`` / ``brand_*`` / ``price_*``
-    columns; a frame without them: every value NaN)."""
+    """The :data:`ATTR_FEATURES` of a candidate frame (its ``model_*`` / ``brand_*`` columns; a
+    frame without them: every value NaN)."""
     n = len(frame)
 
     def col(c: str) -> list:
@@ -243,11 +237,7 @@ def attribute_features(frame: pd.DataFrame) -> dict[str, np.ndarray]:
             elif a or b:  # one side's value alone: found in the other's title?
                 v, other = (a, tb[i]) if a else (b, ta[i])
                 out[i] = 1.0 if v in other else alone_miss
-    pa = np.array([_price(v) for v in col("price_src")], dtype=np.float64)
-    pb = np.array([_price(v) for v in col("price_dst")], dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.abs(np.log(pa) - np.log(pb))
-    return {"brand_agree": brand, "model_agree": model, "price_ratio": ratio}
+    return {"brand_agree": brand, "model_agree": model}
 
 
 def pair_features(frame: pd.DataFrame, names: Sequence[str] = FEATURES) -> np.ndarray:
