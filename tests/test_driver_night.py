@@ -199,3 +199,35 @@ def test_scan_probed_is_scan_lists():
         got_s, got_i = scan_probed(q, probe, stored, offsets, k)
         np.testing.assert_array_equal(got_i, want_i)
         np.testing.assert_array_equal(got_s, want_s)
+
+
+def test_the_rules_read_the_same_edges_from_the_prefix():
+    """The driver plan's rule rows (rule_prefix) give select_edges_match the edges of the whole
+    top k, for the threshold, relative, mutual and min2 rules."""
+    from listing_dedup.config import MatchConf
+    from listing_dedup.graph.edges import select_edges_match
+    from listing_dedup.search.driver_night import rule_prefix
+
+    ids, x, *_ = night_two(8)
+    state = DriverState(ids, full_night(x), DEPTH)
+    last = state.rounds[-1]
+    ok = last.ids[:, :K] >= 0
+    whole = pd.DataFrame(
+        {
+            "src": ids[np.repeat(np.arange(len(ids)), ok.sum(1))],
+            "dst": ids[last.ids[:, :K][ok]],
+            "score": last.scores[:, :K][ok],
+        }
+    )
+    rules = [
+        MatchConf(threshold=0.9),
+        MatchConf(threshold=0.95, relative=True, relative_rank=3, relative_margin=0.02, relative_floor=0.5),
+        MatchConf(threshold=0.97, mutual_rank=2, mutual_floor=0.6),
+        MatchConf(threshold=0.97, min2=True, min2_threshold=0.7),
+    ]
+    for rule in rules:
+        prefix = rule_prefix(state, K, rule)
+        assert len(prefix) < len(whole)
+        want = select_edges_match(whole, rule)
+        assert len(want)
+        pd.testing.assert_frame_equal(select_edges_match(prefix, rule), want)

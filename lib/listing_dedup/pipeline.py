@@ -58,7 +58,7 @@ from listing_dedup.embed.lexical import (
 from listing_dedup.errors import DedupError, InputError, RunRecordError, SinkError, first_line
 from listing_dedup.frames import cut_lineage, empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components
-from listing_dedup.graph.edges import select_edges, veto_edges
+from listing_dedup.graph.edges import select_edges, select_edges_match, veto_edges
 from listing_dedup.graph.explain import matches_of_run, unexplained_match_sets
 from listing_dedup.graph.guard import margin_cut, split_large
 from listing_dedup.graph.lineage import (
@@ -104,6 +104,7 @@ from listing_dedup.search.driver_night import (
     incremental_rounds,
     load_state,
     prune_states,
+    rule_prefix,
     save_state,
     state_frames,
     state_of_rounds,
@@ -972,8 +973,19 @@ def group(
     cfg, summary = run.cfg, run.summary
     nbrs = rounds.nbrs if rounds is not None else None
     lists = rounds.lists[-1] if rounds is not None else None  # ranked: the rule reads a prefix of each
+    driver = rounds.driver if rounds is not None else None  # set before the commit by the driver plan only
     edges, groups, health, rule = graph(
-        run, listings, nbrs, scored, extra, setup, scored is not None, setup.health_ref, setup.health_note, lists=lists
+        run,
+        listings,
+        nbrs,
+        scored,
+        extra,
+        setup,
+        scored is not None,
+        setup.health_ref,
+        setup.health_note,
+        lists=lists,
+        driver=driver,
     )
     if scored is not None and health.warnings and cfg.rerank.fallback == "rule":
         # the catalog is unlike the re-ranker's training rows: the threshold rule decides
@@ -985,7 +997,7 @@ def group(
         )
         rule_ref, rule_note = choose_reference(cfg.without_reranker())
         edges, groups, health, rule = graph(
-            run, listings, nbrs, scored, extra, setup, False, rule_ref, rule_note, "_rule", lists=lists
+            run, listings, nbrs, scored, extra, setup, False, rule_ref, rule_note, "_rule", lists=lists, driver=driver
         )
         health = with_fallback(health, refused)
         summary.signal_counts["rerank_fallback"] = 1
@@ -1007,11 +1019,14 @@ def graph(
     note: str,
     suffix: str = "",
     lists: DataFrame | None = None,
+    driver: Any = None,
 ) -> tuple[DataFrame, DataFrame, Health, MatchConf]:
     """Edges -> components (margin, guard) -> health, with the re-ranker's probabilities and
     rule or with the threshold rule on the fused score; and the rule applied (the titles model's
     thresholds prior-shifted to the catalog: graph/rerank.rerank_rule_spark). ``lists``: the last round's ranked lists,
-    whose rows the threshold rule reads (search/rounds.rule_rows) instead of the whole top k."""
+    whose rows the threshold rule reads (search/rounds.rule_rows) instead of the whole top k;
+    ``driver``: the driver plan's arrays (search/driver_night), whose prefixes the threshold rule
+    reads in pandas (graph/edges.select_edges_match: the same edges) instead."""
     spark, cfg, timer, keep, summary = run.spark, run.cfg, run.timer, run.keep, run.summary
     kept = listings.kept
     vertices = kept.select("posting_id")
@@ -1021,6 +1036,9 @@ def graph(
         parts = []
         if use_reranker:
             parts.append(select_edges(scored, rule))
+        elif driver is not None:  # the driver plan: the rule on its arrays' prefixes, on the driver
+            rows = select_edges_match(rule_prefix(driver, cfg.index.k, rule), rule)
+            parts.append(to_frame(spark, rows[["src", "dst", "score"]], "src string, dst string, score float"))
         elif nbrs is not None:
             rows = rule_rows(lists, cfg.index.k, rule) if lists is not None else nbrs
             parts.append(select_edges(rows, rule))

@@ -520,6 +520,24 @@ def top_k_frame(state: DriverState, r: int, k: int) -> pd.DataFrame:
     )
 
 
+def rule_prefix(state: DriverState, k: int, rule: Any) -> pd.DataFrame:
+    """The rows of the last round's top ``k`` the edge rules of ``rule`` (a ``MatchConf``) read,
+    ``src, dst, score``: each list's first ``rounds.rule_depth(rule)`` ranks and its rows at or
+    above ``rule.threshold`` (in double): :func:`listing_dedup.search.rounds.rule_rows` on the
+    arrays, for graph/edges.select_edges_match on the driver."""
+    from listing_dedup.search.rounds import rule_depth
+
+    rd = state.rounds[-1]
+    kk = min(k, rd.ids.shape[1])
+    ids, sc = rd.ids[:, :kk], rd.scores[:, :kk]
+    reads = (np.arange(kk) < rule_depth(rule))[None, :] | (sc.astype(np.float64) >= float(rule.threshold))
+    ok = (ids >= 0) & reads
+    src = np.repeat(np.arange(state.n), ok.sum(1))
+    return pd.DataFrame(
+        {"src": state.ids[src].astype(object), "dst": state.ids[ids[ok]].astype(object), "score": sc[ok]}
+    )
+
+
 # --------------------------------------------------------------------------------------
 # the state's files
 
