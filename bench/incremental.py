@@ -30,6 +30,11 @@ Shopee's fold ``F`` (``../shared/data``) as night 2 of the fold without ``--shop
 listings: the incremental night, its reference and a fresh full run, matches F1 against the labels
 (final line ``shopee fold=F n=.. added=.. f1_incremental=.. f1_full=.. same_groups=.. job_ratio=..``).
 
+``--rerun`` reuses the night 1 an earlier bench of the same arguments left in ``--work``: nights
+2..N and the reference run again (a rerun of a date continues the date before it, so it is the
+same incremental night; the embeddings cache already holds the delta's vectors, so its embed stage
+is not a first night 2's).
+
 Final line: ``incremental n=<listings> job_ratio=<night N / reference> same_groups=<share>
 embed_ratio=<night 2 / night 1> deleted=<listings deleted on night N>``; a chain prints before it
 ``chain nights=<N> same_groups_fresh=<share> f1_incremental=<..> f1_fresh=<..>``.
@@ -238,6 +243,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--fresh", action="store_true", help="also a fresh full run of the last night (always for N > 2)")
     ap.add_argument("--cache-only", action="store_true", help="the embeddings cache's bench of stop 16")
+    ap.add_argument(
+        "--rerun",
+        action="store_true",
+        help="night 1 from an earlier bench in --work (same arguments); nights 2..N and the reference rerun",
+    )
     ap.add_argument("--shopee-fold", type=int, default=None, help="Shopee fold as night 2")
     ap.add_argument("--shopee-drop", type=float, default=0.02)
     ap.add_argument("--shopee-csv", default=str(REPO.parent / "shared" / "data" / "shopee" / "listings_dev.csv"))
@@ -258,9 +268,13 @@ def main() -> None:
     sets = [*args.sets, *INCREMENTAL]
     inc, ref, fresh = str(work / "wh_incremental"), str(work / "wh_reference"), str(work / "wh_fresh")
     path = str(work / "night1.parquet")
-    cat.to_parquet(path, index=False)
-    print(f"night 1: {len(cat)} listings", flush=True)
-    first = run_job(path, inc, night_date(1), sets)
+    if args.rerun:  # night 1 is the one an earlier bench of the same arguments left in --work
+        print(f"night 1: {len(cat)} listings (from {inc})", flush=True)
+        first = figures(inc, night_date(1), None)
+    else:
+        cat.to_parquet(path, index=False)
+        print(f"night 1: {len(cat)} listings", flush=True)
+        first = run_job(path, inc, night_date(1), sets)
     results, counts = {1: first}, {}
     for night in range(2, args.nights + 1):
         cat, truth, counts = next_night(cat, truth, args.change, args.add, args.delete, args.seed, night)
