@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from listing_dedup.search.indexer import assign_lists, list_layout, probe_lists
+from listing_dedup.search.indexer import assign_lists, list_layout, probe_lists, probed_lists
 
 log = logging.getLogger(__name__)
 
@@ -168,18 +168,7 @@ def scan_probed(
     buf_s = np.full((n, width), -np.inf, dtype=np.float32)
     buf_i = np.full((n, width), -1, dtype=np.int64)
     pos = np.zeros(n, dtype=np.int64)
-    qi = np.repeat(np.arange(n, dtype=np.int64), probe.shape[1])
-    li = probe.reshape(-1)
-    held = offsets[li + 1] > offsets[li]
-    qi, li = qi[held], li[held]
-    order = np.argsort(li, kind="stable")
-    qi, li = qi[order], li[order]
-    starts = np.flatnonzero(np.r_[True, li[1:] != li[:-1]]) if len(li) else np.zeros(0, dtype=np.int64)
-    ends = np.r_[starts[1:], len(li)]
-    for a_q, b_q in zip(starts.tolist(), ends.tolist()):
-        lst = int(li[a_q])
-        a, b = int(offsets[lst]), int(offsets[lst + 1])
-        qs = qi[a_q:b_q]  # each query probes a list once
+    for a, b, qs in probed_lists(probe, offsets):
         cols = pos[qs][:, None] + np.arange(b - a)
         buf_s[qs[:, None], cols] = x[qs] @ vectors[a:b].T
         buf_i[qs[:, None], cols] = np.arange(a, b)

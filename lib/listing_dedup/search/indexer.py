@@ -55,6 +55,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,6 +236,25 @@ def list_layout(lists: np.ndarray, nlist: int) -> tuple[np.ndarray, np.ndarray]:
     return order, offsets
 
 
+def probed_lists(probe: np.ndarray, offsets: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """The lists ``probe`` (int ``(n, nprobe)``, global list ids) probes that hold rows in the
+    layout ``offsets`` (:func:`list_layout`), one at a time: ``(a, b, queries)``, the list's rows
+    ``a:b`` and the (unique) queries that probe it, in list order."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    probe = np.asarray(probe, dtype=np.int64)
+    qi = np.repeat(np.arange(len(probe), dtype=np.int64), probe.shape[1])
+    li = probe.reshape(-1)
+    held = offsets[li + 1] > offsets[li]  # lists that hold rows in this shard
+    qi, li = qi[held], li[held]
+    by_list = np.argsort(li, kind="stable")
+    qi, li = qi[by_list], li[by_list]
+    starts = np.flatnonzero(np.r_[True, li[1:] != li[:-1]]) if len(li) else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], len(li)]
+    for a_q, b_q in zip(starts.tolist(), ends.tolist()):
+        lst = int(li[a_q])
+        yield int(offsets[lst]), int(offsets[lst + 1]), qi[a_q:b_q]
+
+
 def scan_lists(
     x: np.ndarray, probe: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -254,19 +274,7 @@ def scan_lists(
     best_i = np.full((n, k), -1, dtype=np.int64)
     if n == 0 or k == 0 or probe.size == 0:
         return best_s, best_i
-    offsets = np.asarray(offsets, dtype=np.int64)
-    qi = np.repeat(np.arange(n, dtype=np.int64), probe.shape[1])
-    li = np.asarray(probe, dtype=np.int64).reshape(-1)
-    held = offsets[li + 1] > offsets[li]  # lists that hold rows in this shard
-    qi, li = qi[held], li[held]
-    by_list = np.argsort(li, kind="stable")
-    qi, li = qi[by_list], li[by_list]
-    starts = np.flatnonzero(np.r_[True, li[1:] != li[:-1]]) if len(li) else np.zeros(0, dtype=np.int64)
-    ends = np.r_[starts[1:], len(li)]
-    for a_q, b_q in zip(starts.tolist(), ends.tolist()):
-        lst = int(li[a_q])
-        a, b = int(offsets[lst]), int(offsets[lst + 1])
-        qs = qi[a_q:b_q]  # each query probes a list once: unique
+    for a, b, qs in probed_lists(probe, offsets):
         scores = x[qs] @ vectors[a:b].T  # (queries of the list, rows of the list)
         if b - a > k:
             top = np.argpartition(scores, b - a - k, axis=1)[:, b - a - k :]
