@@ -82,11 +82,10 @@ from listing_dedup.errors import InputError
 from listing_dedup.ingest.failures import BAD_INPUT, STORAGE_SIGNS, read_error
 from listing_dedup.ingest.images import ImageRoots, image_roots_for
 from listing_dedup.ingest.rows import (
-    ATTRIBUTES,
     DUPLICATE_POSTING_ID,
-    MODEL_ALIASES,
     OUTPUT_COLUMNS,
     RowRules,
+    attribute_columns,
     validate_attributes,
     validate_rows,
 )
@@ -258,18 +257,13 @@ def attribute_sources(df: DataFrame) -> dict[str, str]:
     ``model``, else ``modelno``). A column of a non-scalar type (struct, array, map, binary,
     boolean, date) is an :class:`InputError` naming it: it cannot hold a brand or a price."""
     fields = {f.name: f.dataType for f in df.schema.fields}
-    out: dict[str, str] = {}
-    for a in ATTRIBUTES:
-        names = MODEL_ALIASES if a == "model" else (a,)
-        col = next((c for c in names if c in fields), None)
-        if col is None:
-            continue
+    out = attribute_columns(fields)
+    for a, col in out.items():
         if not isinstance(fields[col], _SCALAR):
             raise InputError(
                 f"input column '{col}' (the optional {a} attribute) has type {fields[col].simpleString()}, "
                 "expected a string or a number"
             )
-        out[a] = col
     return out
 
 

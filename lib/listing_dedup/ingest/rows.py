@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,15 +216,23 @@ def validate_attributes(columns: dict[str, pd.Series]) -> tuple[pd.DataFrame, pd
     return frame, pd.Series([",".join(x) if x else None for x in nulled], index=index, dtype=object)
 
 
+def attribute_columns(columns: Iterable[str]) -> dict[str, str]:
+    """The optional attributes a set of input ``columns`` has: attribute -> the column it is read
+    from (``model`` from ``model``, else ``modelno``), in :data:`ATTRIBUTES` order."""
+    present = set(columns)
+    out = {}
+    for a in ATTRIBUTES:
+        col = next((c for c in (MODEL_ALIASES if a == "model" else (a,)) if c in present), None)
+        if col is not None:
+            out[a] = col
+    return out
+
+
 def listing_attributes(df: pd.DataFrame) -> pd.DataFrame:
     """The optional attributes of a pandas frame of listings as the reader keeps them: the
-    :data:`ATTRIBUTES` it has (``model`` from ``model``, else ``modelno``), cleaned by
-    :func:`validate_attributes` (a bad value nulled); no column when it has none."""
-    cols = {}
-    for a in ATTRIBUTES:
-        col = next((c for c in (MODEL_ALIASES if a == "model" else (a,)) if c in df.columns), None)
-        if col is not None:
-            cols[a] = df[col]
+    :data:`ATTRIBUTES` it has (:func:`attribute_columns`), cleaned by :func:`validate_attributes`
+    (a bad value nulled); no column when it has none."""
+    cols = {a: df[c] for a, c in attribute_columns(df.columns).items()}
     if not cols:
         return pd.DataFrame(index=df.index)
     cleaned, _ = validate_attributes(cols)
