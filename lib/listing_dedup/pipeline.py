@@ -676,14 +676,15 @@ def plan_night(run: Run, setup: Setup, listings: Listings) -> Night:
         if plan.incremental:
             night.prev_listings = prev
             night.driver_base = has_state(run.warehouse, base.run_date, base.run_id)
-            rounds = 1 + len(cfg.inb.thresholds)
-            lists = read_state(run.spark, sink, "neighbours", base.run_date)
-            vecs = read_state(run.spark, sink, "vectors", base.run_date)
-            cols = [c for c in ("src", "dst", "score", "rank") if c in lists.columns]  # rank: a state since it
-            night.prev_lists = [lists.where(F.col("round") == r).select(*cols) for r in range(rounds)]
-            night.prev_vectors = [None] + [
-                vecs.where(F.col("round") == r).select("posting_id", "emb") for r in range(1, rounds)
-            ]
+            if not night.driver_base:  # a driver state's lists are its files (incremental_night reads them)
+                rounds = 1 + len(cfg.inb.thresholds)
+                lists = read_state(run.spark, sink, "neighbours", base.run_date)
+                vecs = read_state(run.spark, sink, "vectors", base.run_date)
+                cols = [c for c in ("src", "dst", "score", "rank") if c in lists.columns]  # rank: a state since it
+                night.prev_lists = [lists.where(F.col("round") == r).select(*cols) for r in range(rounds)]
+                night.prev_vectors = [None] + [
+                    vecs.where(F.col("round") == r).select("posting_id", "emb") for r in range(1, rounds)
+                ]
         run.summary.plan = f"{plan.kind}: {plan.reason}"
         run.summary.signal_counts.update({f"night_{k}": v for k, v in counts.items()})
         c.update(plan=plan.kind, **{k: v for k, v in counts.items()})
