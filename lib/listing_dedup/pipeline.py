@@ -933,7 +933,7 @@ def rerank(run: Run, setup: Setup, listings: Listings, rounds: SearchRounds | No
         frame = candidate_frame_spark(
             rounds.first_nbrs,
             rounds.nbrs,
-            listings.kept.select("posting_id", "title", "image_phash"),
+            listings.kept,  # posting_id, title, image_phash and the optional model / brand (issue 30; H30)
             run.cfg.index.k,
             run.cfg.rerank.min_score,
         )
