@@ -25,6 +25,11 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
+# Python caches what it compiles (__pycache__) unless PYTHONDONTWRITEBYTECODE is set, as it is on
+# these machines: with it, and pip's --no-compile below, every process (each test's child job,
+# Spark's Python workers, Airflow's tasks) compiled torch, pyspark and transformers from source
+# again: 22 s of CPU for their imports against 9 s from the cache (docs/benchmarks.md)
+unexport PYTHONDONTWRITEBYTECODE
 
 # pip prints one warning per package about an empty local index on this kind of machine
 PIP_QUIET := { grep -v "is ignored: it is neither a file nor a directory" || true; }
@@ -35,7 +40,8 @@ help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-15s %s\n", $$1, $$2}'
 
 # --no-compile: pip would byte-compile every module it installs (Airflow, torch, pyspark: about
-# 50 s of a fresh setup on 2 cores, docs/benchmarks.md); Python compiles the ones a run imports
+# 50 s of a fresh setup on 2 cores, docs/benchmarks.md); Python compiles the ones a run imports,
+# once (the first process that imports a module writes its cache)
 PIP_INSTALL := $(PY) -m pip install -q --no-compile
 
 $(STAMP): setup.py
