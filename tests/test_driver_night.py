@@ -231,3 +231,122 @@ def test_the_rules_read_the_same_edges_from_the_prefix():
         want = select_edges_match(whole, rule)
         assert len(want)
         pd.testing.assert_frame_equal(select_edges_match(prefix, rule), want)
+
+
+# --------------------------------------------------------------------------------------
+# the graph on the driver (search/driver_graph.py): the Spark stages' rules on vertices
+
+
+def _graph(seed: int, n: int = 60, m: int = 260):
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(sorted(f"p{i:03d}" for i in rng.choice(1000, n, replace=False)), dtype=object)
+    a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+    s = rng.choice(np.linspace(0.5, 1.0, 11), m).astype(np.float32)  # ties between parts
+    return rng, ids, a, b, s
+
+
+def test_union_edges_keeps_each_pairs_best_score_as_the_spark_union():
+    from listing_dedup.search.driver_graph import union_edges
+
+    rng, ids, a, b, s = _graph(1)
+    c, d = rng.integers(-1, len(ids), 80), rng.integers(0, len(ids), 80)  # -1: not a kept listing
+    t = rng.random(80).astype(np.float32)
+    got = union_edges(len(ids), [(np.r_[a, b], np.r_[b, a], np.r_[s, s]), (np.r_[c, d], np.r_[d, c], np.r_[t, t])])
+    ref = pd.DataFrame({"src": np.r_[a, b, c, d], "dst": np.r_[b, a, d, c], "score": np.r_[s, s, t, t]})
+    ref = ref[(ref["src"] >= 0) & (ref["dst"] >= 0) & (ref["src"] != ref["dst"])]
+    ref = ref.groupby(["src", "dst"], as_index=False)["score"].max().sort_values(["src", "dst"])
+    assert got.src.tolist() == ref["src"].tolist() and got.dst.tolist() == ref["dst"].tolist()
+    assert got.score.dtype == np.float32 and np.array_equal(got.score, ref["score"].to_numpy(np.float32))
+
+
+def test_group_codes_are_the_margin_components_and_guard_of_the_spark_stages():
+    """The group margin (margin_keep), the components and the guard's re-cut on vertices give
+    the guard's reference groups (graph/guard.split_large_numpy on the margin's edges)."""
+    from listing_dedup.graph.guard import margin_keep, split_large_numpy
+    from listing_dedup.search.driver_graph import group_codes, union_edges
+
+    for seed in range(3):
+        rng, ids, a, b, s = _graph(seed, m=120)
+        e = union_edges(len(ids), [(np.r_[a, b], np.r_[b, a], np.r_[s, s])])
+        for margin, guard, max_group in ((0.0, False, 50), (0.1, True, 4), (0.0, True, 3)):
+            g, n_cut, levels = group_codes(
+                len(ids), e, margin=margin, guard=guard, base_threshold=0.5, max_group=max_group, step=0.05
+            )
+            keep = margin_keep(e.src, e.dst, e.score.astype(np.float64), margin, len(ids))
+            assert n_cut == (~keep).sum() and n_cut % 2 == 0
+            big = max_group if guard else len(ids) + 1
+            ref = split_large_numpy(
+                ids, ids[e.src[keep]], ids[e.dst[keep]], e.score[keep], base_threshold=0.5, max_group=big, step=0.05
+            )
+            assert ids[g].tolist() == list(ref)
+            assert levels == 0 or guard
+
+
+def test_pair_scores_read_both_lists_top_k():
+    from listing_dedup.search.driver_graph import pair_scores
+
+    rng = np.random.default_rng(3)
+    n, k = 30, 4
+    rows = np.where(rng.random(n) < 0.8, rng.permutation(n), -1)  # -1: a listing without a vector
+    top = np.full((n, k), -1, dtype=np.int32)
+    sc = np.zeros((n, k), dtype=np.float32)
+    for r in range(n):
+        m = rng.integers(0, k + 1)
+        top[r, :m] = rng.choice(n, m, replace=False)
+        sc[r, :m] = np.sort(rng.random(m))[::-1]
+    a, b = rng.integers(0, n, 200), rng.integers(0, n, 200)
+    got = pair_scores(a, b, rows, top, sc)
+    for x, y, v in zip(a, b, got):
+        found = [
+            float(sc[rows[p], j])
+            for p, q in ((x, y), (y, x))
+            if rows[p] >= 0 and rows[q] >= 0
+            for j in range(k)
+            if top[rows[p], j] == rows[q]
+        ]
+        assert (np.isnan(v) and not found) or v == max(found)
+
+
+def test_match_table_is_explained_match_sets_order_and_schema():
+    """Each listing's matches by score desc, then id, both directions of each pair, its
+    explanations aligned; empty arrays for a listing without matches; the table's schema."""
+    from listing_dedup.search.driver_graph import match_table
+    from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS, normalize_arrow_schema
+
+    ids = np.asarray(["a", "b", "c", "d", "e"], dtype=object)
+    explained = pd.DataFrame(
+        {
+            "a": [0, 0, 1, 0],
+            "b": [1, 2, 2, 3],
+            "score": np.asarray([0.9, 0.95, 0.9, 0.9], dtype=np.float32),
+            "kept_by": ["threshold", "threshold+phash", "relative", "phash"],
+            "signal_scores": [{"lexical": 0.9, "fused": 0.9}, {"fused": 0.95, "phash": 1.0}, {}, {"phash": 0.9}],
+            "phash_distance": pd.array([None, 0, None, 6], dtype="Int32"),
+        }
+    )
+    t = match_table(ids, explained, "r1")
+    assert t.schema == normalize_arrow_schema(OUTPUT_DATA_SCHEMAS["matches"])
+    rows = {r["posting_id"]: r for r in t.to_pylist()}
+    assert rows["a"]["match_ids"] == ["c", "b", "d"]  # 0.95, then 0.9 by id
+    assert rows["a"]["kept_by"] == ["threshold+phash", "threshold", "phash"]
+    assert rows["a"]["phash_distance"] == [0, None, 6]
+    assert rows["a"]["signal_scores"][0] == [("fused", 0.949999988079071), ("phash", 1.0)]
+    assert rows["c"]["match_ids"] == ["a", "b"] and rows["c"]["kept_by"] == ["threshold+phash", "relative"]
+    assert rows["d"]["match_ids"] == ["a"] and rows["d"]["signal_scores"] == [[("phash", 0.8999999761581421)]]
+    assert rows["e"]["match_ids"] == [] and rows["e"]["scores"] == [] and rows["e"]["kept_by"] == []
+    assert {r["run_id"] for r in rows.values()} == {"r1"}
+
+
+def test_stage_arrow_commits_the_driver_rows(tmp_path):
+    """DeltaSink.stage_arrow: the executors' file writer on the driver; committed, the rows read back."""
+    import pyarrow as pa
+    from listing_dedup.sink.delta import DeltaSink, read_table
+
+    sink = DeltaSink(str(tmp_path))
+    data = pa.table({"posting_id": ["a", "b"], "group_id": ["a", "a"], "group_size": pa.array([2, 2], pa.int32())})
+    staged = sink.stage_arrow(data, "clusters", "2026-07-01")
+    assert staged.rows == 2 and len(staged.files) == 1
+    assert read_table(str(tmp_path), "clusters", "2026-07-01").empty if sink.table_exists("clusters") else True
+    sink.commit(staged)
+    got = read_table(str(tmp_path), "clusters", "2026-07-01").sort_values("posting_id")
+    assert got["group_id"].tolist() == ["a", "a"] and got["group_size"].tolist() == [2, 2]

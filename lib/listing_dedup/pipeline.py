@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -59,7 +61,7 @@ from listing_dedup.errors import DedupError, InputError, RunRecordError, SinkErr
 from listing_dedup.frames import cut_lineage, empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components
 from listing_dedup.graph.edges import select_edges, select_edges_match, veto_edges
-from listing_dedup.graph.explain import matches_of_run, unexplained_match_sets
+from listing_dedup.graph.explain import EdgeRule, matches_of_run, unexplained_match_sets
 from listing_dedup.graph.guard import margin_cut, split_large
 from listing_dedup.graph.lineage import (
     CHANGE_KINDS,
@@ -99,6 +101,7 @@ from listing_dedup.quality.run_health import (
     listing_counts,
     signal_coverage,
 )
+from listing_dedup.search.driver_graph import DriverGraph, codes_of, group_codes, match_table, union_edges
 from listing_dedup.search.driver_night import (
     has_state,
     incremental_rounds,
@@ -309,6 +312,7 @@ class Run:
     summary: RunSummary
     timer: StageTimer = field(default_factory=StageTimer)
     persisted: list[DataFrame] = field(default_factory=list)
+    driver_graph: Any = None  # the driver plan's graph (search/driver_graph.DriverGraph), set by the edges stage
 
     @property
     def sink(self) -> DeltaSink:
@@ -1033,19 +1037,26 @@ def graph(
     vertices = kept.select("posting_id")
     rule, shift = rerank_rule_spark(cfg, setup.reranker, scored) if use_reranker else (cfg.match, "")
     margin = group_margin_of(cfg, setup.reranker) if use_reranker else cfg.guard.group_margin
+    run.driver_graph = None
     with timer.stage("edges" + suffix) as c:
         parts = []
-        if use_reranker:
-            parts.append(select_edges(scored, rule))
-        elif driver is not None:  # the driver plan: the rule on its arrays' prefixes, on the driver
-            rows = select_edges_match(rule_prefix(driver, cfg.index.k, rule), rule)
-            parts.append(to_frame(spark, rows[["src", "dst", "score"]], "src string, dst string, score float"))
-        elif nbrs is not None:
-            rows = rule_rows(lists, cfg.index.k, rule) if lists is not None else nbrs
-            parts.append(select_edges(rows, rule))
-        edges = cut_lineage(_union_edges(spark, parts + extra))  # components, health, write
-        if not use_reranker and rule.veto:  # the identifier veto on the rule's edges (match.veto)
-            edges = cut_lineage(veto_edges(edges, kept, rule.veto_above))
+        if driver is not None and _graph_on_driver(run, setup, listings, use_reranker, rule, extra):
+            # the driver plan's graph: the edges, groups and matches from its arrays (search/driver_graph)
+            run.driver_graph = _driver_edges(run, listings, driver, rule, extra)
+            edges = keep(to_frame(spark, run.driver_graph.edge_frame(), "src string, dst string, score float"))
+            c["where"] = "driver"
+        else:
+            if use_reranker:
+                parts.append(select_edges(scored, rule))
+            elif driver is not None:  # the driver plan: the rule on its arrays' prefixes, on the driver
+                rows = select_edges_match(rule_prefix(driver, cfg.index.k, rule), rule)
+                parts.append(to_frame(spark, rows[["src", "dst", "score"]], "src string, dst string, score float"))
+            elif nbrs is not None:
+                rows = rule_rows(lists, cfg.index.k, rule) if lists is not None else nbrs
+                parts.append(select_edges(rows, rule))
+            edges = cut_lineage(_union_edges(spark, parts + extra))  # components, health, write
+            if not use_reranker and rule.veto:  # the identifier veto on the rule's edges (match.veto)
+                edges = cut_lineage(veto_edges(edges, kept, rule.veto_above))
         edge_stats = edge_counts(edges)  # matches a listing too, for the health check
         summary.n_edges = edge_stats["directed"] // 2  # both directions are stored
         c["edges"] = summary.n_edges
@@ -1054,41 +1065,48 @@ def graph(
         group_edges = edges  # the edges that group listings: the match edges, or those the margin keeps
         summary.signal_counts.pop("margin_cut", None)
         summary.signal_counts.pop("guard_levels", None)
-        if margin > 0 and summary.n_edges:
-            group_edges = keep(margin_cut(edges, margin))
-            n_margin = summary.n_edges - group_edges.count() // 2
-            summary.signal_counts["margin_cut"] = n_margin
-            c["margin_cut"] = n_margin
-        if cfg.components.on_driver(summary.rows_kept, 2 * summary.n_edges):
-            groups = keep(components_on_driver(vertices, group_edges.select("src", "dst")))
+        dg = run.driver_graph
+        if dg is not None and cfg.components.on_driver(summary.rows_kept, 2 * summary.n_edges):
+            # the margin, the components and the guard's re-cut on the driver graph's vertices
+            groups = keep(_driver_groups(run, dg, rule, margin))
             c["where"] = "driver"
         else:
-            groups = keep(connected_components(vertices, group_edges.select("src", "dst")))
-            c["where"] = "spark"
-        if setup.decisions is not None:  # a cannot-link cuts its group, a must-link joins two (graph/constraints)
-            groups, group_edges, edges = setup.decisions.apply(
-                spark,
-                kept=kept,
-                groups=groups,
-                group_edges=group_edges,
-                edges=edges,
-                counts=summary.signal_counts,
-            )
-            groups = keep(groups)
-        if cfg.guard.mode == "split":
-            groups, levels = split_large(
-                spark,
-                groups,
-                group_edges,
-                base_threshold=rule.min2_threshold if rule.min2 else rule.threshold,
-                max_group=cfg.guard.max_group,
-                step=cfg.guard.step,
-                components_fn=connected_components,
-                driver_max_vertices=cfg.guard.driver_max_vertices,
-                driver_max_edges=cfg.guard.driver_max_edges,
-            )
-            groups = keep(groups)
-            summary.signal_counts["guard_levels"] = levels
+            run.driver_graph = None  # past the components' driver bounds: the matches are Spark's too
+            if margin > 0 and summary.n_edges:
+                group_edges = keep(margin_cut(edges, margin))
+                n_margin = summary.n_edges - group_edges.count() // 2
+                summary.signal_counts["margin_cut"] = n_margin
+                c["margin_cut"] = n_margin
+            if cfg.components.on_driver(summary.rows_kept, 2 * summary.n_edges):
+                groups = keep(components_on_driver(vertices, group_edges.select("src", "dst")))
+                c["where"] = "driver"
+            else:
+                groups = keep(connected_components(vertices, group_edges.select("src", "dst")))
+                c["where"] = "spark"
+            if setup.decisions is not None:  # a cannot-link cuts its group, a must-link joins two (graph/constraints)
+                groups, group_edges, edges = setup.decisions.apply(
+                    spark,
+                    kept=kept,
+                    groups=groups,
+                    group_edges=group_edges,
+                    edges=edges,
+                    counts=summary.signal_counts,
+                )
+                groups = keep(groups)
+            if cfg.guard.mode == "split":
+                groups, levels = split_large(
+                    spark,
+                    groups,
+                    group_edges,
+                    base_threshold=rule.min2_threshold if rule.min2 else rule.threshold,
+                    max_group=cfg.guard.max_group,
+                    step=cfg.guard.step,
+                    components_fn=connected_components,
+                    driver_max_vertices=cfg.guard.driver_max_vertices,
+                    driver_max_edges=cfg.guard.driver_max_edges,
+                )
+                groups = keep(groups)
+                summary.signal_counts["guard_levels"] = levels
         group_stats = group_counts(groups)  # with the group-size histogram of the health check
         summary.n_groups = group_stats["groups"]
         summary.n_grouped = group_stats["grouped"]
@@ -1118,6 +1136,81 @@ def graph(
     return edges, groups, health, rule
 
 
+def _graph_on_driver(
+    run: Run, setup: Setup, listings: Listings, use_reranker: bool, rule: MatchConf, extra: list[DataFrame]
+) -> bool:
+    """Whether the driver plan's night takes its edges, groups and matches from its arrays
+    (search/driver_graph.py): the threshold rule (no re-ranker, no identifier veto), no
+    reviewers' decisions and no one-signal search to union (their Spark stages stay the Spark
+    plan's), and a catalog the components stage labels on the driver."""
+    cfg = run.cfg
+    unions = any(getattr(cfg.union, s).enabled for s in listings.layout_weights)
+    return (
+        not use_reranker
+        and not rule.veto
+        and setup.decisions is None
+        and not unions
+        and len(extra) <= 1
+        and cfg.components.on_driver(run.summary.rows_kept, 0)
+    )
+
+
+def _driver_edges(run: Run, listings: Listings, driver: Any, rule: MatchConf, extra: list[DataFrame]) -> DriverGraph:
+    """The match edges on the driver: the threshold rule on the arrays' prefixes
+    (``rule_prefix`` + graph/edges.select_edges_match) and the pHash pairs (``extra``, the
+    pHash stage's: a few rows a listing), their union on every kept listing's vertex."""
+    kept = listings.kept.select("posting_id", F.col("image_phash").cast("string").alias("h"))
+    kept = kept.where(F.col("posting_id").isNotNull()).toPandas()
+    ids = np.asarray(sorted(set(kept["posting_id"])), dtype=object)
+    phash = np.full(len(ids), None, dtype=object)
+    phash[codes_of(ids, kept["posting_id"])] = kept["h"].astype(object).where(kept["h"].notna(), None).to_numpy()
+    rows = select_edges_match(rule_prefix(driver, run.cfg.index.k, rule), rule)
+    rule_part = (codes_of(ids, rows["src"]), codes_of(ids, rows["dst"]), rows["score"].to_numpy(np.float32))
+    parts = [rule_part]
+    ph = union_edges(len(ids), [])
+    if extra:
+        pdf = extra[0].select("src", "dst", "score").toPandas()
+        ph = union_edges(len(ids), [(codes_of(ids, pdf["src"]), codes_of(ids, pdf["dst"]), pdf["score"].to_numpy())])
+        parts.append((ph.src, ph.dst, ph.score))
+    edges = union_edges(len(ids), parts)
+    return DriverGraph(ids, phash, codes_of(driver.ids, ids), edges, ph)
+
+
+def _driver_groups(run: Run, dg: DriverGraph, rule: MatchConf, margin: float) -> DataFrame:
+    """The components stage on the driver graph: the group margin, the components, the guard's
+    re-cut (search/driver_graph.group_codes); the groups as a frame (the health check's)."""
+    cfg, summary = run.cfg, run.summary
+    split = cfg.guard.mode == "split"
+    dg.groups, n_cut, levels = group_codes(
+        len(dg.ids),
+        dg.edges,
+        margin=margin,
+        guard=split,
+        base_threshold=rule.min2_threshold if rule.min2 else rule.threshold,
+        max_group=cfg.guard.max_group,
+        step=cfg.guard.step,
+    )
+    if margin > 0 and summary.n_edges:
+        summary.signal_counts["margin_cut"] = n_cut // 2
+    if split:
+        summary.signal_counts["guard_levels"] = levels
+    summary.signal_counts["graph_driver"] = 1
+    return to_frame(run.spark, dg.group_frame(), "posting_id string, group_id string, group_size int")
+
+
+def _driver_matches(run: Run, matched: Matched, dg: DriverGraph) -> pa.Table:
+    """The ``matches`` rows of a driver-graph night with their explanations, built on the
+    driver (search/driver_graph: graph/explain.explain_pairs on the match edges, the scores
+    from the arrays' last round and the pHash pairs, the fused vectors from round 0's)."""
+    drv = matched.rounds.driver
+    last = drv.rounds[-1]
+    kk = min(run.cfg.index.k, last.ids.shape[1])
+    vectors = drv.rounds[0].vectors if run.summary.rows_embedded else None
+    rule = EdgeRule.of(run.cfg, matched.rule, matched.reranked)
+    explained = dg.explained(last.ids[:, :kk], last.scores[:, :kk], vectors, matched.embedded.layout, rule)
+    return match_table(dg.ids, explained, run.summary.run_id)
+
+
 def stable_ids(run: Run, groups: DataFrame) -> tuple[DataFrame, DataFrame]:
     """Tonight's groups keep the ids of the previous night's they continue (graph/lineage.py),
     and the night's ``group_changes``: on the driver (pandas) for a catalog the components stage
@@ -1130,8 +1223,11 @@ def stable_ids(run: Run, groups: DataFrame) -> tuple[DataFrame, DataFrame]:
             kinds = {"new": summary.n_groups}
             c["where"] = "first night"
         elif run.cfg.components.on_driver(summary.rows_kept, 0):
+            dg = run.driver_graph
             ids_pd, changes_pd = assign_ids(
-                groups.select("posting_id", "group_id").toPandas(),
+                dg.group_frame()[["posting_id", "group_id"]]
+                if dg is not None and dg.groups is not None
+                else groups.select("posting_id", "group_id").toPandas(),
                 prev.toPandas(),
                 run.run_date,
                 prev_date,
@@ -1174,11 +1270,25 @@ def commit(run: Run, setup: Setup, listings: Listings, night: Night, matched: Ma
 
         rounds = matched.rounds
         nbrs = rounds.nbrs if rounds is not None else None
-        if cfg.output.explanations:  # with why each match was kept (graph/explain)
-            matches = matches_of_run(run, setup, listings, matched)
+        dg = run.driver_graph
+        if cfg.output.explanations and dg is not None and dg.groups is not None:  # built on the driver
+            staged = {
+                "matches": sink.stage_arrow(
+                    _driver_matches(run, matched, dg),
+                    "matches",
+                    run_date,
+                    fail_stage=fail,
+                    added_columns=ADDED_COLUMNS["matches"],
+                )
+            }
+            c["matches"] = "driver"
+        elif cfg.output.explanations:  # with why each match was kept (graph/explain)
+            staged = {"matches": stage(matches_of_run(run, setup, listings, matched), "matches")}
         else:
-            matches = unexplained_match_sets(matched.edges, listings.kept.select("posting_id"))
-        staged = {"matches": stage(matches, "matches"), "clusters": stage(matched.groups, "clusters")}
+            staged = {
+                "matches": stage(unexplained_match_sets(matched.edges, listings.kept.select("posting_id")), "matches")
+            }
+        staged["clusters"] = stage(matched.groups, "clusters")
         staged["rejects"] = stage(listings.rejects, "rejects")
         staged["group_changes"] = stage(matched.changes, "group_changes")
         if cfg.output.candidates and nbrs is not None:

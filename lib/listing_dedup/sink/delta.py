@@ -186,6 +186,38 @@ class DeltaSink:
         )
         return staged
 
+    def stage_arrow(
+        self, data: pa.Table, table: str, run_date: str, *, fail_stage: str = "", added_columns: Sequence[str] = ()
+    ) -> StagedWrite:
+        """:meth:`stage` for rows the driver holds (an Arrow table without ``run_date``, in the
+        table's column order): the executors' file writer run on the driver, one Parquet file;
+        nothing is visible in the table yet."""
+        check_run_date(run_date, "run_date")
+        uri = self.table_uri(table)
+        if PARTITION_COLUMN in data.column_names:
+            raise InputError(f"the rows for table '{table}' must not contain the partition column '{PARTITION_COLUMN}'")
+        schema = normalize_arrow_schema(data.schema)
+        t0 = time.monotonic()
+        try:
+            rows = list(file_writer.file_writer(uri, run_date, schema, fail_stage)(iter(data.to_batches())))
+        except Exception as e:  # noqa: BLE001 - the filesystem's errors, as stage's tasks'
+            raise SinkError(f"writing files for table '{table}' ({run_date}) failed: {first_line(e)}") from e
+        files = tuple(
+            StagedFile(r["path"], int(r["size"]), int(r["rows"]), r["stats"], int(r["mtime_ms"]))
+            for batch in rows
+            for r in batch.to_pylist()
+        )
+        staged = StagedWrite(table, uri, run_date, schema, files, self.storage_options, tuple(added_columns))
+        log.info(
+            "staged %s run_date=%s from the driver: %d files, %d rows in %.1fs",
+            table,
+            run_date,
+            len(files),
+            staged.rows,
+            time.monotonic() - t0,
+        )
+        return staged
+
     def stage_empty(
         self, table: str, run_date: str, data_schema: pa.Schema, *, added_columns: Sequence[str] = ()
     ) -> StagedWrite:

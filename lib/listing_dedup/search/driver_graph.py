@@ -1,0 +1,264 @@
+"""The stages after the search on the driver plan's arrays (docs/incremental.md, "The graph on
+the driver"): a night whose lists are :class:`~listing_dedup.search.driver_night.DriverState`
+arrays takes its match edges, groups and ``matches`` rows from them in numpy instead of Spark
+stages over the whole catalog. Each function is the Spark stage's rule on integer vertices
+(every kept listing, numbered in ``posting_id`` order, so the smallest vertex of a piece is its
+smallest ``posting_id``, as Spark's string order), and gives the same rows:
+
+* :func:`union_edges`: pipeline._union_edges (a pair found by several parts keeps its best score);
+* :func:`group_codes`: the group margin (graph/guard.margin_keep), the components and the guard's
+  re-cut (graph/guard.recut_codes, the driver path of split_large);
+* :func:`pair_scores`: the scores graph/explain.explain_edges joins to each match edge (the last
+  round's top ``k`` both ways, the pHash pairs);
+* :func:`explain_undirected` + :func:`match_table`: the ``matches`` rows with their explanations
+  (graph/explain.explain_pairs on the driver, then explained_match_sets' order: score desc, then
+  id) as an Arrow table, which the sink stages from the driver (sink/delta.DeltaSink.stage_arrow).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+EXPLAIN_CHUNK = 8192  # match edges a batch of explain_pairs (Spark's Arrow batches are 10,000 rows)
+
+
+@dataclass
+class Edges:
+    """Directed match edges on vertices ``0..n-1`` (both directions of each pair), sorted by
+    ``(src, dst)``; ``score`` float32 as the Spark edge frame's."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def frame(self, ids: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({"src": ids[self.src], "dst": ids[self.dst], "score": self.score})
+
+
+def codes_of(ids: np.ndarray, values: Any) -> np.ndarray:
+    """Position of each of ``values`` in the sorted ``ids`` (-1 when absent): hash lookups."""
+    return pd.Categorical(values, categories=ids).codes.astype(np.int64)
+
+
+def union_edges(n: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Edges:
+    """The union of directed edge sets ``(src, dst, score)`` on vertices ``0..n-1``: one row a
+    ``(src, dst)``, its best score (float32); edges with an end -1 (not a kept listing) or a
+    self-loop are dropped."""
+    src = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts]) if parts else np.zeros(0, np.int64)
+    dst = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts]) if parts else np.zeros(0, np.int64)
+    score = np.concatenate([np.asarray(p[2], dtype=np.float32) for p in parts]) if parts else np.zeros(0, np.float32)
+    ok = (src >= 0) & (dst >= 0) & (src != dst)
+    src, dst, score = src[ok], dst[ok], score[ok]
+    key = src * np.int64(n) + dst
+    order = np.lexsort((-score.astype(np.float64), key))  # each key's best score first
+    key, score = key[order], score[order]
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    key, score = key[first], score[first]
+    return Edges(key // n, key % n, score.astype(np.float32))
+
+
+def group_codes(
+    n: int,
+    edges: Edges,
+    *,
+    margin: float,
+    guard: bool,
+    base_threshold: float,
+    max_group: int,
+    step: float,
+) -> tuple[np.ndarray, int, int]:
+    """Each vertex's group (its smallest vertex) as the components stage gives it: the edges the
+    group margin keeps (``margin`` > 0), their components, re-cut by the guard (``guard``: mode
+    split) at rising thresholds. Returns the groups, the directed edges the margin cut and the
+    guard's levels."""
+    from listing_dedup.graph.components import component_codes
+    from listing_dedup.graph.guard import margin_keep, recut_codes
+
+    keep = margin_keep(edges.src, edges.dst, edges.score.astype(np.float64), margin, n) if margin > 0 else None
+    s, d, sc = edges.src, edges.dst, edges.score.astype(np.float64)
+    n_cut = 0
+    if keep is not None:
+        n_cut = int(len(keep) - keep.sum())
+        s, d, sc = s[keep], d[keep], sc[keep]
+    if guard:
+        g, levels = recut_codes(n, s, d, sc, base_threshold=base_threshold, max_group=max_group, step=step)
+        return g, n_cut, levels
+    return component_codes(n, s, d), n_cut, 0
+
+
+def pair_scores(
+    a: np.ndarray, b: np.ndarray, rows: np.ndarray, top_ids: np.ndarray, top_scores: np.ndarray
+) -> np.ndarray:
+    """The search's score of each pair ``a - b`` (vertices): the best of ``b`` in ``a``'s top
+    ``k`` and ``a`` in ``b``'s (as double; NaN when neither holds the other). ``rows``: each
+    vertex's row of the driver arrays (-1: not embedded); ``top_ids`` / ``top_scores``: the
+    last round's top ``k`` (rows, -1 none)."""
+    out = np.full(len(a), np.nan)
+    ra, rb = rows[a], rows[b]
+    for x, y in ((ra, rb), (rb, ra)):
+        ok = np.flatnonzero((x >= 0) & (y >= 0))
+        for lo in range(0, len(ok), 1 << 16):
+            i = ok[lo : lo + (1 << 16)]
+            hit = top_ids[x[i]] == y[i][:, None]
+            has = hit.any(1)
+            s = np.where(has, top_scores[x[i], hit.argmax(1)].astype(np.float64), np.nan)
+            out[i] = np.fmax(out[i], s)
+    return out
+
+
+def explain_undirected(
+    a: np.ndarray,
+    b: np.ndarray,
+    score: np.ndarray,
+    *,
+    ids: np.ndarray,
+    phash: np.ndarray,
+    rows: np.ndarray,
+    vectors: np.ndarray | None,
+    layout: Any,
+    rule: Any,
+    rule_score: np.ndarray,
+    phash_score: np.ndarray,
+) -> pd.DataFrame:
+    """graph/explain.explain_pairs on the undirected match edges ``a < b`` (vertices), in
+    batches: ``phash`` each vertex's pHash (string or None), ``rows`` / ``vectors`` each
+    vertex's fused vector (row -1: none), ``rule_score`` / ``phash_score`` each pair's (NaN:
+    none). No re-ranker and no must-link (the caller's plan has neither)."""
+    from listing_dedup.graph.explain import explain_pairs
+
+    out = []
+    for lo in range(0, len(a), EXPLAIN_CHUNK):
+        sl = slice(lo, lo + EXPLAIN_CHUNK)
+        ca, cb = a[sl], b[sl]
+        m = len(ca)
+
+        def vec(rs: np.ndarray) -> list:
+            return [None] * len(rs) if vectors is None else [vectors[r] if r >= 0 else None for r in rs]
+
+        pdf = pd.DataFrame(
+            {
+                "src": ids[ca],
+                "dst": ids[cb],
+                "score": score[sl].astype(np.float32),
+                "_must": np.zeros(m, dtype=bool),
+                "_rule": rule_score[sl],
+                "_rr": np.full(m, np.nan),
+                "_ph": phash_score[sl],
+                "_ha": phash[ca],
+                "_hb": phash[cb],
+                "_ea": vec(rows[ca]),
+                "_eb": vec(rows[cb]),
+            }
+        )
+        got = explain_pairs(pdf, rule, layout if vectors is not None else None)
+        got["a"], got["b"] = ca, cb
+        out.append(got)
+    if not out:
+        cols = ["src", "dst", "score", "kept_by", "signal_scores", "phash_distance", "a", "b"]
+        return pd.DataFrame({c: [] for c in cols})
+    return pd.concat(out, ignore_index=True)
+
+
+def match_table(ids: np.ndarray, explained: pd.DataFrame, run_id: str) -> pa.Table:
+    """The ``matches`` rows of every vertex (``ids``, sorted) from its explained undirected
+    edges (columns ``a``, ``b`` vertices, ``score``, ``kept_by``, ``signal_scores``,
+    ``phash_distance``), both directions, each listing's matches by score desc then id
+    (graph/explain.explained_match_sets), empty arrays for a listing without matches; the
+    ``run_id`` last (sink/schemas.OUTPUT_DATA_SCHEMAS)."""
+    from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS, normalize_arrow_schema
+
+    n = len(ids)
+    a = explained["a"].to_numpy(dtype=np.int64)
+    b = explained["b"].to_numpy(dtype=np.int64)
+    sc = explained["score"].to_numpy(dtype=np.float32)
+    src, dst = np.concatenate([a, b]), np.concatenate([b, a])
+    score = np.concatenate([sc, sc])
+    half = np.concatenate([np.arange(len(a)), np.arange(len(a))])
+    order = np.lexsort((dst, -score, src))  # float32 negated exactly, as explained_match_sets' neg
+    src, dst, score, half = src[order], dst[order], score[order], half[order]
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(src, minlength=n), out=offsets[1:])
+    schema = normalize_arrow_schema(OUTPUT_DATA_SCHEMAS["matches"])
+
+    def lists(values: Any, field: str) -> pa.Array:
+        t = schema.field(field).type
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=t.value_type), type=t)
+
+    kept_by = explained["kept_by"].to_numpy(dtype=object)[half]
+    signal = explained["signal_scores"].to_numpy(dtype=object)[half]
+    dist = explained["phash_distance"].astype("Int32")
+    dist_vals = pa.array(dist.to_numpy(dtype=object, na_value=None)[half], type=pa.int32())
+    return pa.Table.from_arrays(
+        [
+            pa.array(ids, type=pa.string()),
+            lists(ids[dst] if len(dst) else [], "match_ids"),
+            lists(score, "scores"),
+            lists(list(kept_by), "kept_by"),
+            lists([list(m.items()) for m in signal], "signal_scores"),
+            pa.ListArray.from_arrays(pa.array(offsets), dist_vals, type=schema.field("phash_distance").type),
+            pa.array(np.full(n, run_id, dtype=object), type=pa.string()),
+        ],
+        schema=schema,
+    )
+
+
+@dataclass
+class DriverGraph:
+    """A driver-plan night's graph on the driver: every kept listing (``ids``, sorted), its
+    pHash (string or None) and row of the driver arrays (``rows``, -1: not embedded), the
+    match edges, the pHash pairs' scores (``ph``: directed, vertices) and, once the components
+    stage ran, each vertex's group (its smallest vertex)."""
+
+    ids: np.ndarray
+    phash: np.ndarray
+    rows: np.ndarray
+    edges: Edges
+    ph: Edges
+    groups: np.ndarray | None = None
+
+    def edge_frame(self) -> pd.DataFrame:
+        return self.edges.frame(self.ids)
+
+    def group_frame(self) -> pd.DataFrame:
+        """``posting_id, group_id, group_size`` (the components stage's rows)."""
+        g = self.groups
+        return pd.DataFrame(
+            {
+                "posting_id": self.ids,
+                "group_id": self.ids[g],
+                "group_size": np.bincount(g, minlength=len(self.ids))[g].astype(np.int32),
+            }
+        )
+
+    def explained(self, top_ids: np.ndarray, top_scores: np.ndarray, vectors: Any, layout: Any, rule: Any):
+        """:func:`explain_undirected` of the match edges: the rule's score each pair's in the
+        last round's top ``k`` (``top_ids`` / ``top_scores``), its pHash pair's score."""
+        und = self.edges.src < self.edges.dst
+        a, b, s = self.edges.src[und], self.edges.dst[und], self.edges.score[und]
+        n = np.int64(len(self.ids))
+        ph_und = self.ph.src < self.ph.dst
+        ph_key = self.ph.src[ph_und] * n + self.ph.dst[ph_und]
+        ph_score = pd.Series(self.ph.score[ph_und].astype(np.float64), index=ph_key)
+        ph = ph_score.reindex(a * n + b).to_numpy(dtype=np.float64) if len(ph_key) else np.full(len(a), np.nan)
+        return explain_undirected(
+            a,
+            b,
+            s,
+            ids=self.ids,
+            phash=self.phash,
+            rows=self.rows,
+            vectors=vectors,
+            layout=layout,
+            rule=rule,
+            rule_score=pair_scores(a, b, self.rows, top_ids, top_scores),
+            phash_score=ph,
+        )
