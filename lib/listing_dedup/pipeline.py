@@ -105,6 +105,7 @@ from listing_dedup.search.driver_graph import DriverGraph, codes_of, group_codes
 from listing_dedup.search.driver_night import (
     has_state,
     incremental_rounds,
+    last_frame,
     load_state,
     prune_states,
     rule_prefix,
@@ -488,6 +489,8 @@ def incremental_night(run: Run, setup: Setup, listings: Listings, night: Night) 
                 timer=run.timer,
                 keep=run.keep,
                 with_first=setup.reranker is not None,
+                # the health check's top-1 only, where the later stages read the arrays
+                nbrs_k=1 if _lists_on_driver(run, setup, listings) else None,
             )
             run.summary.signal_counts["incremental_driver"] = 1
             run.summary.signal_counts.update({f"incremental_{k}": v for k, v in rounds.counts.items()})
@@ -976,6 +979,8 @@ def group(
     """Edges -> components -> health, with the re-ranker's rule; redone with the threshold rule
     when the re-ranker's run is flagged (``rerank.fallback: rule``). The rule is the one applied."""
     cfg, summary = run.cfg, run.summary
+    if rounds is not None and not _graph_on_driver(run, setup, listings, scored is not None, cfg.match, extra):
+        last_frame(run.spark, rounds, cfg.index.k, run.keep)  # the Spark stages read the top k
     nbrs = rounds.nbrs if rounds is not None else None
     lists = rounds.lists[-1] if rounds is not None else None  # ranked: the rule reads a prefix of each
     driver = rounds.driver if rounds is not None else None  # set before the commit by the driver plan only
@@ -1155,6 +1160,19 @@ def _graph_on_driver(
     )
 
 
+def _lists_on_driver(run: Run, setup: Setup, listings: Listings) -> bool:
+    """Whether no stage after the driver plan's search reads its top ``k`` as a frame: the
+    graph is the driver's (:func:`_graph_on_driver`, the threshold rule) and neither the
+    ``candidates`` table nor the nightly review queue is written. A night whose graph falls
+    back to Spark after all (too many edges for the driver) ships them then (``last_frame``)."""
+    cfg = run.cfg
+    return (
+        _graph_on_driver(run, setup, listings, setup.reranker is not None, cfg.match, [])
+        and not cfg.output.candidates
+        and not cfg.review.nightly
+    )
+
+
 def _driver_edges(run: Run, listings: Listings, driver: Any, rule: MatchConf, extra: list[DataFrame]) -> DriverGraph:
     """The match edges on the driver: the threshold rule on the arrays' prefixes
     (``rule_prefix`` + graph/edges.select_edges_match) and the pHash pairs (``extra``, the
@@ -1258,6 +1276,8 @@ def commit(run: Run, setup: Setup, listings: Listings, night: Night, matched: Ma
         with run.timer.stage("state") as c:  # the Spark plan's rounds as the driver plan's arrays
             rounds.driver = state_of_rounds(rounds, _depth(cfg))
             c["listings"] = rounds.driver.n
+    if run.driver_graph is None and rounds is not None:  # a graph that fell back to Spark: its matches read the top k
+        last_frame(spark, rounds, cfg.index.k, run.keep)
     with run.timer.stage("write") as c:
         fail = cfg.testing.fail_once_stage
         run_id = F.lit(summary.run_id).alias(RUN_ID_COLUMN)

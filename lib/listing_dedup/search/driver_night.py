@@ -613,13 +613,17 @@ def incremental_rounds(
     timer: Any,
     keep: Any,
     with_first: bool = False,
+    nbrs_k: int | None = None,
 ) -> Any:
     """An incremental night's rounds on the driver, as a :class:`~listing_dedup.search.rounds.
     SearchRounds` the later stages read like the Spark plan's: ``emb`` tonight's fused vectors
     (only the delta's are collected: the others are the state's, the cache's bits), ``delta``
     ``posting_id, kind``, ``prev`` the continued night's state, ``quantizer`` the epoch's. The
     last round's top ``k`` (with its ``rank``) goes back to Spark as one frame (``nbrs`` and the
-    rule's ``lists[-1]``), the first round's only ``with_first`` (the re-ranker reads it)."""
+    rule's ``lists[-1]``), the first round's only ``with_first`` (the re-ranker reads it).
+    ``nbrs_k`` < ``k``: only each list's best ``nbrs_k`` go back (the health check's top-1,
+    where the later stages read the arrays: search/driver_graph); :func:`last_frame` ships the
+    top ``k`` when a later stage needs it after all."""
     from pyspark.sql import functions as F
 
     from listing_dedup.search.indexer import as_matrix
@@ -650,14 +654,26 @@ def incremental_rounds(
     )
     with timer.stage("lists") as c:
         schema = "src string, dst string, score float, rank int"
-        last = keep(to_frame(spark, top_k_frame(state, len(state.rounds) - 1, k), schema))
+        last = keep(to_frame(spark, top_k_frame(state, len(state.rounds) - 1, min(k, nbrs_k or k)), schema))
         c["rows"] = last.count()
         first = None
         if with_first:
             first = keep(to_frame(spark, top_k_frame(state, 0, k), schema)).select("src", "dst", "score")
     nbrs = last.select("src", "dst", "score")
     lists: list[Any] = [None] * (len(state.rounds) - 1) + [last]
-    return SearchRounds(lists, [emb], first, nbrs, quantizer, dict(state.counts), driver=state)
+    return SearchRounds(
+        lists, [emb], first, nbrs, quantizer, dict(state.counts), driver=state, nbrs_k=min(k, nbrs_k or k)
+    )
+
+
+def last_frame(spark: Any, rounds: Any, k: int, keep: Any) -> None:
+    """Ship the driver rounds' last top ``k`` to Spark (``nbrs``, ``lists[-1]``) when
+    :func:`incremental_rounds` shipped fewer (``rounds.nbrs_k``)."""
+    if rounds.driver is None or rounds.nbrs_k is None or rounds.nbrs_k >= k:
+        return
+    schema = "src string, dst string, score float, rank int"
+    last = keep(to_frame(spark, top_k_frame(rounds.driver, len(rounds.driver.rounds) - 1, k), schema))
+    rounds.lists[-1], rounds.nbrs, rounds.nbrs_k = last, last.select("src", "dst", "score"), k
 
 
 def to_frame(spark: Any, pdf: pd.DataFrame, schema: str) -> Any:

@@ -61,6 +61,9 @@ class SearchRounds:
     # the driver plan's arrays (search/driver_night.DriverState): the state tonight leaves as
     # files; None for the Spark plan's rounds (their state is collected when the catalog fits)
     driver: Any = None
+    # the ranks nbrs holds a list (None: index.k): the driver plan ships fewer when the later
+    # stages read its arrays (search/driver_night.incremental_rounds)
+    nbrs_k: int | None = None
 
 
 def top_k(lists: DataFrame, k: int, depth: int) -> DataFrame:
