@@ -75,6 +75,8 @@ from listing_dedup.graph.rerank import (  # noqa: E402
     model_dir_of,
     prior_shifted,
     reranker_for,
+    source_constrained,
+    source_rule,
 )
 from listing_dedup.quality import robust as R  # noqa: E402
 from listing_dedup.quality.health import code_conflict_counts, health_check  # noqa: E402
@@ -306,11 +308,15 @@ def run_conf(cat: Catalog, cfg: DedupConfig, titles_model: str | None = None) ->
         frame_attributes(cat.df),  # the optional model / brand / price, as the job's frame carries them
     )
     prob = model.round_probabilities(frame)[-1]
+    # a catalog that names its duplicate-free sources: the one-to-one rule, no prior shift (as the job)
+    prob, sourced = source_constrained(frame, prob)
     guard = dataclasses.replace(cfg.guard, group_margin=group_margin_of(cfg, model))
     ph = cat.phash(cfg.phash.max_bits) if cfg.phash.enabled else None
     rows = (frame["src"].to_numpy(), frame["dst"].to_numpy(), prob)
     by = "re-ranker" if cfg.rerank.model == BUILTIN else f"re-ranker {Path(cfg.rerank.model).name}"
-    rr, shift_note = prior_shifted(cfg.rerank, model, *histogram_of(prob))  # as the job (rerank_rule_spark)
+    rr, shift_note = (source_rule(cfg.rerank), "") if sourced else prior_shifted(cfg.rerank, model, *histogram_of(prob))
+    if sourced:  # as the job (rerank_rule_spark)
+        by += f" (sources: one-to-one, p >= {rr.threshold:g})"
     if shift_note:
         by += f" (prior {rr.threshold:.3f})"
         log.info("%s: %s", cat.name, shift_note)
@@ -366,7 +372,13 @@ def oracle(cat: Catalog, k: int, guard) -> tuple[dict, dict]:
 
 
 def build(
-    cfg: DedupConfig, csv: str, vectors: TitleVectors, which: str, other_shops: str | None = None, only=()
+    cfg: DedupConfig,
+    csv: str,
+    vectors: TitleVectors,
+    which: str,
+    other_shops: str | None = None,
+    only=(),
+    sources: bool = True,
 ) -> list[Catalog]:
     dev = R.labelled_listings(pd.read_csv(csv, dtype=str), cfg.input.max_title_chars)
     if which == "report":
@@ -374,7 +386,7 @@ def build(
         # fold 1 without its pHashes: a shop whose catalog has titles only (the titles-only model)
         frames["shopee_f1_no_phash"] = frames["shopee_f1_7k"].assign(image_phash=None)
         if other_shops:
-            frames.update(R.other_shops_suite(other_shops, max_title_chars=cfg.input.max_title_chars))
+            frames.update(R.other_shops_suite(other_shops, max_title_chars=cfg.input.max_title_chars, sources=sources))
     else:  # the baseline's threshold and min2 are chosen on the tuning folds, each searched among itself
         frames = {k: v for k, v in R.tuning_suite(dev, (2, 3, 4)).items() if k.startswith("fold")}
     return [Catalog(name, df, cfg, vectors) for name, df in frames.items() if not only or name in only]
@@ -445,6 +457,11 @@ def main() -> int:
         help="CATALOG=DIR: score this catalog with the titles-only model DIR (trained without it) instead of the "
         "shipped one (bench/rerank_titles.py's loo_<catalog>)",
     )
+    ap.add_argument(
+        "--no-sources",
+        action="store_true",
+        help="the two-source catalogs without their optional source attribute (the one-to-one rule off: ablation)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if not Path(args.csv).exists():
@@ -458,7 +475,7 @@ def main() -> int:
     base_match = choose_baseline(build(new, args.csv, vectors, "tune"), new.index.k, old.guard)
     only = tuple(c for c in args.catalogs.split(",") if c)
     titles = dict(t.split("=", 1) for t in args.titles_model)
-    report = build(new, args.csv, vectors, "report", args.other_shops or None, only)
+    report = build(new, args.csv, vectors, "report", args.other_shops or None, only, not args.no_sources)
     rows = []
     for cat in report:
         c = run_catalog(cat, new, old, base_match, titles.get(cat.name))

@@ -592,7 +592,9 @@ def test_the_jobs_rerank_stage_scores_with_the_optional_attributes(spark):
 
     import lightgbm as lgb
     from listing_dedup import pipeline
+    from listing_dedup.graph.rerank import SOURCE_RULE, source_constrained
     from listing_dedup.timing import StageTimer
+    from pyspark.sql import functions as F
 
     ids, base, final, titles, phashes = _random_lists()
     k, n = 8, len(ids)
@@ -622,3 +624,15 @@ def test_the_jobs_rerank_stage_scores_with_the_optional_attributes(spark):
     np.testing.assert_allclose(got.reindex(want.index).to_numpy(), want.to_numpy(), atol=1e-6)
     without = model.predict(candidate_frame(base, final, titles, phashes, k, min_score=0.2))
     assert not np.allclose(without, want.to_numpy())  # the attributes move these probabilities
+
+    # with the optional source too: the one-to-one rule's zeroes, as source_constrained on the numpy frame
+    attrs["source"] = ["A" if i % 2 else "B" for i in range(n)]
+    ref = candidate_frame(base, final, titles, phashes, k, min_score=0.2, attributes=attrs)
+    p, applied = source_constrained(ref, model.predict(ref))
+    assert applied and 0 < int((p == 0).sum()) < len(p)
+    want = pd.Series(p, index=pd.MultiIndex.from_arrays([ids[ref["src"]], ids[ref["dst"]]]))
+    kept = kept.withColumn("source", F.when(F.substring("posting_id", -1, 1).cast("int") % 2 == 1, "A").otherwise("B"))
+    scored = pipeline.rerank(run, types.SimpleNamespace(reranker=model), types.SimpleNamespace(kept=kept), rounds)
+    assert SOURCE_RULE in scored.columns
+    got = scored.toPandas().set_index(["src", "dst"])["score"]
+    np.testing.assert_allclose(got.reindex(want.index).to_numpy(), want.to_numpy(), atol=1e-6)

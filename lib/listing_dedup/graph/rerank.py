@@ -107,6 +107,12 @@ FEATURE_SETS = (FEATURES, IDENTIFIER_FEATURE_SET, ATTRIBUTE_FEATURE_SET)
 # the attributes a candidate frame carries for both ends when the listings have them
 FRAME_ATTRIBUTES = ("model", "brand")
 ATTRIBUTE_FRAME_COLUMNS = tuple(f"{a}_{s}" for a in FRAME_ATTRIBUTES for s in ("src", "dst"))
+# the optional ``source`` attribute (issue 30): a listing's duplicate-free source, e.g. the shop whose
+# deduplicated catalog it comes from when two shops' catalogs are matched. Not a feature: a
+# constraint on the re-ranker's edges (:func:`one_to_one_keep`). Carried like the attributes above.
+SOURCE = "source"
+CARRIED = (*FRAME_ATTRIBUTES, SOURCE)
+SOURCE_RULE = "source_rule"  # the column rerank_spark adds when the one-to-one rule ran
 
 # a graph round's model reads FEATURES + these, computed from the previous round's probabilities
 GRAPH_FEATURES = (
@@ -415,7 +421,7 @@ def candidate_frame(
     ``final`` the last one, each ``(src, dst, score)`` sorted like ``tuning.knn``. Rows are the
     final candidates with ``score >= min_score``; columns ``src``, ``dst`` (row indices) and
     those of :data:`FRAME_COLUMNS`, then ``<a>_src`` / ``<a>_dst`` for each of
-    :data:`FRAME_ATTRIBUTES` that ``attributes`` (name -> one value a listing) holds."""
+    :data:`FRAME_ATTRIBUTES` and :data:`SOURCE` that ``attributes`` (name -> one value a listing) holds."""
     n = len(titles)
     fs, fd, fsc = final
     bs, bd, bsc = base
@@ -439,7 +445,7 @@ def candidate_frame(
         cols[f"{name}_src"] = stats[name][s]
         cols[f"{name}_dst"] = stats[name][d]
     cols.update(phash_src=phash_arr[s], phash_dst=phash_arr[d], title_src=titles_arr[s], title_dst=titles_arr[d])
-    for a in FRAME_ATTRIBUTES:
+    for a in CARRIED:
         if attributes is not None and attributes.get(a) is not None:
             vals = pd.Series(list(attributes[a]), dtype=object)
             arr = vals.where(vals.notna(), None).to_numpy(dtype=object)
@@ -448,8 +454,9 @@ def candidate_frame(
 
 
 def frame_attributes(df: pd.DataFrame) -> dict[str, Sequence] | None:
-    """The :data:`FRAME_ATTRIBUTES` columns ``df`` has (for :func:`candidate_frame`), None if none."""
-    got = {a: df[a].tolist() for a in FRAME_ATTRIBUTES if a in df.columns}
+    """The :data:`FRAME_ATTRIBUTES` and :data:`SOURCE` columns ``df`` has (for
+    :func:`candidate_frame`), None if none."""
+    got = {a: df[a].tolist() for a in CARRIED if a in df.columns}
     return got or None
 
 
@@ -764,6 +771,70 @@ def prior_shifted(rerank_conf, model: Reranker, centres: np.ndarray, counts: np.
     return conf, note
 
 
+def _known(values: Sequence) -> np.ndarray:
+    """Whether each source value is given (not None / NaN / empty)."""
+    v = pd.Series(list(values), dtype=object)
+    return (v.notna() & (v.astype(str).str.len() > 0)).to_numpy()
+
+
+def one_to_one_keep(src: np.ndarray, dst: np.ndarray, p: np.ndarray, source_src: Sequence, source_dst: Sequence):
+    """Which candidate rows ``src -> dst`` (probability ``p``) the source constraint leaves to the
+    edge rule. Where both ends name their :data:`SOURCE`, each source is taken as duplicate-free
+    (two shops' deduplicated catalogs): two listings of one source are never a match, and a
+    listing matches at most one listing of each other source, so a row is kept only when ``dst``
+    is the most probable candidate of ``src`` among ``dst``'s source and ``src`` the most
+    probable of ``dst`` among ``src``'s (both directions scored; ties: the smaller ``dst``). A
+    row with a source missing on either end is kept (unconstrained). The rule's threshold then
+    applies to the kept rows as before."""
+    src, dst, p = np.asarray(src), np.asarray(dst), np.asarray(p, dtype=np.float64)
+    known = _known(source_src) & _known(source_dst)
+    ss = np.asarray(pd.Series(list(source_src), dtype=object).astype(str))
+    sd = np.asarray(pd.Series(list(source_dst), dtype=object).astype(str))
+    keep = ~known
+    idx = np.flatnonzero(known & (ss != sd))
+    if idx.size:
+        f = pd.DataFrame({"src": src[idx], "dst": dst[idx], "p": p[idx], "sd": sd[idx]}, index=idx)
+        f = f.sort_values(["src", "sd", "p", "dst"], ascending=[True, True, False, True], kind="mergesort")
+        best = f.drop_duplicates(["src", "sd"], keep="first")
+        chosen = set(zip(best["src"].tolist(), best["dst"].tolist(), strict=True))
+        mutual = [(d, s) in chosen for s, d in zip(best["src"].tolist(), best["dst"].tolist(), strict=True)]
+        keep[best.index.to_numpy()[np.asarray(mutual, dtype=bool)]] = True
+    return keep
+
+
+def source_constrained(frame: pd.DataFrame, p: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(p, applied)``: the candidate probabilities with the rows :func:`one_to_one_keep` drops
+    set to 0, and whether the frame names sources at all (its ``source_src`` / ``source_dst``
+    columns; else ``p`` unchanged and False)."""
+    cols = (f"{SOURCE}_src", f"{SOURCE}_dst")
+    if not all(c in frame.columns for c in cols):
+        return p, False
+    keep = one_to_one_keep(frame["src"].to_numpy(), frame["dst"].to_numpy(), p, frame[cols[0]], frame[cols[1]])
+    return np.where(keep, p, 0.0), True
+
+
+def one_to_one_spark(scored):
+    """:func:`one_to_one_keep` on Spark: ``scored`` has ``src, dst, p`` (double) and
+    ``source_src, source_dst``; returns it with ``p`` set to 0 where the rule drops the row."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ss, sd = F.col(f"{SOURCE}_src"), F.col(f"{SOURCE}_dst")
+    known = ss.isNotNull() & sd.isNotNull() & (F.length(ss) > 0) & (F.length(sd) > 0)
+    w = Window.partitionBy("src", f"{SOURCE}_dst").orderBy(F.col("p").desc(), F.col("dst").asc())
+    best = (
+        scored.where(known & (ss != sd))
+        .withColumn("_r", F.row_number().over(w))
+        .where(F.col("_r") == 1)
+        .select("src", "dst")
+    )
+    rev = best.select(F.col("dst").alias("src"), F.col("src").alias("dst"))
+    mutual = best.join(rev, ["src", "dst"]).withColumn("_keep", F.lit(True))
+    out = scored.join(mutual, ["src", "dst"], "left")
+    keep = ~known | F.coalesce(F.col("_keep"), F.lit(False))
+    return out.withColumn("p", F.when(keep, F.col("p")).otherwise(F.lit(0.0))).drop("_keep")
+
+
 def probability_histogram_spark(scored, bins: int = PRIOR_BINS) -> tuple[np.ndarray, np.ndarray]:
     """:func:`histogram_of` of a scored frame's ``score`` (one aggregation; <= ``bins`` rows
     reach the driver)."""
@@ -777,10 +848,36 @@ def probability_histogram_spark(scored, bins: int = PRIOR_BINS) -> tuple[np.ndar
     return (np.arange(bins) + 0.5) / bins, counts
 
 
+# under the one-to-one rule a listing keeps at most one candidate of each other source; keeping one
+# candidate of match probability p raises the listing's expected row-wise F1 iff p > 0.5 (kept: p *
+# 1 + (1 - p) * 2/3; not kept: p * 2/3 + (1 - p) * 1), so the rule's threshold is at least this
+ONE_CANDIDATE_P = 0.5
+
+
+def source_rule(rerank_conf):
+    """The re-ranker's rule (a RerankConf) where the listings name their sources: its thresholds
+    raised to at least :data:`ONE_CANDIDATE_P`, and no prior shift (the one-to-one rule, not
+    the catalog's estimated share of matches, bounds how many candidates a listing keeps)."""
+    t = max(float(rerank_conf.threshold), ONE_CANDIDATE_P)
+    return dataclasses.replace(rerank_conf, threshold=t, min2_threshold=min(float(rerank_conf.min2_threshold), t))
+
+
+SOURCE_NOTE = (
+    "sources: the listings name their duplicate-free source; a listing matches at most its most probable "
+    "candidate of each other source, when it is that one's too, at probability >= {t:g} (no prior shift)"
+)
+
+
 def rerank_rule_spark(cfg, model: Reranker, scored):
     """The edge rule (a MatchConf) of the re-ranker's run on the job's scored candidates, and a
     note: ``rerank.match()``, its thresholds prior-shifted where the model asks
-    (:func:`prior_shifted`)."""
+    (:func:`prior_shifted`); where the listings name their sources (``scored`` has the
+    ``source_rule`` column of :func:`rerank_spark`) :func:`source_rule`'s instead."""
+    if SOURCE_RULE in scored.columns:
+        rr = source_rule(cfg.rerank)
+        note = SOURCE_NOTE.format(t=rr.threshold)
+        log.info("%s", note)
+        return rr.match(), note
     if not model.meta.get("prior_shift"):
         return cfg.rerank.match(), ""
     conf, note = prior_shifted(cfg.rerank, model, *probability_histogram_spark(scored))
@@ -796,7 +893,8 @@ def rerank_rule_spark(cfg, model: Reranker, scored):
 def candidate_frame_spark(base_nbrs, final_nbrs, listings, k: int, min_score: float = -1.0):
     """The candidate frame on Spark (lazy): ``base_nbrs`` / ``final_nbrs`` are the first and the
     last search (``src, dst, score``), ``listings`` has ``posting_id, title, image_phash`` and
-    any of the optional :data:`FRAME_ATTRIBUTES` (carried to both ends, as :func:`candidate_frame`)."""
+    any of the optional :data:`FRAME_ATTRIBUTES` and :data:`SOURCE` (carried to both ends, as
+    :func:`candidate_frame`)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -815,7 +913,7 @@ def candidate_frame_spark(base_nbrs, final_nbrs, listings, k: int, min_score: fl
     base = base_nbrs.select("src", "dst", F.col("score").cast("double").alias("raw_score"))
     raw_top1 = base.groupBy("src").agg(F.max("raw_score").alias("raw_top1_src"))
     rev = fin.select(F.col("dst").alias("src"), F.col("src").alias("dst"), F.col("rank").alias("rev_rank"))
-    attrs = [a for a in FRAME_ATTRIBUTES if a in listings.columns]  # the optional attributes it has
+    attrs = [a for a in CARRIED if a in listings.columns]  # the optional attributes it has
     info = listings.select(
         "posting_id",
         F.col("title"),
@@ -916,12 +1014,16 @@ def rerank_spark(frame_df, model: Reranker, cut=None):
     """Probability of every candidate of a Spark candidate frame: ``src, dst, score`` where
     ``score`` is the re-ranker's match probability (float) after its last round. ``cut``
     materialises an intermediate result and drops its lineage (the pipeline passes
-    :func:`listing_dedup.graph.components.cut_lineage`; identity when None)."""
+    :func:`listing_dedup.graph.components.cut_lineage`; identity when None). Where the frame
+    carries the listings' sources, the probabilities the one-to-one rule drops are 0
+    (:func:`one_to_one_spark`) and a ``source_rule`` column (true) says so."""
     from pyspark.sql import functions as F
 
     cut = cut or (lambda df: df)
     bc = frame_df.sparkSession.sparkContext.broadcast((model.model_texts, dict(model.meta)))
-    schema = "src string, dst string, p double, x array<double>"
+    sources = [c for c in (f"{SOURCE}_src", f"{SOURCE}_dst") if c in frame_df.columns]
+    sources = sources if len(sources) == 2 else []  # carried through the rounds for one_to_one_spark
+    schema = "src string, dst string, p double, x array<double>" + "".join(f", {c} string" for c in sources)
 
     def _pairs(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         m = Reranker(*bc.value)
@@ -929,12 +1031,13 @@ def rerank_spark(frame_df, model: Reranker, cut=None):
             if pdf.empty:
                 continue
             X = pair_features(pdf, m.features)
-            yield pd.DataFrame({"src": pdf["src"], "dst": pdf["dst"], "p": m.pair_probability(X), "x": list(X)})
+            out = {"src": pdf["src"], "dst": pdf["dst"], "p": m.pair_probability(X), "x": list(X)}
+            yield pd.DataFrame({**out, **{c: pdf[c] for c in sources}})
 
     cur = cut(frame_df.mapInPandas(_pairs, schema))
     for r in range(1, model.graph_rounds + 1):
         g = graph_features_spark(cur, model.graph_floor)
-        joined = cur.select("src", "dst", "x").join(g, ["src", "dst"])
+        joined = cur.select("src", "dst", "x", *sources).join(g, ["src", "dst"])
 
         def _graph(batches: Iterator[pd.DataFrame], r: int = r) -> Iterator[pd.DataFrame]:
             m = Reranker(*bc.value)
@@ -943,9 +1046,11 @@ def rerank_spark(frame_df, model: Reranker, cut=None):
                     continue
                 X = np.stack(pdf["x"].to_numpy())
                 G = pdf[list(GRAPH_FEATURES)].to_numpy(dtype=np.float64)
-                yield pd.DataFrame(
-                    {"src": pdf["src"], "dst": pdf["dst"], "p": m.graph_probability(r, X, G), "x": pdf["x"]}
-                )
+                out = {"src": pdf["src"], "dst": pdf["dst"], "p": m.graph_probability(r, X, G), "x": pdf["x"]}
+                yield pd.DataFrame({**out, **{c: pdf[c] for c in sources}})
 
         cur = cut(joined.mapInPandas(_graph, schema))
+    if sources:  # the listings name their sources: the one-to-one rule (one_to_one_keep) zeroes the rest
+        cur = one_to_one_spark(cur)
+        return cur.select("src", "dst", F.col("p").cast("float").alias("score"), F.lit(True).alias(SOURCE_RULE))
     return cur.select("src", "dst", F.col("p").cast("float").alias("score"))

@@ -41,9 +41,10 @@ from listing_dedup.ingest.titles import clean_title
 
 # the optional listing attributes (issue 30): read when the input has them, never required; a bad
 # value never rejects its row (the listing's title and image still work): it is nulled and counted
-ATTRIBUTES = ("brand", "model", "category", "price", "description")
+# (``source``: the listing's duplicate-free source, e.g. the shop of two deduplicated catalogs matched)
+ATTRIBUTES = ("brand", "model", "category", "price", "description", "source")
 MODEL_ALIASES = ("model", "modelno")  # the input column read as ``model`` (the first one present)
-ATTRIBUTE_MAX_CHARS = {"brand": 200, "model": 200, "category": 500, "description": 5000}  # longer: cut
+ATTRIBUTE_MAX_CHARS = {"brand": 200, "model": 200, "category": 500, "description": 5000, "source": 200}  # longer: cut
 _PRICE_NUMBER = re.compile(r"\d[\d.,' ]*\d|\d")
 
 NULL_POSTING_ID = "null_posting_id"

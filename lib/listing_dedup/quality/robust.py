@@ -109,18 +109,42 @@ def sample_catalog(n_products: int = 400, seed: int = 7, max_title_chars: int = 
     return labelled_listings(labelled.drop(columns="_row"), max_title_chars)
 
 
-def other_shop_catalog(path: str | Path, max_title_chars: int = 1000) -> pd.DataFrame:
+# the two-source catalogs: the posting_id prefix of each source's listings (the data README: two
+# shops' files, Amazon + GoogleProducts and Walmart + Amazon; walmart_amazon's "each source is
+# duplicate-free; matches are across sources"). wdc_products' offers come from many shops, unnamed.
+SOURCE_PREFIXES = {"amazon_google": ("ag_a_", "ag_g_"), "walmart_amazon": ("wa_w_", "wa_a_")}
+
+
+def source_of(posting_ids: pd.Series, prefixes: Sequence[str]) -> pd.Series:
+    """Each listing's source: the one of ``prefixes`` its id starts with (None when none)."""
+    out = pd.Series([None] * len(posting_ids), index=posting_ids.index, dtype=object)
+    for pre in prefixes:
+        out[posting_ids.astype(str).str.startswith(pre) & out.isna()] = pre.rstrip("_")
+    return out
+
+
+def other_shop_catalog(path: str | Path, max_title_chars: int = 1000, sources: bool = True) -> pd.DataFrame:
     """One of ../shared/data/other_shops' catalogs (``posting_id, title, label_group`` and the
     attributes its source has; no pHash) as the job sees it; its ``modelno`` column is read as the
-    optional ``model`` attribute."""
+    optional ``model`` attribute. With ``sources``, a two-source catalog (:data:`SOURCE_PREFIXES`)
+    gets the optional ``source`` attribute from its ids, as a shop matching two catalogs would give it."""
     df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    prefixes = SOURCE_PREFIXES.get(Path(path).stem)
+    if sources and prefixes and "source" not in df.columns:
+        df["source"] = source_of(df["posting_id"], prefixes)
     return labelled_listings(df.rename(columns={"modelno": "model"}), max_title_chars)
 
 
-def other_shops_suite(root: str | Path, names: Sequence[str] = OTHER_SHOPS, max_title_chars: int = 1000) -> dict:
+def other_shops_suite(
+    root: str | Path, names: Sequence[str] = OTHER_SHOPS, max_title_chars: int = 1000, sources: bool = True
+) -> dict:
     """The other shops' catalogs found under ``root`` (each searched among itself)."""
     root = Path(root)
-    return {n: other_shop_catalog(root / f"{n}.csv", max_title_chars) for n in names if (root / f"{n}.csv").exists()}
+    return {
+        n: other_shop_catalog(root / f"{n}.csv", max_title_chars, sources)
+        for n in names
+        if (root / f"{n}.csv").exists()
+    }
 
 
 def shopee_suite(dev: pd.DataFrame, report_fold: int = 1, seed: int = 0) -> dict[str, pd.DataFrame]:
