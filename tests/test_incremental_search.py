@@ -201,3 +201,25 @@ def test_search_delta_through_the_index_equals_a_full_search(spark):
         g = g.sort_values(["score", "dst"], ascending=[False, True])
         w = want[want["src"] == src]
         assert len(g) >= k and g["dst"].tolist() == w["dst"].tolist()[: len(g)], src
+
+
+def test_the_driver_plans_fallback_frames(spark):
+    """A driver-plan night that shipped only its lists' top-1 and embedded only its delta gives
+    the later Spark stages the top k (search/driver_night.last_frame) and every listing's fused
+    vector (vectors_frame) from its arrays when its graph falls back to Spark."""
+    from listing_dedup.search.driver_night import DriverState, RoundArrays, last_frame, vectors_frame
+    from listing_dedup.search.rounds import SearchRounds
+
+    ids = np.asarray(["a", "b", "c"], dtype=object)
+    nb = np.asarray([[1, 2], [0, -1], [1, 0]], dtype=np.int32)
+    sc = np.asarray([[0.9, 0.5], [0.9, 0], [0.7, 0.5]], dtype=np.float32)
+    vec = np.asarray([[1, 0], [0.6, 0.8], [0, 1]], dtype=np.float32)
+    state = DriverState(ids, [RoundArrays(nb, sc, vec, np.zeros(3, dtype=np.int32))], depth=2)
+    top1 = spark.createDataFrame([("a", "b", 0.9, 1)], "src string, dst string, score float, rank int")
+    rounds = SearchRounds([top1], [], None, top1.select("src", "dst", "score"), None, driver=state, nbrs_k=1)
+    last_frame(spark, rounds, 2, lambda df: df)
+    got = sorted((r["src"], r["dst"], round(r["score"], 3)) for r in rounds.nbrs.collect())
+    assert got == [("a", "b", 0.9), ("a", "c", 0.5), ("b", "a", 0.9), ("c", "a", 0.5), ("c", "b", 0.7)]
+    assert rounds.nbrs_k == 2 and sorted(r["rank"] for r in rounds.lists[-1].collect()) == [1, 1, 1, 2, 2]
+    emb = {r["posting_id"]: r["emb"] for r in vectors_frame(spark, state).collect()}
+    assert emb == {"a": [1.0, 0.0], "b": [np.float32(0.6), np.float32(0.8)], "c": [0.0, 1.0]}

@@ -113,6 +113,7 @@ from listing_dedup.search.driver_night import (
     state_frames,
     state_of_rounds,
     to_frame,
+    vectors_frame,
 )
 from listing_dedup.search.incremental import DELTA_KINDS, night_delta_spark
 from listing_dedup.search.indexer import Quantizer, build_index, search, train
@@ -387,6 +388,7 @@ class Embedded:
     idf: Any
     cache: EmbeddingCache | None
     cache_staged: list
+    partial: bool = False  # only the night's delta embedded (a driver-plan night: the others' are its arrays)
 
 
 @dataclass
@@ -467,7 +469,10 @@ def incremental_night(run: Run, setup: Setup, listings: Listings, night: Night) 
     """The epoch's idf and quantizer; only the night's delta searched, only the listings whose
     neighbourhood moved blended (search/rounds.delta_rounds); the later stages as a full night's."""
     cfg = run.cfg
-    embedded = embed(run, setup, listings, epoch_idf=night.epoch.idf)
+    only = None
+    if _embed_delta_only(run, setup, listings, night):  # the others' fused vectors are the state's arrays
+        only = night.delta.where(F.col("kind").isin("added", "changed")).select("posting_id")
+    embedded = embed(run, setup, listings, epoch_idf=night.epoch.idf, only=only)
     quantizer = Quantizer(night.epoch.centroids, 0)
     if cfg.incremental.search_all:  # the reference: every listing searched on the epoch
         rounds = full_rounds(
@@ -540,6 +545,21 @@ def _driver_plan(run: Run) -> bool:
     driver scans exactly; ``sq8``'s compressed scan is the Spark plan's)."""
     cfg = run.cfg
     return run.summary.rows_kept <= cfg.incremental.driver_max_listings and cfg.index.storage == "flat"
+
+
+def _embed_delta_only(run: Run, setup: Setup, listings: Listings, night: Night) -> bool:
+    """Whether tonight embeds only its delta: a driver-plan night (its fused vectors are the
+    state's arrays, the delta's collected from ``emb``) whose later stages read no other
+    listing's vector from Spark (:func:`_lists_on_driver`), of the title signals only (an
+    image's listing need not have a title)."""
+    cfg = run.cfg
+    return (
+        night.driver_base
+        and not cfg.incremental.search_all
+        and _driver_plan(run)
+        and "image" not in listings.layout_weights
+        and _lists_on_driver(run, setup, listings)
+    )
 
 
 def _depth(cfg: DedupConfig) -> int:
@@ -713,10 +733,13 @@ def _encoder_fingerprints(run: Run, setup: Setup, listings: Listings) -> dict[st
     return out
 
 
-def embed(run: Run, setup: Setup, listings: Listings, *, epoch_idf: Any) -> Embedded:
+def embed(run: Run, setup: Setup, listings: Listings, *, epoch_idf: Any, only: DataFrame | None = None) -> Embedded:
     """The fused vector of every listing with a title or an image: the cache's vectors reused,
     the missing ones computed; the lexical idf fitted on tonight's catalog, or the epoch's
-    (``epoch_idf``) on an incremental night."""
+    (``epoch_idf``) on an incremental night. ``only`` (``posting_id``: a driver-plan night's
+    delta, titles only): only those listings are embedded (the others' fused vectors are the
+    state's arrays), every listing's cache keys still marked used; ``rows_embedded`` counts the
+    catalog's."""
     spark, cfg, timer, keep, summary, run_date = run.spark, run.cfg, run.timer, run.keep, run.summary, run.run_date
     kept, image_root, layout_weights, builder = (
         listings.kept,
@@ -729,6 +752,9 @@ def embed(run: Run, setup: Setup, listings: Listings, *, epoch_idf: Any) -> Embe
     cache_staged: list = []  # the cache's staged writes (embed stage), committed after the data tables
     with timer.stage("embed") as c:
         sig = kept.where(F.length("title") > 0).select("posting_id", "title")
+        catalog = sig
+        if only is not None:
+            sig = sig.join(F.broadcast(only.select("posting_id")), "posting_id")
         fail = cfg.testing.fail_once_stage
         params = cfg.embed.lexical.params()
         t_step = [time.perf_counter()]
@@ -771,6 +797,8 @@ def embed(run: Run, setup: Setup, listings: Listings, *, epoch_idf: Any) -> Embe
                 keep=keep,
                 content_cols=["title"],
             )
+            if only is not None:  # the catalog's other titles read their vectors from the state
+                cache.mark_used(catalog, signals=title_signals, digest=content_digest_column(F.col("title")))
             step("title_cache")
         # no layout step: the index's sample and shards depend on the rows alone (search/indexer.py)
         if cached_text or cached_lexical:
@@ -844,6 +872,9 @@ def embed(run: Run, setup: Setup, listings: Listings, *, epoch_idf: Any) -> Embe
         fused = fuse(sig, {s: columns[s] for s in layout.signals}, layout, transforms=transforms)
         emb = keep(fused.select("posting_id", "emb"))
         summary.rows_embedded = emb.count()  # one row a listing of sig: no count of its own
+        if only is not None:
+            c["embedded_delta"] = summary.signal_counts["embedded_delta"] = summary.rows_embedded
+            summary.rows_embedded = catalog.count()
         step("fuse")
         c.update(embedded=summary.rows_embedded, signals=",".join(layout.signals), dim=layout.dim)
         if cache is not None:
@@ -855,7 +886,7 @@ def embed(run: Run, setup: Setup, listings: Listings, *, epoch_idf: Any) -> Embe
             cache_staged = cache.stage(run_date, fail_stage=cfg.testing.fail_once_stage)
             cache.release()
             step("stage_cache")
-    return Embedded(emb, sig, layout, idf, cache, cache_staged)
+    return Embedded(emb, sig, layout, idf, cache, cache_staged, partial=only is not None)
 
 
 def phash(run: Run, listings: Listings, night: Night | None = None) -> DataFrame | None:
@@ -1278,6 +1309,9 @@ def commit(run: Run, setup: Setup, listings: Listings, night: Night, matched: Ma
             c["listings"] = rounds.driver.n
     if run.driver_graph is None and rounds is not None:  # a graph that fell back to Spark: its matches read the top k
         last_frame(spark, rounds, cfg.index.k, run.keep)
+        if matched.embedded.partial and rounds.driver is not None:  # ... and every listing's fused vector
+            matched.embedded.emb = run.keep(vectors_frame(spark, rounds.driver))
+            matched.embedded.partial = False
     with run.timer.stage("write") as c:
         fail = cfg.testing.fail_once_stage
         run_id = F.lit(summary.run_id).alias(RUN_ID_COLUMN)

@@ -123,6 +123,9 @@ def test_the_second_night_is_incremental_and_searches_the_delta_only(nights):
     assert sc["incremental_driver"] == 1 and "incremental_driver" not in nights["full"].signal_counts
     # and its edges, groups and matches come from its arrays on the driver (search/driver_graph)
     assert sc["graph_driver"] == 1 and "graph_driver" not in nights["full"].signal_counts
+    # only the delta's titles embedded (the others' fused vectors are the arrays'), the catalog counted
+    assert sc["embedded_delta"] == 7 and "embedded_delta" not in nights["full"].signal_counts
+    assert r2.rows_embedded == nights["full"].rows_embedded
     assert has_state(nights["wh"], D1, r1.run_id) and has_state(nights["wh"], D2, r2.run_id)
     assert read_table(nights["wh"], "neighbours", D2).empty and read_table(nights["wh"], "vectors", D2).empty
 

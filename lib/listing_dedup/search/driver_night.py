@@ -683,6 +683,13 @@ def to_frame(spark: Any, pdf: pd.DataFrame, schema: str) -> Any:
     return spark.createDataFrame(pdf, schema).coalesce(max(1, spark.sparkContext.defaultParallelism))
 
 
+def vectors_frame(spark: Any, state: DriverState) -> Any:
+    """Round 0's fused vectors as ``posting_id, emb`` (the embed stage's frame, for a night that
+    embedded only its delta and whose later stages read every vector after all)."""
+    pdf = pd.DataFrame({"posting_id": state.ids.astype(object), "emb": list(state.rounds[0].vectors)})
+    return to_frame(spark, pdf, "posting_id string, emb array<float>")
+
+
 def state_of_rounds(rounds: Any, depth: int) -> DriverState:
     """A night's state from the Spark plan's rounds (a full night, the reference, or an
     incremental night of the Spark plan): every round's lists and vectors collected."""
