@@ -310,19 +310,19 @@ def test_pair_scores_read_both_lists_top_k():
 def test_match_table_is_explained_match_sets_order_and_schema():
     """Each listing's matches by score desc, then id, both directions of each pair, its
     explanations aligned; empty arrays for a listing without matches; the table's schema."""
-    from listing_dedup.search.driver_graph import match_table
+    import pyarrow as pa
+    from listing_dedup.search.driver_graph import Explained, match_table
     from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS, normalize_arrow_schema
 
     ids = np.asarray(["a", "b", "c", "d", "e"], dtype=object)
-    explained = pd.DataFrame(
-        {
-            "a": [0, 0, 1, 0],
-            "b": [1, 2, 2, 3],
-            "score": np.asarray([0.9, 0.95, 0.9, 0.9], dtype=np.float32),
-            "kept_by": ["threshold", "threshold+phash", "relative", "phash"],
-            "signal_scores": [{"lexical": 0.9, "fused": 0.9}, {"fused": 0.95, "phash": 1.0}, {}, {"phash": 0.9}],
-            "phash_distance": pd.array([None, 0, None, 6], dtype="Int32"),
-        }
+    maps = [[("lexical", 0.9), ("fused", 0.9)], [("fused", 0.95), ("phash", 1.0)], [], [("phash", 0.9)]]
+    explained = Explained(
+        np.asarray([0, 0, 1, 0]),
+        np.asarray([1, 2, 2, 3]),
+        np.asarray([0.9, 0.95, 0.9, 0.9], dtype=np.float32),
+        np.asarray(["threshold", "threshold+phash", "relative", "phash"], dtype=object),
+        pa.array(maps, type=pa.map_(pa.string(), pa.float32())),
+        pa.array([None, 0, None, 6], type=pa.int32()),
     )
     t = match_table(ids, explained, "r1")
     assert t.schema == normalize_arrow_schema(OUTPUT_DATA_SCHEMAS["matches"])
@@ -335,6 +335,59 @@ def test_match_table_is_explained_match_sets_order_and_schema():
     assert rows["d"]["match_ids"] == ["a"] and rows["d"]["signal_scores"] == [[("phash", 0.8999999761581421)]]
     assert rows["e"]["match_ids"] == [] and rows["e"]["scores"] == [] and rows["e"]["kept_by"] == []
     assert {r["run_id"] for r in rows.values()} == {"r1"}
+
+
+def test_explain_undirected_is_explain_pairs():
+    """The columnar explanations equal graph/explain.explain_pairs (the Spark layer's pure core)
+    on the same edges: labels, per-signal scores (as the table's float32), pHash distances."""
+    from listing_dedup.embed.fusion import Layout
+    from listing_dedup.graph.explain import EdgeRule, explain_pairs
+    from listing_dedup.search.driver_graph import explain_undirected
+
+    rng = np.random.default_rng(7)
+    n, m = 40, 300
+    layout = Layout.of({"text": 3, "lexical": 5}, {"text": 0.2, "lexical": 0.8})
+    vectors = rng.normal(size=(30, layout.dim)).astype(np.float32)
+    vectors[3, :3] = 0  # a listing without the text signal
+    rows = np.where(np.arange(n) < 30, np.arange(n), -1)  # 10 listings without a vector
+    hexes = [f"{rng.integers(0, 1 << 62):016x}" for _ in range(n)]
+    phash = np.asarray([h if i % 7 else None for i, h in enumerate(hexes)], dtype=object)
+    phash[5] = "not-a-hash"
+    a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+    score = rng.random(m).astype(np.float32)
+    rule_score = np.where(rng.random(m) < 0.2, np.nan, rng.choice([0.2, 0.35, 0.61, 0.9, 0.95], m))
+    ph_score = np.where(rng.random(m) < 0.6, np.nan, rng.random(m))
+    for rule in (
+        EdgeRule(None, 0.9, relative=True, relative_floor=0.3, mutual_rank=2, mutual_floor=0.6, union=("text",)),
+        EdgeRule("reranker:m", 0.5, min2=True, min2_threshold=0.3),
+    ):
+        got = explain_undirected(
+            a, b, score, phash=phash, rows=rows, vectors=vectors, layout=layout, rule=rule,
+            rule_score=rule_score, phash_score=ph_score,
+        )  # fmt: skip
+        ref = explain_pairs(
+            pd.DataFrame(
+                {
+                    "src": a,
+                    "dst": b,
+                    "score": score,
+                    "_must": False,
+                    "_rule": rule_score,
+                    "_rr": np.nan,
+                    "_ph": ph_score,
+                    "_ha": phash[a],
+                    "_hb": phash[b],
+                    "_ea": [vectors[rows[x]] if rows[x] >= 0 else None for x in a],
+                    "_eb": [vectors[rows[x]] if rows[x] >= 0 else None for x in b],
+                }
+            ),  # fmt: skip
+            rule,
+            layout,
+        )
+        assert got.kept_by.tolist() == ref["kept_by"].tolist()
+        want = [[(k, float(np.float32(v))) for k, v in d.items()] for d in ref["signal_scores"]]
+        assert got.signal_scores.to_pylist() == want
+        assert got.phash_distance.to_pylist() == [None if pd.isna(v) else int(v) for v in ref["phash_distance"]]
 
 
 def test_stage_arrow_commits_the_driver_rows(tmp_path):

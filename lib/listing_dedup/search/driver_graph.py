@@ -115,12 +115,25 @@ def pair_scores(
     return out
 
 
+@dataclass
+class Explained:
+    """The explanation columns of the undirected match edges ``a < b`` (vertices), one entry an
+    edge: graph/explain.explain_pairs' ``kept_by``, ``signal_scores`` (an Arrow map array, the
+    keys in its order) and ``phash_distance`` (Arrow int32, null where a pHash is missing)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    score: np.ndarray
+    kept_by: np.ndarray
+    signal_scores: pa.Array
+    phash_distance: pa.Array
+
+
 def explain_undirected(
     a: np.ndarray,
     b: np.ndarray,
     score: np.ndarray,
     *,
-    ids: np.ndarray,
     phash: np.ndarray,
     rows: np.ndarray,
     vectors: np.ndarray | None,
@@ -128,83 +141,97 @@ def explain_undirected(
     rule: Any,
     rule_score: np.ndarray,
     phash_score: np.ndarray,
-) -> pd.DataFrame:
-    """graph/explain.explain_pairs on the undirected match edges ``a < b`` (vertices), in
-    batches: ``phash`` each vertex's pHash (string or None), ``rows`` / ``vectors`` each
+) -> Explained:
+    """graph/explain.explain_pairs on the undirected match edges ``a < b`` (vertices), as
+    columns: ``phash`` each vertex's pHash (string or None), ``rows`` / ``vectors`` each
     vertex's fused vector (row -1: none), ``rule_score`` / ``phash_score`` each pair's (NaN:
-    none). No re-ranker and no must-link (the caller's plan has neither)."""
-    from listing_dedup.graph.explain import explain_pairs
+    none). No re-ranker and no must-link (the caller's plan has neither). The per-signal scores
+    are embed/fusion.signal_scores and the fused inner product on batches of
+    :data:`EXPLAIN_CHUNK` edges, as explain_pairs computes them; ``kept_by`` is
+    graph/explain.kept_by called once per distinct outcome of its comparisons (the label
+    depends on the score only through them); the pHash distance graph/rerank.phash_bits'."""
+    from listing_dedup.embed.fusion import signal_scores
+    from listing_dedup.graph.explain import kept_by
+    from listing_dedup.graph.rerank import phash_bits
 
-    out = []
-    for lo in range(0, len(a), EXPLAIN_CHUNK):
-        sl = slice(lo, lo + EXPLAIN_CHUNK)
-        ca, cb = a[sl], b[sl]
-        m = len(ca)
+    m = len(a)
+    names = list(layout.slices()) if vectors is not None and layout is not None else []
+    keys = [*names, "fused", "phash"]  # explain_pairs' order (no "rerank" here)
+    values = np.full((m, len(keys)), np.nan, dtype=np.float32)
+    has = np.flatnonzero((rows[a] >= 0) & (rows[b] >= 0)) if names else np.zeros(0, dtype=np.int64)
+    for lo in range(0, len(has), EXPLAIN_CHUNK):
+        i = has[lo : lo + EXPLAIN_CHUNK]
+        ea, eb = vectors[rows[a[i]]], vectors[rows[b[i]]]
+        per = signal_scores(ea, eb, layout)
+        for j, name in enumerate(names):
+            values[i, j] = per[name]
+        values[i, len(names)] = np.einsum("ij,ij->i", ea, eb)
+    ph = ~np.isnan(phash_score)
+    values[ph, len(names) + 1] = phash_score[ph].astype(np.float32)
+    present = ~np.isnan(values)
+    if len(has):
+        present[has, len(names)] = True  # explain_pairs keeps "fused" even when NaN
+    offsets = np.zeros(m + 1, dtype=np.int32)
+    np.cumsum(present.sum(1), out=offsets[1:])
+    map_keys = np.broadcast_to(np.asarray(keys, dtype=object), values.shape)[present]
+    maps = pa.MapArray.from_arrays(
+        pa.array(offsets), pa.array(map_keys, type=pa.string()), pa.array(values[present], type=pa.float32())
+    )
 
-        def vec(rs: np.ndarray) -> list:
-            return [None] * len(rs) if vectors is None else [vectors[r] if r >= 0 else None for r in rs]
-
-        pdf = pd.DataFrame(
-            {
-                "src": ids[ca],
-                "dst": ids[cb],
-                "score": score[sl].astype(np.float32),
-                "_must": np.zeros(m, dtype=bool),
-                "_rule": rule_score[sl],
-                "_rr": np.full(m, np.nan),
-                "_ph": phash_score[sl],
-                "_ha": phash[ca],
-                "_hb": phash[cb],
-                "_ea": vec(rows[ca]),
-                "_eb": vec(rows[cb]),
-            }
+    s = np.asarray(rule_score, dtype=np.float64)
+    known = ~np.isnan(s)
+    outcome = np.zeros(m, dtype=np.int64)
+    for bit, cond in enumerate(
+        (
+            known,
+            known & (s >= float(rule.threshold)),
+            ph,
+            known & (s >= float(rule.min2_threshold)),
+            known & (s >= float(rule.relative_floor)),
+            known & (s >= float(rule.mutual_floor)),
         )
-        got = explain_pairs(pdf, rule, layout if vectors is not None else None)
-        got["a"], got["b"] = ca, cb
-        out.append(got)
-    if not out:
-        cols = ["src", "dst", "score", "kept_by", "signal_scores", "phash_distance", "a", "b"]
-        return pd.DataFrame({c: [] for c in cols})
-    return pd.concat(out, ignore_index=True)
+    ):
+        outcome |= cond.astype(np.int64) << bit
+    uniq, first, inverse = np.unique(outcome, return_index=True, return_inverse=True)
+    labels = np.asarray(
+        [kept_by(rule, must=False, rule_score=s[i] if known[i] else None, phash_pair=bool(ph[i])) for i in first],
+        dtype=object,
+    )
+    bits = phash_bits(phash[a].tolist(), phash[b].tolist()) if m else np.zeros(0)
+    dist = pa.array(np.where(np.isnan(bits), 0, bits).astype(np.int32), mask=np.isnan(bits), type=pa.int32())
+    return Explained(a, b, np.asarray(score, dtype=np.float32), labels[inverse], maps, dist)
 
 
-def match_table(ids: np.ndarray, explained: pd.DataFrame, run_id: str) -> pa.Table:
+def match_table(ids: np.ndarray, explained: Explained, run_id: str) -> pa.Table:
     """The ``matches`` rows of every vertex (``ids``, sorted) from its explained undirected
-    edges (columns ``a``, ``b`` vertices, ``score``, ``kept_by``, ``signal_scores``,
-    ``phash_distance``), both directions, each listing's matches by score desc then id
+    edges, both directions, each listing's matches by score desc then id
     (graph/explain.explained_match_sets), empty arrays for a listing without matches; the
     ``run_id`` last (sink/schemas.OUTPUT_DATA_SCHEMAS)."""
     from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS, normalize_arrow_schema
 
     n = len(ids)
-    a = explained["a"].to_numpy(dtype=np.int64)
-    b = explained["b"].to_numpy(dtype=np.int64)
-    sc = explained["score"].to_numpy(dtype=np.float32)
+    a, b, sc = explained.a.astype(np.int64), explained.b.astype(np.int64), explained.score
     src, dst = np.concatenate([a, b]), np.concatenate([b, a])
-    score = np.concatenate([sc, sc])
+    score = np.concatenate([sc, sc]).astype(np.float32)
     half = np.concatenate([np.arange(len(a)), np.arange(len(a))])
     order = np.lexsort((dst, -score, src))  # float32 negated exactly, as explained_match_sets' neg
     src, dst, score, half = src[order], dst[order], score[order], half[order]
-    offsets = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(np.bincount(src, minlength=n), out=offsets[1:])
+    offsets = pa.array(np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]).astype(np.int32))
     schema = normalize_arrow_schema(OUTPUT_DATA_SCHEMAS["matches"])
+    take = pa.array(half, type=pa.int64())
 
-    def lists(values: Any, field: str) -> pa.Array:
+    def lists(values: pa.Array, field: str) -> pa.Array:
         t = schema.field(field).type
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=t.value_type), type=t)
+        return pa.ListArray.from_arrays(offsets, values.cast(t.value_type), type=t)
 
-    kept_by = explained["kept_by"].to_numpy(dtype=object)[half]
-    signal = explained["signal_scores"].to_numpy(dtype=object)[half]
-    dist = explained["phash_distance"].astype("Int32")
-    dist_vals = pa.array(dist.to_numpy(dtype=object, na_value=None)[half], type=pa.int32())
     return pa.Table.from_arrays(
         [
             pa.array(ids, type=pa.string()),
-            lists(ids[dst] if len(dst) else [], "match_ids"),
-            lists(score, "scores"),
-            lists(list(kept_by), "kept_by"),
-            lists([list(m.items()) for m in signal], "signal_scores"),
-            pa.ListArray.from_arrays(pa.array(offsets), dist_vals, type=schema.field("phash_distance").type),
+            lists(pa.array(ids[dst] if len(dst) else [], type=pa.string()), "match_ids"),
+            lists(pa.array(score, type=pa.float32()), "scores"),
+            lists(pa.array(explained.kept_by, type=pa.string()).take(take), "kept_by"),
+            lists(explained.signal_scores.take(take), "signal_scores"),
+            lists(explained.phash_distance.take(take), "phash_distance"),
             pa.array(np.full(n, run_id, dtype=object), type=pa.string()),
         ],
         schema=schema,
@@ -253,7 +280,6 @@ class DriverGraph:
             a,
             b,
             s,
-            ids=self.ids,
             phash=self.phash,
             rows=self.rows,
             vectors=vectors,
