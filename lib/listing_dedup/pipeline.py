@@ -115,7 +115,7 @@ from listing_dedup.search.driver_night import (
     to_frame,
     vectors_frame,
 )
-from listing_dedup.search.incremental import DELTA_KINDS, night_delta_spark
+from listing_dedup.search.incremental import DELTA_KINDS, night_delta, night_delta_spark
 from listing_dedup.search.indexer import Quantizer, build_index, search, train
 from listing_dedup.search.phash_match import phash_found, split_found
 from listing_dedup.search.rounds import SearchRounds, delta_rounds, full_rounds, ranked, rule_rows
@@ -128,7 +128,7 @@ from listing_dedup.sink.cache import (
     need_column,
 )
 from listing_dedup.sink.decisions import Decisions
-from listing_dedup.sink.delta import DeltaSink, StagedWrite
+from listing_dedup.sink.delta import DeltaSink, StagedWrite, read_table
 from listing_dedup.sink.runs import RunSummary, check_runs_table, last_succeeded_run, write_run_row
 from listing_dedup.sink.schemas import ADDED_COLUMNS, OUTPUT_DATA_SCHEMAS, RUN_ID_COLUMN
 from listing_dedup.sink.state import (
@@ -367,6 +367,8 @@ class Night:
     prev_vectors: list[DataFrame | None] = field(default_factory=list)
     prev_listings: DataFrame | None = None  # the continued night's listing_state
     driver_base: bool = False  # the continued night's lists and vectors are files (the driver plan's)
+    prev_pd: Any = None  # the continued night's listing_state and the delta, on the driver (a driver-plan night)
+    delta_pd: Any = None
 
     @property
     def keeps_state(self) -> bool:
@@ -684,9 +686,19 @@ def plan_night(run: Run, setup: Setup, listings: Listings) -> Night:
         if base is not None and not cfg.incremental.full:
             epoch = load_epoch(run.warehouse, base.epoch)
             prev = read_state(run.spark, sink, "listing_state", base.run_date)
-            delta = cut_lineage(night_delta_spark(prev, digests))
+            prev_pd = delta_pd = None
             counts = {k: 0 for k in DELTA_KINDS}
-            counts.update({r["kind"]: int(r["count"]) for r in delta.groupBy("kind").count().collect()})
+            if _driver_plan(run):  # the digests' join on the driver (search/incremental.night_delta)
+                prev_pd = read_table(
+                    run.warehouse, "listing_state", base.run_date, storage_options=sink.storage_options
+                )
+                delta_pd = night_delta(prev_pd, digests.select("posting_id", "digest").toPandas())
+                delta = run.keep(to_frame(run.spark, delta_pd, "posting_id string, kind string"))
+                counts.update({k: int(v) for k, v in delta_pd["kind"].value_counts().items()})
+                c["where"] = "driver"
+            else:
+                delta = cut_lineage(night_delta_spark(prev, digests))
+                counts.update({r["kind"]: int(r["count"]) for r in delta.groupBy("kind").count().collect()})
             drift = drift_since_epoch(
                 state_log(sink), base.epoch, run.run_date, counts["added"] + counts["changed"], epoch.listings
             )
@@ -702,6 +714,7 @@ def plan_night(run: Run, setup: Setup, listings: Listings) -> Night:
         night = Night(plan, digests, delta, counts, fingerprint, epoch)
         if plan.incremental:
             night.prev_listings = prev
+            night.prev_pd, night.delta_pd = prev_pd, delta_pd
             night.driver_base = has_state(run.warehouse, base.run_date, base.run_id)
             if not night.driver_base:  # a driver state's lists are its files (incremental_night reads them)
                 rounds = 1 + len(cfg.inb.thresholds)
@@ -935,19 +948,25 @@ def _phash_delta(run: Run, listings: Listings, night: Night) -> tuple[DataFrame,
         prev_pairs = read_state(spark, run.sink, "phash_pairs", night.plan.base.run_date)
     except InputError:  # no phash_pairs table: a state of an older version
         return None
-    n_prev = prev.count()
+    n_prev = len(night.prev_pd) if night.prev_pd is not None else prev.count()
     banding = choose_banding(cfg.phash.max_bits, run.summary.rows_kept, cfg.phash.max_bucket)
     if banding != choose_banding(cfg.phash.max_bits, n_prev, cfg.phash.max_bucket):
         return None
     cur = listings.kept.where(F.col("image_phash").isNotNull()).select("posting_id", "image_phash").toPandas()
     delta = night.delta
-    inserted = delta.where(F.col("kind").isin("added", "changed")).select("posting_id").toPandas()["posting_id"]
-    removed = (
-        delta.where(F.col("kind").isin("deleted", "changed"))
-        .select("posting_id")
-        .join(prev.select("posting_id", "phash"), "posting_id", "left")
-        .toPandas()
-    )
+    if night.delta_pd is not None:  # the delta on the driver (plan_night)
+        d = night.delta_pd
+        inserted = d.loc[d["kind"].isin(["added", "changed"]), "posting_id"]
+        removed = d.loc[d["kind"].isin(["deleted", "changed"]), ["posting_id"]]
+        removed = removed.merge(night.prev_pd[["posting_id", "phash"]], on="posting_id", how="left")
+    else:
+        inserted = delta.where(F.col("kind").isin("added", "changed")).select("posting_id").toPandas()["posting_id"]
+        removed = (
+            delta.where(F.col("kind").isin("deleted", "changed"))
+            .select("posting_id")
+            .join(prev.select("posting_id", "phash"), "posting_id", "left")
+            .toPandas()
+        )
     pairs, n_skipped = phash_pairs_delta(
         cur["posting_id"],
         cur["image_phash"],
