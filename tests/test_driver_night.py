@@ -403,3 +403,28 @@ def test_stage_arrow_commits_the_driver_rows(tmp_path):
     sink.commit(staged)
     got = read_table(str(tmp_path), "clusters", "2026-07-01").sort_values("posting_id")
     assert got["group_id"].tolist() == ["a", "a"] and got["group_size"].tolist() == [2, 2]
+
+
+def test_the_rule_on_vertex_labels_keeps_the_edges_of_the_ids():
+    """The driver graph runs the threshold rule on integer labels in posting_id order
+    (rule_prefix(labels=...)): the same edges as on the posting_ids, ties by id included."""
+    from listing_dedup.config import MatchConf
+    from listing_dedup.graph.edges import select_edges_match
+    from listing_dedup.search.driver_night import rule_prefix
+
+    rng = np.random.default_rng(11)
+    n, depth = 80, 6
+    ids = np.asarray(sorted(f"id{v}" for v in rng.choice(10_000, n, replace=False)), dtype=object)
+    nb = np.stack([rng.choice(np.delete(np.arange(n), i), depth, replace=False) for i in range(n)]).astype(np.int32)
+    sc = np.sort(rng.choice(np.linspace(0.3, 1.0, 15), (n, depth)), axis=1)[:, ::-1].astype(np.float32)  # ties
+    state = DriverState(ids, [RoundArrays(nb, sc, np.zeros((n, 2), np.float32), np.zeros(n, np.int32))], depth)
+    labels = np.arange(n) * 3 + 5  # increasing: the ids' order
+    rule = MatchConf(threshold=0.9, relative=True, relative_rank=2, relative_margin=0.05, relative_floor=0.3,
+                     mutual_rank=2, mutual_floor=0.6)  # fmt: skip
+    by_id = select_edges_match(rule_prefix(state, 4, rule), rule)
+    by_label = select_edges_match(rule_prefix(state, 4, rule, labels=labels), rule)
+    back = {v: i for v, i in zip(labels, ids)}
+    assert len(by_id) > 20
+    assert by_id["src"].tolist() == [back[v] for v in by_label["src"]]
+    assert by_id["dst"].tolist() == [back[v] for v in by_label["dst"]]
+    assert by_id["score"].tolist() == by_label["score"].tolist()

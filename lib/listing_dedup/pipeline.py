@@ -1232,8 +1232,9 @@ def _driver_edges(run: Run, listings: Listings, driver: Any, rule: MatchConf, ex
     ids = np.asarray(sorted(set(kept["posting_id"])), dtype=object)
     phash = np.full(len(ids), None, dtype=object)
     phash[codes_of(ids, kept["posting_id"])] = kept["h"].astype(object).where(kept["h"].notna(), None).to_numpy()
-    rows = select_edges_match(rule_prefix(driver, run.cfg.index.k, rule), rule)
-    rule_part = (codes_of(ids, rows["src"]), codes_of(ids, rows["dst"]), rows["score"].to_numpy(np.float32))
+    rows_of = codes_of(ids, driver.ids)  # each array row's vertex: the rule sorts integers, in posting_id order
+    rows = select_edges_match(rule_prefix(driver, run.cfg.index.k, rule, labels=rows_of), rule)
+    rule_part = (rows["src"].to_numpy(np.int64), rows["dst"].to_numpy(np.int64), rows["score"].to_numpy(np.float32))
     parts = [rule_part]
     ph = union_edges(len(ids), [])
     if extra:

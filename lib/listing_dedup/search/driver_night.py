@@ -509,11 +509,12 @@ def top_k_frame(state: DriverState, r: int, k: int) -> pd.DataFrame:
     )
 
 
-def rule_prefix(state: DriverState, k: int, rule: Any) -> pd.DataFrame:
+def rule_prefix(state: DriverState, k: int, rule: Any, labels: np.ndarray | None = None) -> pd.DataFrame:
     """The rows of the last round's top ``k`` the edge rules of ``rule`` (a ``MatchConf``) read,
     ``src, dst, score``: each list's first ``rounds.rule_depth(rule)`` ranks and its rows at or
     above ``rule.threshold`` (in double): :func:`listing_dedup.search.rounds.rule_rows` on the
-    arrays, for graph/edges.select_edges_match on the driver."""
+    arrays, for graph/edges.select_edges_match on the driver. ``labels``: each row's label
+    instead of its ``posting_id`` (integers in the ids' order: the rule's ties by id hold)."""
     from listing_dedup.search.rounds import rule_depth
 
     rd = state.rounds[-1]
@@ -522,6 +523,8 @@ def rule_prefix(state: DriverState, k: int, rule: Any) -> pd.DataFrame:
     reads = (np.arange(kk) < rule_depth(rule))[None, :] | (sc.astype(np.float64) >= float(rule.threshold))
     ok = (ids >= 0) & reads
     src = np.repeat(np.arange(state.n), ok.sum(1))
+    if labels is not None:  # each row's label in an order that is the ids' (search/driver_graph: vertices)
+        return pd.DataFrame({"src": labels[src], "dst": labels[ids[ok]], "score": sc[ok]})
     return pd.DataFrame(
         {"src": state.ids[src].astype(object), "dst": state.ids[ids[ok]].astype(object), "score": sc[ok]}
     )
