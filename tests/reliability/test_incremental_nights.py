@@ -73,10 +73,12 @@ def nights(spark, tmp_path_factory):
     rc, err, out["full"] = job(spark, config(*SIGNALS, *INC, "incremental.search_all=true"), p2, D2, wh)
     assert rc == 0, err
     out["full2"], out["changes_full"] = snapshot(wh, D2), read_table(wh, "group_changes", D2)
+    out["used_full"] = set(read_table(wh, "embeddings_used", D2)["key"])  # every title looked up
     # its rerun with the incremental plan: it continues the same night (D1), searches the delta
     rc, err, out["r2"] = job(spark, cfg, p2, D2, wh)
     assert rc == 0, err
     out["snap2"], out["changes2"] = snapshot(wh, D2), read_table(wh, "group_changes", D2)
+    out["used2"] = set(read_table(wh, "embeddings_used", D2)["key"])
     out["v_before_old"] = versions(wh)
     out["old"] = job(spark, cfg, p1, D0, wh)  # older than the state: refused
     out["v_old"] = versions(wh)
@@ -126,6 +128,8 @@ def test_the_second_night_is_incremental_and_searches_the_delta_only(nights):
     # only the delta's titles embedded (the others' fused vectors are the arrays'), the catalog counted
     assert sc["embedded_delta"] == 7 and "embedded_delta" not in nights["full"].signal_counts
     assert r2.rows_embedded == nights["full"].rows_embedded
+    # yet every title's cache key is marked used, as by the reference's whole lookup (the compaction keeps them)
+    assert nights["used2"] == nights["used_full"] and len(nights["used2"]) > r2.rows_kept // 2
     assert has_state(nights["wh"], D1, r1.run_id) and has_state(nights["wh"], D2, r2.run_id)
     assert read_table(nights["wh"], "neighbours", D2).empty and read_table(nights["wh"], "vectors", D2).empty
 

@@ -192,7 +192,6 @@ class EmbeddingCache:
     uses: dict[str, SignalUse] = field(default_factory=dict)
     _new: list[Any] = field(default_factory=list)
     _used: list[Any] = field(default_factory=list)
-    _marked: bool = False  # mark_used added keys
     _paths: list[str] | None = None
     _frames: list[Any] = field(default_factory=list)  # persisted by embed(), released after stage()
     # why the cache could not be read ("" when it could): the run recomputed those vectors
@@ -459,14 +458,18 @@ class EmbeddingCache:
         used by this run without looking their vectors up: an incremental night embeds only its
         delta (the other listings' vectors are its state's), and the compaction must still keep
         the vectors every listing of the catalog reads (``embeddings_used``). Not counted in
-        :attr:`uses`; a key also looked up is written once."""
+        :attr:`uses`. ``df``'s contents hold every content looked up so far (the delta is part
+        of the catalog): its keys replace theirs, one row a row of ``df`` (no shuffle; the
+        compaction reads the keys distinct)."""
         from pyspark.sql import functions as F
 
-        keyed = df.select(digest.alias(DIGEST)).where(F.col(DIGEST).isNotNull()).dropDuplicates([DIGEST])
-        for s in signals:
-            fp = fingerprint_id(s.fingerprint)
-            self._used.append(keyed.select(key_column(fp, F.col(DIGEST)).alias("key"), F.lit(s.name).alias("signal")))
-        self._marked = True
+        keyed = df.select(digest.alias(DIGEST)).where(F.col(DIGEST).isNotNull())
+        self._used = [
+            keyed.select(
+                key_column(fingerprint_id(s.fingerprint), F.col(DIGEST)).alias("key"), F.lit(s.name).alias("signal")
+            )
+            for s in signals
+        ]
 
     # -- writing --------------------------------------------------------------------
 
@@ -477,8 +480,6 @@ class EmbeddingCache:
         keys = sum(u.keys for u in self.uses.values())
         if self._used:
             used = _union(self._used)
-            if self._marked:  # keys marked and looked up both (mark_used)
-                used = used.dropDuplicates(["key", "signal"])
             used = used.coalesce(_parts(keys, used.rdd.getNumPartitions(), per_part=1_000_000))
             staged.append(self.sink.stage(used, USED, run_date, fail_stage=fail_stage))
         if self._new:
