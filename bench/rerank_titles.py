@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from listing_dedup.config import load_config  # noqa: E402
-from listing_dedup.graph.rerank import FEATURES, ID_FEATURES  # noqa: E402
+from listing_dedup.graph.rerank import FEATURES, ID_FEATURES, SOURCE  # noqa: E402
 from listing_dedup.quality import robust as R  # noqa: E402
 from listing_dedup.training import rerank_train  # noqa: E402
 from listing_dedup.training.rerank_train import (  # noqa: E402
@@ -72,6 +72,20 @@ def training_parts(dev: pd.DataFrame, other: str, max_title_chars: int, seed: in
     return {k: v.assign(image_phash=None) for k, v in parts.items()}  # titles only
 
 
+def _cross_source(pc):
+    """``pc`` without its candidates whose two ends name one source (unchanged without sources)."""
+    cols = (f"{SOURCE}_src", f"{SOURCE}_dst")
+    if not all(c in pc.frame.columns for c in cols):
+        return pc
+    a, b = pc.frame[cols[0]], pc.frame[cols[1]]
+    keep = ~(a.notna() & b.notna() & (a.astype(str) == b.astype(str))).to_numpy()
+    n_same = int((~keep).sum())
+    log.info("part %s: %d of %d candidates join two listings of one source, left out", pc.part.name, n_same, len(keep))
+    return dataclasses.replace(
+        pc, frame=pc.frame[keep].reset_index(drop=True), X=pc.X[keep], y=pc.y[keep], groups=pc.groups[keep]
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--conf", action="append", default=None)
@@ -86,6 +100,12 @@ def main() -> int:
         "--no-identifiers",
         action="store_true",
         help="ablation: train on the pair features without the identifier and attribute ones (graph/rerank.FEATURES)",
+    )
+    ap.add_argument(
+        "--drop-same-source",
+        action="store_true",
+        help="leave out the candidates whose two ends name one source (the two-source parts: the pairs a run "
+        "with the source attribute never matches, graph/rerank.one_to_one_keep)",
     )
     ap.add_argument(
         "--no-prior-shift",
@@ -112,6 +132,8 @@ def main() -> int:
             100 * pcs[name].y.mean(),
             time.perf_counter() - t0,
         )
+    if args.drop_same_source:
+        pcs = {k: _cross_source(v) for k, v in pcs.items()}
     if args.no_identifiers:  # the identifier (and attribute) features follow FEATURES in the training set
         assert tuple(rerank_train.TRAIN_FEATURES)[: len(FEATURES) + len(ID_FEATURES)] == FEATURES + ID_FEATURES
         rerank_train.TRAIN_FEATURES = FEATURES  # what the fit names and the model directory records
