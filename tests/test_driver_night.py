@@ -234,7 +234,7 @@ def test_the_rules_read_the_same_edges_from_the_prefix():
 
 
 # --------------------------------------------------------------------------------------
-# the graph on the driver (search/driver_graph.py): the Spark stages' rules on vertices
+# the graph on the driver (graph/driver_graph.py): the Spark stages' rules on vertices
 
 
 def _graph(seed: int, n: int = 60, m: int = 260):
@@ -246,7 +246,7 @@ def _graph(seed: int, n: int = 60, m: int = 260):
 
 
 def test_union_edges_keeps_each_pairs_best_score_as_the_spark_union():
-    from listing_dedup.search.driver_graph import union_edges
+    from listing_dedup.graph.driver_graph import union_edges
 
     rng, ids, a, b, s = _graph(1)
     c, d = rng.integers(-1, len(ids), 80), rng.integers(0, len(ids), 80)  # -1: not a kept listing
@@ -262,8 +262,8 @@ def test_union_edges_keeps_each_pairs_best_score_as_the_spark_union():
 def test_group_codes_are_the_margin_components_and_guard_of_the_spark_stages():
     """The group margin (margin_keep), the components and the guard's re-cut on vertices give
     the guard's reference groups (graph/guard.split_large_numpy on the margin's edges)."""
+    from listing_dedup.graph.driver_graph import group_codes, union_edges
     from listing_dedup.graph.guard import margin_keep, split_large_numpy
-    from listing_dedup.search.driver_graph import group_codes, union_edges
 
     for seed in range(3):
         rng, ids, a, b, s = _graph(seed, m=120)
@@ -283,7 +283,7 @@ def test_group_codes_are_the_margin_components_and_guard_of_the_spark_stages():
 
 
 def test_pair_scores_read_both_lists_top_k():
-    from listing_dedup.search.driver_graph import pair_scores
+    from listing_dedup.graph.driver_graph import pair_scores
 
     rng = np.random.default_rng(3)
     n, k = 30, 4
@@ -311,7 +311,7 @@ def test_match_table_is_explained_match_sets_order_and_schema():
     """Each listing's matches by score desc, then id, both directions of each pair, its
     explanations aligned; empty arrays for a listing without matches; the table's schema."""
     import pyarrow as pa
-    from listing_dedup.search.driver_graph import Explained, match_table
+    from listing_dedup.graph.driver_graph import Explained, match_table
     from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS, normalize_arrow_schema
 
     ids = np.asarray(["a", "b", "c", "d", "e"], dtype=object)
@@ -324,7 +324,7 @@ def test_match_table_is_explained_match_sets_order_and_schema():
         pa.array(maps, type=pa.map_(pa.string(), pa.float32())),
         pa.array([None, 0, None, 6], type=pa.int32()),
     )
-    t = match_table(ids, explained, "r1")
+    t = match_table(ids, explained, "r1", normalize_arrow_schema(OUTPUT_DATA_SCHEMAS["matches"]))
     assert t.schema == normalize_arrow_schema(OUTPUT_DATA_SCHEMAS["matches"])
     rows = {r["posting_id"]: r for r in t.to_pylist()}
     assert rows["a"]["match_ids"] == ["c", "b", "d"]  # 0.95, then 0.9 by id
@@ -341,8 +341,8 @@ def test_explain_undirected_is_explain_pairs():
     """The columnar explanations equal graph/explain.explain_pairs (the Spark layer's pure core)
     on the same edges: labels, per-signal scores (as the table's float32), pHash distances."""
     from listing_dedup.embed.fusion import Layout
+    from listing_dedup.graph.driver_graph import explain_undirected
     from listing_dedup.graph.explain import EdgeRule, explain_pairs
-    from listing_dedup.search.driver_graph import explain_undirected
 
     rng = np.random.default_rng(7)
     n, m = 40, 300

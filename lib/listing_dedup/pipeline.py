@@ -60,6 +60,7 @@ from listing_dedup.embed.lexical import (
 from listing_dedup.errors import DedupError, InputError, RunRecordError, SinkError, first_line
 from listing_dedup.frames import cut_lineage, empty_pairs_spark
 from listing_dedup.graph.components import components_on_driver, connected_components
+from listing_dedup.graph.driver_graph import DriverGraph, codes_of, group_codes, match_table, union_edges
 from listing_dedup.graph.edges import select_edges, select_edges_match, veto_edges
 from listing_dedup.graph.explain import EdgeRule, matches_of_run, unexplained_match_sets
 from listing_dedup.graph.guard import margin_cut, split_large
@@ -101,7 +102,6 @@ from listing_dedup.quality.run_health import (
     listing_counts,
     signal_coverage,
 )
-from listing_dedup.search.driver_graph import DriverGraph, codes_of, group_codes, match_table, union_edges
 from listing_dedup.search.driver_night import (
     has_state,
     incremental_rounds,
@@ -130,7 +130,7 @@ from listing_dedup.sink.cache import (
 from listing_dedup.sink.decisions import Decisions
 from listing_dedup.sink.delta import DeltaSink, StagedWrite, read_table
 from listing_dedup.sink.runs import RunSummary, check_runs_table, last_succeeded_run, write_run_row
-from listing_dedup.sink.schemas import ADDED_COLUMNS, OUTPUT_DATA_SCHEMAS, RUN_ID_COLUMN
+from listing_dedup.sink.schemas import ADDED_COLUMNS, OUTPUT_DATA_SCHEMAS, RUN_ID_COLUMN, normalize_arrow_schema
 from listing_dedup.sink.state import (
     STATE_ADDED_COLUMNS,
     STATE_LOG,
@@ -314,7 +314,7 @@ class Run:
     summary: RunSummary
     timer: StageTimer = field(default_factory=StageTimer)
     persisted: list[DataFrame] = field(default_factory=list)
-    driver_graph: Any = None  # the driver plan's graph (search/driver_graph.DriverGraph), set by the edges stage
+    driver_graph: Any = None  # the driver plan's graph (graph/driver_graph.DriverGraph), set by the edges stage
 
     @property
     def sink(self) -> DeltaSink:
@@ -1096,7 +1096,7 @@ def graph(
     with timer.stage("edges" + suffix) as c:
         parts = []
         if driver is not None and _graph_on_driver(run, setup, listings, use_reranker, rule, extra):
-            # the driver plan's graph: the edges, groups and matches from its arrays (search/driver_graph)
+            # the driver plan's graph: the edges, groups and matches from its arrays (graph/driver_graph)
             run.driver_graph = _driver_edges(run, listings, driver, rule, extra)
             edges = keep(to_frame(spark, run.driver_graph.edge_frame(), "src string, dst string, score float"))
             c["where"] = "driver"
@@ -1195,7 +1195,7 @@ def _graph_on_driver(
     run: Run, setup: Setup, listings: Listings, use_reranker: bool, rule: MatchConf, extra: list[DataFrame]
 ) -> bool:
     """Whether the driver plan's night takes its edges, groups and matches from its arrays
-    (search/driver_graph.py): the threshold rule (no re-ranker, no identifier veto), no
+    (graph/driver_graph.py): the threshold rule (no re-ranker, no identifier veto), no
     reviewers' decisions and no one-signal search to union (their Spark stages stay the Spark
     plan's), and a catalog the components stage labels on the driver."""
     cfg = run.cfg
@@ -1247,7 +1247,7 @@ def _driver_edges(run: Run, listings: Listings, driver: Any, rule: MatchConf, ex
 
 def _driver_groups(run: Run, dg: DriverGraph, rule: MatchConf, margin: float) -> DataFrame:
     """The components stage on the driver graph: the group margin, the components, the guard's
-    re-cut (search/driver_graph.group_codes); the groups as a frame (the health check's)."""
+    re-cut (graph/driver_graph.group_codes); the groups as a frame (the health check's)."""
     cfg, summary = run.cfg, run.summary
     split = cfg.guard.mode == "split"
     dg.groups, n_cut, levels = group_codes(
@@ -1269,7 +1269,7 @@ def _driver_groups(run: Run, dg: DriverGraph, rule: MatchConf, margin: float) ->
 
 def _driver_matches(run: Run, matched: Matched, dg: DriverGraph) -> pa.Table:
     """The ``matches`` rows of a driver-graph night with their explanations, built on the
-    driver (search/driver_graph: graph/explain.explain_pairs on the match edges, the scores
+    driver (graph/driver_graph: graph/explain.explain_pairs on the match edges, the scores
     from the arrays' last round and the pHash pairs, the fused vectors from round 0's)."""
     drv = matched.rounds.driver
     last = drv.rounds[-1]
@@ -1277,7 +1277,7 @@ def _driver_matches(run: Run, matched: Matched, dg: DriverGraph) -> pa.Table:
     vectors = drv.rounds[0].vectors if run.summary.rows_embedded else None
     rule = EdgeRule.of(run.cfg, matched.rule, matched.reranked)
     explained = dg.explained(last.ids[:, :kk], last.scores[:, :kk], vectors, matched.embedded.layout, rule)
-    return match_table(dg.ids, explained, run.summary.run_id)
+    return match_table(dg.ids, explained, run.summary.run_id, normalize_arrow_schema(OUTPUT_DATA_SCHEMAS["matches"]))
 
 
 def stable_ids(run: Run, groups: DataFrame) -> tuple[DataFrame, DataFrame]:

@@ -123,7 +123,7 @@ def test_the_second_night_is_incremental_and_searches_the_delta_only(nights):
     # the driver plan (the catalog is under incremental.driver_max_listings): the lists and vectors
     # are files named by the night's run, the Delta state's lists and vectors partitions empty
     assert sc["incremental_driver"] == 1 and "incremental_driver" not in nights["full"].signal_counts
-    # and its edges, groups and matches come from its arrays on the driver (search/driver_graph)
+    # and its edges, groups and matches come from its arrays on the driver (graph/driver_graph)
     assert sc["graph_driver"] == 1 and "graph_driver" not in nights["full"].signal_counts
     # only the delta's titles embedded (the others' fused vectors are the arrays'), the catalog counted
     assert sc["embedded_delta"] == 7 and "embedded_delta" not in nights["full"].signal_counts

@@ -523,7 +523,7 @@ def rule_prefix(state: DriverState, k: int, rule: Any, labels: np.ndarray | None
     reads = (np.arange(kk) < rule_depth(rule))[None, :] | (sc.astype(np.float64) >= float(rule.threshold))
     ok = (ids >= 0) & reads
     src = np.repeat(np.arange(state.n), ok.sum(1))
-    if labels is not None:  # each row's label in an order that is the ids' (search/driver_graph: vertices)
+    if labels is not None:  # each row's label in an order that is the ids' (graph/driver_graph: vertices)
         return pd.DataFrame({"src": labels[src], "dst": labels[ids[ok]], "score": sc[ok]})
     return pd.DataFrame(
         {"src": state.ids[src].astype(object), "dst": state.ids[ids[ok]].astype(object), "score": sc[ok]}
@@ -625,7 +625,7 @@ def incremental_rounds(
     last round's top ``k`` (with its ``rank``) goes back to Spark as one frame (``nbrs`` and the
     rule's ``lists[-1]``), the first round's only ``with_first`` (the re-ranker reads it).
     ``nbrs_k`` < ``k``: only each list's best ``nbrs_k`` go back (the health check's top-1,
-    where the later stages read the arrays: search/driver_graph); :func:`last_frame` ships the
+    where the later stages read the arrays: graph/driver_graph); :func:`last_frame` ships the
     top ``k`` when a later stage needs it after all."""
     from pyspark.sql import functions as F
 

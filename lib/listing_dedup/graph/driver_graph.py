@@ -202,13 +202,12 @@ def explain_undirected(
     return Explained(a, b, np.asarray(score, dtype=np.float32), labels[inverse], maps, dist)
 
 
-def match_table(ids: np.ndarray, explained: Explained, run_id: str) -> pa.Table:
+def match_table(ids: np.ndarray, explained: Explained, run_id: str, schema: pa.Schema) -> pa.Table:
     """The ``matches`` rows of every vertex (``ids``, sorted) from its explained undirected
     edges, both directions, each listing's matches by score desc then id
     (graph/explain.explained_match_sets), empty arrays for a listing without matches; the
-    ``run_id`` last (sink/schemas.OUTPUT_DATA_SCHEMAS)."""
-    from listing_dedup.sink.schemas import OUTPUT_DATA_SCHEMAS, normalize_arrow_schema
-
+    ``run_id`` last. ``schema``: the table's Arrow schema (the caller's, from
+    sink/schemas.OUTPUT_DATA_SCHEMAS: the graph stage does not import the sink)."""
     n = len(ids)
     a, b, sc = explained.a.astype(np.int64), explained.b.astype(np.int64), explained.score
     src, dst = np.concatenate([a, b]), np.concatenate([b, a])
@@ -217,7 +216,6 @@ def match_table(ids: np.ndarray, explained: Explained, run_id: str) -> pa.Table:
     order = np.lexsort((dst, -score, src))  # float32 negated exactly, as explained_match_sets' neg
     src, dst, score, half = src[order], dst[order], score[order], half[order]
     offsets = pa.array(np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]).astype(np.int32))
-    schema = normalize_arrow_schema(OUTPUT_DATA_SCHEMAS["matches"])
     take = pa.array(half, type=pa.int64())
 
     def lists(values: pa.Array, field: str) -> pa.Array:
