@@ -169,22 +169,7 @@ class DeltaSink:
             rows = df.mapInArrow(fn, file_writer.spark_file_row_schema()).collect()
         except Exception as e:  # Py4JJavaError / PythonException from the tasks
             raise SinkError(f"writing files for table '{table}' ({run_date}) failed: {first_line(e)}") from e
-        files = tuple(
-            sorted(
-                (StagedFile(r["path"], int(r["size"]), int(r["rows"]), r["stats"], int(r["mtime_ms"])) for r in rows),
-                key=lambda f: f.path,
-            )
-        )
-        staged = StagedWrite(table, uri, run_date, schema, files, self.storage_options, tuple(added_columns))
-        log.info(
-            "staged %s run_date=%s: %d files, %d rows in %.1fs",
-            table,
-            run_date,
-            len(files),
-            staged.rows,
-            time.monotonic() - t0,
-        )
-        return staged
+        return self._staged(table, uri, run_date, schema, rows, added_columns, t0, "")
 
     def stage_arrow(
         self, data: pa.Table, table: str, run_date: str, *, fail_stage: str = "", added_columns: Sequence[str] = ()
@@ -202,16 +187,25 @@ class DeltaSink:
             rows = list(file_writer.file_writer(uri, run_date, schema, fail_stage)(iter(data.to_batches())))
         except Exception as e:  # noqa: BLE001 - the filesystem's errors, as stage's tasks'
             raise SinkError(f"writing files for table '{table}' ({run_date}) failed: {first_line(e)}") from e
+        written = [r for batch in rows for r in batch.to_pylist()]
+        return self._staged(table, uri, run_date, schema, written, added_columns, t0, " from the driver")
+
+    def _staged(
+        self, table: str, uri: str, run_date: str, schema: pa.Schema, rows, added_columns, t0: float, where: str
+    ) -> StagedWrite:
+        """The :class:`StagedWrite` of the file writer's rows (one a file written), logged."""
         files = tuple(
-            StagedFile(r["path"], int(r["size"]), int(r["rows"]), r["stats"], int(r["mtime_ms"]))
-            for batch in rows
-            for r in batch.to_pylist()
+            sorted(
+                (StagedFile(r["path"], int(r["size"]), int(r["rows"]), r["stats"], int(r["mtime_ms"])) for r in rows),
+                key=lambda f: f.path,
+            )
         )
         staged = StagedWrite(table, uri, run_date, schema, files, self.storage_options, tuple(added_columns))
         log.info(
-            "staged %s run_date=%s from the driver: %d files, %d rows in %.1fs",
+            "staged %s run_date=%s%s: %d files, %d rows in %.1fs",
             table,
             run_date,
+            where,
             len(files),
             staged.rows,
             time.monotonic() - t0,
