@@ -887,7 +887,7 @@ def embed(run: Run, setup: Setup, listings: Listings, *, epoch_idf: Any, only: D
         summary.rows_embedded = emb.count()  # one row a listing of sig: no count of its own
         if only is not None:
             c["embedded_delta"] = summary.signal_counts["embedded_delta"] = summary.rows_embedded
-            summary.rows_embedded = catalog.count()
+            summary.rows_embedded = listings.counts["titled"]  # the catalog's titled rows, counted at ingest
         step("fuse")
         c.update(embedded=summary.rows_embedded, signals=",".join(layout.signals), dim=layout.dim)
         if cache is not None:
