@@ -367,3 +367,52 @@ def rule_edges(
     head = np.r_[True, code[1:] != code[:-1]] if len(code) else np.zeros(0, dtype=bool)
     code, w = code[head], w[head]
     return code // _CODE, code % _CODE, w
+
+
+# --------------------------------------------------------------------------------------
+# where a catalog loses (issue 30, sixth stop): the candidates' ceiling and a threshold derived
+# from the model's own probabilities
+
+
+def candidate_recall(
+    labels: Sequence, src: np.ndarray, dst: np.ndarray, score: np.ndarray, ks: Sequence[int] = (1, 5, 10, 50)
+) -> dict[str, float]:
+    """How many true pairs the candidate rows ``src -> dst`` (a search's or a re-ranker's frame,
+    any order) can reach, whatever the rule on them: ``ceiling``, the share of the unordered true
+    pairs (two listings of one label) found in either direction; ``at_<k>``, the share of the
+    true pairs' two directions found at rank < k of their source's list by ``score`` (ties: the
+    smaller ``dst``). A catalog without a true pair gives NaN."""
+    lab = label_codes(labels)
+    src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    sizes = np.bincount(lab).astype(np.int64)
+    true_pairs = int((sizes * (sizes - 1) // 2).sum())
+    if true_pairs == 0:
+        return {"ceiling": float("nan"), **{f"at_{k}": float("nan") for k in ks}}
+    same = lab[src] == lab[dst]
+    lo, hi = np.minimum(src, dst), np.maximum(src, dst)
+    n = max(len(lab), 1)
+    found = np.unique((lo * n + hi)[same & (lo != hi)]).size
+    o = np.lexsort((dst, -np.asarray(score, dtype=np.float64), src))
+    s = src[o]
+    first = np.r_[True, s[1:] != s[:-1]] if len(s) else np.zeros(0, dtype=bool)
+    rank = np.arange(len(s)) - np.maximum.accumulate(np.where(first, np.arange(len(s)), 0)) if len(s) else s
+    hit = same[o]
+    out = {"ceiling": found / true_pairs}
+    for k in ks:
+        out[f"at_{k}"] = float(hit[rank < k].sum()) / (2 * true_pairs)
+    return out
+
+
+def expected_f1_threshold(q: np.ndarray) -> tuple[float, float]:
+    """``(threshold, expected pairwise F1)``: the probability threshold on the unordered candidate
+    pairs' match probabilities ``q`` (taken as calibrated) that maximises the plug-in expected
+    pairwise F1 of keeping the pairs at or above it, 2 * sum(kept q) / (kept + sum(all q)) (the
+    expected true pairs among the kept over the kept plus the expected true pairs; Jansche 2007,
+    Lipton, Elkan and Naryanaswamy 2014: at the optimum the threshold is half the F1). No labels:
+    derived from the probabilities alone. An empty ``q`` gives (1.0, 0.0)."""
+    q = np.sort(np.asarray(q, dtype=np.float64))[::-1]
+    if q.size == 0 or q.sum() <= 0:
+        return 1.0, 0.0
+    e = 2.0 * np.cumsum(q) / (np.arange(1, q.size + 1) + q.sum())
+    i = int(np.argmax(e))
+    return float(q[i]), float(e[i])
