@@ -809,6 +809,7 @@ def embed(run: Run, setup: Setup, listings: Listings, *, epoch_idf: Any, only: D
                 embed_fn=titles_fn,
                 keep=keep,
                 content_cols=["title"],
+                few=only is not None,  # the delta's titles: a broadcast semi join of the cache
             )
             if only is not None:  # the catalog's other titles read their vectors from the state
                 cache.mark_used(catalog, signals=title_signals, digest=content_digest_column(F.col("title")))
@@ -1325,7 +1326,7 @@ def commit(run: Run, setup: Setup, listings: Listings, night: Night, matched: Ma
     rounds = matched.rounds
     if night.keeps_state and rounds is not None and rounds.driver is None and _driver_plan(run):
         with run.timer.stage("state") as c:  # the Spark plan's rounds as the driver plan's arrays
-            rounds.driver = state_of_rounds(rounds, _depth(cfg))
+            rounds.driver = state_of_rounds(rounds, _depth(cfg), cfg.index.nprobe)  # with each one's probes
             c["listings"] = rounds.driver.n
     if run.driver_graph is None and rounds is not None:  # a graph that fell back to Spark: its matches read the top k
         last_frame(spark, rounds, cfg.index.k, run.keep)

@@ -300,6 +300,7 @@ class EmbeddingCache:
         keep: Callable[[Any], Any],
         digest_nullable: bool = False,
         content_cols: list[str] | None = None,
+        few: bool = False,
     ) -> Any:
         """``df`` with each signal's ``out_col``: the cached vector of each row's content where
         there is one, else the one ``embed_fn`` computes. The signals read the same content
@@ -315,7 +316,10 @@ class EmbeddingCache:
         an encoder there: a changed lexical setting does not re-run the text encoder). ``keep``
         persists a frame for the rest of the run. Counts go to :attr:`uses`, the new vectors and
         used keys to :meth:`stage`. ``content_cols``: the columns ``embed_fn`` reads (default:
-        all of ``df``'s); the distinct contents carry only those."""
+        all of ``df``'s); the distinct contents carry only those. ``few``: ``df`` is a few rows
+        against the cache (an incremental night's delta): the cache's rows of its keys are
+        found by a broadcast semi join (one scan of the cache, no shuffle of it) and joined
+        broadcast, instead of a shuffled join of the whole cache with ``df``."""
         from functools import reduce
 
         from pyspark.sql import functions as F
@@ -340,7 +344,10 @@ class EmbeddingCache:
             for s in signals:
                 key = _key_col(s.name)
                 need = need.withColumn(key, key_column(fp_ids[s.name], F.col(DIGEST)))
-                need = need.join(self.vectors(spark, s.name, fp_ids[s.name]), key, "left")
+                vectors = self.vectors(spark, s.name, fp_ids[s.name])
+                if few:  # the delta's keys' rows only: a broadcast semi join, then a broadcast join
+                    vectors = F.broadcast(vectors.join(F.broadcast(need.select(key)), key, "left_semi"))
+                need = need.join(vectors, key, "left")
             have = keep(need.dropDuplicates([DIGEST]))  # a key stored twice (concurrent runs) joins twice
             counts = have.agg(
                 F.count(F.lit(1)).alias("_keys"),
