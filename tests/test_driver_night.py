@@ -21,7 +21,7 @@ from listing_dedup.search.driver_night import (
     update_lists,
 )
 from listing_dedup.search.incremental import update_neighbours
-from listing_dedup.search.indexer import list_layout, probe_lists, scan_lists
+from listing_dedup.search.indexer import assign_lists, list_layout, probe_lists, scan_lists
 
 K, DEPTH, T = 4, 6, 0.6
 
@@ -428,3 +428,67 @@ def test_the_rule_on_vertex_labels_keeps_the_edges_of_the_ids():
     assert by_id["src"].tolist() == [back[v] for v in by_label["src"]]
     assert by_id["dst"].tolist() == [back[v] for v in by_label["dst"]]
     assert by_id["score"].tolist() == by_label["score"].tolist()
+
+
+def ivf_night(x: np.ndarray, centroids: np.ndarray, nprobe: int) -> list[RoundArrays]:
+    """A full night on an IVF index by brute force: each listing's best ``DEPTH`` among the
+    listings stored in the ``nprobe`` lists it probes (FAISS's probe and assignment), round 0
+    and one INB round, with each round's probed lists kept as the state keeps them."""
+    out = []
+    for r in (0, 1):
+        assign = assign_lists(x, centroids).astype(np.int32)
+        probes = probe_lists(x, centroids, nprobe).astype(np.int16)
+        s = (x.astype(np.float64) @ x.astype(np.float64).T).astype(np.float32)
+        scans = (assign[None, :, None] == probes[:, None, :]).any(2)  # row u scans listing v
+        s = np.where(scans, s, -np.inf)
+        np.fill_diagonal(s, -np.inf)
+        ids = np.full((len(x), DEPTH), -1, dtype=np.int32)
+        sc = np.full((len(x), DEPTH), -np.inf, dtype=np.float32)
+        for i in range(len(x)):
+            o = np.lexsort((np.arange(len(x)), -s[i]))[:DEPTH]
+            o = o[np.isfinite(s[i, o])]
+            ids[i, : len(o)], sc[i, : len(o)] = o, s[i, o]
+        out.append(RoundArrays(ids, sc, x, assign, probes))
+        if r == 0:
+            ok = (ids[:, :K] >= 0) & (sc[:, :K].astype(np.float64) >= T)
+            x = blend_numpy(x, np.repeat(np.arange(len(x)), ok.sum(1)), ids[:, :K][ok], sc[:, :K][ok])
+    return out
+
+
+def test_an_inserted_listing_enters_the_lists_that_probe_it():
+    """On an IVF index (8 lists, 2 probed) a listing's search does not scan what scans it: an
+    inserted listing must enter the lists of the listings that probe its list (the reverse
+    probe), not the lists its own search returned. Tonight's lists of both rounds through
+    driver_rounds equal a full night's on the same index (brute force over each listing's probed
+    lists), with yesterday's probed lists from the state or, from a state that kept none,
+    computed; before the reverse probe (lists filled from the inserted listings' own search)
+    lists differed from the full night's."""
+    ids, x, tonight, removed, new = night_two(6)
+    rng = np.random.default_rng(6)
+    centroids = rng.normal(size=(8, x.shape[1])).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    now_ids = np.array(sorted(tonight))
+    want = ivf_night(np.stack([tonight[p] for p in now_ids]), centroids, 2)
+    yesterday = ivf_night(x, centroids, 2)
+    without = [RoundArrays(r.ids, r.scores, r.vectors, r.assign) for r in yesterday]
+    for prev_rounds in (yesterday, without):
+        got = driver_rounds(
+            DriverState(ids, prev_rounds, DEPTH),
+            removed=removed | {p for p in ids if p not in tonight},
+            new_ids=list(new),
+            new_vectors=np.stack(list(new.values())),
+            centroids=centroids,
+            nprobe=2,
+            k=K,
+            depth=DEPTH,
+            thresholds=(T,),
+        )
+        assert list(got.ids) == list(now_ids)
+        for r in (0, 1):
+            g, w = got.rounds[r], want[r]
+            held = g.ids >= 0
+            assert (held.sum(1) >= np.minimum(K, (w.ids >= 0).sum(1))).all()
+            np.testing.assert_array_equal(np.where(held, g.ids, -1), np.where(held, w.ids, -1))
+            np.testing.assert_allclose(np.where(held, g.scores, 0), np.where(held, w.scores, 0), rtol=0, atol=2e-6)
+            np.testing.assert_array_equal(g.probes, w.probes)
+        assert got.counts["searched"] < len(now_ids) // 4

@@ -64,6 +64,10 @@ class RoundArrays:
     scores: np.ndarray
     vectors: np.ndarray
     assign: np.ndarray
+    # each vector's ``nprobe`` probed lists (int16 / int32 ``(n, nprobe)``, best first): the lists a
+    # search of the listing scans, so the lists an inserted listing must enter (:func:`reverse_rows`);
+    # None in a state written before they were kept (the next night computes them)
+    probes: np.ndarray | None = None
 
 
 @dataclass
@@ -118,20 +122,24 @@ def search_rows(
     rows: np.ndarray,
     k: int,
     budget: int = 48 << 20,
+    probe: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each listing of ``rows``' top ``k`` neighbours (never itself) among every listing, the
     ``nprobe`` lists nearest its vector scanned exactly: ``(ids, scores)`` of shape
     ``(len(rows), k)``, best first (score desc, then row: ``posting_id``), -1 / -inf padded. The
     Spark search's result (search/indexer.search with the same quantizer, ``nprobe`` and flat
     storage) up to exact ties at the k-th place and the scan's last float bit. The queries go in
-    chunks of at most ``budget`` candidate scores (:func:`scan_probed`)."""
+    chunks of at most ``budget`` candidate scores (:func:`scan_probed`). ``probe``: the rows'
+    probed lists where the caller has them (:func:`~listing_dedup.search.indexer.probe_lists`)."""
     rows = np.asarray(rows, dtype=np.int64)
     out_i = np.full((len(rows), k), _NONE, dtype=np.int32)
     out_s = np.full((len(rows), k), -np.inf, dtype=np.float32)
     if len(rows) == 0 or k == 0:
         return out_i, out_s
     kk = min(k + 1, len(layout.order))  # one extra: the query itself is among the results
-    probe = probe_lists(np.ascontiguousarray(vectors[rows]), centroids, nprobe)
+    if probe is None:
+        probe = probe_lists(np.ascontiguousarray(vectors[rows]), centroids, nprobe)
+    probe = np.asarray(probe, dtype=np.int64)
     sizes = layout.offsets[probe + 1] - layout.offsets[probe]
     chunk = max(64, budget // max(1, int(sizes.sum(1).max()), kk))
     for a in range(0, len(rows), chunk):
@@ -181,6 +189,72 @@ def scan_probed(
     return best_s, np.where(np.isfinite(best_s), best_i, -1)
 
 
+def reverse_rows(
+    layout: Layout,
+    probes: np.ndarray,
+    assign: np.ndarray,
+    inserted: np.ndarray,
+    need: np.ndarray,
+    vectors: np.ndarray,
+    budget: int = 1 << 24,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The lists the inserted listings enter, as a full search finds them: every ``(u, v,
+    s(u, v))`` with ``v`` inserted, ``u`` not, ``v``'s IVF list among ``u``'s probed lists
+    (``probes[u]``: a search of ``u`` scans ``v``) and ``s(u, v) >= need[u]`` (the weakest
+    neighbour ``u``'s list held: below it the list is not exact; -inf for a list that held
+    every listing it could). The *reverse probe*: an inserted listing's own search reaches the
+    lists it probes, which are not the lists whose listings probe it (an IVF search is not
+    symmetric), so inserting it into the lists its own search returned misses some (and fills
+    others a full search would not). Computed list by list of the inserted listings: the
+    listings that probe the list (an inverted index of ``probes``) against its inserted ones,
+    one matrix product (``layout`` unused but for its list count). ``src, dst`` rows, float32."""
+    inserted = np.asarray(inserted, dtype=bool)
+    ins_rows = np.flatnonzero(inserted)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if not len(ins_rows) or inserted.all():
+        return empty
+    nlist = len(layout.offsets) - 1
+    i_order, i_off = list_layout(assign[ins_rows], nlist)
+    ins_sorted = ins_rows[i_order]
+    has = i_off[1:] > i_off[:-1]
+    # the probing listings of every list that holds an inserted one, list by list
+    probes = np.asarray(probes)
+    rows_u = np.flatnonzero(~inserted)
+    p = probes[rows_u]
+    hit = has[p]
+    p_u = np.repeat(rows_u, hit.sum(1))
+    p_l = p[hit].astype(np.int64)
+    p_order, p_off = list_layout(p_l, nlist)
+    p_u = p_u[p_order]
+    need = np.asarray(need, dtype=np.float32)
+    out_u, out_v, out_s = [], [], []
+    for lst in np.flatnonzero(has & (p_off[1:] > p_off[:-1])).tolist():
+        v_rows = ins_sorted[i_off[lst] : i_off[lst + 1]]
+        xv = np.ascontiguousarray(vectors[v_rows].T)
+        a, b = int(p_off[lst]), int(p_off[lst + 1])
+        step = max(1, budget // max(1, vectors.shape[1] * 4))
+        for c0 in range(a, b, step):
+            us = p_u[c0 : min(b, c0 + step)]
+            sc = vectors[us] @ xv
+            r, c = np.nonzero(sc >= need[us][:, None])
+            out_u.append(us[r])
+            out_v.append(v_rows[c].astype(np.int64))
+            out_s.append(sc[r, c].astype(np.float32))
+    if not out_u:
+        return empty
+    return np.concatenate(out_u), np.concatenate(out_v), np.concatenate(out_s)
+
+
+def entry_floor(prev_ids: np.ndarray, prev_scores: np.ndarray, depth: int) -> np.ndarray:
+    """The score an inserted listing must reach to enter each list (:func:`update_lists`): the
+    weakest neighbour the list held before tonight, -inf for a list shorter than ``depth`` (it
+    held every listing it could)."""
+    valid = prev_ids != _NONE
+    n = len(prev_ids)
+    floor = np.where(valid, prev_scores, np.inf).min(1) if prev_ids.shape[1] else np.full(n, np.inf)
+    return np.where(valid.sum(1) < depth, -np.inf, floor).astype(np.float32)
+
+
 # --------------------------------------------------------------------------------------
 # the update
 
@@ -214,13 +288,17 @@ def update_lists(
     *,
     k: int,
     depth: int,
+    reverse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The lists after tonight's delta (:func:`listing_dedup.search.incremental.update_neighbours`
     on arrays). ``prev_ids`` / ``prev_scores``: yesterday's lists in tonight's rows (``(n,
     depth)``; -1 none, -2 a neighbour gone tonight; the rows of inserted listings are not read);
     ``inserted``: bool ``(n,)``, the listings searched tonight (added, changed: their old
     versions leave every list); ``found_ids`` / ``found_scores``: their search's results, one
-    row each in row order (``np.flatnonzero(inserted)``), best first.
+    row each in row order (``np.flatnonzero(inserted)``), best first. ``reverse``: the
+    ``(src, dst, score)`` entries the inserted listings make in the other lists
+    (:func:`reverse_rows`: the lists whose listings probe theirs); default: their search's
+    results reversed (the lists their own search returned).
 
     Returns ``(ids, scores, stale, touched)``: tonight's lists (the inserted listings' own from
     their search; a stale list's rows are its old ones, the caller searches it again), the
@@ -236,11 +314,14 @@ def update_lists(
     # the weakest neighbour each list held before tonight: below it the list is not exact
     floor = np.where(valid, prev_scores, np.inf).min(1) if prev_ids.shape[1] else np.full(n, np.inf)
     full_before = count < depth  # a list shorter than depth held every listing it could
-    # the inserted listings' rows reversed into the lists of their neighbours (unchanged ones)
-    f_ok = found_ids >= 0
-    b_src = found_ids[f_ok].astype(np.int64)
-    b_dst = np.repeat(ins_rows, f_ok.sum(1))
-    b_sc = found_scores[f_ok]
+    if reverse is None:  # the inserted listings' rows reversed into the lists of their neighbours
+        f_ok = found_ids >= 0
+        b_src = found_ids[f_ok].astype(np.int64)
+        b_dst = np.repeat(ins_rows, f_ok.sum(1))
+        b_sc = found_scores[f_ok]
+    else:  # the lists whose listings probe theirs (reverse_rows)
+        b_src, b_dst, b_sc = (np.asarray(a) for a in reverse)
+        b_src, b_dst, b_sc = b_src.astype(np.int64), b_dst.astype(np.int64), b_sc.astype(np.float32)
     into = ~inserted[b_src]
     b_src, b_dst, b_sc = b_src[into], b_dst[into], b_sc[into]
     enters = full_before[b_src] | (b_sc >= floor[b_src])
@@ -394,12 +475,16 @@ def driver_rounds(
     search_depth: int | None = None,
     blend_reach: int = 4,
     stage: Any = None,
+    reverse: bool = True,
 ) -> DriverState:
     """Tonight's rounds from yesterday's state (:func:`listing_dedup.search.rounds.delta_rounds`
     on arrays). ``removed``: the posting_ids whose old versions leave (deleted, changed);
     ``new_ids`` / ``new_vectors``: the fused vectors of the listings searched tonight (added,
     changed, embedded tonight); ``centroids``, ``nprobe``: the epoch's quantizer and the index's
-    probes. ``search_depth`` (default ``depth`` in round 0, ``blend_reach * depth`` in the
+    probes. An inserted listing enters the lists whose listings probe its IVF list
+    (:func:`reverse_rows`, ``reverse``: the lists a full search would put it in) or, with
+    ``reverse=False``, those its own search returned (before session 6: a list can miss it).
+    ``search_depth`` (default ``depth``; without ``reverse`` ``blend_reach * depth`` in the
     blending rounds): the reach of an inserted listing's search. Counts as the Spark plan's
     (``searched``, ``stale``, ``touched``, ``blended1``, ``searched1``...); ``stage``: a
     ``StageTimer.stage`` the rounds are timed by (``search``, ``blend1``, ``search1``...)."""
@@ -420,21 +505,43 @@ def driver_rounds(
     counts: dict[str, int] = {}
     out: list[RoundArrays] = []
 
+    p_type = np.int16 if nlist <= np.iinfo(np.int16).max else np.int32
+
+    def round_probes(vectors: np.ndarray, changed: np.ndarray, r: int) -> np.ndarray:
+        """Each listing's probed lists: yesterday's for a vector that did not move (computed for
+        every listing from a state that kept none), the changed ones' tonight's."""
+        old = prev.rounds[r].probes
+        if old is not None and old.shape[1] == min(nprobe, nlist):
+            probes = _carry_rows(old.astype(p_type), pos, keep_rows, n)
+            todo = np.flatnonzero(changed)
+        else:
+            probes = np.zeros((n, min(nprobe, nlist)), dtype=p_type)
+            todo = np.arange(n)
+        for a in range(0, len(todo), 8192):
+            t = todo[a : a + 8192]
+            probes[t] = probe_lists(np.ascontiguousarray(vectors[t]), centroids, nprobe).astype(p_type)
+        return probes
+
     def round_search(vectors, assign, changed, r) -> RoundArrays:
         suffix = str(r) if r else ""
-        reach = search_depth or (depth if r == 0 else blend_reach * depth)
+        reach = search_depth or (depth if r == 0 or reverse else blend_reach * depth)
         p_ids, p_sc = _carry_lists(prev.rounds[r], pos, keep_rows, n, depth)
         layout = layout_of(vectors, assign, nlist)
         rows = np.flatnonzero(changed)
-        f_ids, f_sc = search_rows(vectors, layout, centroids, nprobe, rows, reach)
-        l_ids, l_sc, stale, touched = update_lists(p_ids, p_sc, changed, f_ids, f_sc, k=k, depth=depth)
+        probes = round_probes(vectors, changed, r)
+        f_ids, f_sc = search_rows(vectors, layout, centroids, nprobe, rows, reach, probe=probes[rows])
+        rev = None
+        if reverse:
+            rev = reverse_rows(layout, probes, assign, changed, entry_floor(p_ids, p_sc, depth), vectors)
+            counts[f"reverse{suffix}"] = int(len(rev[0]))
+        l_ids, l_sc, stale, touched = update_lists(p_ids, p_sc, changed, f_ids, f_sc, k=k, depth=depth, reverse=rev)
         if len(stale):
-            s_ids, s_sc = search_rows(vectors, layout, centroids, nprobe, stale, depth)
+            s_ids, s_sc = search_rows(vectors, layout, centroids, nprobe, stale, depth, probe=probes[stale])
             l_ids[stale], l_sc[stale] = s_ids, s_sc
         counts[f"searched{suffix}"] = int(len(rows) + len(stale))
         counts[f"stale{suffix}"] = int(len(stale))
         counts[f"touched{suffix}"] = int(touched.sum())
-        return RoundArrays(l_ids, l_sc, vectors, assign)
+        return RoundArrays(l_ids, l_sc, vectors, assign, probes)
 
     with stage("search") as c:
         v0 = _carry_rows(prev.rounds[0].vectors, pos, keep_rows, n)
@@ -464,12 +571,17 @@ def driver_rounds(
 
 
 def full_state(
-    lists: list[pd.DataFrame], vectors: list[tuple[Any, np.ndarray]], centroids: np.ndarray, depth: int
+    lists: list[pd.DataFrame],
+    vectors: list[tuple[Any, np.ndarray]],
+    centroids: np.ndarray,
+    depth: int,
+    nprobe: int | None = None,
 ) -> DriverState:
     """A night's state from its searched rounds (the Spark plan's, collected): ``lists[r]``
     round ``r``'s ``src, dst, score, rank`` (rank 1 = nearest; ranks past ``depth`` dropped),
     ``vectors[r]`` its ``(posting_ids, vectors)`` in any row order (every round the same
-    listings); each vector's IVF list is assigned here."""
+    listings); each vector's IVF list is assigned here, and with ``nprobe`` the lists a search
+    of it probes (what the next night's reverse probe reads)."""
     ids = None
     rounds = []
     for df, (v_ids, v) in zip(lists, vectors, strict=True):
@@ -489,7 +601,13 @@ def full_state(
         ok = rank < depth
         l_ids[src[ok], rank[ok]] = dst[ok]
         l_sc[src[ok], rank[ok]] = df["score"].to_numpy(dtype=np.float32)[ok]
-        rounds.append(RoundArrays(l_ids, l_sc, v, assign_lists(v, centroids).astype(np.int32)))
+        probes = None
+        if nprobe:
+            p_type = np.int16 if len(centroids) <= np.iinfo(np.int16).max else np.int32
+            probes = np.concatenate(
+                [probe_lists(v[a : a + 8192], centroids, nprobe).astype(p_type) for a in range(0, max(n, 1), 8192)]
+            )[:n]
+        rounds.append(RoundArrays(l_ids, l_sc, v, assign_lists(v, centroids).astype(np.int32), probes))
     return DriverState(ids if ids is not None else np.zeros(0, dtype=str), rounds, depth)
 
 
@@ -552,9 +670,13 @@ def save_state(warehouse: str, run_date: str, run_id: str, state: DriverState) -
     folder = state_folder(warehouse, run_date, run_id)
     _write_bytes(f"{folder}/ids.npy", _npy(state.ids))
     for r, rd in enumerate(state.rounds):
-        for name, a in (("ids", rd.ids), ("scores", rd.scores), ("vectors", rd.vectors), ("assign", rd.assign)):
+        arrays = [("ids", rd.ids), ("scores", rd.scores), ("vectors", rd.vectors), ("assign", rd.assign)]
+        if rd.probes is not None:
+            arrays.append(("probes", rd.probes))
+        for name, a in arrays:
             _write_bytes(f"{folder}/r{r}_{name}.npy", _npy(np.ascontiguousarray(a)))
     meta = {"rounds": len(state.rounds), "depth": state.depth, "n": state.n}
+    meta["probes"] = all(rd.probes is not None for rd in state.rounds)
     _write_bytes(f"{folder}/meta.json", json.dumps(meta, sort_keys=True).encode())
     return folder
 
@@ -577,8 +699,15 @@ def load_state(warehouse: str, run_date: str, run_id: str) -> DriverState:
     def arr(name: str) -> np.ndarray:
         return np.load(io.BytesIO(_read_bytes(f"{folder}/{name}.npy")), allow_pickle=False)
 
+    probes = bool(meta.get("probes"))  # a state written before they were kept has none
     rounds = [
-        RoundArrays(arr(f"r{r}_ids"), arr(f"r{r}_scores"), arr(f"r{r}_vectors"), arr(f"r{r}_assign"))
+        RoundArrays(
+            arr(f"r{r}_ids"),
+            arr(f"r{r}_scores"),
+            arr(f"r{r}_vectors"),
+            arr(f"r{r}_assign"),
+            arr(f"r{r}_probes") if probes else None,
+        )
         for r in range(int(meta["rounds"]))
     ]
     return DriverState(arr("ids"), rounds, int(meta["depth"]))
@@ -693,7 +822,7 @@ def vectors_frame(spark: Any, state: DriverState) -> Any:
     return to_frame(spark, pdf, "posting_id string, emb array<float>")
 
 
-def state_of_rounds(rounds: Any, depth: int) -> DriverState:
+def state_of_rounds(rounds: Any, depth: int, nprobe: int | None = None) -> DriverState:
     """A night's state from the Spark plan's rounds (a full night, the reference, or an
     incremental night of the Spark plan): every round's lists and vectors collected."""
     from listing_dedup.search.indexer import as_matrix
@@ -705,7 +834,7 @@ def state_of_rounds(rounds: Any, depth: int) -> DriverState:
         pdf = df.select("posting_id", "emb").toPandas()
         d = rounds.quantizer.d
         vectors.append((pdf["posting_id"], as_matrix(pdf["emb"], d) if len(pdf) else np.zeros((0, d), np.float32)))
-    return full_state(lists, vectors, rounds.quantizer.centroids, depth)
+    return full_state(lists, vectors, rounds.quantizer.centroids, depth, nprobe)
 
 
 def state_frames(spark: Any, state: DriverState) -> tuple[list[Any], list[Any]]:
