@@ -492,3 +492,35 @@ def test_an_inserted_listing_enters_the_lists_that_probe_it():
             np.testing.assert_allclose(np.where(held, g.scores, 0), np.where(held, w.scores, 0), rtol=0, atol=2e-6)
             np.testing.assert_array_equal(g.probes, w.probes)
         assert got.counts["searched"] < len(now_ids) // 4
+
+
+def test_a_list_that_lost_neighbours_keeps_its_floor_the_next_night():
+    """Two nights on the IVF index, each through driver_rounds: night 2's deletions leave lists
+    shorter than ``depth`` that did not hold every listing they scan; night 3 must not take them
+    for complete (any inserted listing entering them whatever its score, never searched again
+    under ``k``): night 3's lists equal a full night's of its catalog. Before complete_rows a list
+    shorter than ``depth`` was taken for complete."""
+    rng, centres, x = catalog(7, n=200)
+    centroids = centres[:8].astype(np.float32) / np.linalg.norm(centres[:8], axis=1, keepdims=True).astype(np.float32)
+    ids = np.array([f"p{i:03d}" for i in range(len(x))])
+    state = DriverState(ids, ivf_night(x, centroids, 2), DEPTH)
+    catalog_now = dict(zip(ids.tolist(), x))
+    for night in (2, 3):
+        deleted = set(rng.choice(sorted(catalog_now), 30 if night == 2 else 4, replace=False))
+        for p in deleted:
+            del catalog_now[p]
+        new = {}
+        for i in range(6):
+            v = centres[rng.integers(0, len(centres))] + 0.35 * rng.normal(size=x.shape[1])
+            new[f"n{night}_{i}"] = (v / np.linalg.norm(v)).astype(np.float32)
+        catalog_now.update(new)
+        kw = dict(centroids=centroids, nprobe=2, k=K, depth=DEPTH, thresholds=(T,))
+        state = driver_rounds(state, removed=deleted, new_ids=list(new), new_vectors=np.stack(list(new.values())), **kw)
+    now_ids = np.array(sorted(catalog_now))
+    want = ivf_night(np.stack([catalog_now[p] for p in now_ids]), centroids, 2)
+    assert list(state.ids) == list(now_ids)
+    for r in (0, 1):
+        g, w = state.rounds[r], want[r]
+        held = g.ids >= 0
+        assert (held.sum(1) >= np.minimum(K, (w.ids >= 0).sum(1))).all()
+        np.testing.assert_array_equal(np.where(held, g.ids, -1), np.where(held, w.ids, -1))

@@ -245,14 +245,30 @@ def reverse_rows(
     return np.concatenate(out_u), np.concatenate(out_v), np.concatenate(out_s)
 
 
-def entry_floor(prev_ids: np.ndarray, prev_scores: np.ndarray, depth: int) -> np.ndarray:
+def complete_rows(prev_ids: np.ndarray, probes: np.ndarray, assign: np.ndarray, inserted: np.ndarray) -> np.ndarray:
+    """Bool ``(n,)``: the lists that held every listing their search scans (the listings of
+    their probed lists, less the inserted and the listing itself), so that any inserted listing
+    enters them whatever its score. A list shorter than ``depth`` is not necessarily one: a list
+    that lost neighbours on an earlier night is shorter and holds only what scored above its
+    weakest; :func:`update_lists` (``complete``) keeps such a list's floor and searches it again
+    when it falls under ``k``."""
+    inserted = np.asarray(inserted, dtype=bool)
+    nlist = int(max(int(np.max(probes, initial=0)), int(np.max(assign, initial=0)))) + 1
+    present = np.bincount(np.asarray(assign)[~inserted], minlength=nlist)
+    p = np.asarray(probes, dtype=np.int64)
+    region = present[p].sum(1) - (p == np.asarray(assign)[:, None]).any(1)
+    held = ((prev_ids >= 0) & ~inserted[np.maximum(prev_ids, 0)]).sum(1)
+    return held >= region
+
+
+def entry_floor(prev_ids: np.ndarray, prev_scores: np.ndarray, complete: np.ndarray) -> np.ndarray:
     """The score an inserted listing must reach to enter each list (:func:`update_lists`): the
-    weakest neighbour the list held before tonight, -inf for a list shorter than ``depth`` (it
-    held every listing it could)."""
+    weakest neighbour the list held before tonight, -inf for a complete list
+    (:func:`complete_rows`)."""
     valid = prev_ids != _NONE
     n = len(prev_ids)
     floor = np.where(valid, prev_scores, np.inf).min(1) if prev_ids.shape[1] else np.full(n, np.inf)
-    return np.where(valid.sum(1) < depth, -np.inf, floor).astype(np.float32)
+    return np.where(complete, -np.inf, floor).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -289,6 +305,7 @@ def update_lists(
     k: int,
     depth: int,
     reverse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    complete: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The lists after tonight's delta (:func:`listing_dedup.search.incremental.update_neighbours`
     on arrays). ``prev_ids`` / ``prev_scores``: yesterday's lists in tonight's rows (``(n,
@@ -298,7 +315,9 @@ def update_lists(
     row each in row order (``np.flatnonzero(inserted)``), best first. ``reverse``: the
     ``(src, dst, score)`` entries the inserted listings make in the other lists
     (:func:`reverse_rows`: the lists whose listings probe theirs); default: their search's
-    results reversed (the lists their own search returned).
+    results reversed (the lists their own search returned). ``complete``: the lists that held
+    every listing they could (:func:`complete_rows`); default: those shorter than ``depth``
+    (the pandas reference's rule, which takes a list that lost neighbours for one).
 
     Returns ``(ids, scores, stale, touched)``: tonight's lists (the inserted listings' own from
     their search; a stale list's rows are its old ones, the caller searches it again), the
@@ -313,7 +332,8 @@ def update_lists(
     count = valid.sum(1)
     # the weakest neighbour each list held before tonight: below it the list is not exact
     floor = np.where(valid, prev_scores, np.inf).min(1) if prev_ids.shape[1] else np.full(n, np.inf)
-    full_before = count < depth  # a list shorter than depth held every listing it could
+    # a list that held every listing it could: any inserted one enters, and it is never stale
+    full_before = count < depth if complete is None else np.asarray(complete, dtype=bool)
     if reverse is None:  # the inserted listings' rows reversed into the lists of their neighbours
         f_ok = found_ids >= 0
         b_src = found_ids[f_ok].astype(np.int64)
@@ -530,11 +550,14 @@ def driver_rounds(
         rows = np.flatnonzero(changed)
         probes = round_probes(vectors, changed, r)
         f_ids, f_sc = search_rows(vectors, layout, centroids, nprobe, rows, reach, probe=probes[rows])
-        rev = None
+        rev = complete = None
         if reverse:
-            rev = reverse_rows(layout, probes, assign, changed, entry_floor(p_ids, p_sc, depth), vectors)
+            complete = complete_rows(p_ids, probes, assign, changed)
+            rev = reverse_rows(layout, probes, assign, changed, entry_floor(p_ids, p_sc, complete), vectors)
             counts[f"reverse{suffix}"] = int(len(rev[0]))
-        l_ids, l_sc, stale, touched = update_lists(p_ids, p_sc, changed, f_ids, f_sc, k=k, depth=depth, reverse=rev)
+        l_ids, l_sc, stale, touched = update_lists(
+            p_ids, p_sc, changed, f_ids, f_sc, k=k, depth=depth, reverse=rev, complete=complete
+        )
         if len(stale):
             s_ids, s_sc = search_rows(vectors, layout, centroids, nprobe, stale, depth, probe=probes[stale])
             l_ids[stale], l_sc[stale] = s_ids, s_sc
