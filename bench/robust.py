@@ -282,6 +282,24 @@ def fast_health(df: pd.DataFrame, ids, graph, top1: pd.Series, cfg: DedupConfig,
     )
 
 
+def scored_frame(cat: Catalog, cfg: DedupConfig) -> tuple[pd.DataFrame, tuple]:
+    """The re-ranker's candidate frame of a catalog as the job builds it (the search before and
+    after the INB rounds, the optional attributes), and the final search's (src, dst, score)."""
+    w = cfg.fusion.weights([s for s in ("text", "lexical") if getattr(cfg.embed, s).enabled]).get("text", 0.0)
+    k = cfg.index.k
+    final = cat.search(w, tuple(cfg.inb.thresholds), k)
+    frame = candidate_frame(
+        cat.search(w, (), k),
+        final,
+        cat.df["title"].tolist(),
+        cat.df["image_phash"].tolist(),
+        k,
+        cfg.rerank.min_score,
+        frame_attributes(cat.df),  # the optional model / brand / price, as the job's frame carries them
+    )
+    return frame, final
+
+
 def run_conf(cat: Catalog, cfg: DedupConfig, titles_model: str | None = None) -> dict:
     """What the job decides under ``cfg`` on one catalog: the re-ranker when the conf runs one
     (the built-in on the default pipeline: the one trained with pHash, or the titles-only one
@@ -295,18 +313,7 @@ def run_conf(cat: Catalog, cfg: DedupConfig, titles_model: str | None = None) ->
     model, _ = reranker_for(cfg)
     if model is None:
         return run_rule(cat, cfg)
-    w = cfg.fusion.weights([s for s in ("text", "lexical") if getattr(cfg.embed, s).enabled]).get("text", 0.0)
-    k = cfg.index.k
-    final = cat.search(w, tuple(cfg.inb.thresholds), k)
-    frame = candidate_frame(
-        cat.search(w, (), k),
-        final,
-        cat.df["title"].tolist(),
-        cat.df["image_phash"].tolist(),
-        k,
-        cfg.rerank.min_score,
-        frame_attributes(cat.df),  # the optional model / brand / price, as the job's frame carries them
-    )
+    frame, final = scored_frame(cat, cfg)
     prob = model.round_probabilities(frame)[-1]
     # a catalog that names its duplicate-free sources: the one-to-one rule, no prior shift (as the job)
     prob, sourced = source_constrained(frame, prob)

@@ -40,17 +40,15 @@ from listing_dedup.config import load_config  # noqa: E402
 from listing_dedup.config.job import MatchConf  # noqa: E402
 from listing_dedup.graph.rerank import (  # noqa: E402
     BUILTIN_TITLES,
-    candidate_frame,
     estimate_prior,
     for_coverage,
-    frame_attributes,
     histogram_of,
     prior_shifted,
     reranker_for,
     shifted_threshold,
 )
 from listing_dedup.quality import robust as R  # noqa: E402
-from robust import DEFAULT_CSV, DEFAULT_OTHER, TitleVectors, build, oracle  # noqa: E402
+from robust import DEFAULT_CSV, DEFAULT_OTHER, TitleVectors, build, oracle, scored_frame  # noqa: E402
 
 GRID = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 
@@ -86,18 +84,7 @@ def main() -> int:
     cat.df = cat.df.assign(image_phash=None)
     cfg, _ = for_coverage(cfg, 0.0, args.titles_model)
     model, _ = reranker_for(cfg)
-    w = cfg.fusion.weights([s for s in ("text", "lexical") if getattr(cfg.embed, s).enabled]).get("text", 0.0)
-    k = cfg.index.k
-    final = cat.search(w, tuple(cfg.inb.thresholds), k)
-    frame = candidate_frame(
-        cat.search(w, (), k),
-        final,
-        cat.df["title"].tolist(),
-        cat.df["image_phash"].tolist(),
-        k,
-        cfg.rerank.min_score,
-        frame_attributes(cat.df),
-    )
+    frame, final = scored_frame(cat, cfg)
     src, dst, fused = frame["src"].to_numpy(), frame["dst"].to_numpy(), frame["score"].to_numpy()
     p = model.round_probabilities(frame)[-1]
     lab = R.label_codes(cat.labels)
@@ -131,7 +118,7 @@ def main() -> int:
     tq, ef = R.expected_f1_threshold(und.to_numpy())
     te = shifted_threshold(tq, prior, tp)
     print(f"expected_f1 posterior>={tq:.3f} (expected pairwise F1 {ef:.3f}) threshold={te:.3f} {rule(te)}")
-    o_row, o_pair = oracle(cat, k, None)
+    o_row, o_pair = oracle(cat, cfg.index.k, None)
     print(
         f"oracle row {o_row['f1']:.4f}/{o_row['pf1']:.4f} ({o_row['by']}); pair {o_pair['f1']:.4f}/{o_pair['pf1']:.4f} "
         f"(P {o_pair['pp']:.3f} R {o_pair['pr']:.3f}; {o_pair['by']})"
