@@ -2,7 +2,7 @@
 
     nice -n 10 python bench/incremental.py [--products 10500] [--change 0.01] [--add 0.01]
         [--delete 0.005] [--nights 2] [--work DIR] [--set key=value ...] [--fresh] [--cache-only]
-        [--shopee-fold 1 [--shopee-drop 0.02]]
+        [--shopee-fold 1 [--shopee-drop 0.02]] [--rerun [--keep-reference]]
 
 A generated catalog (lib/listing_dedup/quality/sample.py, the one ``make run`` uses; 33,000
 products are ~100k listings) runs through ``jobs/dedup_listings.py --conf conf/local.yaml`` (the
@@ -33,7 +33,9 @@ listings: the incremental night, its reference and a fresh full run, matches F1 
 ``--rerun`` reuses the night 1 an earlier bench of the same arguments left in ``--work``: nights
 2..N and the reference run again (a rerun of a date continues the date before it, so it is the
 same incremental night; the embeddings cache already holds the delta's vectors, so its embed stage
-is not a first night 2's).
+is not a first night 2's). ``--keep-reference`` (with ``--rerun``) also keeps that bench's reference
+run of night N (read from its ``runs`` row and tables, not run again: valid while the reference's code
+path, a full search of every listing on the epoch, is unchanged; its seconds are from its own load).
 
 Final line: ``incremental n=<listings> job_ratio=<night N / reference> same_groups=<share>
 embed_ratio=<night 2 / night 1> deleted=<listings deleted on night N>``; a chain prints before it
@@ -248,6 +250,11 @@ def main() -> None:
         action="store_true",
         help="night 1 from an earlier bench in --work (same arguments); nights 2..N and the reference rerun",
     )
+    ap.add_argument(
+        "--keep-reference",
+        action="store_true",
+        help="with --rerun: the earlier bench's reference of night N as it is (not run again)",
+    )
     ap.add_argument("--shopee-fold", type=int, default=None, help="Shopee fold as night 2")
     ap.add_argument("--shopee-drop", type=float, default=0.02)
     ap.add_argument("--shopee-csv", default=str(REPO.parent / "shared" / "data" / "shopee" / "listings_dev.csv"))
@@ -268,6 +275,9 @@ def main() -> None:
     sets = [*args.sets, *INCREMENTAL]
     inc, ref, fresh = str(work / "wh_incremental"), str(work / "wh_reference"), str(work / "wh_fresh")
     path = str(work / "night1.parquet")
+    keep_ref = args.rerun and args.keep_reference
+    if args.keep_reference and not args.rerun:
+        sys.exit("--keep-reference needs --rerun")
     if args.rerun:  # night 1 is the one an earlier bench of the same arguments left in --work
         print(f"night 1: {len(cat)} listings (from {inc})", flush=True)
         first = figures(inc, night_date(1), None)
@@ -281,12 +291,16 @@ def main() -> None:
         path = str(work / f"night{night}.parquet")
         cat.to_parquet(path, index=False)
         print(f"night {night}: {len(cat)} listings ({counts})", flush=True)
-        if night == args.nights:  # the reference continues the same state, every listing searched
+        if night == args.nights and not keep_ref:  # the reference continues the same state, every listing searched
             shutil.rmtree(ref, ignore_errors=True)
             shutil.copytree(inc, ref)
         results[night] = run_job(path, inc, night_date(night), sets)
     last, date = args.nights, night_date(args.nights)
-    reference = run_job(path, ref, date, [*sets, "incremental.search_all=true"])
+    if keep_ref:
+        print(f"reference of night {last}: kept from the earlier bench in {ref}", flush=True)
+        reference = figures(ref, date, None)
+    else:
+        reference = run_job(path, ref, date, [*sets, "incremental.search_all=true"])
     share, n_diff = same_groups(inc, ref, date)
     print_stages({"night 1 (full)": first, f"night {last} incremental": results[last], "reference": reference})
     print(
