@@ -14,8 +14,10 @@ from listing_dedup.search.driver_night import (
     RoundArrays,
     driver_rounds,
     has_state,
+    layout_of,
     load_state,
     prune_states,
+    reverse_rows,
     save_state,
     scan_probed,
     update_lists,
@@ -524,3 +526,26 @@ def test_a_list_that_lost_neighbours_keeps_its_floor_the_next_night():
         held = g.ids >= 0
         assert (held.sum(1) >= np.minimum(K, (w.ids >= 0).sum(1))).all()
         np.testing.assert_array_equal(np.where(held, g.ids, -1), np.where(held, w.ids, -1))
+
+
+def test_reverse_rows_by_list_and_by_block_are_the_brute_force_pairs():
+    """reverse_rows' two ways give every (u, v) with v inserted, u not, v's list among u's
+    probed lists and s(u, v) >= need[u], and no other pair (brute force over all pairs)."""
+    rng, _, x = catalog(8, n=300)
+    centroids = x[rng.choice(len(x), 12, replace=False)]
+    assign = assign_lists(x, centroids).astype(np.int32)
+    probes = probe_lists(x, centroids, 3).astype(np.int16)
+    inserted = np.zeros(len(x), dtype=bool)
+    inserted[rng.choice(len(x), 40, replace=False)] = True
+    need = rng.uniform(-0.5, 0.9, len(x)).astype(np.float32)
+    need[rng.choice(len(x), 30, replace=False)] = -np.inf
+    s = x @ x.T
+    scans = (assign[None, :, None] == probes[:, None, :]).any(2)
+    want_u, want_v = np.nonzero(scans & ~inserted[:, None] & inserted[None, :] & (s >= need[:, None]))
+    want = set(zip(want_u.tolist(), want_v.tolist()))
+    assert len(want) > 100
+    layout = layout_of(x, assign, len(centroids))
+    for by in ("list", "block"):
+        u, v, sc = reverse_rows(layout, probes, assign, inserted, need, x, by=by)
+        assert set(zip(u.tolist(), v.tolist())) == want and len(u) == len(want)
+        np.testing.assert_allclose(sc, s[u, v], rtol=0, atol=2e-6)

@@ -197,6 +197,7 @@ def reverse_rows(
     need: np.ndarray,
     vectors: np.ndarray,
     budget: int = 1 << 24,
+    by: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The lists the inserted listings enter, as a full search finds them: every ``(u, v,
     s(u, v))`` with ``v`` inserted, ``u`` not, ``v``'s IVF list among ``u``'s probed lists
@@ -205,9 +206,15 @@ def reverse_rows(
     every listing it could). The *reverse probe*: an inserted listing's own search reaches the
     lists it probes, which are not the lists whose listings probe it (an IVF search is not
     symmetric), so inserting it into the lists its own search returned misses some (and fills
-    others a full search would not). Computed list by list of the inserted listings: the
-    listings that probe the list (an inverted index of ``probes``) against its inserted ones,
-    one matrix product (``layout`` unused but for its list count). ``src, dst`` rows, float32."""
+    others a full search would not). ``src, dst`` rows, float32 scores. Two ways, the same
+    pairs (``by``; default: by block when the inserted listings are fewer than 4 a list):
+
+    * ``list``: list by list of the inserted listings, the listings that probe the list (an
+      inverted index of ``probes``, gathered) against its inserted ones, one matrix product:
+      ``nprobe N`` rows gathered when most lists hold an inserted listing;
+    * ``block``: list by list of the probing listings (``layout``: each list's rows one block,
+      read in place) against the inserted listings of the lists any of its rows probes, kept
+      where the row probes the inserted listing's list: few inserted listings gathered a block."""
     inserted = np.asarray(inserted, dtype=bool)
     ins_rows = np.flatnonzero(inserted)
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
@@ -217,6 +224,9 @@ def reverse_rows(
     i_order, i_off = list_layout(assign[ins_rows], nlist)
     ins_sorted = ins_rows[i_order]
     has = i_off[1:] > i_off[:-1]
+    need = np.asarray(need, dtype=np.float32)
+    if (by or ("block" if len(ins_rows) < 4 * nlist else "list")) == "block":
+        return _reverse_by_block(layout, np.asarray(probes), assign, inserted, need, vectors, ins_sorted, i_off)
     # the probing listings of every list that holds an inserted one, list by list
     probes = np.asarray(probes)
     rows_u = np.flatnonzero(~inserted)
@@ -226,7 +236,6 @@ def reverse_rows(
     p_l = p[hit].astype(np.int64)
     p_order, p_off = list_layout(p_l, nlist)
     p_u = p_u[p_order]
-    need = np.asarray(need, dtype=np.float32)
     out_u, out_v, out_s = [], [], []
     for lst in np.flatnonzero(has & (p_off[1:] > p_off[:-1])).tolist():
         v_rows = ins_sorted[i_off[lst] : i_off[lst + 1]]
@@ -242,6 +251,40 @@ def reverse_rows(
             out_s.append(sc[r, c].astype(np.float32))
     if not out_u:
         return empty
+    return np.concatenate(out_u), np.concatenate(out_v), np.concatenate(out_s)
+
+
+def _reverse_by_block(layout, probes, assign, inserted, need, vectors, ins_sorted, i_off):
+    """:func:`reverse_rows` block by block of the probing listings (``by="block"``)."""
+    nlist = len(layout.offsets) - 1
+    ins_list = np.asarray(assign[ins_sorted], dtype=np.int64)
+    xi = np.ascontiguousarray(vectors[ins_sorted])
+    has = i_off[1:] > i_off[:-1]
+    offsets = layout.offsets
+    out_u, out_v, out_s = [], [], []
+    for lst in np.flatnonzero(offsets[1:] > offsets[:-1]).tolist():
+        a, b = int(offsets[lst]), int(offsets[lst + 1])
+        rows_u = layout.order[a:b]
+        u_ok = ~inserted[rows_u]
+        if not u_ok.any():
+            continue
+        p = probes[rows_u].astype(np.int64)
+        lists = np.unique(p[u_ok])
+        lists = lists[has[lists]]
+        if not len(lists):
+            continue
+        lo, hi = i_off[lists], i_off[lists + 1]
+        idx = np.repeat(lo - np.cumsum(np.r_[0, (hi - lo)[:-1]]), hi - lo) + np.arange(int((hi - lo).sum()))
+        sc = layout.vectors[a:b] @ xi[idx].T
+        probed = np.zeros((b - a, nlist), dtype=bool)
+        probed[np.arange(b - a)[:, None], p] = True
+        ok = probed[:, ins_list[idx]] & (sc >= need[rows_u][:, None]) & u_ok[:, None]
+        r, c = np.nonzero(ok)
+        out_u.append(rows_u[r].astype(np.int64))
+        out_v.append(ins_sorted[idx[c]].astype(np.int64))
+        out_s.append(sc[r, c].astype(np.float32))
+    if not out_u:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(out_u), np.concatenate(out_v), np.concatenate(out_s)
 
 
