@@ -14,8 +14,10 @@ frame:
 * each round's lists are ``(n, depth)`` int32 neighbour rows (-1: none) and float32 scores, best
   first; the update (:func:`update_lists`) is :func:`listing_dedup.search.incremental.
   update_neighbours` (its pandas reference) on arrays: the removed leave every list, an
-  inserted listing enters the lists its own search returned when it beats their weakest
-  neighbour, lists that lost more than their slack are searched again (*stale*);
+  inserted listing enters the lists whose listings probe its IVF list when it beats their
+  weakest neighbour (:func:`reverse_rows`: the lists a full search puts it in; each listing's
+  probed lists are kept like its list assignment), lists that lost more than their slack are
+  searched again (*stale*);
 * the search (:func:`search_rows`) probes the epoch's quantizer and scans the probed lists
   exactly (search/indexer's ``probe_lists``, and :func:`scan_probed`: ``scan_lists``'s result,
   the Spark search's own scan, for many queries at once), over every listing's vector stored
@@ -27,7 +29,8 @@ frame:
 
 State files (:func:`save_state`, :func:`load_state`): ``<warehouse>/_state/lists/<run_date>/
 <run_id>/``, ``ids.npy`` and per round ``r<r>_ids.npy``, ``r<r>_scores.npy``,
-``r<r>_vectors.npy``, ``r<r>_assign.npy``; ``meta.json`` last. Written before the night's
+``r<r>_vectors.npy``, ``r<r>_assign.npy``, ``r<r>_probes.npy`` (since session 6; a state without
+them gets them computed); ``meta.json`` last. Written before the night's
 commits and read by the next night through the ``state_log`` row that names the run: a night
 that crashes before its ``state_log`` row leaves an unreferenced folder, never a changed state.
 Memory: :func:`bytes_per_listing`."""
@@ -86,12 +89,13 @@ class DriverState:
         return len(self.ids)
 
 
-def bytes_per_listing(d: int, depth: int, rounds: int) -> int:
+def bytes_per_listing(d: int, depth: int, rounds: int, nprobe: int = 0) -> int:
     """What one listing costs the driver plan's state, per round: its list (``depth`` int32 rows
-    and float32 scores), its vector (``d`` float32) and its IVF list (int32); plus its id (~16
-    bytes). The search also copies a round's vectors list by list (``4 d`` more while it runs).
-    Lexical 1024-d, ``depth`` 66, one INB round: 9.3 KB, so 1M listings hold ~9.3 GB."""
-    return rounds * (8 * depth + 4 * d + 4) + 16
+    and float32 scores), its vector (``d`` float32), its IVF list (int32) and its ``nprobe``
+    probed lists (int16); plus its id (~16 bytes). The search also copies a round's vectors list
+    by list (``4 d`` more while it runs). Lexical 1024-d, ``depth`` 66, ``nprobe`` 64, one INB
+    round: 9.6 KB, so 1M listings hold ~9.6 GB."""
+    return rounds * (8 * depth + 4 * d + 4 + 2 * nprobe) + 16
 
 
 # --------------------------------------------------------------------------------------
