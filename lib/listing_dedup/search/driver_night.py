@@ -308,14 +308,20 @@ def complete_rows(prev_ids: np.ndarray, probes: np.ndarray, assign: np.ndarray, 
     return held >= region
 
 
+def _weakest(prev_ids: np.ndarray, prev_scores: np.ndarray) -> np.ndarray:
+    """The weakest neighbour each list held before tonight (+inf for an empty list): below it
+    the list is not exact."""
+    valid = prev_ids != _NONE
+    if not prev_ids.shape[1]:
+        return np.full(len(prev_ids), np.inf)
+    return np.where(valid, prev_scores, np.inf).min(1)
+
+
 def entry_floor(prev_ids: np.ndarray, prev_scores: np.ndarray, complete: np.ndarray) -> np.ndarray:
     """The score an inserted listing must reach to enter each list (:func:`update_lists`): the
     weakest neighbour the list held before tonight, -inf for a complete list
     (:func:`complete_rows`)."""
-    valid = prev_ids != _NONE
-    n = len(prev_ids)
-    floor = np.where(valid, prev_scores, np.inf).min(1) if prev_ids.shape[1] else np.full(n, np.inf)
-    return np.where(complete, -np.inf, floor).astype(np.float32)
+    return np.where(complete, -np.inf, _weakest(prev_ids, prev_scores)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -377,8 +383,7 @@ def update_lists(
     lost = valid & ((prev_ids == _GONE) | inserted[np.maximum(prev_ids, 0)] & (prev_ids >= 0))
     lost &= ~inserted[:, None]
     count = valid.sum(1)
-    # the weakest neighbour each list held before tonight: below it the list is not exact
-    floor = np.where(valid, prev_scores, np.inf).min(1) if prev_ids.shape[1] else np.full(n, np.inf)
+    floor = _weakest(prev_ids, prev_scores)
     # a list that held every listing it could: any inserted one enters, and it is never stale
     full_before = count < depth if complete is None else np.asarray(complete, dtype=bool)
     if reverse is None:  # the inserted listings' rows reversed into the lists of their neighbours
@@ -572,7 +577,7 @@ def driver_rounds(
     counts: dict[str, int] = {}
     out: list[RoundArrays] = []
 
-    p_type = np.int16 if nlist <= np.iinfo(np.int16).max else np.int32
+    p_type = _probe_dtype(nlist)
 
     def round_probes(vectors: np.ndarray, changed: np.ndarray, r: int) -> np.ndarray:
         """Each listing's probed lists: yesterday's for a vector that did not move (computed for
@@ -584,9 +589,7 @@ def driver_rounds(
         else:
             probes = np.zeros((n, min(nprobe, nlist)), dtype=p_type)
             todo = np.arange(n)
-        for a in range(0, len(todo), 8192):
-            t = todo[a : a + 8192]
-            probes[t] = probe_lists(np.ascontiguousarray(vectors[t]), centroids, nprobe).astype(p_type)
+        probes[todo] = probes_of(vectors[todo], centroids, nprobe)
         return probes
 
     def round_search(vectors, assign, changed, r) -> RoundArrays:
@@ -640,6 +643,19 @@ def driver_rounds(
     return DriverState(ids, out, depth, counts)
 
 
+def _probe_dtype(nlist: int) -> type:
+    return np.int16 if nlist <= np.iinfo(np.int16).max else np.int32
+
+
+def probes_of(vectors: np.ndarray, centroids: np.ndarray, nprobe: int, chunk: int = 8192) -> np.ndarray:
+    """Each vector's probed IVF lists (``(n, min(nprobe, nlist))``, the smallest integer type
+    that holds a list number), computed ``chunk`` rows at a time."""
+    out = np.zeros((len(vectors), min(nprobe, len(centroids))), dtype=_probe_dtype(len(centroids)))
+    for a in range(0, len(vectors), chunk):
+        out[a : a + chunk] = probe_lists(np.ascontiguousarray(vectors[a : a + chunk]), centroids, nprobe)
+    return out
+
+
 def full_state(
     lists: list[pd.DataFrame],
     vectors: list[tuple[Any, np.ndarray]],
@@ -671,12 +687,7 @@ def full_state(
         ok = rank < depth
         l_ids[src[ok], rank[ok]] = dst[ok]
         l_sc[src[ok], rank[ok]] = df["score"].to_numpy(dtype=np.float32)[ok]
-        probes = None
-        if nprobe:
-            p_type = np.int16 if len(centroids) <= np.iinfo(np.int16).max else np.int32
-            probes = np.concatenate(
-                [probe_lists(v[a : a + 8192], centroids, nprobe).astype(p_type) for a in range(0, max(n, 1), 8192)]
-            )[:n]
+        probes = probes_of(v, centroids, nprobe) if nprobe else None
         rounds.append(RoundArrays(l_ids, l_sc, v, assign_lists(v, centroids).astype(np.int32), probes))
     return DriverState(ids if ids is not None else np.zeros(0, dtype=str), rounds, depth)
 
