@@ -457,6 +457,14 @@ def ivf_night(x: np.ndarray, centroids: np.ndarray, nprobe: int) -> list[RoundAr
     return out
 
 
+def assert_lists_of_a_full_night(g: RoundArrays, w: RoundArrays) -> None:
+    """A round's lists ``g`` hold at least ``K`` (or all of the full night's ``w``) and every
+    list they hold is the full night's."""
+    held = g.ids >= 0
+    assert (held.sum(1) >= np.minimum(K, (w.ids >= 0).sum(1))).all()
+    np.testing.assert_array_equal(np.where(held, g.ids, -1), np.where(held, w.ids, -1))
+
+
 def test_an_inserted_listing_enters_the_lists_that_probe_it():
     """On an IVF index (8 lists, 2 probed) a listing's search does not scan what scans it: an
     inserted listing must enter the lists of the listings that probe its list (the reverse
@@ -488,9 +496,8 @@ def test_an_inserted_listing_enters_the_lists_that_probe_it():
         assert list(got.ids) == list(now_ids)
         for r in (0, 1):
             g, w = got.rounds[r], want[r]
+            assert_lists_of_a_full_night(g, w)
             held = g.ids >= 0
-            assert (held.sum(1) >= np.minimum(K, (w.ids >= 0).sum(1))).all()
-            np.testing.assert_array_equal(np.where(held, g.ids, -1), np.where(held, w.ids, -1))
             np.testing.assert_allclose(np.where(held, g.scores, 0), np.where(held, w.scores, 0), rtol=0, atol=2e-6)
             np.testing.assert_array_equal(g.probes, w.probes)
         assert got.counts["searched"] < len(now_ids) // 4
@@ -522,10 +529,7 @@ def test_a_list_that_lost_neighbours_keeps_its_floor_the_next_night():
     want = ivf_night(np.stack([catalog_now[p] for p in now_ids]), centroids, 2)
     assert list(state.ids) == list(now_ids)
     for r in (0, 1):
-        g, w = state.rounds[r], want[r]
-        held = g.ids >= 0
-        assert (held.sum(1) >= np.minimum(K, (w.ids >= 0).sum(1))).all()
-        np.testing.assert_array_equal(np.where(held, g.ids, -1), np.where(held, w.ids, -1))
+        assert_lists_of_a_full_night(state.rounds[r], want[r])
 
 
 def test_reverse_rows_by_list_and_by_block_are_the_brute_force_pairs():
