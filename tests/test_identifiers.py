@@ -69,3 +69,18 @@ def test_model_and_brand_attributes():
     # different model numbers conflict; brands conflict when neither contains the other
     assert evidence_of(a, c, {}) == (0.0, 1.0, 0.0, 1.0)
     assert evidence_of(a, identifiers("x", brand=None), {})[3] == 0.0
+
+
+def test_a_dotted_reference_number_is_one_code():
+    # wdc_products' confident wrong pair: two watches of one line whose references differ after the
+    # dot; split at every dot, both titles yielded the line's part "t120", shared: no conflict
+    a = identifiers("Tissot Seastar 1000 T120.407.11.041.00 Automatic")
+    b = identifiers("TISSOT SEASTAR 1000 t120.417.11.041.00")
+    assert a.codes == {"t1204071104100"}
+    assert b.codes == {"t1204171104100"}
+    assert evidence_of(a, b, code_idf([a, b]))[:2] == (0.0, 1.0)  # a code conflict
+    # the same reference written with other separators is one code
+    c = identifiers("tissot seastar T120-407-11-041-00")
+    assert evidence_of(a, c, code_idf([a, c]))[1] == 0.0
+    # a dot before letters still splits: "No.ABC123" gives the code after it
+    assert "abc123" in title_codes("Model No.ABC123 kettle")

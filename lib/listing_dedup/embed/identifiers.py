@@ -8,7 +8,8 @@ near-identical, a person sees two products. This module extracts, from a title (
 - **codes**: tokens mixing letters and digits (``DSC-W120``, ``ELPLP12``, ``MC688LL/A``), and
   digit runs of 5+ digits (part numbers), normalised across case and separators (``DSC-W120`` =
   ``dsc w120`` = ``dscw120``). A hyphen/slash-joined token also yields its parts that are codes
-  themselves (``A500-10S32u`` gives ``a50010s32u`` and ``a500``, ``10s32u``), and a word of 2-3
+  themselves (``A500-10S32u`` gives ``a50010s32u`` and ``a500``, ``10s32u``; a dot followed by a
+  digit does not split: ``T120.407.11.041.00`` is the one code ``t1204071104100``), and a word of 2-3
   letters followed by a short code starting with a letter is joined to it (``DSC W120`` gives
   ``dscw120``). Numbers with a unit
   (``16GB``) and ordinals (``6th``) are not codes;
@@ -82,6 +83,10 @@ _QUANTITY = re.compile(
     re.IGNORECASE,
 )
 _SEP = re.compile(r"[-_/.]")
+# where a joined token splits into parts: at - _ / and at a dot not followed by a digit (the dots of
+# a dotted reference number, "T120.407.11.041.00", join one code: its first group "t120" is the
+# product line's, and "t120.417..." is another product)
+_PART_SEP = re.compile(r"[-_/]|\.(?!\d)")
 _TOKEN = re.compile(r"[^\s,;:|()\[\]{}<>!?+*&#@$%=~`^\\]+")
 _ORDINAL = re.compile(r"\d+(st|nd|rd|th)")
 # counts are units too (not codes), though not compared: "6 pack" and "6 ct" may be one product
@@ -130,7 +135,7 @@ def title_codes(title: str) -> set[str]:
         if _is_code(whole):
             out.add(whole)
             found = True
-        parts = [p for p in _SEP.split(raw) if p]
+        parts = [normalise_code(p) for p in _PART_SEP.split(raw) if p]
         if len(parts) > 1:
             for p in parts:
                 if _is_code(p):
