@@ -43,9 +43,10 @@ sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from listing_dedup.config import load_config  # noqa: E402
-from listing_dedup.graph.rerank import FEATURES, ID_FEATURES, SOURCE  # noqa: E402
+from listing_dedup.graph.rerank import FEATURES, ID_FEATURES, NUMBER_FEATURE_SET, SOURCE  # noqa: E402
 from listing_dedup.quality import robust as R  # noqa: E402
 from listing_dedup.training import rerank_train  # noqa: E402
+from listing_dedup.training.offers import many_shops  # noqa: E402
 from listing_dedup.training.rerank_train import (  # noqa: E402
     part_candidates,
     train_from_candidates,
@@ -56,9 +57,12 @@ from robust import DEFAULT_CSV, DEFAULT_OTHER, TitleVectors  # noqa: E402
 
 log = logging.getLogger("rerank_titles")
 WALMART_TRAIN = 8000
+OFFERS_SEED = 5
 
 
-def training_parts(dev: pd.DataFrame, other: str, max_title_chars: int, seed: int = 3) -> dict[str, pd.DataFrame]:
+def training_parts(
+    dev: pd.DataFrame, other: str, max_title_chars: int, seed: int = 3, offers: tuple[str, ...] = ()
+) -> dict[str, pd.DataFrame]:
     f3, _, f4_single = shopee_parts(dev, seed)
     parts = {"f3": R._frame(f3), "f4_single": R._frame(f4_single)}
     g = R.sample_catalog(400, 11, max_title_chars)
@@ -69,6 +73,9 @@ def training_parts(dev: pd.DataFrame, other: str, max_title_chars: int, seed: in
     for name, df in shops.items():
         df = R.size_catalog(df, WALMART_TRAIN, seed) if name == "walmart_amazon" else df
         parts[name] = df.assign(label_group=name + ":" + df["label_group"])  # labels of one catalog only
+    for name in offers:  # generated offers of many shops (training/offers.py) of the whole catalog's groups of 2+
+        o = many_shops(shops[name], seed=OFFERS_SEED, prefix=f"{name}_offers")
+        parts[f"{name}_offers"] = o.assign(label_group=name + ":" + o["label_group"])
     return {k: v.assign(image_phash=None) for k, v in parts.items()}  # titles only
 
 
@@ -108,6 +115,17 @@ def main() -> int:
         "with the source attribute never matches, graph/rerank.one_to_one_keep)",
     )
     ap.add_argument(
+        "--offers",
+        default="",
+        help="comma-separated other-shop catalogs whose label groups of 2+ also give a part of generated offers of "
+        "many shops (<shop>_offers, training/offers.many_shops; left out with the shop)",
+    )
+    ap.add_argument(
+        "--number-containment",
+        action="store_true",
+        help="train on graph/rerank.NUMBER_FEATURE_SET (the attribute features and number_containment)",
+    )
+    ap.add_argument(
         "--no-prior-shift",
         action="store_true",
         help="write prior_shift: false (the job keeps the trained thresholds on every catalog)",
@@ -115,9 +133,12 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = load_config(args.conf or [str(ROOT / "conf" / "local.yaml")], args.overrides)
+    if args.number_containment:
+        rerank_train.TRAIN_FEATURES = NUMBER_FEATURE_SET  # what part_candidates computes and the fit names
     dev = R.labelled_listings(pd.read_csv(args.csv, dtype=str), cfg.input.max_title_chars)
     vectors = TitleVectors(cfg, args.cache_dir)
-    parts = training_parts(dev, args.other_shops, cfg.input.max_title_chars)
+    offers = tuple(d for d in args.offers.split(",") if d)
+    parts = training_parts(dev, args.other_shops, cfg.input.max_title_chars, offers=offers)
     pcs = {}
     for name, df in parts.items():
         t0 = time.perf_counter()
@@ -140,7 +161,7 @@ def main() -> int:
         pcs = {k: dataclasses.replace(v, X=v.X[:, : len(FEATURES)]) for k, v in pcs.items()}
     runs = {"all": list(pcs)}
     if not args.skip_loo:
-        runs.update({f"loo_{s}": [p for p in pcs if p != s] for s in R.OTHER_SHOPS if s in pcs})
+        runs.update({f"loo_{s}": [p for p in pcs if p not in (s, f"{s}_offers")] for s in R.OTHER_SHOPS if s in pcs})
     if args.only:
         runs = {k: v for k, v in runs.items() if k in args.only.split(",")}
     for run, names in runs.items():

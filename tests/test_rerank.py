@@ -15,11 +15,13 @@ from listing_dedup.errors import ConfigError
 from listing_dedup.graph.rerank import (
     ATTRIBUTE_FEATURE_SET,
     ATTRIBUTE_FRAME_COLUMNS,
+    FEATURE_SETS,
     FEATURES,
     FRAME_COLUMNS,
     GRAPH_FEATURES,
     ID_FEATURES,
     IDENTIFIER_FEATURE_SET,
+    NUMBER_FEATURE_SET,
     Reranker,
     candidate_frame,
     candidate_frame_spark,
@@ -122,6 +124,24 @@ def test_identifier_features_by_hand():
     assert [x[k] for k in ID_FEATURES] == [1.0, 7.0, 0.0, 0.0, 2.0]
     # the first features are those of FEATURES, unchanged
     assert (pair_features(f, IDENTIFIER_FEATURE_SET)[:, : len(FEATURES)] == pair_features(f)).all()
+
+
+def test_number_containment_by_hand():
+    # wdc_products' missed pair: the short title's numbers {8} all in the long one's {8, 2666, 16}
+    # (Jaccard 1/3); the long one's part number {4, 21300} against {8, 2666, 16}: none
+    f = _frame(title_src="corsair 8gb 2666mhz cl16 vengeance lpx", title_dst="corsair vengeance lpx 8gb")
+    x = dict(zip(NUMBER_FEATURE_SET, pair_features(f, NUMBER_FEATURE_SET)[0], strict=True))
+    assert x["number_containment"] == 1.0 and x["number_jaccard"] == pytest.approx(1 / 3)
+    f = _frame(title_src="corsair vengeance lpx 8gb - pc4-21300", title_dst="corsair 8gb 2666mhz cl16 vengeance lpx")
+    x = dict(zip(NUMBER_FEATURE_SET, pair_features(f, NUMBER_FEATURE_SET)[0], strict=True))
+    assert x["number_containment"] == pytest.approx(1 / 3)  # {8, 4, 21300} against {8, 2666, 16}: 1 of 3
+    # a side without numbers: unknown; the earlier sets' columns unchanged
+    f = _frame(title_src="corsair vengeance lpx", title_dst="corsair 8gb vengeance lpx")
+    x = dict(zip(NUMBER_FEATURE_SET, pair_features(f, NUMBER_FEATURE_SET)[0], strict=True))
+    assert np.isnan(x["number_containment"])
+    n = len(ATTRIBUTE_FEATURE_SET)
+    np.testing.assert_array_equal(pair_features(f, NUMBER_FEATURE_SET)[:, :n], pair_features(f, ATTRIBUTE_FEATURE_SET))
+    assert NUMBER_FEATURE_SET in FEATURE_SETS
 
 
 def test_listing_stats_and_frame_by_hand():

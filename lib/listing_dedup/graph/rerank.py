@@ -15,7 +15,8 @@ apart. The features of a candidate ``src -> dst`` come only from what the job al
   score where that is the comparable quantity),
 - pHash Hamming distance (NaN when either side has no hash),
 - title tokens: word Jaccard, Jaccard of the numbers (sizes, model codes), how many of the
-  two titles hold a number, the shorter length and the length difference.
+  two titles hold a number, the shorter length and the length difference (and, for models
+  trained on :data:`NUMBER_FEATURE_SET`, the share of the fewer numbers the other title holds).
 
 No embedding vector is joined to a pair (that would move ``2 * dim`` floats per candidate
 through the shuffle); on the Shopee data the per-signal cosines that such a join gives add
@@ -102,8 +103,15 @@ IDENTIFIER_FEATURE_SET = FEATURES + ID_FEATURES
 # wdc_products, offers in USD, EUR, GBP, AUD, ..., 0.55 -> 0.42 row-wise F1; docs/quality.md).
 ATTR_FEATURES = ("brand_agree", "model_agree")
 ATTRIBUTE_FEATURE_SET = IDENTIFIER_FEATURE_SET + ATTR_FEATURES
+# the share of the numbers of the title with fewer numbers that the other title holds too (NaN
+# when either has none; issue 30, seventh stop): one product in many shops' words, a short title
+# against a long one whose extra numbers (a part number, a speed) the short one lacks, where the
+# Jaccard of the numbers falls ("corsair vengeance lpx 8gb - pc4-21300" / "corsair 8gb 2666mhz
+# cl16 vengeance lpx")
+NUMBER_FEATURES = ("number_containment",)
+NUMBER_FEATURE_SET = ATTRIBUTE_FEATURE_SET + NUMBER_FEATURES
 # the pair-feature lists a model may be trained on
-FEATURE_SETS = (FEATURES, IDENTIFIER_FEATURE_SET, ATTRIBUTE_FEATURE_SET)
+FEATURE_SETS = (FEATURES, IDENTIFIER_FEATURE_SET, ATTRIBUTE_FEATURE_SET, NUMBER_FEATURE_SET)
 # the attributes a candidate frame carries for both ends when the listings have them
 FRAME_ATTRIBUTES = ("model", "brand")
 ATTRIBUTE_FRAME_COLUMNS = tuple(f"{a}_{s}" for a in FRAME_ATTRIBUTES for s in ("src", "dst"))
@@ -270,7 +278,7 @@ def pair_features(frame: pd.DataFrame, names: Sequence[str] = FEATURES) -> np.nd
         "phash_bits": phash_bits(frame["phash_src"].tolist(), frame["phash_dst"].tolist()),
     }
     n = len(frame)
-    wj, nj, ns = np.empty(n), np.empty(n), np.empty(n)
+    wj, nj, ns, nc = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     cache: dict[str, tuple[frozenset, frozenset]] = {}
 
     def tok(t: object) -> tuple[frozenset, frozenset]:
@@ -286,12 +294,14 @@ def pair_features(frame: pd.DataFrame, names: Sequence[str] = FEATURES) -> np.nd
         wj[i] = _jaccard(wa, wb)
         nj[i] = _jaccard(na, nb)
         ns[i] = (len(na) > 0) + (len(nb) > 0)
+        nc[i] = len(na & nb) / min(len(na), len(nb)) if na and nb else np.nan
     la = np.array([len(t) if isinstance(t, str) else 0 for t in ta], dtype=np.float64)
     lb = np.array([len(t) if isinstance(t, str) else 0 for t in tb], dtype=np.float64)
     out.update(
         word_jaccard=wj,
         number_jaccard=nj,
         number_sides=ns,
+        number_containment=nc,
         len_min=np.minimum(la, lb),
         len_diff=np.abs(la - lb),
     )
