@@ -12,6 +12,7 @@ from listing_dedup.search.blender import blend_numpy
 from listing_dedup.search.driver_night import (
     DriverState,
     RoundArrays,
+    _list_order,
     driver_rounds,
     has_state,
     layout_of,
@@ -196,11 +197,24 @@ def test_scan_probed_is_scan_lists():
     stored = np.ascontiguousarray(x[order])
     q = x[rng.choice(len(x), 60, replace=False)]
     probe = probe_lists(q, centroids, 3)
-    for k in (5, 40):
+    for k in (5, 40, 200):  # 200: more than some queries' probed rows (padded columns)
         want_s, want_i = scan_lists(q, probe, stored, offsets, k)
         got_s, got_i = scan_probed(q, probe, stored, offsets, k)
         np.testing.assert_array_equal(got_i, want_i)
         np.testing.assert_array_equal(got_s, want_s)
+
+
+def test_list_order_is_the_three_key_lexsort():
+    """The list update's entry order (src, then score desc, then dst; stable) from two one-key
+    sorts equals np.lexsort's: ties in score and in all three keys, -0.0 and 0.0, -inf, negative
+    ids."""
+    rng = np.random.default_rng(3)
+    few = np.array([-0.0, 0.0, 0.5, -0.5, 0.25, 1.0, -np.inf, 1 / 3], dtype=np.float32)
+    for t in range(20):
+        m = 3000
+        src, dst = rng.integers(0, 40, m), rng.integers(-3, 200, m)
+        sc = rng.choice(few, m) if t % 2 else rng.standard_normal(m).astype(np.float32)
+        np.testing.assert_array_equal(_list_order(src, dst, sc), np.lexsort((dst, -sc, src)))
 
 
 def test_the_rules_read_the_same_edges_from_the_prefix():
