@@ -121,6 +121,12 @@ def main() -> int:
         "many shops (<shop>_offers, training/offers.many_shops; left out with the shop)",
     )
     ap.add_argument(
+        "--offers-weight",
+        type=float,
+        default=1.0,
+        help="the fit weight of each generated offers part's candidates (the real parts' 1)",
+    )
+    ap.add_argument(
         "--number-containment",
         action="store_true",
         help="train on graph/rerank.NUMBER_FEATURE_SET (the attribute features and number_containment)",
@@ -153,6 +159,10 @@ def main() -> int:
             100 * pcs[name].y.mean(),
             time.perf_counter() - t0,
         )
+    if args.offers_weight != 1.0:
+        pcs = {
+            k: dataclasses.replace(v, weight=args.offers_weight) if k.endswith("_offers") else v for k, v in pcs.items()
+        }
     if args.drop_same_source:
         pcs = {k: _cross_source(v) for k, v in pcs.items()}
     if args.no_identifiers:  # the identifier (and attribute) features follow FEATURES in the training set

@@ -5,6 +5,7 @@ Pure numpy: no Spark, no model training."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from listing_dedup.graph.rerank import (
     probability_histogram_spark,
     shifted_threshold,
 )
-from listing_dedup.training.rerank_train import train_prior
+from listing_dedup.training.rerank_train import sample_weights, train_prior
 
 
 def _calibrated(prior_catalog: float, prior_train: float, n: int, seed: int = 0):
@@ -62,6 +63,15 @@ def test_train_prior_of_the_parts():
     parts = [{"candidates": 100, "positives": 30}, {"candidates": 300, "positives": 10}]
     assert train_prior(parts) == pytest.approx(40 / 400)
     assert train_prior([]) is None
+
+
+def test_train_prior_and_sample_weights_of_weighted_parts():
+    # a generated part fitted at weight 0.3: its candidates count 0.3 each in the model's base rate
+    parts = [{"candidates": 100, "positives": 30}, {"candidates": 300, "positives": 10, "weight": 0.3}]
+    assert train_prior(parts) == pytest.approx((30 + 3) / (100 + 90), abs=1e-6)  # rounded to 6 places
+    pc = [SimpleNamespace(y=np.zeros(2), weight=1.0), SimpleNamespace(y=np.zeros(3), weight=0.3)]
+    assert sample_weights(pc).tolist() == [1.0, 1.0, 0.3, 0.3, 0.3]
+    assert sample_weights([SimpleNamespace(y=np.zeros(2), weight=1.0)]) is None  # unweighted: as before
 
 
 def _model(**meta) -> Reranker:

@@ -84,6 +84,8 @@ class PartCandidates:
     y: np.ndarray
     groups: np.ndarray  # label of src (for the group-aware folds; the same label in two parts is one group)
     signals: dict[str, float] = field(default_factory=dict)  # share of the part's listings carrying each
+    # each candidate's weight in the fit (a generated part teaches the ranking at a fraction of a real one's say)
+    weight: float = 1.0
 
 
 @dataclass
@@ -199,10 +201,12 @@ def feature_names(graph_round: int) -> list[str]:
     return list(TRAIN_FEATURES) + (list(GRAPH_FEATURES) if graph_round else [])
 
 
-def _fit(X: np.ndarray, y: np.ndarray, cfg: DedupConfig, graph_round: int = 0):
+def _fit(X: np.ndarray, y: np.ndarray, cfg: DedupConfig, graph_round: int = 0, weight: np.ndarray | None = None):
     import lightgbm as lgb
 
-    data = lgb.Dataset(X, y.astype(np.float64), feature_name=feature_names(graph_round), free_raw_data=True)
+    data = lgb.Dataset(
+        X, y.astype(np.float64), weight=weight, feature_name=feature_names(graph_round), free_raw_data=True
+    )
     return lgb.train(_lgb_params(cfg), data, num_boost_round=cfg.rerank.train.rounds)
 
 
@@ -217,6 +221,13 @@ def round_features(pcs: list[PartCandidates], probs: list[np.ndarray] | None, cf
         src, dst = pc.frame["src"].to_numpy(), pc.frame["dst"].to_numpy()
         out.append(np.column_stack([pc.X, graph_features(src, dst, pr, pc.part.scorer.n, floor)]))
     return out
+
+
+def sample_weights(pcs: list[PartCandidates]) -> np.ndarray | None:
+    """Each candidate's fit weight, its part's (None when every part weighs 1)."""
+    if all(p.weight == 1.0 for p in pcs):
+        return None
+    return np.concatenate([np.full(len(p.y), float(p.weight)) for p in pcs])
 
 
 def out_of_fold(
@@ -236,9 +247,10 @@ def out_of_fold(
     if folds < 2 or y.min() == y.max():
         raise InputError("too few labelled groups (or no positive/negative candidate) to train the re-ranker")
     oof = np.zeros(len(y))
+    w = sample_weights(pcs)
     for i, (tr, te) in enumerate(GroupKFold(n_splits=folds).split(X, y, g)):
         t0 = time.perf_counter()
-        oof[te] = _fit(X[tr], y[tr], cfg, graph_round).predict(X[te])
+        oof[te] = _fit(X[tr], y[tr], cfg, graph_round, None if w is None else w[tr]).predict(X[te])
         log.info(
             "re-ranker round %d out-of-fold model %d/%d: %.1f s", graph_round, i + 1, folds, time.perf_counter() - t0
         )
@@ -363,7 +375,7 @@ def train_from_candidates(
         t0 = time.perf_counter()
         Xs = round_features(pcs, probs, cfg)
         oof = out_of_fold(pcs, cfg, Xs, r)
-        booster = _fit(np.concatenate(Xs), np.concatenate([p.y for p in pcs]), cfg, r)
+        booster = _fit(np.concatenate(Xs), np.concatenate([p.y for p in pcs]), cfg, r, sample_weights(pcs))
         texts.append(booster.model_to_string())
         ranked = choose_thresholds(pcs, oof, bits, select)
         rounds.append({"round": r, **{k: _plain(v) for k, v in ranked.iloc[0].to_dict().items()}})
@@ -384,6 +396,7 @@ def train_from_candidates(
                 "listings": int(p.part.scorer.n),
                 "candidates": int(len(p.y)),
                 "positives": int(p.y.sum()),
+                "weight": float(p.weight),
                 "threshold_rule": dict(zip(("f1", "precision", "recall"), base, strict=True)),
                 "reranked_out_of_fold": dict(zip(("f1", "precision", "recall"), rr, strict=True)),
             }
@@ -446,10 +459,12 @@ def _plain(v: Any) -> Any:
 
 
 def train_prior(parts: list[dict]) -> float | None:
-    """The share of matches among the training candidates (``parts``: metrics.json's, each with
-    ``candidates`` and ``positives``); None without candidates."""
-    n = sum(int(p.get("candidates", 0)) for p in parts)
-    return round(sum(int(p.get("positives", 0)) for p in parts) / n, 6) if n else None
+    """The share of matches among the training candidates, each part's candidates counted at its
+    fit weight (``parts``: metrics.json's, each with ``candidates``, ``positives`` and optionally
+    ``weight``, default 1); None without candidates."""
+    n = sum(int(p.get("candidates", 0)) * float(p.get("weight", 1.0)) for p in parts)
+    pos = sum(int(p.get("positives", 0)) * float(p.get("weight", 1.0)) for p in parts)
+    return round(pos / n, 6) if n else None
 
 
 def write_reranker_dir(
