@@ -2,7 +2,7 @@
 
     nice -n 10 python bench/incremental.py [--products 10500] [--change 0.01] [--add 0.01]
         [--delete 0.005] [--nights 2] [--work DIR] [--set key=value ...] [--fresh] [--cache-only]
-        [--shopee-fold 1 [--shopee-drop 0.02]] [--rerun [--keep-reference]]
+        [--shopee-fold 1 [--shopee-drop 0.02]] [--rerun [--keep-reference]] [--replay]
 
 A generated catalog (lib/listing_dedup/quality/sample.py, the one ``make run`` uses; 33,000
 products are ~100k listings) runs through ``jobs/dedup_listings.py --conf conf/local.yaml`` (the
@@ -36,6 +36,14 @@ same incremental night; the embeddings cache already holds the delta's vectors, 
 is not a first night 2's). ``--keep-reference`` (with ``--rerun``) also keeps that bench's reference
 run of night N (read from its ``runs`` row and tables, not run again: valid while the reference's code
 path, a full search of every listing on the epoch, is unchanged; its seconds are from its own load).
+
+``--replay`` runs no job: night N's driver rounds (search/driver_night.driver_rounds) again in this
+process from the states an earlier bench left in ``--work`` (night N-1's arrays, the delta read
+off the two nights' ids and round-0 vectors, the inserted listings' vectors from night N's), each
+step's CPU seconds (``time.process_time``: comparable on a loaded machine, where wall seconds are
+not), and whether the arrays equal night N's saved ones bit for bit (a change to the rounds that
+should not change them is checked on the real night this way); final line ``replay n=<listings>
+cpu_s=<rounds> equal=<true|false>``.
 
 Final line: ``incremental n=<listings> job_ratio=<night N / reference> same_groups=<share>
 embed_ratio=<night 2 / night 1> deleted=<listings deleted on night N>``; a chain prints before it
@@ -232,6 +240,73 @@ def shopee_night(args, work: Path) -> None:
     )
 
 
+def replay(args, work: Path) -> None:
+    """``--replay``: night N's driver rounds again from the saved states, timed step by step."""
+    import collections
+
+    from listing_dedup.search import driver_night as dn
+    from listing_dedup.sink.state import load_epoch
+
+    inc, last = str(work / "wh_incremental"), night_date(args.nights)
+    logs = {
+        d: read_table(inc, "state_log", d).sort_values("committed_at").iloc[-1]
+        for d in (night_date(args.nights - 1), last)
+    }
+    prev = dn.load_state(inc, night_date(args.nights - 1), logs[night_date(args.nights - 1)]["run_id"])
+    cur = dn.load_state(inc, last, logs[last]["run_id"])
+    centroids = load_epoch(inc, logs[last]["epoch"]).centroids
+    at_prev = pd.Series(np.arange(prev.n), index=prev.ids)
+    both = cur.ids[np.isin(cur.ids, prev.ids)]
+    c_rows, p_rows = np.searchsorted(cur.ids, both), at_prev[both].to_numpy()
+    changed = both[(cur.rounds[0].vectors[c_rows] != prev.rounds[0].vectors[p_rows]).any(1)]
+    added, deleted = cur.ids[~np.isin(cur.ids, prev.ids)], prev.ids[~np.isin(prev.ids, cur.ids)]
+    new_ids = np.concatenate([added, changed])
+    cpu: dict[str, float] = collections.defaultdict(float)
+    for name in (
+        "search_rows",
+        "reverse_rows",
+        "update_lists",
+        "blend_rows",
+        "probes_of",
+        "assign_lists",
+        "affected_rows",
+    ):
+        f = getattr(dn, name)
+
+        def timed(*a, _f=f, _name=name, **kw):
+            t = time.process_time()
+            try:
+                return _f(*a, **kw)
+            finally:
+                cpu[_name] += time.process_time() - t
+
+        setattr(dn, name, timed)
+    t0 = time.process_time()
+    state = dn.driver_rounds(
+        prev,
+        removed=[*deleted, *changed],
+        new_ids=new_ids,
+        new_vectors=cur.rounds[0].vectors[np.searchsorted(cur.ids, new_ids)],
+        centroids=centroids,
+        nprobe=args.nprobe,
+        k=args.k,
+        depth=args.k + args.slack,
+        thresholds=tuple(args.thresholds),
+    )
+    total = time.process_time() - t0
+    equal = bool(np.array_equal(state.ids, cur.ids)) and all(
+        np.array_equal(getattr(a, f), getattr(b, f))
+        for a, b in zip(state.rounds, cur.rounds, strict=True)
+        for f in ("ids", "scores", "vectors", "assign", "probes")
+    )
+    print(
+        f"night {args.nights}: added {len(added)}, changed {len(changed)}, deleted {len(deleted)}; "
+        f"counts {state.counts}"
+    )
+    print("CPU s: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])))
+    print(f"replay n={len(cur.ids)} cpu_s={total:.1f} equal={'true' if equal else 'false'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--products", type=int, default=10500)
@@ -255,6 +330,11 @@ def main() -> None:
         action="store_true",
         help="with --rerun: the earlier bench's reference of night N as it is (not run again)",
     )
+    ap.add_argument("--replay", action="store_true", help="night N's driver rounds from the saved states, timed")
+    ap.add_argument("--nprobe", type=int, default=64, help="--replay: the conf's index.nprobe")
+    ap.add_argument("--k", type=int, default=50, help="--replay: the conf's index.k")
+    ap.add_argument("--slack", type=int, default=16, help="--replay: the conf's incremental.slack")
+    ap.add_argument("--thresholds", type=float, nargs="*", default=[0.6], help="--replay: the conf's inb.thresholds")
     ap.add_argument("--shopee-fold", type=int, default=None, help="Shopee fold as night 2")
     ap.add_argument("--shopee-drop", type=float, default=0.02)
     ap.add_argument("--shopee-csv", default=str(REPO.parent / "shared" / "data" / "shopee" / "listings_dev.csv"))
@@ -265,6 +345,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if args.cache_only:
         cache_only(args, work)
+        return
+    if args.replay:
+        replay(args, work)
         return
     if args.shopee_fold is not None:
         shopee_night(args, work)
