@@ -18,10 +18,12 @@ from listing_dedup.search.driver_night import (
     layout_of,
     load_state,
     prune_states,
+    read_npy,
     reverse_rows,
     save_state,
     scan_probed,
     update_lists,
+    write_npy,
 )
 from listing_dedup.search.incremental import update_neighbours
 from listing_dedup.search.indexer import assign_lists, list_layout, probe_lists, scan_lists
@@ -185,6 +187,28 @@ def test_the_state_files_round_trip_and_a_partial_folder_is_no_state(tmp_path):
     assert not has_state(wh, "2026-07-02", "run3")
     prune_states(wh, "2026-07-02")
     assert not has_state(wh, "2026-07-01", "run1")
+
+
+def test_the_state_files_are_the_bytes_np_save_writes(tmp_path):
+    """write_npy streams the array's own memory after the header: the file is np.save's, byte
+    for byte (a state written before reads the same), and read_npy gives the array back."""
+    rng = np.random.default_rng(3)
+    arrays = {
+        "vectors": rng.random((7, 5), dtype=np.float32),
+        "ids": np.array(["a", "bb", "ccc"]),
+        "slice": np.arange(24, dtype=np.int64).reshape(4, 6)[:, 1:4],  # not contiguous
+        "fortran": np.asfortranarray(rng.random((3, 4))),
+        "empty": np.zeros((0, 5), np.int32),
+        "scalar_rows": np.array([1.5, -0.0, np.inf], np.float64),
+    }
+    for name, a in arrays.items():
+        ref = tmp_path / f"{name}.ref.npy"
+        np.save(ref, np.ascontiguousarray(a), allow_pickle=False)
+        write_npy(str(tmp_path / f"sub/{name}.npy"), a)
+        assert (tmp_path / f"sub/{name}.npy").read_bytes() == ref.read_bytes(), name
+        back = read_npy(str(tmp_path / f"sub/{name}.npy"))
+        assert back.dtype == a.dtype and back.flags.writeable
+        np.testing.assert_array_equal(back, a)
 
 
 def test_scan_probed_is_scan_lists():
