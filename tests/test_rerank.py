@@ -402,7 +402,7 @@ def test_builtin_titles_reranker_is_chosen_by_phash_coverage():
     assert titles.rerank.min2 == (meta["min2_threshold"] is not None)
     assert "10% of the listings have a pHash" in note and BUILTIN_TITLES in note
     got, why = reranker_for(titles)
-    assert got is not None and why == "" and got.features == ATTRIBUTE_FEATURE_SET
+    assert got is not None and why == "" and got.features == NUMBER_FEATURE_SET
     ref, _ = choose_reference(titles)
     assert ref == read_reference(BUILTIN_TITLES) and ref.signals.get("phash", 0.0) == 0.0  # trained without pHash
     # the threshold rule or a model directory of one's own: unchanged
