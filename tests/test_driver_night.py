@@ -377,6 +377,22 @@ def test_match_table_is_explained_match_sets_order_and_schema():
     assert {r["run_id"] for r in rows.values()} == {"r1"}
 
 
+def test_vertex_phash_bits_is_rerank_phash_bits():
+    from listing_dedup.graph.driver_graph import vertex_phash_bits
+    from listing_dedup.graph.rerank import phash_bits
+
+    rng = np.random.default_rng(5)
+    hexes = [f"{int(v):016x}" for v in rng.integers(0, 2**63, 40, dtype=np.int64)]
+    hexes += ["ffffffffffffffff", "FFFF0000ffff0000", "0000000000000000", None, float("nan"), "xyz", "abc", "12345"]
+    hexes += ["0123456789abcdefg", " 0123456789abcdef"]
+    phash = np.asarray(hexes, dtype=object)
+    a, b = rng.integers(0, len(phash), 500), rng.integers(0, len(phash), 500)
+    want = phash_bits(phash[a].tolist(), phash[b].tolist())
+    np.testing.assert_array_equal(vertex_phash_bits(phash, a, b), want)
+    assert np.isnan(want).any() and (want == 64).any() or (want > 40).any()
+    assert vertex_phash_bits(phash, a[:0], b[:0]).shape == (0,)
+
+
 def test_explain_undirected_is_explain_pairs():
     """The columnar explanations equal graph/explain.explain_pairs (the Spark layer's pure core)
     on the same edges: labels, per-signal scores (as the table's float32), pHash distances."""
