@@ -134,9 +134,9 @@ from listing_dedup.sink.schemas import ADDED_COLUMNS, OUTPUT_DATA_SCHEMAS, RUN_I
 from listing_dedup.sink.state import (
     STATE_ADDED_COLUMNS,
     STATE_LOG,
-    STATE_LOG_DDL,
     STATE_SCHEMAS,
     Epoch,
+    append_state_log,
     base_state,
     check_state_unmoved,
     load_epoch,
@@ -1505,5 +1505,4 @@ def log_state(run: Run, night: Night, matched: Matched) -> int:
         rc.get("stale"),
         dt.datetime.now(dt.timezone.utc),
     )
-    df = run.spark.createDataFrame([row], STATE_LOG_DDL).coalesce(1)
-    return run.sink.write(df, STATE_LOG, run.run_date, mode="append").version
+    return append_state_log(run.sink, run.run_date, row)

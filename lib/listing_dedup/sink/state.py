@@ -97,7 +97,20 @@ STATE_LOG_DDL = (
     "run_id string, base_date string, epoch string, plan string, reason string, "
     "added long, changed long, deleted long, unchanged long, searched long, stale long, committed_at timestamp"
 )
+# the Arrow schema the Delta files of STATE_LOG_DDL are written with (sink/schemas.spark_to_arrow_schema's)
+STATE_LOG_SCHEMA = pa.schema(
+    [(c, pa.string()) for c in ("run_id", "base_date", "epoch", "plan", "reason")]
+    + [(c, pa.int64()) for c in ("added", "changed", "deleted", "unchanged", "searched", "stale")]
+    + [("committed_at", pa.timestamp("us", tz="UTC"))]
+)
 EPOCHS_DIR = "_state/epochs"
+
+
+def append_state_log(sink: DeltaSink, run_date: str, row: tuple) -> int:
+    """Append one ``state_log`` row (``row``: the values of :data:`STATE_LOG_DDL` in order)
+    from the driver (``DeltaSink.stage_arrow``: no Spark job for one row); the table's version."""
+    table = pa.Table.from_pylist([dict(zip(STATE_LOG_SCHEMA.names, row, strict=True))], schema=STATE_LOG_SCHEMA)
+    return sink.commit(sink.stage_arrow(table, STATE_LOG, run_date), mode="append").version
 
 
 @dataclass(frozen=True)
