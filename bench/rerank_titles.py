@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from listing_dedup.config import load_config  # noqa: E402
-from listing_dedup.graph.rerank import FEATURES, ID_FEATURES, NUMBER_FEATURE_SET, SOURCE  # noqa: E402
+from listing_dedup.graph.rerank import FEATURES, ID_FEATURES, SOURCE  # noqa: E402
 from listing_dedup.quality import robust as R  # noqa: E402
 from listing_dedup.training import rerank_train  # noqa: E402
 from listing_dedup.training.offers import many_shops  # noqa: E402
@@ -138,9 +138,10 @@ def main() -> int:
     )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = load_config(args.conf or [str(ROOT / "conf" / "local.yaml")], args.overrides)
-    if args.number_containment:
-        rerank_train.TRAIN_FEATURES = NUMBER_FEATURE_SET  # what part_candidates computes and the fit names
+    # --number-containment: the shipped titles-only model's feature set (what part_candidates
+    # computes, the fit names and the model directory records)
+    sets = ["rerank.train.features=numbers"] if args.number_containment else []
+    cfg = load_config(args.conf or [str(ROOT / "conf" / "local.yaml")], [*args.overrides, *sets])
     dev = R.labelled_listings(pd.read_csv(args.csv, dtype=str), cfg.input.max_title_chars)
     vectors = TitleVectors(cfg, args.cache_dir)
     offers = tuple(d for d in args.offers.split(",") if d)
@@ -166,8 +167,9 @@ def main() -> int:
     if args.drop_same_source:
         pcs = {k: _cross_source(v) for k, v in pcs.items()}
     if args.no_identifiers:  # the identifier (and attribute) features follow FEATURES in the training set
-        assert tuple(rerank_train.TRAIN_FEATURES)[: len(FEATURES) + len(ID_FEATURES)] == FEATURES + ID_FEATURES
-        rerank_train.TRAIN_FEATURES = FEATURES  # what the fit names and the model directory records
+        assert rerank_train.train_features(cfg)[: len(FEATURES) + len(ID_FEATURES)] == FEATURES + ID_FEATURES
+        train = dataclasses.replace(cfg.rerank.train, features="base")  # what the fit names and the model records
+        cfg = dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, train=train))
         pcs = {k: dataclasses.replace(v, X=v.X[:, : len(FEATURES)]) for k, v in pcs.items()}
     runs = {"all": list(pcs)}
     if not args.skip_loo:

@@ -377,6 +377,8 @@ def test_rerank_config_is_validated():
     with pytest.raises(ConfigError, match="rerank.group_margin"):
         load_config(["conf/local.yaml"], ["rerank.group_margin=2"])
     assert load_config(["conf/local.yaml"], ["rerank.group_margin=0.1"]).rerank.group_margin == 0.1
+    with pytest.raises(ConfigError, match="rerank.train.features"):
+        load_config(["conf/local.yaml"], ["rerank.train.features=codes"])
     cfg = load_config(["conf/local.yaml"], ["rerank.enabled=false"])
     assert cfg.edge_match() == cfg.match  # off: the threshold rule
     on = load_config(["conf/local.yaml"])  # the shipped re-ranker by default, its probabilities' rule
@@ -486,7 +488,8 @@ def test_train_reranker_cli(tmp_path):
     path = tmp_path / "l.parquet"
     labelled.to_parquet(path, index=False)
     out = tmp_path / "m"
-    sets = [x for s in LEX + FAST for x in ("--set", s)]
+    # the feature set the shipped titles-only model reads, named in the conf (the default: "attributes")
+    sets = [x for s in [*LEX, *FAST, "rerank.train.features=numbers"] for x in ("--set", s)]
     r = subprocess.run(
         [
             sys.executable,
@@ -505,6 +508,8 @@ def test_train_reranker_cli(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "chosen: threshold" in r.stdout and (out / "reranker.txt").is_file()
+    assert json.loads((out / "reranker.json").read_text())["features"][-1] == "number_containment"
+    assert "number_containment" in (out / "reranker.txt").read_text().split("feature_names=")[1].split("\n")[0]
 
 
 def test_train_reranker_cli_bad_input_and_conf_exit_2(tmp_path, capsys):

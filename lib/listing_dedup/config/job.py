@@ -178,6 +178,8 @@ class EmbedConf:
 
 
 DENSE_SIGNALS = ("text", "lexical", "image")
+# the names of graph/rerank's pair-feature sets a re-ranker may be trained on (rerank.train.features)
+TRAIN_FEATURE_SETS = ("base", "identifiers", "attributes", "numbers")
 
 
 @dataclass(frozen=True)
@@ -518,9 +520,17 @@ class RerankTrainConf:
     parts: int = 3  # catalogs the labelled split is cut into when it has no fold column
     threads: int = 0  # 0 = all cores
     seed: int = 0
+    # the pair features a new model is trained on (graph/rerank's sets, each the one before plus
+    # more): "base" the scores, ranks and title statistics; "identifiers" + the codes and
+    # quantities; "attributes" + the brand / model columns; "numbers" + number_containment
+    # (what the shipped titles-only model reads)
+    features: str = "attributes"
 
     def __post_init__(self) -> None:
         _check(1 <= self.rounds <= 100_000, "rerank.train.rounds", "must be in [1, 100000]")
+        _check(
+            self.features in TRAIN_FEATURE_SETS, "rerank.train.features", f"must be one of {list(TRAIN_FEATURE_SETS)}"
+        )
         _check(0.0 < self.learning_rate <= 1.0, "rerank.train.learning_rate", "must be in (0, 1]")
         _check(2 <= self.num_leaves <= 131072, "rerank.train.num_leaves", "must be in [2, 131072]")
         _check(self.min_data_in_leaf >= 1, "rerank.train.min_data_in_leaf", "must be >= 1")

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from listing_dedup.config.job import TRAIN_FEATURE_SETS
 from listing_dedup.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ NUMBER_FEATURES = ("number_containment",)
 NUMBER_FEATURE_SET = ATTRIBUTE_FEATURE_SET + NUMBER_FEATURES
 # the pair-feature lists a model may be trained on
 FEATURE_SETS = (FEATURES, IDENTIFIER_FEATURE_SET, ATTRIBUTE_FEATURE_SET, NUMBER_FEATURE_SET)
+# the same by the name ``rerank.train.features`` gives them (config.job.TRAIN_FEATURE_SETS)
+FEATURE_SET_NAMES = dict(zip(TRAIN_FEATURE_SETS, FEATURE_SETS, strict=True))
 # the attributes a candidate frame carries for both ends when the listings have them
 FRAME_ATTRIBUTES = ("model", "brand")
 ATTRIBUTE_FRAME_COLUMNS = tuple(f"{a}_{s}" for a in FRAME_ATTRIBUTES for s in ("src", "dst"))

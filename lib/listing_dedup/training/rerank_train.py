@@ -37,7 +37,7 @@ from listing_dedup import __version__
 from listing_dedup.config import DedupConfig, MatchConf
 from listing_dedup.errors import ConfigError, InputError
 from listing_dedup.graph.rerank import (
-    ATTRIBUTE_FEATURE_SET,
+    FEATURE_SET_NAMES,
     FORMAT,
     GRAPH_FEATURES,
     MODEL_JSON,
@@ -148,7 +148,7 @@ def part_candidates(name: str, df: pd.DataFrame, cfg: DedupConfig, text: np.ndar
     signals = {s: titled for s in cfg.fusion.weights(list(cfg.dense_signals()))}
     signals["phash"] = float(pd.Series(phashes).notna().mean()) if len(df) else 0.0
     labels = df["label_group"].astype(str).to_numpy()
-    return PartCandidates(part, frame, pair_features(frame, TRAIN_FEATURES), y, labels[src], signals)
+    return PartCandidates(part, frame, pair_features(frame, train_features(cfg)), y, labels[src], signals)
 
 
 def rule_pairs(
@@ -193,19 +193,20 @@ def _lgb_params(cfg: DedupConfig) -> dict[str, Any]:
     }
 
 
-# the pair features a new model is trained on: the identifier features since issue 30
-TRAIN_FEATURES = ATTRIBUTE_FEATURE_SET
+def train_features(cfg: DedupConfig) -> tuple[str, ...]:
+    """The pair features a new model is trained on: the set ``rerank.train.features`` names."""
+    return FEATURE_SET_NAMES[cfg.rerank.train.features]
 
 
-def feature_names(graph_round: int) -> list[str]:
-    return list(TRAIN_FEATURES) + (list(GRAPH_FEATURES) if graph_round else [])
+def feature_names(cfg: DedupConfig, graph_round: int) -> list[str]:
+    return list(train_features(cfg)) + (list(GRAPH_FEATURES) if graph_round else [])
 
 
 def _fit(X: np.ndarray, y: np.ndarray, cfg: DedupConfig, graph_round: int = 0, weight: np.ndarray | None = None):
     import lightgbm as lgb
 
     data = lgb.Dataset(
-        X, y.astype(np.float64), weight=weight, feature_name=feature_names(graph_round), free_raw_data=True
+        X, y.astype(np.float64), weight=weight, feature_name=feature_names(cfg, graph_round), free_raw_data=True
     )
     return lgb.train(_lgb_params(cfg), data, num_boost_round=cfg.rerank.train.rounds)
 
@@ -402,7 +403,7 @@ def train_from_candidates(
             }
         )
     gain = booster.feature_importance("gain")
-    names = feature_names(cfg.rerank.train.graph_rounds)
+    names = feature_names(cfg, cfg.rerank.train.graph_rounds)
     importance = {f: float(v / max(gain.sum(), 1e-12)) for f, v in zip(names, gain, strict=True)}
     ref = health_reference(pcs, probs, t, m, bits, cfg)
     margin, margins = choose_group_margin(pcs, probs, t, m, bits, cfg)
@@ -487,7 +488,7 @@ def write_reranker_dir(
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "features": list(TRAIN_FEATURES),
+        "features": list(train_features(cfg)),
         "graph_features": list(GRAPH_FEATURES),
         "graph_rounds": len(res.model_texts) - 1,
         "graph_floor": cfg.rerank.train.graph_floor,
