@@ -393,6 +393,26 @@ def test_vertex_phash_bits_is_rerank_phash_bits():
     assert vertex_phash_bits(phash, a[:0], b[:0]).shape == (0,)
 
 
+def test_the_edge_table_is_the_edge_frame(spark):
+    """Edges.table (the ids taken from one Arrow string array) holds Edges.frame's rows, and
+    to_frame makes the same Spark frame of either (the edges stage hands it the table)."""
+    import pyarrow as pa
+    from listing_dedup.graph.driver_graph import union_edges
+    from listing_dedup.search.driver_night import to_frame
+
+    rng = np.random.default_rng(11)
+    ids = np.asarray(sorted(f"p{i}" for i in rng.permutation(40)), dtype=object)
+    e = union_edges(len(ids), [(rng.integers(0, 40, 300), rng.integers(0, 40, 300), rng.random(300))])
+    table, frame = e.table(ids), e.frame(ids)
+    assert table.equals(pa.Table.from_pandas(frame, preserve_index=False).cast(table.schema))
+    assert table.schema == pa.schema([("src", pa.string()), ("dst", pa.string()), ("score", pa.float32())])
+    schema = "src string, dst string, score float"
+    a, b = to_frame(spark, frame, schema), to_frame(spark, table, schema)
+    assert a.schema == b.schema and a.rdd.getNumPartitions() == b.rdd.getNumPartitions()
+    assert a.collect() == b.collect()
+    assert e.table(ids[:0]).num_rows == 0 if len(e) == 0 else union_edges(3, []).table(ids[:3]).num_rows == 0
+
+
 def test_explain_undirected_is_explain_pairs():
     """The columnar explanations equal graph/explain.explain_pairs (the Spark layer's pure core)
     on the same edges: labels, per-signal scores (as the table's float32), pHash distances."""

@@ -1099,7 +1099,7 @@ def graph(
         if driver is not None and _graph_on_driver(run, setup, listings, use_reranker, rule, extra):
             # the driver plan's graph: the edges, groups and matches from its arrays (graph/driver_graph)
             run.driver_graph = _driver_edges(run, listings, driver, rule, extra)
-            edges = keep(to_frame(spark, run.driver_graph.edge_frame(), "src string, dst string, score float"))
+            edges = keep(to_frame(spark, run.driver_graph.edge_table(), "src string, dst string, score float"))
             c["where"] = "driver"
         else:
             if use_reranker:

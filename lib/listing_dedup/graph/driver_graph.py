@@ -42,6 +42,18 @@ class Edges:
     def frame(self, ids: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame({"src": ids[self.src], "dst": ids[self.dst], "score": self.score})
 
+    def table(self, ids: np.ndarray) -> pa.Table:
+        """:meth:`frame` as Arrow, the ids taken from one string array (no Python string objects
+        converted a row: 1.9M edges at 100k)."""
+        strings = pa.array(np.asarray(ids, dtype=object), pa.string())
+        return pa.table(
+            {
+                "src": strings.take(pa.array(self.src, pa.int64())),
+                "dst": strings.take(pa.array(self.dst, pa.int64())),
+                "score": pa.array(np.asarray(self.score, dtype=np.float32), pa.float32()),
+            }
+        )
+
 
 def codes_of(ids: np.ndarray, values: Any) -> np.ndarray:
     """Position of each of ``values`` in the sorted ``ids`` (-1 when absent): hash lookups."""
@@ -269,6 +281,10 @@ class DriverGraph:
 
     def edge_frame(self) -> pd.DataFrame:
         return self.edges.frame(self.ids)
+
+    def edge_table(self) -> pa.Table:
+        """:meth:`edge_frame` as Arrow (what the edges stage hands Spark)."""
+        return self.edges.table(self.ids)
 
     def group_frame(self) -> pd.DataFrame:
         """``posting_id, group_id, group_size`` (the components stage's rows)."""

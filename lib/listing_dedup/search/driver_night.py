@@ -949,10 +949,11 @@ def last_frame(spark: Any, rounds: Any, k: int, keep: Any) -> None:
     rounds.lists[-1], rounds.nbrs, rounds.nbrs_k = last, last.select("src", "dst", "score"), k
 
 
-def to_frame(spark: Any, pdf: pd.DataFrame, schema: str) -> Any:
-    """``pdf`` as a Spark frame of ``spark.default.parallelism`` partitions: Arrow makes one a
-    record batch (780 for the 1.6M rows of a 30k catalog's top k), and every later stage would
-    run that many tasks (the edges stage took 70 s instead of 6 on them, docs/benchmarks.md)."""
+def to_frame(spark: Any, pdf: pd.DataFrame | Any, schema: str) -> Any:
+    """``pdf`` (a pandas frame or an Arrow table) as a Spark frame of
+    ``spark.default.parallelism`` partitions: Arrow makes one a record batch (780 for the 1.6M
+    rows of a 30k catalog's top k), and every later stage would run that many tasks (the edges
+    stage took 70 s instead of 6 on them, docs/benchmarks.md)."""
     return spark.createDataFrame(pdf, schema).coalesce(max(1, spark.sparkContext.defaultParallelism))
 
 
