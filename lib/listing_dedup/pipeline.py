@@ -350,6 +350,15 @@ class Listings:
     has_image: bool
     image_root: Any
     layout_weights: dict[str, float]
+    hashes: Any = None  # kept_hashes' pandas frame, collected once
+
+    def kept_hashes(self) -> Any:
+        """``posting_id, h`` (the pHash as a string, None without) of every kept listing, on the
+        driver: collected once for the pHash delta and the driver graph."""
+        if self.hashes is None:
+            rows = self.kept.select("posting_id", F.col("image_phash").cast("string").alias("h"))
+            self.hashes = rows.where(F.col("posting_id").isNotNull()).toPandas()
+        return self.hashes
 
 
 @dataclass
@@ -953,7 +962,8 @@ def _phash_delta(run: Run, listings: Listings, night: Night) -> tuple[DataFrame,
     banding = choose_banding(cfg.phash.max_bits, run.summary.rows_kept, cfg.phash.max_bucket)
     if banding != choose_banding(cfg.phash.max_bits, n_prev, cfg.phash.max_bucket):
         return None
-    cur = listings.kept.where(F.col("image_phash").isNotNull()).select("posting_id", "image_phash").toPandas()
+    hashes = listings.kept_hashes()
+    cur = hashes[hashes["h"].notna()].rename(columns={"h": "image_phash"})
     delta = night.delta
     if night.delta_pd is not None:  # the delta on the driver (plan_night)
         d = night.delta_pd
@@ -1228,8 +1238,7 @@ def _driver_edges(run: Run, listings: Listings, driver: Any, rule: MatchConf, ex
     """The match edges on the driver: the threshold rule on the arrays' prefixes
     (``rule_prefix`` + graph/edges.select_edges_match) and the pHash pairs (``extra``, the
     pHash stage's: a few rows a listing), their union on every kept listing's vertex."""
-    kept = listings.kept.select("posting_id", F.col("image_phash").cast("string").alias("h"))
-    kept = kept.where(F.col("posting_id").isNotNull()).toPandas()
+    kept = listings.kept_hashes()
     ids = np.asarray(sorted(set(kept["posting_id"])), dtype=object)
     phash = np.full(len(ids), None, dtype=object)
     phash[codes_of(ids, kept["posting_id"])] = kept["h"].astype(object).where(kept["h"].notna(), None).to_numpy()
